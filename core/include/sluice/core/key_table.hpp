@@ -1,0 +1,64 @@
+// Per-tier key table: open addressing over fixed-stride entries, each entry owning
+// one ring of admission timestamps. Lock-free insertion with the full key bytes:
+//   claim a free slot (CAS) -> fill key, reset ring -> publish as PENDING ->
+//   resolve: if another entry for the key is LIVE, or PENDING and older, this one
+//   withdraws; else it kills younger PENDING twins and becomes LIVE.
+// Anyone may resolve a PENDING entry, so an inserter that dies after publishing
+// leaves a complete entry, never a wedge. Keys are only ever visible complete.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "sluice/core/layout.hpp"
+
+namespace sluice::core {
+
+struct TierView {
+  uint8_t *entries = nullptr;
+  AtomicU64 *rings = nullptr;
+  uint32_t stride = 0;
+  uint32_t slots = 0;
+  uint32_t capacity = 0;
+  uint32_t max_key_bytes = 0;
+
+  static TierView of(StateHeader *h, uint32_t tier);
+  EntryHeader *entry(uint32_t slot) const { return reinterpret_cast<EntryHeader *>(entries + size_t(slot) * stride); }
+  AtomicU64 *ring(uint32_t slot) const { return rings + size_t(slot) * capacity; }
+};
+
+struct EntryRef {
+  uint32_t slot = 0;
+  uint64_t ctrl = 0;  // the LIVE word seen at lookup; re-checked on every attempt
+};
+
+struct KeyProbe {  // a caller's key, hashed once
+  const void *bytes;
+  uint32_t len;
+  uint64_t hash;
+  KeyProbe(const void *b, uint32_t l);
+  uint32_t tag() const { return uint32_t(hash >> 32); }
+};
+
+enum class Lookup { found, absent, busy, full };
+
+// Finds the LIVE entry for the key. Never inserts.
+Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out);
+// Finds or inserts. `seq` is the segment's insertion counter.
+Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, EntryRef &out);
+
+// ---- daemon side -------------------------------------------------------------
+// Reclaims a LIVE entry whose newest admission is older than idle_ns: freezes the
+// ring (poison), re-checks under the freeze, then frees the slot or thaws it.
+bool try_reclaim(const TierView &t, uint32_t slot, int64_t now_ns, int64_t idle_ns);
+// After a daemon crash: thaw every ring left frozen by an interrupted reclaim.
+uint32_t thaw_interrupted_reclaims(const TierView &t);
+// Frees slots CLAIMED by an inserter that has died (pid gone or reused since
+// `seen_since_boot_ns`, CLOCK_BOOTTIME). Returns the number freed.
+bool free_dead_claim(const TierView &t, uint32_t slot, uint64_t claimed_word, int64_t seen_since_boot_ns);
+int64_t boottime_ns();
+bool process_alive_since(int pid, int64_t since_boot_ns);
+
+// Copies the stored key (for status / metrics). Returns its length.
+uint32_t read_key(const TierView &t, uint32_t slot, void *buf, uint32_t cap);
+
+}  // namespace sluice::core

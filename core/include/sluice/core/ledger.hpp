@@ -1,0 +1,67 @@
+// A process's view of one Sluice segment pair: the client side of the engine. The
+// C ABI's sluice_client wraps one of these. Safe to share between threads: every
+// call reads the maps and touches shared memory only through atomics.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "sluice/core/admission.hpp"
+#include "sluice/core/segment.hpp"
+#include "sluice/core/tier_table.hpp"
+
+namespace sluice::core {
+
+struct Decision {
+  bool allowed = false;
+  uint32_t limit = 0;
+  uint32_t remaining = 0;
+  int64_t window_ns = 0;
+  int64_t retry_after_ns = 0;
+  int64_t reset_after_ns = 0;
+  uint32_t tier = 0;
+  Reason reason = Reason::allowed;
+  int64_t admitted_at_ns = 0;
+  uint64_t policy_generation = 0;
+};
+
+class Ledger {
+ public:
+  // Maps "<name>.state" read-write and "<name>.policy" read-only and validates both.
+  static Status open(const std::string &name, std::unique_ptr<Ledger> &out, std::string &detail);
+
+  Status acquire(std::string_view tier, const void *key, size_t key_len, uint32_t cost, Decision &out,
+                 std::string &detail) {
+    return decide(tier, key, key_len, cost, true, out, detail);
+  }
+  Status peek(std::string_view tier, const void *key, size_t key_len, uint32_t cost, Decision &out,
+              std::string &detail) {
+    return decide(tier, key, key_len, cost, false, out, detail);
+  }
+  Status decide(std::string_view tier, const void *key, size_t key_len, uint32_t cost, bool record, Decision &out,
+                std::string &detail);
+
+  int find_tier(std::string_view name) const;  // -1 if unknown
+  uint32_t tier_count() const { return tier_count_; }
+  const TierView &tier_view(uint32_t i) const { return views_[i]; }
+  StateHeader &state() const { return *state_hdr_; }
+  const PolicyHeader &policy() const { return *policy_hdr_; }
+
+ private:
+  Ledger() = default;
+  Mapping state_map_, policy_map_;
+  StateHeader *state_hdr_ = nullptr;
+  const PolicyHeader *policy_hdr_ = nullptr;
+  uint32_t tier_count_ = 0;
+  TierView views_[kMaxTiers];
+  std::string_view names_[kMaxTiers];
+};
+
+// Per-tier counters, summed over stripes.
+struct TierCounters {
+  uint64_t admitted = 0, denied_window = 0, denied_cost = 0, denied_closed = 0, cost_units = 0;
+};
+TierCounters sum_counters(const StateHeader &h, uint32_t tier);
+
+}  // namespace sluice::core

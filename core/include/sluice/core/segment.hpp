@@ -1,0 +1,75 @@
+// Creating, sizing, mapping and validating the two segments (Boost.Interprocess is
+// used for exactly this, never for locking). Names: "<name>.state" (0660, rw for
+// clients) and "<name>.policy" (0640, mapped read-only by clients).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sluice/core/layout.hpp"
+#include "sluice/core/status.hpp"
+
+namespace sluice::core {
+
+struct TierSpec {
+  std::string name;
+  uint32_t capacity = 1;      // ring slots per key (the tier's max_limit)
+  uint32_t limit = 1;
+  int64_t window_ns = 1'000'000'000;
+  double revenue_per_request = 0;
+  bool adaptive = true;
+};
+
+struct LayoutSpec {
+  std::vector<TierSpec> tiers;
+  uint32_t max_keys = 100000;   // per tier
+  uint32_t max_key_bytes = 64;
+};
+
+std::string state_segment_name(const std::string &name);
+std::string policy_segment_name(const std::string &name);
+// The segment name from an argument, else $SLUICE_SEGMENT, else "sluice".
+std::string resolve_segment_name(const char *name);
+bool valid_segment_name(const std::string &name);
+// Bytes a state segment for this spec takes (sparse on tmpfs until touched).
+uint64_t state_segment_bytes(const LayoutSpec &spec);
+bool read_boot_id(uint8_t out[16]);
+
+// One mapped shared-memory object. Move-only; unmaps on destruction.
+class Mapping {
+ public:
+  Mapping();
+  ~Mapping();
+  Mapping(Mapping &&) noexcept;
+  Mapping &operator=(Mapping &&) noexcept;
+  void *base() const { return base_; }
+  uint64_t size() const { return size_; }
+  explicit operator bool() const { return base_ != nullptr; }
+
+  static Status open(const std::string &shm_name, bool writable, Mapping &out, std::string &detail);
+  static Status create(const std::string &shm_name, uint64_t bytes, unsigned mode, Mapping &out,
+                       std::string &detail);
+  static bool remove(const std::string &shm_name);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  void *base_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+// Checks magic, format, size and every offset of a mapped state segment. Waits up to
+// `wait_ms` for the creator's ready (format) word.
+Status validate_state(const Mapping &m, int wait_ms, std::string &detail);
+Status validate_policy(const Mapping &m, int wait_ms, std::string &detail);
+
+// Lays out a fresh state/policy segment (zeroed memory) and publishes the format
+// word last. The policy segment gets the spec's limits as generation 1.
+void format_state(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]);
+void format_policy(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]);
+
+// Does an existing state segment have exactly these tiers and sizes? (re-attach)
+bool state_matches(const StateHeader &h, const LayoutSpec &spec, std::string &why);
+
+}  // namespace sluice::core

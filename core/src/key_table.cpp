@@ -1,0 +1,313 @@
+#include "sluice/core/key_table.hpp"
+
+#include <sched.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+#include "sluice/core/clock.hpp"
+#include "sluice/core/hash.hpp"
+
+namespace sluice::core {
+
+namespace {
+
+constexpr auto acq = std::memory_order_acquire;
+constexpr auto rel = std::memory_order_release;
+constexpr auto rlx = std::memory_order_relaxed;
+constexpr int kReclaimWaitSpins = 20000;  // ~ms; a reclaim touches one ring only
+
+// Key words are read and written as relaxed atomics: a stale reader may compare
+// bytes of a slot being refilled, and re-checks ctrl afterwards.
+uint64_t *key_words(EntryHeader *e) { return reinterpret_cast<uint64_t *>(reinterpret_cast<uint8_t *>(e) + kEntryKeyOffset); }
+
+uint64_t probe_word(const KeyProbe &k, uint32_t i) {
+  uint64_t w = 0;
+  const uint32_t off = i * 8;
+  std::memcpy(&w, static_cast<const uint8_t *>(k.bytes) + off, std::min<uint32_t>(8, k.len - off));
+  return w;
+}
+
+bool key_equals(EntryHeader *e, const KeyProbe &k) {
+  if (e->key_len.load(rlx) != k.len) return false;
+  uint64_t *w = key_words(e);
+  const uint32_t n = (k.len + 7) / 8;
+  for (uint32_t i = 0; i < n; ++i)
+    if (std::atomic_ref<uint64_t>(w[i]).load(rlx) != probe_word(k, i)) return false;
+  return true;
+}
+
+void store_key(EntryHeader *e, const KeyProbe &k) {
+  uint64_t *w = key_words(e);
+  const uint32_t n = (k.len + 7) / 8;
+  for (uint32_t i = 0; i < n; ++i) std::atomic_ref<uint64_t>(w[i]).store(probe_word(k, i), rlx);
+  e->key_len.store(k.len, rlx);
+}
+
+uint32_t home_of(const TierView &t, const KeyProbe &k) { return uint32_t((uint64_t(uint32_t(k.hash)) * t.slots) >> 32); }
+uint32_t window_of(const TierView &t) { return std::min<uint32_t>(kProbeWindow, t.slots); }
+uint32_t next_slot(const TierView &t, uint32_t s) { return s + 1 == t.slots ? 0 : s + 1; }
+bool holds_key_state(EntryState s) { return s == EntryState::live || s == EntryState::pending || s == EntryState::reclaiming; }
+
+// Waits (bounded) for sluiced to finish reclaiming one entry.
+bool wait_while(const AtomicU64 &ctrl, uint64_t word) {
+  for (int i = 0; i < kReclaimWaitSpins; ++i) {
+    if (ctrl.load(acq) != word) return true;
+    if (i < 64) cpu_relax();
+    else sched_yield();
+  }
+  return false;
+}
+
+// Decides a PENDING entry. Safe to run by anyone, any number of times.
+void resolve(const TierView &t, const KeyProbe &k, uint32_t s, uint64_t pending) {
+  EntryHeader *me = t.entry(s);
+  const uint64_t my_seq = me->seq.load(acq);
+  const uint32_t gen = ctrl_gen(pending);
+  for (;;) {
+    if (me->ctrl.load(acq) != pending) return;
+    bool rescan = false;
+    uint32_t j = home_of(t, k);
+    for (uint32_t i = 0; i < window_of(t) && !rescan; ++i, j = next_slot(t, j)) {
+      if (j == s) continue;
+      EntryHeader *o = t.entry(j);
+      const uint64_t cj = o->ctrl.load(acq);
+      const EntryState st = ctrl_state(cj);
+      if (st == EntryState::empty) break;
+      if (!holds_key_state(st) || ctrl_tag(cj) != k.tag() || !key_equals(o, k)) continue;
+      const uint64_t oseq = o->seq.load(acq);
+      if (o->ctrl.load(acq) != cj) { rescan = true; break; }
+      if (st != EntryState::pending || oseq < my_seq) {  // an older twin wins: withdraw
+        uint64_t expect = pending;
+        me->ctrl.compare_exchange_strong(expect, ctrl_make(EntryState::free, gen, 0), acq);
+        return;
+      }
+      uint64_t expect = cj;  // a younger pending twin: kill it, then look again
+      o->ctrl.compare_exchange_strong(expect, ctrl_make(EntryState::free, ctrl_gen(cj), 0), acq);
+      rescan = true;
+    }
+    if (rescan) continue;
+    uint64_t expect = pending;
+    me->ctrl.compare_exchange_strong(expect, ctrl_make(EntryState::live, gen, k.tag()), acq);
+    return;
+  }
+}
+
+struct Scan {
+  Lookup result = Lookup::absent;
+  EntryRef ref;
+  bool have_free = false;
+  uint32_t free_slot = 0;
+  uint64_t free_word = 0;
+};
+
+// One pass over the key's probe window. Returns false to ask for a restart
+// (something changed under us, or we helped another entry along).
+bool scan_once(const TierView &t, const KeyProbe &k, Scan &sc) {
+  uint32_t s = home_of(t, k);
+  for (uint32_t i = 0; i < window_of(t); ++i, s = next_slot(t, s)) {
+    EntryHeader *e = t.entry(s);
+    const uint64_t c = e->ctrl.load(acq);
+    const EntryState st = ctrl_state(c);
+    if (st == EntryState::empty || st == EntryState::free) {
+      if (!sc.have_free) sc = Scan{Lookup::absent, {}, true, s, c};
+      if (st == EntryState::empty) return true;
+      continue;
+    }
+    if (!holds_key_state(st) || ctrl_tag(c) != k.tag() || !key_equals(e, k)) continue;
+    if (e->ctrl.load(acq) != c) return false;
+    if (st == EntryState::live) {
+      sc.result = Lookup::found;
+      sc.ref = EntryRef{s, c};
+      return true;
+    }
+    if (st == EntryState::pending) {
+      resolve(t, k, s, c);
+      return false;
+    }
+    if (!wait_while(e->ctrl, c)) {  // reclaiming
+      sc.result = Lookup::busy;
+      return true;
+    }
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+KeyProbe::KeyProbe(const void *b, uint32_t l) : bytes(b), len(l), hash(hash_key(b, l)) {}
+
+TierView TierView::of(StateHeader *h, uint32_t tier) {
+  const TierInfo &ti = h->tiers[tier];
+  auto *base = reinterpret_cast<uint8_t *>(h);
+  TierView v;
+  v.entries = base + ti.entries_offset;
+  v.rings = reinterpret_cast<AtomicU64 *>(base + ti.rings_offset);
+  v.stride = h->entry_stride;
+  v.slots = ti.slots;
+  v.capacity = ti.capacity;
+  v.max_key_bytes = h->max_key_bytes;
+  return v;
+}
+
+Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out) {
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    Scan sc;
+    if (!scan_once(t, k, sc)) continue;
+    if (sc.result == Lookup::found) out = sc.ref;
+    return sc.result == Lookup::found || sc.result == Lookup::busy ? sc.result : Lookup::absent;
+  }
+  return Lookup::busy;
+}
+
+Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, EntryRef &out) {
+  const uint32_t pid = uint32_t(getpid());
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    Scan sc;
+    if (!scan_once(t, k, sc)) continue;
+    if (sc.result == Lookup::found) {
+      out = sc.ref;
+      return Lookup::found;
+    }
+    if (sc.result == Lookup::busy) return Lookup::busy;
+    if (!sc.have_free) return Lookup::full;
+
+    EntryHeader *e = t.entry(sc.free_slot);
+    const uint32_t gen = ctrl_gen(sc.free_word) + 1;
+    uint64_t expect = sc.free_word;
+    const uint64_t claimed = ctrl_make(EntryState::claimed, gen, pid);
+    if (!e->ctrl.compare_exchange_strong(expect, claimed, acq)) continue;
+
+    // Private until published: fill the key and give it a fresh ring. The head
+    // jumps past every position the slot ever used, and empty values carry the
+    // new gen, so nothing a stale client remembers can match again.
+    store_key(e, k);
+    AtomicU64 *ring = t.ring(sc.free_slot);
+    // Two laps on: a stale helper may still advance the old head by one claim.
+    const uint64_t new_head = (e->head.load(rlx) / t.capacity + 2) * t.capacity;
+    for (uint32_t j = 0; j < t.capacity; ++j) ring[j].store(ring_empty(new_head, t.capacity, gen), rlx);
+    e->head.store(new_head, rlx);
+    e->seq.store(seq.fetch_add(1, rlx) + 1, rlx);
+    const uint64_t pending = ctrl_make(EntryState::pending, gen, k.tag());
+    expect = claimed;
+    if (!e->ctrl.compare_exchange_strong(expect, pending, rel)) continue;  // freed as dead: retry
+    resolve(t, k, sc.free_slot, pending);
+  }
+  return Lookup::busy;
+}
+
+// ---- daemon side -------------------------------------------------------------
+namespace {
+int64_t newest_ts_ns(AtomicU64 *ring, uint32_t cap) {
+  uint64_t newest = 0;
+  for (uint32_t j = 0; j < cap; ++j) newest = std::max(newest, ring_ts_us(ring[j].load(acq)));
+  return int64_t(newest) * 1000;
+}
+void set_poison(AtomicU64 *ring, uint32_t cap, bool on) {
+  for (uint32_t j = 0; j < cap; ++j) {
+    uint64_t v = ring[j].load(acq);
+    while (ring_poisoned(v) != on && !ring[j].compare_exchange_weak(v, on ? v | kRingPoison : v & ~kRingPoison, acq)) {
+    }
+  }
+}
+}  // namespace
+
+bool try_reclaim(const TierView &t, uint32_t slot, int64_t now_ns, int64_t idle_ns) {
+  EntryHeader *e = t.entry(slot);
+  const uint64_t c = e->ctrl.load(acq);
+  if (ctrl_state(c) != EntryState::live) return false;
+  AtomicU64 *ring = t.ring(slot);
+  const uint64_t h = e->head.load(acq);
+  const uint64_t last = ring[(h + t.capacity - 1) % t.capacity].load(acq);
+  const uint64_t at_head = ring[h % t.capacity].load(acq);
+  if (int64_t(std::max(ring_ts_us(last), ring_ts_us(at_head))) * 1000 + idle_ns > now_ns) return false;
+
+  uint64_t expect = c;
+  const uint64_t frozen = ctrl_make(EntryState::reclaiming, ctrl_gen(c), ctrl_tag(c));
+  if (!e->ctrl.compare_exchange_strong(expect, frozen, acq)) return false;
+  set_poison(ring, t.capacity, true);
+  // Under the freeze no admission can land; one that landed before it shows here.
+  if (newest_ts_ns(ring, t.capacity) + idle_ns > now_ns) {
+    set_poison(ring, t.capacity, false);
+    e->ctrl.store(c, rel);
+    return false;
+  }
+  e->ctrl.store(ctrl_make(EntryState::free, ctrl_gen(c), 0), rel);
+  return true;
+}
+
+uint32_t thaw_interrupted_reclaims(const TierView &t) {
+  uint32_t n = 0;
+  for (uint32_t s = 0; s < t.slots; ++s) {
+    EntryHeader *e = t.entry(s);
+    const uint64_t c = e->ctrl.load(acq);
+    if (ctrl_state(c) != EntryState::reclaiming) continue;
+    set_poison(t.ring(s), t.capacity, false);
+    e->ctrl.store(ctrl_make(EntryState::live, ctrl_gen(c), ctrl_tag(c)), rel);
+    ++n;
+  }
+  return n;
+}
+
+int64_t boottime_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// pid plus start time: a pid that exists but started after `since` is a reuse.
+bool process_alive_since(int pid, int64_t since_boot_ns) {
+  if (pid <= 0) return false;
+  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = std::fopen(path, "r");
+  if (!f) return false;
+  char buf[1024];
+  size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char *p = std::strrchr(buf, ')');  // comm may contain spaces
+  if (!p) return true;
+  unsigned long long start = 0;
+  int field = 2;
+  for (const char *q = p + 1; *q; ++q) {
+    if (*q == ' ') {
+      ++field;
+      if (field == 22) {
+        start = std::strtoull(q + 1, nullptr, 10);
+        break;
+      }
+    }
+  }
+  const int64_t start_ns = int64_t(start) * (1'000'000'000 / sysconf(_SC_CLK_TCK));
+  return start_ns <= since_boot_ns;
+}
+
+bool free_dead_claim(const TierView &t, uint32_t slot, uint64_t claimed_word, int64_t seen_since_boot_ns) {
+  if (ctrl_state(claimed_word) != EntryState::claimed) return false;
+  if (process_alive_since(int(ctrl_tag(claimed_word)), seen_since_boot_ns)) return false;
+  uint64_t expect = claimed_word;
+  return t.entry(slot)->ctrl.compare_exchange_strong(
+      expect, ctrl_make(EntryState::free, ctrl_gen(claimed_word), 0), acq);
+}
+
+uint32_t read_key(const TierView &t, uint32_t slot, void *buf, uint32_t cap) {
+  EntryHeader *e = t.entry(slot);
+  const uint32_t len = std::min(e->key_len.load(rlx), t.max_key_bytes);
+  uint64_t *w = key_words(e);
+  for (uint32_t i = 0; i * 8 < len && i * 8 < cap; ++i) {
+    uint64_t v = std::atomic_ref<uint64_t>(w[i]).load(rlx);
+    std::memcpy(static_cast<uint8_t *>(buf) + i * 8, &v, std::min<uint32_t>(8, std::min(len, cap) - i * 8));
+  }
+  return len;
+}
+
+}  // namespace sluice::core

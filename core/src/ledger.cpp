@@ -1,0 +1,141 @@
+#include "sluice/core/ledger.hpp"
+
+#include <atomic>
+#include <cstring>
+#include <new>
+
+#include "sluice/core/clock.hpp"
+
+namespace sluice::core {
+
+namespace {
+
+// Threads spread their counter increments over stripes so clients on different
+// cores never fight over one cache line.
+uint32_t my_stripe() {
+  static std::atomic<uint32_t> next{0};
+  thread_local uint32_t stripe = next.fetch_add(1, std::memory_order_relaxed) % kCounterStripes;
+  return stripe;
+}
+
+void count(StateHeader &h, uint32_t tier, const Outcome &o, uint32_t cost) {
+  CounterStripe &s = h.counters[tier][my_stripe()];
+  constexpr auto rlx = std::memory_order_relaxed;
+  if (o.allowed) {
+    s.admitted.fetch_add(1, rlx);
+    s.cost_units.fetch_add(cost, rlx);
+  } else if (o.reason == Reason::window_full) {
+    s.denied_window.fetch_add(1, rlx);
+  } else if (o.reason == Reason::cost_above_limit) {
+    s.denied_cost.fetch_add(1, rlx);
+  } else {
+    s.denied_closed.fetch_add(1, rlx);
+  }
+}
+
+}  // namespace
+
+Status Ledger::open(const std::string &name, std::unique_ptr<Ledger> &out, std::string &detail) {
+  if (!valid_segment_name(name)) {
+    detail = "segment name '" + name + "' is not valid (letters, digits, '_', '-', '.')";
+    return Status::no_segment;
+  }
+  std::unique_ptr<Ledger> l(new (std::nothrow) Ledger());
+  if (!l) return Status::internal;
+  if (Status s = Mapping::open(state_segment_name(name), true, l->state_map_, detail); s != Status::ok) return s;
+  if (Status s = validate_state(l->state_map_, 1000, detail); s != Status::ok) return s;
+  if (Status s = Mapping::open(policy_segment_name(name), false, l->policy_map_, detail); s != Status::ok) return s;
+  if (Status s = validate_policy(l->policy_map_, 1000, detail); s != Status::ok) return s;
+  l->state_hdr_ = static_cast<StateHeader *>(l->state_map_.base());
+  l->policy_hdr_ = static_cast<const PolicyHeader *>(l->policy_map_.base());
+  if (std::memcmp(l->state_hdr_->boot_id, l->policy_hdr_->boot_id, 16) != 0) {
+    detail = "state and policy segments come from different boots";
+    return Status::corrupt_header;
+  }
+  l->tier_count_ = l->state_hdr_->tier_count;
+  for (uint32_t i = 0; i < l->tier_count_; ++i) {
+    l->views_[i] = TierView::of(l->state_hdr_, i);
+    l->names_[i] = std::string_view(l->state_hdr_->tiers[i].name);
+  }
+  out = std::move(l);
+  return Status::ok;
+}
+
+int Ledger::find_tier(std::string_view name) const {
+  for (uint32_t i = 0; i < tier_count_; ++i)
+    if (names_[i] == name) return int(i);
+  return -1;
+}
+
+Status Ledger::decide(std::string_view tier_name, const void *key, size_t key_len, uint32_t cost, bool record,
+                      Decision &out, std::string &detail) {
+  const int tier = find_tier(tier_name);
+  if (tier < 0) {
+    detail = "unknown tier '" + std::string(tier_name.substr(0, 64)) + "'";
+    return Status::unknown_tier;
+  }
+  const TierView &tv = views_[tier];
+  if (key_len == 0) return Status::empty_key;
+  if (key_len > tv.max_key_bytes) {
+    detail = "key is " + std::to_string(key_len) + " bytes, the segment allows " + std::to_string(tv.max_key_bytes);
+    return Status::key_too_long;
+  }
+  if (cost == 0) return Status::cost_zero;
+  if (cost > tv.capacity || cost > kMaxCost) {
+    detail = "cost " + std::to_string(cost) + " is above tier '" + std::string(tier_name) + "' capacity " +
+             std::to_string(std::min(tv.capacity, kMaxCost));
+    return Status::cost_above_capacity;
+  }
+
+  const KeyProbe probe(key, uint32_t(key_len));
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    TierLimits lim;
+    read_tier(*policy_hdr_, uint32_t(tier), lim);
+    const Limits limits{std::min(lim.limit, tv.capacity), lim.window_ns};
+    out = Decision{};
+    out.tier = uint32_t(tier);
+    out.limit = limits.limit;
+    out.window_ns = limits.window_ns;
+    out.policy_generation = lim.generation;
+
+    EntryRef ref;
+    const Lookup found = record ? find_or_insert_key(tv, probe, state_hdr_->insert_seq, ref) : find_key(tv, probe, ref);
+    Outcome o;
+    if (found == Lookup::full) {
+      detail = "tier '" + std::string(tier_name) + "' key table is full";
+      return Status::table_full;
+    }
+    if (found == Lookup::busy) return Status::busy;
+    if (found == Lookup::absent) {
+      admit_fresh(cost, limits, o);
+    } else {
+      const Step st = admit(tv, ref, cost, limits, mono_ns(), record, o);
+      if (st == Step::stale) continue;  // the entry was reclaimed under us: look it up again
+      if (st == Step::busy) return Status::busy;
+    }
+    out.allowed = o.allowed;
+    out.reason = o.reason;
+    out.remaining = o.remaining;
+    out.retry_after_ns = o.retry_after_ns;
+    out.reset_after_ns = o.reset_after_ns;
+    out.admitted_at_ns = o.admitted_at_ns;
+    if (record) count(*state_hdr_, uint32_t(tier), o, cost);
+    return Status::ok;
+  }
+  return Status::busy;
+}
+
+TierCounters sum_counters(const StateHeader &h, uint32_t tier) {
+  TierCounters c;
+  constexpr auto rlx = std::memory_order_relaxed;
+  for (const CounterStripe &s : h.counters[tier]) {
+    c.admitted += s.admitted.load(rlx);
+    c.denied_window += s.denied_window.load(rlx);
+    c.denied_cost += s.denied_cost.load(rlx);
+    c.denied_closed += s.denied_closed.load(rlx);
+    c.cost_units += s.cost_units.load(rlx);
+  }
+  return c;
+}
+
+}  // namespace sluice::core

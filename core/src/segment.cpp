@@ -1,0 +1,311 @@
+#include "sluice/core/segment.hpp"
+
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <thread>
+
+#include "sluice/core/clock.hpp"
+
+namespace bip = boost::interprocess;
+
+namespace sluice::core {
+
+static_assert(sizeof(StateHeader) % 64 == 0);
+static_assert(sizeof(PolicyHeader) % 64 == 0);
+
+std::string state_segment_name(const std::string &name) { return name + ".state"; }
+std::string policy_segment_name(const std::string &name) { return name + ".policy"; }
+
+std::string resolve_segment_name(const char *name) {
+  if (name && *name) return name;
+  const char *env = std::getenv("SLUICE_SEGMENT");
+  if (env && *env) return env;
+  return "sluice";
+}
+
+bool valid_segment_name(const std::string &name) {
+  if (name.empty() || name.size() > 200) return false;
+  for (char c : name)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) return false;
+  return name[0] != '.';
+}
+
+static uint64_t align64(uint64_t v) { return (v + 63) & ~uint64_t(63); }
+static uint32_t table_slots(uint32_t max_keys) { return std::max<uint32_t>(16, max_keys + max_keys / 4); }
+
+uint64_t state_segment_bytes(const LayoutSpec &spec) {
+  uint64_t off = sizeof(StateHeader);
+  const uint32_t stride = entry_stride_for(spec.max_key_bytes);
+  for (const auto &t : spec.tiers) {
+    const uint64_t slots = table_slots(spec.max_keys);
+    off = align64(off + slots * stride);
+    off = align64(off + slots * uint64_t(t.capacity) * 8);
+  }
+  return off;
+}
+
+bool read_boot_id(uint8_t out[16]) {
+  std::memset(out, 0, 16);
+  FILE *f = std::fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (!f) return false;
+  char buf[64] = {};
+  bool ok = std::fgets(buf, sizeof buf, f) != nullptr;
+  std::fclose(f);
+  if (!ok) return false;
+  int n = 0;
+  for (const char *p = buf; *p && n < 32; ++p) {
+    int v;
+    if (*p >= '0' && *p <= '9') v = *p - '0';
+    else if (*p >= 'a' && *p <= 'f') v = *p - 'a' + 10;
+    else continue;
+    out[n / 2] = uint8_t(out[n / 2] | (n % 2 ? v : v << 4));
+    ++n;
+  }
+  return n == 32;
+}
+
+// ---- Mapping -----------------------------------------------------------------
+struct Mapping::Impl {
+  bip::mapped_region region;
+};
+
+Mapping::Mapping() = default;
+Mapping::~Mapping() = default;
+Mapping::Mapping(Mapping &&o) noexcept : impl_(std::move(o.impl_)), base_(o.base_), size_(o.size_) {
+  o.base_ = nullptr;
+  o.size_ = 0;
+}
+Mapping &Mapping::operator=(Mapping &&o) noexcept {
+  impl_ = std::move(o.impl_);
+  base_ = o.base_;
+  size_ = o.size_;
+  o.base_ = nullptr;
+  o.size_ = 0;
+  return *this;
+}
+
+static Status from_errno(int err, const std::string &what, std::string &detail) {
+  detail = what + ": " + std::strerror(err);
+  if (err == ENOENT) return Status::no_segment;
+  if (err == EACCES || err == EPERM) return Status::permission;
+  return Status::internal;
+}
+
+Status Mapping::open(const std::string &shm_name, bool writable, Mapping &out, std::string &detail) {
+  try {
+    const auto mode = writable ? bip::read_write : bip::read_only;
+    bip::shared_memory_object shm(bip::open_only, shm_name.c_str(), mode);
+    bip::offset_t size = 0;
+    if (!shm.get_size(size) || size <= 0) {
+      detail = "segment /dev/shm/" + shm_name + " is empty";
+      return Status::not_ready;
+    }
+    auto impl = std::make_unique<Impl>();
+    impl->region = bip::mapped_region(shm, mode);
+    out.base_ = impl->region.get_address();
+    out.size_ = impl->region.get_size();
+    out.impl_ = std::move(impl);
+    return Status::ok;
+  } catch (const bip::interprocess_exception &e) {
+    return from_errno(e.get_native_error() ? e.get_native_error() : ENOENT, "open /dev/shm/" + shm_name, detail);
+  } catch (const std::bad_alloc &) {
+    detail = "out of memory";
+    return Status::internal;
+  }
+}
+
+Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mode, Mapping &out,
+                       std::string &detail) {
+  try {
+    bip::permissions perm(mode);
+    bip::shared_memory_object shm(bip::create_only, shm_name.c_str(), bip::read_write, perm);
+    shm.truncate(bip::offset_t(bytes));
+    auto impl = std::make_unique<Impl>();
+    impl->region = bip::mapped_region(shm, bip::read_write);
+    out.base_ = impl->region.get_address();
+    out.size_ = impl->region.get_size();
+    out.impl_ = std::move(impl);
+    return Status::ok;
+  } catch (const bip::interprocess_exception &e) {
+    return from_errno(e.get_native_error() ? e.get_native_error() : EIO, "create /dev/shm/" + shm_name, detail);
+  } catch (const std::bad_alloc &) {
+    detail = "out of memory";
+    return Status::internal;
+  }
+}
+
+bool Mapping::remove(const std::string &shm_name) { return bip::shared_memory_object::remove(shm_name.c_str()); }
+
+// ---- validation ---------------------------------------------------------------
+static Status wait_format(const AtomicU64 &format, uint64_t expected, int wait_ms, const char *what,
+                          std::string &detail) {
+  const int64_t deadline = mono_ns() + int64_t(wait_ms) * 1'000'000;
+  uint64_t f = format.load(std::memory_order_acquire);
+  while (f == 0 && mono_ns() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    f = format.load(std::memory_order_acquire);
+  }
+  if (f == 0) {
+    detail = std::string(what) + " segment is not initialised yet (no ready word)";
+    return Status::not_ready;
+  }
+  if (format_major(f) != format_major(expected)) {
+    detail = std::string(what) + " segment has layout major version " + std::to_string(format_major(f)) +
+             ", this library speaks " + std::to_string(format_major(expected));
+    return Status::version_mismatch;
+  }
+  if (f != expected) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%s segment format word %016llx differs from this library's %016llx", what,
+                  (unsigned long long)f, (unsigned long long)expected);
+    detail = buf;
+    return Status::version_mismatch;
+  }
+  return Status::ok;
+}
+
+Status validate_state(const Mapping &m, int wait_ms, std::string &detail) {
+  if (m.size() < sizeof(StateHeader)) {
+    detail = "state segment is smaller than its header";
+    return m.size() == 0 ? Status::not_ready : Status::corrupt_header;
+  }
+  const auto *h = static_cast<const StateHeader *>(m.base());
+  if (h->magic != kStateMagic) {
+    if (h->magic == 0) {  // creator has not written anything yet
+      Status st = wait_format(h->format, kStateFormat, wait_ms, "state", detail);
+      if (st != Status::ok) return st;
+    }
+    if (h->magic != kStateMagic) {
+      detail = "state segment has a bad magic number (not a sluice segment)";
+      return Status::corrupt_header;
+    }
+  }
+  if (Status st = wait_format(h->format, kStateFormat, wait_ms, "state", detail); st != Status::ok) return st;
+  if (h->segment_bytes != m.size()) {
+    detail = "state segment size " + std::to_string(m.size()) + " differs from its header's " +
+             std::to_string(h->segment_bytes);
+    return Status::corrupt_header;
+  }
+  if (h->tier_count == 0 || h->tier_count > kMaxTiers || h->max_key_bytes == 0 ||
+      h->max_key_bytes > kMaxKeyBytes || h->entry_stride != entry_stride_for(h->max_key_bytes) ||
+      h->probe_window != kProbeWindow) {
+    detail = "state segment header has out-of-range sizes";
+    return Status::corrupt_header;
+  }
+  for (uint32_t i = 0; i < h->tier_count; ++i) {
+    const TierInfo &t = h->tiers[i];
+    const uint64_t entries_end = t.entries_offset + uint64_t(t.slots) * h->entry_stride;
+    const uint64_t rings_end = t.rings_offset + uint64_t(t.slots) * t.capacity * 8;
+    if (t.capacity == 0 || t.capacity > kMaxCapacity || t.slots == 0 || t.entries_offset < sizeof(StateHeader) ||
+        t.entries_offset % 64 || t.rings_offset % 64 || entries_end > t.rings_offset ||
+        rings_end > h->segment_bytes || std::memchr(t.name, 0, kTierNameBytes) == nullptr || t.name[0] == 0) {
+      detail = "state segment tier " + std::to_string(i) + " has an invalid descriptor";
+      return Status::corrupt_header;
+    }
+  }
+  uint8_t boot[16];
+  if (read_boot_id(boot) && std::memcmp(boot, h->boot_id, 16) != 0) {
+    detail = "state segment was created in another boot";
+    return Status::corrupt_header;
+  }
+  return Status::ok;
+}
+
+Status validate_policy(const Mapping &m, int wait_ms, std::string &detail) {
+  if (m.size() < sizeof(PolicyHeader)) {
+    detail = "policy segment is smaller than its header";
+    return m.size() == 0 ? Status::not_ready : Status::corrupt_header;
+  }
+  const auto *h = static_cast<const PolicyHeader *>(m.base());
+  if (h->magic != kPolicyMagic && h->magic != 0) {
+    detail = "policy segment has a bad magic number";
+    return Status::corrupt_header;
+  }
+  if (Status st = wait_format(h->format, kPolicyFormat, wait_ms, "policy", detail); st != Status::ok) return st;
+  if (h->magic != kPolicyMagic) {
+    detail = "policy segment has a bad magic number";
+    return Status::corrupt_header;
+  }
+  return Status::ok;
+}
+
+// ---- formatting ---------------------------------------------------------------
+static void copy_name(char (&dst)[kTierNameBytes], const std::string &src) {
+  std::memset(dst, 0, kTierNameBytes);
+  std::memcpy(dst, src.data(), std::min<size_t>(src.size(), kTierNameBytes - 1));
+}
+
+void format_state(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]) {
+  auto *h = static_cast<StateHeader *>(m.base());
+  h->magic = kStateMagic;
+  h->segment_bytes = m.size();
+  std::memcpy(h->boot_id, boot_id, 16);
+  h->tier_count = uint32_t(spec.tiers.size());
+  h->max_key_bytes = spec.max_key_bytes;
+  h->entry_stride = entry_stride_for(spec.max_key_bytes);
+  h->probe_window = kProbeWindow;
+  h->created_ns = mono_ns();
+  uint64_t off = sizeof(StateHeader);
+  for (size_t i = 0; i < spec.tiers.size(); ++i) {
+    TierInfo &t = h->tiers[i];
+    copy_name(t.name, spec.tiers[i].name);
+    t.capacity = spec.tiers[i].capacity;
+    t.slots = table_slots(spec.max_keys);
+    t.entries_offset = off;
+    off = align64(off + uint64_t(t.slots) * h->entry_stride);
+    t.rings_offset = off;
+    off = align64(off + uint64_t(t.slots) * t.capacity * 8);
+  }
+  h->format.store(kStateFormat, std::memory_order_release);  // ready: last
+}
+
+static uint64_t to_micros(double dollars) { return dollars <= 0 ? 0 : uint64_t(dollars * 1e6 + 0.5); }
+
+void format_policy(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]) {
+  auto *h = static_cast<PolicyHeader *>(m.base());
+  h->magic = kPolicyMagic;
+  std::memcpy(h->boot_id, boot_id, 16);
+  TierTable &t = h->tables[1];
+  t.count.store(uint32_t(spec.tiers.size()), std::memory_order_relaxed);
+  for (size_t i = 0; i < spec.tiers.size(); ++i) {
+    TierRow &r = t.rows[i];
+    r.limit.store(spec.tiers[i].limit, std::memory_order_relaxed);
+    r.window_ns.store(spec.tiers[i].window_ns, std::memory_order_relaxed);
+    r.revenue_micros.store(to_micros(spec.tiers[i].revenue_per_request), std::memory_order_relaxed);
+    r.flags.store(spec.tiers[i].adaptive ? kTierAdaptive : 0, std::memory_order_relaxed);
+  }
+  t.published_ns.store(mono_ns(), std::memory_order_relaxed);
+  h->generation.store(1, std::memory_order_release);
+  h->format.store(kPolicyFormat, std::memory_order_release);
+}
+
+bool state_matches(const StateHeader &h, const LayoutSpec &spec, std::string &why) {
+  if (h.tier_count != spec.tiers.size()) {
+    why = "segment has " + std::to_string(h.tier_count) + " tiers, policy has " + std::to_string(spec.tiers.size());
+    return false;
+  }
+  if (h.max_key_bytes != spec.max_key_bytes) {
+    why = "segment max_key_bytes " + std::to_string(h.max_key_bytes) + " differs from policy's " +
+          std::to_string(spec.max_key_bytes);
+    return false;
+  }
+  for (size_t i = 0; i < spec.tiers.size(); ++i) {
+    const TierInfo &t = h.tiers[i];
+    if (spec.tiers[i].name != t.name || t.capacity != spec.tiers[i].capacity ||
+        t.slots != table_slots(spec.max_keys)) {
+      why = "tier " + std::to_string(i) + " (" + t.name + ") differs in name, max_limit or max_keys";
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace sluice::core
