@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "sluice/core/fault.hpp"
+
 namespace sluice::core {
 
 namespace {
@@ -24,9 +26,11 @@ void complete_claim(EntryHeader *e, AtomicU64 *ring, uint32_t cap, uint64_t h, u
       if (ring_written_for(v, p, cap) || ring_poisoned(v)) break;
       // Only while head is still h can this slot hold p's predecessor (not a later lap).
       if (e->head.load(acq) != h) return;
+      SLUICE_FAULT();
       if (slot.compare_exchange_weak(v, ring_make(p, cap, ring_ts_us(lead), 0), std::memory_order_acq_rel)) break;
     }
   }
+  SLUICE_FAULT();
   uint64_t expect = h;
   e->head.compare_exchange_strong(expect, h + n, std::memory_order_acq_rel);
 }
@@ -123,10 +127,12 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       return Step::decided;
     }
     if (ring_poisoned(newest)) continue;
+    SLUICE_FAULT();
     const uint64_t ts = std::max(now_us, ring_ts_us(newest));
     uint64_t expect = vh;
     if (!ring[h % cap].compare_exchange_strong(expect, ring_make(h, cap, ts, cost), std::memory_order_acq_rel))
       continue;
+    SLUICE_FAULT();
     complete_claim(e, ring, cap, h, ring_make(h, cap, ts, cost));
     const uint64_t end = h + cost;
     out.allowed = true;

@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include "sluice/core/clock.hpp"
+#include "sluice/core/fault.hpp"
 #include "sluice/core/hash.hpp"
 
 namespace sluice::core {
@@ -88,11 +89,13 @@ void resolve(const TierView &t, const KeyProbe &k, uint32_t s, uint64_t pending)
         me->ctrl.compare_exchange_strong(expect, ctrl_make(EntryState::free, gen, 0), acq);
         return;
       }
+      SLUICE_FAULT();
       uint64_t expect = cj;  // a younger pending twin: kill it, then look again
       o->ctrl.compare_exchange_strong(expect, ctrl_make(EntryState::free, ctrl_gen(cj), 0), acq);
       rescan = true;
     }
     if (rescan) continue;
+    SLUICE_FAULT();
     uint64_t expect = pending;
     me->ctrl.compare_exchange_strong(expect, ctrl_make(EntryState::live, gen, k.tag()), acq);
     return;
@@ -188,16 +191,21 @@ Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, 
     // Private until published: fill the key and give it a fresh ring. The head
     // jumps past every position the slot ever used, and empty values carry the
     // new gen, so nothing a stale client remembers can match again.
+    SLUICE_FAULT();
     store_key(e, k);
+    SLUICE_FAULT();
     AtomicU64 *ring = t.ring(sc.free_slot);
     // Two laps on: a stale helper may still advance the old head by one claim.
     const uint64_t new_head = (e->head.load(rlx) / t.capacity + 2) * t.capacity;
     for (uint32_t j = 0; j < t.capacity; ++j) ring[j].store(ring_empty(new_head, t.capacity, gen), rlx);
+    SLUICE_FAULT();
     e->head.store(new_head, rlx);
     e->seq.store(seq.fetch_add(1, rlx) + 1, rlx);
     const uint64_t pending = ctrl_make(EntryState::pending, gen, k.tag());
     expect = claimed;
+    SLUICE_FAULT();
     if (!e->ctrl.compare_exchange_strong(expect, pending, rel)) continue;  // freed as dead: retry
+    SLUICE_FAULT();
     resolve(t, k, sc.free_slot, pending);
   }
   return Lookup::busy;

@@ -1,0 +1,56 @@
+// The owner's side of the engine (used by sluiced and by tests that stand in for
+// it): create or re-attach the segment pair, publish tier tables, heartbeat, and
+// reclaim idle keys. Clients never link this path into a decision.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include "sluice/core/key_table.hpp"
+#include "sluice/core/segment.hpp"
+#include "sluice/core/tier_table.hpp"
+
+namespace sluice::core {
+
+struct GcStats {
+  uint64_t scanned = 0;
+  uint64_t reclaimed = 0;
+  uint64_t dead_claims_freed = 0;
+};
+
+class Owner {
+ public:
+  // Re-attaches an existing, valid pair whose tiers match `spec` (counters and keys
+  // kept), or creates a new one. reset=true removes any existing pair first.
+  // `created` tells which happened. A pair that exists but does not validate or
+  // match is refused with the reason; --reset is the way past it.
+  static Status create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
+                                 std::unique_ptr<Owner> &out, bool &created, std::string &detail);
+  static void remove(const std::string &name);
+
+  StateHeader &state() const { return *state_; }
+  PolicyHeader &policy() const { return *policy_; }
+  uint32_t tier_count() const { return state_->tier_count; }
+  TierView tier_view(uint32_t i) const { return TierView::of(state_, i); }
+
+  void publish(std::span<const TierLimits> rows);
+  void heartbeat();
+  void mark_stopped();
+  // Visits up to `budget` slots per tier from a rotating cursor.
+  GcStats collect(int64_t idle_ns, uint32_t budget);
+  // Live keys per tier by a full scan (for status; not for the hot path).
+  uint64_t live_keys(uint32_t tier) const;
+
+ private:
+  Owner() = default;
+  Mapping state_map_, policy_map_;
+  StateHeader *state_ = nullptr;
+  PolicyHeader *policy_ = nullptr;
+  uint32_t cursor_[kMaxTiers] = {};
+  // CLAIMED words first seen at (boottime ns): an owner that is gone is freed.
+  std::unordered_map<uint64_t, std::pair<uint64_t, int64_t>> claims_seen_;
+};
+
+}  // namespace sluice::core

@@ -1,0 +1,135 @@
+#include "sluice/core/owner.hpp"
+
+#include <unistd.h>
+
+#include <new>
+
+#include "sluice/core/clock.hpp"
+
+namespace sluice::core {
+
+namespace {
+constexpr int64_t kDeadClaimGraceNs = 2'000'000'000;  // a live inserter fills a slot in microseconds
+
+std::vector<TierLimits> rows_of(const LayoutSpec &spec) {
+  std::vector<TierLimits> rows;
+  for (const TierSpec &t : spec.tiers)
+    rows.push_back(TierLimits{t.limit, t.window_ns, uint64_t(t.revenue_per_request * 1e6 + 0.5),
+                              t.adaptive ? kTierAdaptive : 0, 0});
+  return rows;
+}
+}  // namespace
+
+void Owner::remove(const std::string &name) {
+  Mapping::remove(state_segment_name(name));
+  Mapping::remove(policy_segment_name(name));
+}
+
+Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
+                               std::unique_ptr<Owner> &out, bool &created, std::string &detail) {
+  if (!valid_segment_name(name)) {
+    detail = "segment name '" + name + "' is not valid";
+    return Status::no_segment;
+  }
+  std::unique_ptr<Owner> o(new (std::nothrow) Owner());
+  if (!o) return Status::internal;
+  if (reset) remove(name);
+  uint8_t boot[16];
+  read_boot_id(boot);
+
+  Status s = Mapping::open(state_segment_name(name), true, o->state_map_, detail);
+  if (s == Status::ok) {
+    if ((s = validate_state(o->state_map_, 1000, detail)) != Status::ok) return s;
+    if ((s = Mapping::open(policy_segment_name(name), true, o->policy_map_, detail)) != Status::ok) return s;
+    if ((s = validate_policy(o->policy_map_, 1000, detail)) != Status::ok) return s;
+    o->state_ = static_cast<StateHeader *>(o->state_map_.base());
+    o->policy_ = static_cast<PolicyHeader *>(o->policy_map_.base());
+    if (!state_matches(*o->state_, spec, detail)) {
+      detail = "existing segment does not match the policy: " + detail + " (use --reset to recreate it)";
+      return Status::version_mismatch;
+    }
+    for (uint32_t t = 0; t < o->tier_count(); ++t) thaw_interrupted_reclaims(o->tier_view(t));
+    created = false;
+  } else if (s == Status::no_segment) {
+    remove(name);  // a policy segment without its state segment is an orphan
+    if ((s = Mapping::create(state_segment_name(name), state_segment_bytes(spec), 0660, o->state_map_, detail)) !=
+        Status::ok)
+      return s;
+    if ((s = Mapping::create(policy_segment_name(name), sizeof(PolicyHeader), 0640, o->policy_map_, detail)) !=
+        Status::ok)
+      return s;
+    // Policy first: a client that sees the state segment ready finds its policy too.
+    format_policy(o->policy_map_, spec, boot);
+    format_state(o->state_map_, spec, boot);
+    o->state_ = static_cast<StateHeader *>(o->state_map_.base());
+    o->policy_ = static_cast<PolicyHeader *>(o->policy_map_.base());
+    created = true;
+  } else {
+    return s;
+  }
+  const auto rows = rows_of(spec);
+  o->publish(rows);
+  o->state_->daemon_pid.store(getpid(), std::memory_order_relaxed);
+  o->state_->daemon_starts.fetch_add(1, std::memory_order_relaxed);
+  o->heartbeat();
+  out = std::move(o);
+  return Status::ok;
+}
+
+void Owner::publish(std::span<const TierLimits> rows) {
+  // The daemon never publishes a limit above a tier's ring capacity.
+  std::vector<TierLimits> clamped(rows.begin(), rows.end());
+  for (size_t i = 0; i < clamped.size() && i < state_->tier_count; ++i)
+    clamped[i].limit = std::min(clamped[i].limit, state_->tiers[i].capacity);
+  publish_tiers(*policy_, clamped, mono_ns());
+}
+
+void Owner::heartbeat() { state_->heartbeat_ns.store(mono_ns(), std::memory_order_release); }
+void Owner::mark_stopped() { state_->heartbeat_ns.store(kHeartbeatStopped, std::memory_order_release); }
+
+GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {
+  GcStats st;
+  const int64_t now = mono_ns();
+  const int64_t boot_now = boottime_ns();
+  for (uint32_t t = 0; t < tier_count(); ++t) {
+    const TierView v = tier_view(t);
+    // Never reclaim a key whose admissions could still be inside its window.
+    TierLimits lim;
+    read_tier(*policy_, t, lim);
+    const int64_t idle = std::max(idle_ns, lim.window_ns);
+    for (uint32_t i = 0; i < std::min(budget, v.slots); ++i) {
+      const uint32_t slot = cursor_[t];
+      cursor_[t] = cursor_[t] + 1 == v.slots ? 0 : cursor_[t] + 1;
+      ++st.scanned;
+      const uint64_t c = v.entry(slot)->ctrl.load(std::memory_order_acquire);
+      const uint64_t id = (uint64_t(t) << 32) | slot;
+      if (ctrl_state(c) == EntryState::live) {
+        if (try_reclaim(v, slot, now, idle)) {
+          ++st.reclaimed;
+          state_->keys_reclaimed.fetch_add(1, std::memory_order_relaxed);
+        }
+      } else if (ctrl_state(c) == EntryState::claimed) {
+        auto [it, fresh] = claims_seen_.try_emplace(id, c, boot_now);
+        if (!fresh && it->second.first != c) it->second = {c, boot_now};
+        else if (!fresh && boot_now - it->second.second > kDeadClaimGraceNs &&
+                 free_dead_claim(v, slot, c, it->second.second)) {
+          ++st.dead_claims_freed;
+          claims_seen_.erase(it);
+        }
+      } else if (!claims_seen_.empty()) {
+        claims_seen_.erase(id);
+      }
+    }
+  }
+  return st;
+}
+
+uint64_t Owner::live_keys(uint32_t tier) const {
+  const TierView v = tier_view(tier);
+  uint64_t n = 0;
+  for (uint32_t s = 0; s < v.slots; ++s)
+    n += ctrl_state(v.entry(s)->ctrl.load(std::memory_order_relaxed)) == EntryState::live;
+  return n;
+}
+
+}  // namespace sluice::core

@@ -1,0 +1,198 @@
+// The C ABI: every bad input gets its own status and message, decisions come back
+// complete, and nothing on an error path is ever reported as allowed.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <thread>
+
+#include "../support/fixture.hpp"
+#include "sluice.h"
+
+using namespace sluice;
+
+namespace {
+
+struct Api : ::testing::Test {
+  test::SegmentGuard seg{"capi", test::spec_with({test::tier("pro", 2, 60000, 10), test::tier("free", 1, 60000, 3)},
+                                                 64, 16)};
+  sluice_client *c = nullptr;
+  void SetUp() override { ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK); }
+  void TearDown() override { sluice_close(c); }
+  static sluice_decision fresh() {
+    sluice_decision d;
+    std::memset(&d, 0xAB, sizeof d);  // garbage: the library must not trust it
+    d.size = sizeof d;
+    d.allowed = 0x55;
+    return d;
+  }
+};
+
+}  // namespace
+
+TEST_F(Api, AdmitsThenDeniesWithAFullDecision) {
+  sluice_decision d = fresh();
+  ASSERT_EQ(sluice_acquire(c, "pro", "u1", 2, 1, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 1u);
+  EXPECT_EQ(d.limit, 2u);
+  EXPECT_EQ(d.remaining, 1u);
+  EXPECT_EQ(d.window_ns, 60'000'000'000LL);
+  EXPECT_EQ(d.retry_after_ns, 0);
+  EXPECT_GT(d.reset_after_ns, 59'000'000'000LL);
+  EXPECT_EQ(d.tier, 0u);
+  EXPECT_EQ(d.reason, SLUICE_REASON_ALLOWED);
+  ASSERT_EQ(sluice_acquire(c, "pro", "u1", 2, 1, &d), SLUICE_OK);
+  ASSERT_EQ(sluice_acquire(c, "pro", "u1", 2, 1, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 0u);
+  EXPECT_EQ(d.reason, SLUICE_REASON_WINDOW_FULL);
+  EXPECT_EQ(d.remaining, 0u);
+  EXPECT_GT(d.retry_after_ns, 59'000'000'000LL);
+  ASSERT_EQ(sluice_acquire(c, "free", "u1", 2, 1, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 1u) << "tiers keep separate ledgers";
+  EXPECT_EQ(d.tier, 1u);
+}
+
+TEST_F(Api, PeekRecordsNothing) {
+  sluice_decision d = fresh();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(sluice_peek(c, "free", "p", 1, 1, &d), SLUICE_OK);
+    EXPECT_EQ(d.allowed, 1u);
+  }
+  ASSERT_EQ(sluice_acquire(c, "free", "p", 1, 1, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 1u);
+  ASSERT_EQ(sluice_peek(c, "free", "p", 1, 1, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 0u);
+}
+
+TEST_F(Api, BinaryKeysWithEmbeddedNuls) {
+  sluice_decision d = fresh();
+  ASSERT_EQ(sluice_acquire(c, "free", "a\0b", 3, 1, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 1u);
+  ASSERT_EQ(sluice_acquire(c, "free", "a\0c", 3, 1, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 1u);
+}
+
+struct BadCase {
+  const char *what;
+  int expected;
+  std::function<int(sluice_client *, sluice_decision *)> call;
+};
+
+TEST_F(Api, EveryBadInputHasItsOwnCodeAndMessage) {
+  const std::string long_key(17, 'x');
+  const std::vector<BadCase> cases = {
+      {"NULL client", SLUICE_ENULL, [](sluice_client *, sluice_decision *d) { return sluice_acquire(nullptr, "pro", "k", 1, 1, d); }},
+      {"NULL tier", SLUICE_ENULL, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, nullptr, "k", 1, 1, d); }},
+      {"NULL key", SLUICE_ENULL, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "pro", nullptr, 1, 1, d); }},
+      {"NULL out", SLUICE_ENULL, [](sluice_client *c, sluice_decision *) { return sluice_acquire(c, "pro", "k", 1, 1, nullptr); }},
+      {"size 0", SLUICE_ESIZE, [](sluice_client *c, sluice_decision *d) { d->size = 0; return sluice_acquire(c, "pro", "k", 1, 1, d); }},
+      {"size too small", SLUICE_ESIZE, [](sluice_client *c, sluice_decision *d) { d->size = 20; return sluice_acquire(c, "pro", "k", 1, 1, d); }},
+      {"size unknown larger", SLUICE_ESIZE, [](sluice_client *c, sluice_decision *d) { d->size = 4096; return sluice_peek(c, "pro", "k", 1, 1, d); }},
+      {"empty key", SLUICE_EEMPTYKEY, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "pro", "", 0, 1, d); }},
+      {"oversize key", SLUICE_EKEYTOOLONG, [&](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "pro", long_key.data(), long_key.size(), 1, d); }},
+      {"huge key_len", SLUICE_EKEYTOOLONG, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "pro", "k", SIZE_MAX, 1, d); }},
+      {"unknown tier", SLUICE_ETIER, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "gold", "k", 1, 1, d); }},
+      {"empty tier", SLUICE_ETIER, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "", "k", 1, 1, d); }},
+      {"tier prefix", SLUICE_ETIER, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "pr", "k", 1, 1, d); }},
+      {"cost 0", SLUICE_ECOSTZERO, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "pro", "k", 1, 0, d); }},
+      {"cost above capacity", SLUICE_ECOST, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "free", "k", 1, 4, d); }},
+      {"cost huge", SLUICE_ECOST, [](sluice_client *c, sluice_decision *d) { return sluice_acquire(c, "pro", "k", 1, UINT32_MAX, d); }},
+      {"peek cost 0", SLUICE_ECOSTZERO, [](sluice_client *c, sluice_decision *d) { return sluice_peek(c, "pro", "k", 1, 0, d); }},
+  };
+  for (const BadCase &bc : cases) {
+    sluice_decision d = fresh();
+    const int rc = bc.call(c, &d);
+    EXPECT_EQ(rc, bc.expected) << bc.what;
+    EXPECT_NE(d.allowed, 1u) << bc.what << ": an error must never read as allowed";
+    const char *msg = sluice_strerror(rc);
+    ASSERT_NE(msg, nullptr);
+    EXPECT_GT(std::strlen(msg), 5u) << bc.what;
+  }
+  // Nothing above consumed quota: the key still has its full limit.
+  sluice_decision d = fresh();
+  ASSERT_EQ(sluice_acquire(c, "pro", "k", 1, 2, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 1u);
+}
+
+TEST(ApiOpen, Errors) {
+  sluice_client *c = reinterpret_cast<sluice_client *>(0x1);
+  EXPECT_EQ(sluice_open("sluicetest-none", nullptr), SLUICE_ENULL);
+  EXPECT_EQ(sluice_open("sluicetest-does-not-exist", &c), SLUICE_ENOSEGMENT);
+  EXPECT_EQ(c, nullptr) << "out is cleared on failure";
+  EXPECT_EQ(sluice_open("../etc/passwd", &c), SLUICE_ENOSEGMENT);
+  sluice_close(nullptr);  // a no-op
+}
+
+TEST(ApiOpen, EnvironmentNamesTheDefaultSegment) {
+  test::SegmentGuard seg("env", test::spec_with({test::tier("t", 1, 1000, 1)}));
+  setenv("SLUICE_SEGMENT", seg.name.c_str(), 1);
+  sluice_client *c = nullptr;
+  EXPECT_EQ(sluice_open(nullptr, &c), SLUICE_OK);
+  sluice_close(c);
+  unsetenv("SLUICE_SEGMENT");
+}
+
+TEST(ApiOpen, VersionMismatchAndCorruptHeaderAreRefused) {
+  test::SegmentGuard seg("ver", test::spec_with({test::tier("t", 1, 1000, 1)}));
+  auto &h = seg.owner->state();
+  const uint64_t good = h.format.load();
+  sluice_client *c = nullptr;
+  h.format.store(good + (uint64_t(1) << 48));  // next major version
+  EXPECT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_EVERSION);
+  h.format.store(good ^ 0x1234);  // same major, different shape
+  EXPECT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_EVERSION);
+  h.format.store(good);
+  h.magic ^= 1;
+  EXPECT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_ECORRUPT);
+  h.magic ^= 1;
+  h.tiers[0].rings_offset = h.segment_bytes + 64;  // points past the end
+  EXPECT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_ECORRUPT);
+}
+
+TEST(ApiOpen, NotReadyWhileTheCreatorIsStillWriting) {
+  test::SegmentGuard seg("ready", test::spec_with({test::tier("t", 1, 1000, 1)}));
+  auto &h = seg.owner->state();
+  const uint64_t good = h.format.load();
+  h.format.store(0);
+  sluice_client *c = nullptr;
+  EXPECT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_ENOTREADY);
+  h.format.store(good);
+  EXPECT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+  sluice_close(c);
+}
+
+TEST(ApiMisc, VersionAndStrerror) {
+  EXPECT_EQ(sluice_abi_version(), uint32_t(SLUICE_ABI_VERSION));
+  EXPECT_STREQ(sluice_strerror(SLUICE_OK), "ok");
+  EXPECT_STREQ(sluice_strerror(-999), "unknown status code");
+  for (int code = SLUICE_EINTERNAL; code < 0; ++code) EXPECT_STRNE(sluice_strerror(code), "unknown status code") << code;
+}
+
+TEST_F(Api, OneHandleSharedByThreadsIsExact) {
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&] {
+      sluice_decision d = fresh();
+      for (int i = 0; i < 200; ++i)
+        if (sluice_acquire(c, "pro", "shared", 6, 1, &d) == SLUICE_OK && d.allowed) ++admitted;
+    });
+  for (auto &t : ts) t.join();
+  EXPECT_EQ(admitted.load(), 2);
+}
+
+TEST_F(Api, AHandleKeepsWorkingInAForkedChild) {
+  sluice_decision d = fresh();
+  ASSERT_EQ(sluice_acquire(c, "pro", "forked", 6, 1, &d), SLUICE_OK);
+  const pid_t p = fork();
+  if (p == 0) {
+    sluice_decision cd = fresh();
+    const int rc = sluice_acquire(c, "pro", "forked", 6, 1, &cd);
+    _exit(rc == SLUICE_OK && cd.allowed == 1 && cd.remaining == 0 ? 0 : 1);
+  }
+  int st = 0;
+  waitpid(p, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ASSERT_EQ(sluice_acquire(c, "pro", "forked", 6, 1, &d), SLUICE_OK);
+  EXPECT_EQ(d.allowed, 0u) << "the child's admission is in the shared ledger";
+}

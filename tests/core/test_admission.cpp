@@ -1,0 +1,130 @@
+// The admission step on one ring, driven with explicit clock values so every
+// expectation is exact and independent of scheduling.
+#include <gtest/gtest.h>
+
+#include "../support/fixture.hpp"
+#include "sluice/core/admission.hpp"
+#include "sluice/core/clock.hpp"
+
+using namespace sluice;
+using namespace sluice::core;
+
+namespace {
+
+constexpr int64_t kMs = 1'000'000;
+
+struct OneKey : ::testing::Test {
+  test::SegmentGuard seg{"adm", test::spec_with({test::tier("t", 3, 1000, 8)})};
+  TierView tv = seg.owner->tier_view(0);
+  EntryRef ref;
+  int64_t t0 = mono_ns();
+  void SetUp() override {
+    ASSERT_EQ(find_or_insert_key(tv, KeyProbe("k", 1), seg.owner->state().insert_seq, ref), Lookup::found);
+  }
+  Outcome at(int64_t offset_ms, uint32_t cost = 1, uint32_t limit = 3, bool record = true) {
+    Outcome o;
+    EXPECT_EQ(admit(tv, ref, cost, Limits{limit, 1000 * kMs}, t0 + offset_ms * kMs, record, o), Step::decided);
+    return o;
+  }
+};
+
+}  // namespace
+
+TEST_F(OneKey, AdmitsLimitThenDeniesUntilTheOldestLeavesTheWindow) {
+  EXPECT_TRUE(at(0).allowed);
+  EXPECT_TRUE(at(100).allowed);
+  const Outcome third = at(200);
+  EXPECT_TRUE(third.allowed);
+  EXPECT_EQ(third.remaining, 0u);
+  const Outcome denied = at(300);
+  EXPECT_FALSE(denied.allowed);
+  EXPECT_EQ(denied.reason, Reason::window_full);
+  EXPECT_EQ(denied.remaining, 0u);
+  // The unit at t=0 leaves the window at t=1000 (+ under 1 us of rounding up).
+  EXPECT_GE(denied.retry_after_ns, 700 * kMs);
+  EXPECT_LE(denied.retry_after_ns, 700 * kMs + 1000);
+  EXPECT_GE(denied.reset_after_ns, 900 * kMs);
+  EXPECT_FALSE(at(999).allowed);
+  EXPECT_TRUE(at(1001).allowed);
+  EXPECT_FALSE(at(1002).allowed);
+  EXPECT_TRUE(at(1101).allowed);
+}
+
+TEST_F(OneKey, RemainingCountsOnlyUnitsInsideTheWindow) {
+  EXPECT_EQ(at(0).remaining, 2u);
+  EXPECT_EQ(at(10).remaining, 1u);
+  EXPECT_EQ(at(1005).remaining, 1u);  // t=0 has left, t=10 is still in
+  EXPECT_EQ(at(2000).remaining, 1u);  // t=1005 is still in (1000, 2000]
+  EXPECT_EQ(at(3500).remaining, 2u);  // everything older has left
+}
+
+TEST_F(OneKey, CostIsAllOrNothing) {
+  EXPECT_TRUE(at(0, 2).allowed);
+  const Outcome o = at(1, 2);  // only one unit left: nothing is taken
+  EXPECT_FALSE(o.allowed);
+  EXPECT_EQ(o.remaining, 1u);
+  EXPECT_TRUE(at(2, 1).allowed);  // the single remaining unit is still there
+  EXPECT_FALSE(at(3, 1).allowed);
+  EXPECT_TRUE(at(1001, 2).allowed);  // both units from t=0 have left
+}
+
+TEST_F(OneKey, CostAboveTheCurrentLimitIsDeniedWithItsOwnReason) {
+  const Outcome o = at(0, 4);
+  EXPECT_FALSE(o.allowed);
+  EXPECT_EQ(o.reason, Reason::cost_above_limit);
+  EXPECT_TRUE(at(0, 4, 6).allowed) << "fits after the limit is raised";
+}
+
+TEST_F(OneKey, ZeroLimitClosesTheTier) {
+  const Outcome o = at(0, 1, 0);
+  EXPECT_FALSE(o.allowed);
+  EXPECT_EQ(o.reason, Reason::tier_closed);
+}
+
+TEST_F(OneKey, PeekRecordsNothing) {
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(at(0, 1, 3, false).allowed);
+  EXPECT_EQ(at(0, 1, 3, false).remaining, 2u);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(at(i).allowed);
+  EXPECT_FALSE(at(5, 1, 3, false).allowed);
+}
+
+TEST_F(OneKey, LoweringTheLimitKeepsHistoryAndIsExactOnTheNextCall) {
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(at(i).allowed);
+  EXPECT_FALSE(at(10, 1, 2).allowed);  // 3 in window, new limit 2
+  EXPECT_FALSE(at(1001, 1, 2).allowed) << "units at t=1,2 still fill a limit of 2";
+  EXPECT_TRUE(at(1003, 1, 2).allowed);
+}
+
+TEST_F(OneKey, RaisingTheLimitUpToCapacityIsExact) {
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(at(i).allowed);
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(at(10 + i, 1, 8).allowed) << i;
+  EXPECT_FALSE(at(20, 1, 8).allowed);
+  EXPECT_FALSE(at(20, 1, 100).allowed) << "limits above the ring's capacity are clamped to it";
+}
+
+TEST_F(OneKey, WrapsTheRingManyTimes) {
+  int64_t t = 0;
+  int admitted = 0;
+  for (int i = 0; i < 1000; ++i, t += 251) admitted += at(t).allowed;
+  // 251 ms apart, limit 3 per second: exactly 3 of every 4 consecutive calls fit.
+  EXPECT_EQ(admitted, 750);
+}
+
+TEST_F(OneKey, ATimestampRecordedOutOfOrderNeverBreaksTheWindow) {
+  // A caller whose clock read is older than the newest record (it was preempted
+  // between reading the clock and claiming) is recorded at the newest time.
+  ASSERT_TRUE(at(500).allowed);
+  const Outcome late = at(100);
+  ASSERT_TRUE(late.allowed);
+  EXPECT_EQ(late.admitted_at_ns, (t0 + 500 * kMs + 999) / 1000 * 1000);
+}
+
+TEST(AdmitFresh, MatchesAnEmptyRing) {
+  Outcome o;
+  admit_fresh(2, Limits{3, 1000}, o);
+  EXPECT_TRUE(o.allowed);
+  EXPECT_EQ(o.remaining, 1u);
+  admit_fresh(4, Limits{3, 1000}, o);
+  EXPECT_FALSE(o.allowed);
+  EXPECT_EQ(o.reason, Reason::cost_above_limit);
+}

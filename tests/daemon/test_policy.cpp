@@ -1,0 +1,373 @@
+// Tests for the policy file module (daemon/policy).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "policy/policy.hpp"
+
+namespace {
+
+using sluice::policy::default_policy;
+using sluice::policy::load_policy_file;
+using sluice::policy::parse_policy_json;
+using sluice::policy::PolicyError;
+using sluice::policy::PolicySpec;
+using sluice::policy::SegmentSpec;
+using sluice::policy::TierSpec;
+using sluice::policy::to_json;
+
+// A file in a per-process temp directory, removed at the end of the test.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& contents,
+                    const std::string& name = "policy.json") {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("sluice_policy_test." + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+    path_ = (dir_ / name).string();
+    std::ofstream(path_, std::ios::binary) << contents;
+  }
+  ~TempFile() { std::filesystem::remove_all(dir_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::filesystem::path dir_;
+  std::string path_;
+};
+
+// Returns the PolicyError message, or fails the test if nothing was thrown.
+std::string error_of(const std::string& json) {
+  try {
+    parse_policy_json(json, "policy.json");
+  } catch (const PolicyError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "accepted: " << json;
+  return {};
+}
+
+std::string error_of_file(const std::string& path) {
+  try {
+    load_policy_file(path);
+  } catch (const PolicyError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "accepted file: " << path;
+  return {};
+}
+
+// A tier's JSON; each argument is the raw value text, "" to omit the field.
+// `extra` replaces the trailing "adaptive" (duplicate keys are refused).
+std::string tier(const std::string& name = "\"t\"",
+                 const std::string& limit = "1",
+                 const std::string& window = "1000",
+                 const std::string& max = "1", const std::string& extra = "") {
+  std::string t = "{";
+  if (!name.empty()) t += "\"name\": " + name + ", ";
+  if (!limit.empty()) t += "\"limit\": " + limit + ", ";
+  if (!window.empty()) t += "\"window_ms\": " + window + ", ";
+  if (!max.empty()) t += "\"max_limit\": " + max + ", ";
+  t += extra.empty() ? "\"adaptive\": true" : extra;
+  return t + "}";
+}
+
+std::string policy(const std::vector<std::string>& tiers,
+                   const std::string& segment = "") {
+  std::string p = "{";
+  if (!segment.empty()) p += "\"segment\": {" + segment + "}, ";
+  p += "\"tiers\": [";
+  for (size_t i = 0; i < tiers.size(); ++i) p += (i ? ", " : "") + tiers[i];
+  return p + "]}";
+}
+
+TEST(Policy, DefaultPolicyHasBuiltInValues) {
+  const PolicySpec p = default_policy();
+  EXPECT_EQ(p.segment.max_keys, 100000u);
+  EXPECT_EQ(p.segment.max_key_bytes, 64u);
+  EXPECT_EQ(p.segment.idle_ttl_ms, 60000u);
+  const std::vector<TierSpec> want = {
+      {"enterprise", 15, 1000, 120, 0.20, true},
+      {"pro", 8, 1000, 40, 0.05, true},
+      {"free", 3, 1000, 9, 0.01, true},
+  };
+  EXPECT_EQ(p.tiers, want);
+}
+
+TEST(Policy, DefaultPolicyRoundTrips) {
+  const PolicySpec p = default_policy();
+  EXPECT_EQ(parse_policy_json(to_json(p)), p);
+}
+
+// SegmentSpec's C++ defaults and the schema's must agree.
+TEST(Policy, OmittedOptionalFieldsTakeDefaults) {
+  const PolicySpec p = parse_policy_json(
+      R"({"tiers": [{"name": "a", "limit": 1, "window_ms": 1, "max_limit": 1}]})");
+  EXPECT_EQ(p.segment, SegmentSpec{});
+  ASSERT_EQ(p.tiers.size(), 1u);
+  EXPECT_EQ(p.tiers[0].revenue_per_request, 0.0);
+  EXPECT_TRUE(p.tiers[0].adaptive);
+  EXPECT_EQ(parse_policy_json(R"({"segment": {}, "tiers": [)" + tier() + "]}")
+                .segment,
+            SegmentSpec{});
+}
+
+TEST(Policy, ValidFileLoadsAndRoundTrips) {
+  const TempFile f(R"({
+    // flatbuffers' JSON dialect allows comments
+    "segment": {"max_keys": 16777216, "max_key_bytes": 1024, "idle_ttl_ms": 1000},
+    "tiers": [
+      {"name": "Gold-1.x_y", "limit": 1048576, "window_ms": 86400000,
+       "max_limit": 1048576, "revenue_per_request": 0.30000000000000004,
+       "adaptive": false},
+      {"name": "b", "limit": 1, "window_ms": 1, "max_limit": 1,
+       "revenue_per_request": 1e-300}
+    ]
+  })");
+  const PolicySpec p = load_policy_file(f.path());
+  EXPECT_EQ(p.segment, (SegmentSpec{16777216, 1024, 1000}));
+  ASSERT_EQ(p.tiers.size(), 2u);
+  EXPECT_EQ(p.tiers[0], (TierSpec{"Gold-1.x_y", 1048576, 86400000, 1048576,
+                                  0.30000000000000004, false}));
+  EXPECT_EQ(p.tiers[1], (TierSpec{"b", 1, 1, 1, 1e-300, true}));
+
+  const std::string json = to_json(p);
+  const PolicySpec again = parse_policy_json(json);
+  EXPECT_EQ(again, p);
+  EXPECT_EQ(to_json(again), json);
+}
+
+struct BadCase {
+  const char* what;
+  std::string json;
+  std::string expect;  // must appear in the message
+};
+
+TEST(Policy, RefusesOutOfRangeAndMissingFields) {
+  std::vector<std::string> many(33, "");
+  for (size_t i = 0; i < many.size(); ++i)
+    many[i] = tier("\"t" + std::to_string(i) + "\"");
+
+  const std::vector<BadCase> cases = {
+      {"no tiers", "{}", "policy.json: tiers: missing"},
+      {"null tiers", R"({"tiers": null})", "policy.json: tiers: missing"},
+      {"empty tiers", policy({}),
+       "policy.json: tiers: 0 entries is not allowed (must be 1..32)"},
+      {"33 tiers", policy(many),
+       "policy.json: tiers: 33 entries is not allowed (must be 1..32)"},
+      {"name missing", policy({tier("")}),
+       "policy.json: tiers[0].name: missing"},
+      {"name empty", policy({tier("\"\"")}),
+       "policy.json: tiers[0].name: 0 bytes is not allowed"},
+      {"name 32 bytes", policy({tier("\"" + std::string(32, 'n') + "\"")}),
+       "policy.json: tiers[0].name: 32 bytes is not allowed (must be 1..31)"},
+      {"name space", policy({tier("\"a b\"")}),
+       "policy.json: tiers[0].name: byte 1 (0x20)"},
+      {"name slash", policy({tier("\"a/b\"")}),
+       "policy.json: tiers[0].name: byte 1 (0x2F)"},
+      {"name utf8", policy({tier("\"caf\\u00e9\"")}),
+       "policy.json: tiers[0].name: byte 3 (0xC3)"},
+      {"name NUL", policy({tier("\"a\\u0000\"")}),
+       "policy.json: tiers[0].name: byte 1 (0x00)"},
+      {"name duplicate", policy({tier("\"a\""), tier("\"a\"")}),
+       "policy.json: tiers[1].name: \"a\" duplicates tiers[0].name"},
+      {"limit missing", policy({tier("\"t\"", "")}),
+       "policy.json: tiers[0].limit: missing"},
+      {"window missing", policy({tier("\"t\"", "1", "")}),
+       "policy.json: tiers[0].window_ms: missing"},
+      {"max_limit missing", policy({tier("\"t\"", "1", "1", "")}),
+       "policy.json: tiers[0].max_limit: missing"},
+      {"limit 0", policy({tier("\"a\""), tier("\"b\"", "0", "1000", "40")}),
+       "policy.json: tiers[1].limit: 0 is not allowed (must be 1..max_limit, "
+       "here 40)"},
+      {"limit > max_limit", policy({tier("\"t\"", "5", "1000", "4")}),
+       "policy.json: tiers[0].limit: 5 is not allowed (must be 1..max_limit, "
+       "here 4)"},
+      {"max_limit 0", policy({tier("\"t\"", "1", "1000", "0")}),
+       "policy.json: tiers[0].max_limit: 0 is not allowed (must be "
+       "1..1048576)"},
+      {"max_limit too big", policy({tier("\"t\"", "1", "1000", "1048577")}),
+       "policy.json: tiers[0].max_limit: 1048577 is not allowed (must be "
+       "1..1048576)"},
+      {"window 0", policy({tier("\"t\"", "1", "0")}),
+       "policy.json: tiers[0].window_ms: 0 is not allowed (must be "
+       "1..86400000)"},
+      {"window > 1 day", policy({tier("\"t\"", "1", "86400001")}),
+       "policy.json: tiers[0].window_ms: 86400001 is not allowed (must be "
+       "1..86400000)"},
+      {"revenue negative",
+       policy({tier("\"t\"", "1", "1", "1", "\"revenue_per_request\": -0.01")}),
+       "policy.json: tiers[0].revenue_per_request: -0.01 is not allowed (must "
+       "be finite and >= 0)"},
+      {"revenue nan",
+       policy({tier("\"t\"", "1", "1", "1", "\"revenue_per_request\": nan")}),
+       "policy.json: tiers[0].revenue_per_request: nan is not allowed"},
+      {"revenue inf",
+       policy({tier("\"t\"", "1", "1", "1", "\"revenue_per_request\": inf")}),
+       "policy.json: tiers[0].revenue_per_request: inf is not allowed"},
+      {"revenue overflow",
+       policy({tier("\"t\"", "1", "1", "1", "\"revenue_per_request\": 1e999")}),
+       "policy.json: tiers[0].revenue_per_request: inf is not allowed"},
+      {"max_keys 0", policy({tier()}, "\"max_keys\": 0"),
+       "policy.json: segment.max_keys: 0 is not allowed (must be 1..16777216)"},
+      {"max_keys too big", policy({tier()}, "\"max_keys\": 16777217"),
+       "policy.json: segment.max_keys: 16777217 is not allowed (must be "
+       "1..16777216)"},
+      {"max_key_bytes 0", policy({tier()}, "\"max_key_bytes\": 0"),
+       "policy.json: segment.max_key_bytes: 0 is not allowed (must be "
+       "1..1024)"},
+      {"max_key_bytes too big", policy({tier()}, "\"max_key_bytes\": 1025"),
+       "policy.json: segment.max_key_bytes: 1025 is not allowed (must be "
+       "1..1024)"},
+      {"idle_ttl_ms 999", policy({tier()}, "\"idle_ttl_ms\": 999"),
+       "policy.json: segment.idle_ttl_ms: 999 is not allowed (must be >= "
+       "1000)"},
+      {"idle_ttl_ms 0", policy({tier()}, "\"idle_ttl_ms\": 0"),
+       "policy.json: segment.idle_ttl_ms: 0 is not allowed (must be >= 1000)"},
+  };
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(std::string(c.what) + ": " + c.json.substr(0, 300));
+    EXPECT_NE(error_of(c.json).find(c.expect), std::string::npos)
+        << "message: " << error_of(c.json) << "\nwanted: " << c.expect;
+  }
+}
+
+// Errors found by flatbuffers' parser (or our kind check) carry the line and
+// the field path.
+TEST(Policy, RefusesWhatTheSchemaForbids) {
+  const std::vector<BadCase> cases = {
+      {"unknown top-level field", R"({"tiers": [], "bogus": 1})",
+       "policy.json:1: bogus: unknown field: bogus"},
+      {"unknown tier field",
+       "{\"tiers\": [\n" + tier("\"t\"", "1", "1", "1", "\"limt\": 2") + "]}",
+       "policy.json:2: tiers[0].limt: unknown field: limt"},
+      {"unknown segment field", policy({tier()}, "\"max_key\": 1"),
+       "policy.json:1: segment.max_key: unknown field: max_key"},
+      {"limit as string", policy({tier("\"t\"", "\"5\"")}),
+       "policy.json:1: tiers[0].limit: expected a number, got a string"},
+      {"limit as word", policy({tier("\"t\"", "\"abc\"")}),
+       "policy.json:1: tiers[0].limit: expected a number, got a string"},
+      {"limit as bool", policy({tier("\"t\"", "true")}),
+       "policy.json:1: tiers[0].limit: expected a number, got a bool"},
+      {"limit fractional", policy({tier("\"t\"", "1.5")}),
+       "policy.json:1: tiers[0].limit: 1.5 is not an integer in 0..4294967295"},
+      {"limit negative", policy({tier("\"t\"", "-1")}),
+       "policy.json:1: tiers[0].limit: -1 is not an integer in 0..4294967295"},
+      {"limit > uint32", policy({tier("\"t\"", "4294967296")}),
+       "policy.json:1: tiers[0].limit: 4294967296 is not an integer in "
+       "0..4294967295"},
+      {"limit hex", policy({tier("\"t\"", "0x10")}),
+       "policy.json:1: tiers[0].limit: 0x10 is not an integer"},
+      {"limit null", policy({tier("\"t\"", "null")}),
+       "policy.json:1: tiers[0].limit: null is not an integer"},
+      {"window_ms > uint64",
+       policy({tier("\"t\"", "1", "18446744073709551616")}),
+       "policy.json:1: tiers[0].window_ms: 18446744073709551616 is not an "
+       "integer in "
+       "0..18446744073709551615"},
+      {"escaped key hides a quoted number",
+       policy({tier("\"t\"", "", "1", "1", "\"lim\\u0069t\": \"5\"")}),
+       "policy.json:1: tiers[0]: escape sequences in field names are not "
+       "allowed"},
+      {"revenue as string",
+       policy(
+           {tier("\"t\"", "1", "1", "1", "\"revenue_per_request\": \"nan\"")}),
+       "policy.json:1: tiers[0].revenue_per_request: expected a number, got a "
+       "string"},
+      {"adaptive as number",
+       policy({tier("\"t\"", "1", "1", "1", "\"adaptive\": 1")}),
+       "policy.json:1: tiers[0].adaptive: expected true or false"},
+      {"name as number", policy({tier("5")}), "policy.json:1: tiers[0].name: "},
+      {"tiers as object", R"({"tiers": {}})", "policy.json:1: tiers: "},
+      {"segment as array", R"({"segment": [], "tiers": []})",
+       "policy.json:1: segment: "},
+      {"field twice", policy({tier("\"t\"", "1", "1", "1", "\"limit\": 2")}),
+       "field set more than once: limit"},
+      {"trailing comma",
+       policy({tier("\"t\"", "1", "1", "1", "\"adaptive\": true,")}),
+       "policy.json:1: tiers[0]: "},
+      {"unquoted key", R"({tiers: []})", "policy.json:1: "},
+      {"schema text in JSON", R"({"tiers": []} root_type Tier;)",
+       "policy.json:1: "},
+      {"two objects", "{\"tiers\": []}\n{}", "policy.json:2: "},
+  };
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(std::string(c.what) + ": " + c.json);
+    EXPECT_NE(error_of(c.json).find(c.expect), std::string::npos)
+        << "message: " << error_of(c.json) << "\nwanted: " << c.expect;
+  }
+}
+
+TEST(Policy, MissingFileIsNamed) {
+  const std::string path = "/nonexistent/sluice/policy.json";
+  EXPECT_EQ(error_of_file(path),
+            path + ": cannot open: No such file or directory");
+}
+
+TEST(Policy, DirectoryIsRefused) {
+  const TempFile f("");
+  const std::string dir =
+      std::filesystem::path(f.path()).parent_path().string();
+  EXPECT_NE(error_of_file(dir).find(dir + ": cannot read: "),
+            std::string::npos);
+}
+
+TEST(Policy, EmptyFileIsRefused) {
+  const TempFile f("");
+  EXPECT_NE(error_of_file(f.path()).find(f.path() + ":1: "), std::string::npos);
+  EXPECT_NE(error_of("  \n ").find("policy.json:2: "), std::string::npos);
+}
+
+TEST(Policy, GarbageIsRefused) {
+  const TempFile f(
+      "\x7f"
+      "ELF\x01\x02garbage\xff\xfe");
+  EXPECT_NE(error_of_file(f.path()).find(f.path() + ":1: "), std::string::npos);
+  EXPECT_NE(error_of("not json at all").find("policy.json:1: "),
+            std::string::npos);
+  EXPECT_NE(error_of("[1, 2, 3]").find("policy.json:1: "), std::string::npos);
+  // ParseJson stops at NUL; what follows must not be silently ignored.
+  EXPECT_NE(
+      error_of(std::string(policy({tier()})) + std::string(1, '\0') + "junk")
+          .find("policy.json: contains a NUL byte"),
+      std::string::npos);
+}
+
+// Big inputs must be refused (or parsed), never crash or hang.
+TEST(Policy, TenMegabyteFilesDoNotCrash) {
+  const size_t ten_mb = 10u << 20;
+  {  // one huge name
+    const TempFile f(policy({tier("\"" + std::string(ten_mb, 'x') + "\"")}));
+    EXPECT_NE(error_of_file(f.path()).find(
+                  "tiers[0].name: 10485760 bytes is not allowed"),
+              std::string::npos);
+  }
+  {  // very many tiers
+    std::string json = "{\"tiers\": [";
+    for (size_t i = 0; json.size() < ten_mb; ++i)
+      json += (i ? "," : "") + tier("\"t" + std::to_string(i) + "\"");
+    const TempFile f(json + "]}");
+    EXPECT_NE(error_of_file(f.path()).find("tiers: "), std::string::npos);
+  }
+  {  // deep nesting
+    const TempFile f("{\"tiers\": " + std::string(ten_mb, '['));
+    EXPECT_NE(error_of_file(f.path()).find(f.path() + ":1: "),
+              std::string::npos);
+  }
+  {  // unbalanced braces
+    const TempFile f(std::string(ten_mb, '{'));
+    EXPECT_NE(error_of_file(f.path()).find(f.path() + ":1: "),
+              std::string::npos);
+  }
+}
+
+TEST(Policy, OversizedFileIsRefusedBeforeParsing) {
+  const TempFile f(std::string((16u << 20) + 1, ' '));
+  EXPECT_EQ(error_of_file(f.path()),
+            f.path() + ": larger than 16 MiB, not a policy file");
+}
+
+}  // namespace
