@@ -307,6 +307,12 @@ bool free_dead_claim(const TierView &t, uint32_t slot, uint64_t claimed_word, in
       expect, ctrl_make(EntryState::free, ctrl_gen(claimed_word), 0), acq);
 }
 
+uint64_t count_live(const TierView &t) {
+  uint64_t n = 0;
+  for (uint32_t s = 0; s < t.slots; ++s) n += ctrl_state(t.entry(s)->ctrl.load(rlx)) == EntryState::live;
+  return n;
+}
+
 uint32_t read_key(const TierView &t, uint32_t slot, void *buf, uint32_t cap) {
   EntryHeader *e = t.entry(slot);
   const uint32_t len = std::min(e->key_len.load(rlx), t.max_key_bytes);

@@ -124,12 +124,4 @@ GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {
   return st;
 }
 
-uint64_t Owner::live_keys(uint32_t tier) const {
-  const TierView v = tier_view(tier);
-  uint64_t n = 0;
-  for (uint32_t s = 0; s < v.slots; ++s)
-    n += ctrl_state(v.entry(s)->ctrl.load(std::memory_order_relaxed)) == EntryState::live;
-  return n;
-}
-
 }  // namespace sluice::core

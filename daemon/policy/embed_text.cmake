@@ -15,13 +15,10 @@ if(NOT clash EQUAL -1)
 endif()
 
 get_filename_component(input_name "${INPUT}" NAME)
-file(WRITE "${OUTPUT}.tmp"
+file(WRITE "${OUTPUT}"
   "// Generated from ${input_name} by embed_text.cmake. Do not edit.\n"
   "#include <string_view>\n"
   "namespace ${NAMESPACE} {\n"
   "extern const std::string_view ${SYMBOL};\n"
   "const std::string_view ${SYMBOL} = R\"${delim}(${text})${delim}\";\n"
   "}\n")
-# Only touch OUTPUT when it changes, so dependents are not rebuilt needlessly.
-file(COPY_FILE "${OUTPUT}.tmp" "${OUTPUT}" ONLY_IF_DIFFERENT)
-file(REMOVE "${OUTPUT}.tmp")

@@ -79,7 +79,9 @@ TEST(KeyTable, CollidingHashesNeverShareAQuota) {
   for (int i = 0; i < 400; ++i) {
     const std::string k = "k" + std::to_string(i);
     const Status s = l->acquire("t", k.data(), k.size(), 1, d, detail);
-    if (s == Status::ok) EXPECT_FALSE(d.allowed) << k << " was admitted twice";
+    if (s == Status::ok) {
+      EXPECT_FALSE(d.allowed) << k << " was admitted twice";
+    }
   }
 }
 

@@ -50,7 +50,9 @@ TEST(FaultPoints, ClientKilledAtEveryStepLeavesTheKeyWholeAndExact) {
     // Either the dead client's 3 units landed whole (1 left) or not at all (4).
     EXPECT_TRUE(admitted == int(kLimit - kCost) || admitted == int(kLimit))
         << "point " << n << ": " << admitted << " admitted after the crash";
-    if (completed) EXPECT_EQ(admitted, int(kLimit - kCost));
+    if (completed) {
+      EXPECT_EQ(admitted, int(kLimit - kCost));
+    }
   }
   EXPECT_TRUE(completed);
   EXPECT_GE(deaths, 8) << "the fault points must cover insert, resolve and claim";

@@ -58,6 +58,9 @@ bool free_dead_claim(const TierView &t, uint32_t slot, uint64_t claimed_word, in
 int64_t boottime_ns();
 bool process_alive_since(int pid, int64_t since_boot_ns);
 
+// LIVE entries in a tier (a full scan: for status, not the hot path).
+uint64_t count_live(const TierView &t);
+
 // Copies the stored key (for status / metrics). Returns its length.
 uint32_t read_key(const TierView &t, uint32_t slot, void *buf, uint32_t cap);
 

@@ -40,8 +40,6 @@ class Owner {
   void mark_stopped();
   // Visits up to `budget` slots per tier from a rotating cursor.
   GcStats collect(int64_t idle_ns, uint32_t budget);
-  // Live keys per tier by a full scan (for status; not for the hot path).
-  uint64_t live_keys(uint32_t tier) const;
 
  private:
   Owner() = default;

@@ -1,0 +1,110 @@
+#include "daemon.hpp"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "sluice/core/clock.hpp"
+
+namespace sluice::daemon {
+
+core::LayoutSpec layout_of(const policy::PolicySpec &p) {
+  core::LayoutSpec s;
+  s.max_keys = p.segment.max_keys;
+  s.max_key_bytes = p.segment.max_key_bytes;
+  for (const auto &t : p.tiers) {
+    core::TierSpec ts;
+    ts.name = t.name;
+    ts.capacity = t.max_limit;
+    ts.limit = t.limit;
+    ts.window_ns = int64_t(t.window_ms) * 1'000'000;
+    ts.revenue_per_request = t.revenue_per_request;
+    ts.adaptive = t.adaptive;
+    s.tiers.push_back(ts);
+  }
+  return s;
+}
+
+int take_segment_lock(const std::string &segment, std::string &error) {
+  const std::string path = "/dev/shm/" + segment + ".lock";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0660);
+  if (fd < 0) {
+    error = "cannot open lock file " + path + ": " + std::strerror(errno);
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char pid[32] = {};
+    (void)!pread(fd, pid, sizeof pid - 1, 0);
+    ::close(fd);
+    error = err == EWOULDBLOCK ? "another sluiced (pid " + std::string(pid[0] ? pid : "?") +
+                                     ") already owns segment '" + segment + "'"
+                               : "cannot lock " + path + ": " + std::strerror(err);
+    return -1;
+  }
+  const std::string me = std::to_string(getpid());
+  (void)!ftruncate(fd, 0);
+  (void)!pwrite(fd, me.data(), me.size(), 0);
+  return fd;
+}
+
+std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
+  std::unique_ptr<Daemon> d(new Daemon());
+  d->opt_ = opt;
+  if (!core::valid_segment_name(opt.segment)) {
+    error = "segment name '" + opt.segment + "' is not valid (letters, digits, '_', '-', '.')";
+    return nullptr;
+  }
+  try {
+    d->policy_ = opt.policy_path ? policy::load_policy_file(*opt.policy_path) : policy::default_policy();
+  } catch (const policy::PolicyError &e) {
+    error = e.what();
+    return nullptr;
+  }
+  d->lock_fd_ = take_segment_lock(opt.segment, error);
+  if (d->lock_fd_ < 0) return nullptr;
+  std::string detail;
+  const core::Status s =
+      core::Owner::create_or_attach(opt.segment, layout_of(d->policy_), opt.reset, d->owner_, d->created_, detail);
+  if (s != core::Status::ok) {
+    error = "segment '" + opt.segment + "': " + detail;
+    return nullptr;
+  }
+  spdlog::info("{} segment '{}' ({} tiers, {} keys per tier, {} MiB mapped)",
+               d->created_ ? "created" : "re-attached", opt.segment, d->policy_.tiers.size(),
+               d->policy_.segment.max_keys, d->owner_->state().segment_bytes >> 20);
+  return d;
+}
+
+Daemon::~Daemon() {
+  stop();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+int64_t Daemon::do_work(int64_t now_ns) {
+  owner_->heartbeat();
+  if (now_ns >= next_tick_ns_) {
+    next_tick_ns_ = now_ns + opt_.tick_ns;
+    const int64_t idle_ns = int64_t(policy_.segment.idle_ttl_ms) * 1'000'000;
+    const core::GcStats gc = owner_->collect(idle_ns, opt_.gc_slots_per_tick);
+    gc_totals_.scanned += gc.scanned;
+    gc_totals_.reclaimed += gc.reclaimed;
+    gc_totals_.dead_claims_freed += gc.dead_claims_freed;
+    if (gc.reclaimed || gc.dead_claims_freed)
+      spdlog::debug("gc: reclaimed {} idle keys, freed {} dead claims", gc.reclaimed, gc.dead_claims_freed);
+  }
+  return std::min(next_tick_ns_, now_ns + opt_.heartbeat_ns);
+}
+
+void Daemon::stop() {
+  if (stopped_ || !owner_) return;
+  stopped_ = true;
+  owner_->mark_stopped();
+}
+
+}  // namespace sluice::daemon

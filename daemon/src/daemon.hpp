@@ -1,0 +1,59 @@
+// sluiced's core loop as an object, so tests can run it in-process step by step
+// (Aeron's EmbeddedMediaDriver pattern). main() only parses flags and signals.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "policy/policy.hpp"
+#include "sluice/core/owner.hpp"
+
+namespace sluice::daemon {
+
+struct Options {
+  std::string segment = "sluice";
+  std::optional<std::string> policy_path;  // none: the built-in default policy
+  bool reset = false;
+  int64_t tick_ns = 1'000'000'000;
+  int64_t heartbeat_ns = 100'000'000;
+  uint32_t gc_slots_per_tick = 1u << 16;  // per tier
+};
+
+core::LayoutSpec layout_of(const policy::PolicySpec &p);
+
+class Daemon {
+ public:
+  // Takes the per-segment lock, loads the policy, creates or re-attaches the
+  // segments. Returns nullptr with `error` set on any failure.
+  static std::unique_ptr<Daemon> start(const Options &opt, std::string &error);
+  ~Daemon();
+
+  // One step of work: heartbeat, and on each tick a slice of idle-key GC.
+  // Returns when it is next due (CLOCK_MONOTONIC ns).
+  int64_t do_work(int64_t now_ns);
+  // Writes the clean-shutdown heartbeat and releases the lock.
+  void stop();
+
+  bool created() const { return created_; }
+  core::Owner &owner() { return *owner_; }
+  const policy::PolicySpec &policy() const { return policy_; }
+  const core::GcStats &gc_totals() const { return gc_totals_; }
+
+ private:
+  Daemon() = default;
+  Options opt_;
+  policy::PolicySpec policy_;
+  std::unique_ptr<core::Owner> owner_;
+  int lock_fd_ = -1;
+  bool created_ = false;
+  bool stopped_ = false;
+  int64_t next_tick_ns_ = 0;
+  core::GcStats gc_totals_;
+};
+
+// /dev/shm/<segment>.lock: one daemon per segment (flock, dropped by the kernel
+// when the holder dies).
+int take_segment_lock(const std::string &segment, std::string &error);
+
+}  // namespace sluice::daemon

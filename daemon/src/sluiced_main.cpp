@@ -1,0 +1,99 @@
+// sluiced --policy FILE --segment NAME [--reset]: owns one host's segment pair.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <thread>
+
+#include "daemon.hpp"
+#include "sluice/core/clock.hpp"
+
+namespace {
+
+std::atomic<int> g_signal{0};
+void on_signal(int sig) { g_signal.store(sig); }
+
+void usage(std::ostream &os) {
+  os << "usage: sluiced [--policy FILE] [--segment NAME] [--reset] [--tick-ms N] [--log-level LEVEL]\n"
+        "  --policy FILE    JSON policy (schema: daemon/policy/policy.fbs); default: built-in tiers\n"
+        "  --segment NAME   segment pair /dev/shm/NAME.{state,policy}; default $SLUICE_SEGMENT or 'sluice'\n"
+        "  --reset          remove an existing segment pair first (wipes keys and counters)\n"
+        "  --tick-ms N      policy/GC tick, default 1000\n"
+        "  --print-default-policy  print the built-in policy as JSON and exit\n";
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  using namespace sluice;
+  daemon::Options opt;
+  opt.segment = core::resolve_segment_name(nullptr);
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::cerr << "sluiced: " << a << " needs a value\n";
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--policy") opt.policy_path = value();
+    else if (a == "--segment") opt.segment = value();
+    else if (a == "--reset") opt.reset = true;
+    else if (a == "--tick-ms") {
+      const std::string v = value();
+      char *end = nullptr;
+      const long ms = std::strtol(v.c_str(), &end, 10);
+      if (!end || *end || ms < 10 || ms > 600000) {
+        std::cerr << "sluiced: --tick-ms must be 10..600000, got '" << v << "'\n";
+        return 2;
+      }
+      opt.tick_ns = ms * 1'000'000LL;
+    } else if (a == "--log-level") spdlog::set_level(spdlog::level::from_str(value()));
+    else if (a == "--print-default-policy") {
+      std::cout << policy::to_json(policy::default_policy()) << "\n";
+      return 0;
+    } else if (a == "-h" || a == "--help") {
+      usage(std::cout);
+      return 0;
+    } else {
+      std::cerr << "sluiced: unknown argument '" << a << "'\n";
+      usage(std::cerr);
+      return 2;
+    }
+  }
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ sluiced[%P] %v");
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  std::string error;
+  auto d = daemon::Daemon::start(opt, error);
+  if (!d) {
+    spdlog::error("{}", error);
+    return 1;
+  }
+  for (size_t i = 0; i < d->policy().tiers.size(); ++i) {
+    const auto &t = d->policy().tiers[i];
+    spdlog::info("tier {} '{}': {} per {} ms (max {}), ${:.2f}/request{}", i, t.name, t.limit, t.window_ms,
+                 t.max_limit, t.revenue_per_request, t.adaptive ? "" : ", fixed");
+  }
+  spdlog::info("ready: segment '{}', pid {}", opt.segment, getpid());
+  while (g_signal.load() == 0) {
+    const int64_t now = core::mono_ns();
+    const int64_t next = d->do_work(now);
+    const int64_t wait = std::max<int64_t>(1'000'000, next - core::mono_ns());
+    std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(wait, 100'000'000)));
+  }
+  spdlog::info("signal {} received: stopping (segment kept for clients and the next start)",
+               strsignal(g_signal.load()));
+  d->stop();
+  return 0;
+}

@@ -1,0 +1,124 @@
+#include "status.hpp"
+
+#include <signal.h>
+
+#include <cerrno>
+#include <cstdio>
+
+#include "sluice/core/clock.hpp"
+
+namespace sluice::daemon {
+
+bool read_status(const std::string &segment, Status &out, std::string &error) {
+  using namespace core;
+  Mapping state, policy;
+  if (!valid_segment_name(segment)) {
+    error = "segment name '" + segment + "' is not valid";
+    return false;
+  }
+  if (Mapping::open(state_segment_name(segment), false, state, error) != core::Status::ok ||
+      validate_state(state, 1000, error) != core::Status::ok ||
+      Mapping::open(policy_segment_name(segment), false, policy, error) != core::Status::ok ||
+      validate_policy(policy, 1000, error) != core::Status::ok)
+    return false;
+  auto *h = static_cast<StateHeader *>(state.base());
+  const auto *p = static_cast<const PolicyHeader *>(policy.base());
+  out = Status{};
+  out.segment = segment;
+  out.daemon_pid = h->daemon_pid.load();
+  const int64_t hb = h->heartbeat_ns.load();
+  out.heartbeat_age_ns = hb == kHeartbeatStopped ? -1 : mono_ns() - hb;
+  out.daemon_alive = hb != kHeartbeatStopped && out.heartbeat_age_ns < 3'000'000'000LL &&
+                     out.daemon_pid > 0 && (kill(pid_t(out.daemon_pid), 0) == 0 || errno == EPERM);
+  out.daemon_starts = h->daemon_starts.load();
+  out.keys_reclaimed = h->keys_reclaimed.load();
+  out.segment_bytes = h->segment_bytes;
+  for (uint32_t i = 0; i < h->tier_count; ++i) {
+    TierStatus t;
+    TierLimits lim;
+    read_tier(*p, i, lim);
+    out.policy_generation = lim.generation;
+    t.name = h->tiers[i].name;
+    t.limit = lim.limit;
+    t.capacity = h->tiers[i].capacity;
+    t.window_ns = lim.window_ns;
+    t.revenue_per_request = double(lim.revenue_micros) / 1e6;
+    t.adaptive = lim.flags & kTierAdaptive;
+    const TierView v = TierView::of(h, i);
+    t.keys = count_live(v);
+    t.key_slots = v.slots;
+    t.counters = sum_counters(*h, i);
+    out.tiers.push_back(t);
+  }
+  return true;
+}
+
+std::string render_status_text(const Status &s) {
+  std::string o;
+  char line[512];
+  std::snprintf(line, sizeof line, "segment %s: %s, daemon pid %lld, %s, policy generation %llu\n",
+                s.segment.c_str(), s.daemon_alive ? "daemon alive" : "daemon NOT running",
+                (long long)s.daemon_pid,
+                s.heartbeat_age_ns < 0 ? "stopped cleanly"
+                                       : ("heartbeat " + std::to_string(s.heartbeat_age_ns / 1'000'000) + " ms ago").c_str(),
+                (unsigned long long)s.policy_generation);
+  o += line;
+  std::snprintf(line, sizeof line, "%-12s %7s %8s %6s %8s %9s %10s %10s %8s %8s %12s\n", "tier", "limit", "window",
+                "max", "$/req", "keys", "admitted", "denied", "cost>lim", "closed", "revenue $");
+  o += line;
+  for (const TierStatus &t : s.tiers) {
+    const double revenue = double(t.counters.admitted) * t.revenue_per_request;
+    std::snprintf(line, sizeof line, "%-12s %7u %7.3fs %6u %8.2f %9llu %10llu %10llu %8llu %8llu %12.2f\n",
+                  t.name.c_str(), t.limit, double(t.window_ns) / 1e9, t.capacity, t.revenue_per_request,
+                  (unsigned long long)t.keys, (unsigned long long)t.counters.admitted,
+                  (unsigned long long)t.counters.denied_window, (unsigned long long)t.counters.denied_cost,
+                  (unsigned long long)t.counters.denied_closed, revenue);
+    o += line;
+  }
+  std::snprintf(line, sizeof line, "daemon starts %llu, idle keys reclaimed %llu, segment %.1f MiB\n",
+                (unsigned long long)s.daemon_starts, (unsigned long long)s.keys_reclaimed,
+                double(s.segment_bytes) / (1 << 20));
+  o += line;
+  return o;
+}
+
+static std::string json_str(const std::string &v) {
+  std::string o = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') o += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else {
+      o += c;
+    }
+  }
+  return o + "\"";
+}
+
+std::string render_status_json(const Status &s) {
+  std::string o = "{\"segment\":" + json_str(s.segment) + ",\"daemon_pid\":" + std::to_string(s.daemon_pid) +
+                  ",\"daemon_alive\":" + (s.daemon_alive ? "true" : "false") +
+                  ",\"heartbeat_age_ns\":" + std::to_string(s.heartbeat_age_ns) +
+                  ",\"policy_generation\":" + std::to_string(s.policy_generation) +
+                  ",\"daemon_starts\":" + std::to_string(s.daemon_starts) +
+                  ",\"keys_reclaimed\":" + std::to_string(s.keys_reclaimed) + ",\"tiers\":[";
+  for (size_t i = 0; i < s.tiers.size(); ++i) {
+    const TierStatus &t = s.tiers[i];
+    char rev[64];
+    std::snprintf(rev, sizeof rev, "%.6f", t.revenue_per_request);
+    o += (i ? "," : "") + std::string("{\"name\":") + json_str(t.name) + ",\"limit\":" + std::to_string(t.limit) +
+         ",\"max_limit\":" + std::to_string(t.capacity) + ",\"window_ns\":" + std::to_string(t.window_ns) +
+         ",\"revenue_per_request\":" + rev + ",\"adaptive\":" + (t.adaptive ? "true" : "false") +
+         ",\"keys\":" + std::to_string(t.keys) + ",\"key_slots\":" + std::to_string(t.key_slots) +
+         ",\"admitted\":" + std::to_string(t.counters.admitted) +
+         ",\"denied_window\":" + std::to_string(t.counters.denied_window) +
+         ",\"denied_cost\":" + std::to_string(t.counters.denied_cost) +
+         ",\"denied_closed\":" + std::to_string(t.counters.denied_closed) +
+         ",\"cost_units\":" + std::to_string(t.counters.cost_units) + "}";
+  }
+  return o + "]}";
+}
+
+}  // namespace sluice::daemon

@@ -1,0 +1,38 @@
+// A read-only snapshot of a running (or stopped) Sluice segment pair, for
+// `sluicectl status` and the demo's report. Maps both segments read-only.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sluice/core/ledger.hpp"
+
+namespace sluice::daemon {
+
+struct TierStatus {
+  std::string name;
+  uint32_t limit = 0, capacity = 0;
+  int64_t window_ns = 0;
+  double revenue_per_request = 0;
+  bool adaptive = false;
+  uint64_t keys = 0, key_slots = 0;
+  core::TierCounters counters;
+};
+
+struct Status {
+  std::string segment;
+  int64_t daemon_pid = 0;
+  int64_t heartbeat_age_ns = -1;  // -1: stopped cleanly
+  bool daemon_alive = false;
+  uint64_t policy_generation = 0;
+  uint64_t daemon_starts = 0, keys_reclaimed = 0;
+  uint64_t segment_bytes = 0;
+  std::vector<TierStatus> tiers;
+};
+
+// Returns false with `error` if the segment cannot be opened or validated.
+bool read_status(const std::string &segment, Status &out, std::string &error);
+std::string render_status_text(const Status &s);
+std::string render_status_json(const Status &s);
+
+}  // namespace sluice::daemon
