@@ -16,11 +16,14 @@ bool read_status(const std::string &segment, Status &out, std::string &error) {
     error = "segment name '" + segment + "' is not valid";
     return false;
   }
-  if (Mapping::open(state_segment_name(segment), false, state, error) != core::Status::ok ||
-      validate_state(state, 1000, error) != core::Status::ok ||
-      Mapping::open(policy_segment_name(segment), false, policy, error) != core::Status::ok ||
-      validate_policy(policy, 1000, error) != core::Status::ok)
+  core::Status st = Mapping::open(state_segment_name(segment), false, state, error);
+  if (st == core::Status::ok) st = validate_state(state, 1000, error);
+  if (st == core::Status::ok) st = Mapping::open(policy_segment_name(segment), false, policy, error);
+  if (st == core::Status::ok) st = validate_policy(policy, 1000, error);
+  if (st != core::Status::ok) {
+    error = std::string(status_message(st)) + " (" + error + ")";
     return false;
+  }
   auto *h = static_cast<StateHeader *>(state.base());
   const auto *p = static_cast<const PolicyHeader *>(policy.base());
   out = Status{};

@@ -1,0 +1,239 @@
+// sluiced as a real process: start, lock, bad policy, SIGTERM, kill -9 under load
+// and restart (invariant 4), --reset, and sluicectl status.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <fcntl.h>
+
+#include <fstream>
+#include <thread>
+
+#include "../support/fixture.hpp"
+#include "sluice.h"
+#include "sluice/core/clock.hpp"
+
+extern char **environ;
+
+using namespace sluice;
+
+namespace {
+
+struct Proc {
+  pid_t pid = -1;
+  std::string out_path;
+  std::string output() const {
+    std::ifstream f(out_path);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+};
+
+Proc spawn(const std::vector<std::string> &args) {
+  static int n = 0;
+  Proc p;
+  p.out_path = "/tmp/sluicetest-out-" + std::to_string(getpid()) + "-" + std::to_string(n++);
+  std::vector<char *> argv;
+  for (const auto &a : args) argv.push_back(const_cast<char *>(a.c_str()));
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, p.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  EXPECT_EQ(posix_spawn(&p.pid, argv[0], &fa, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  return p;
+}
+
+int wait_exit(const Proc &p) {
+  int st = 0;
+  waitpid(p.pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// Ready means this daemon said so (an old segment may still be open-able).
+bool wait_ready(const Proc &p, const std::string &seg, int ms = 5000) {
+  for (int i = 0; i < ms / 10; ++i) {
+    if (p.output().find("ready:") == std::string::npos) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
+    }
+    sluice_client *c = nullptr;
+    if (sluice_open(seg.c_str(), &c) == SLUICE_OK) {
+      sluice_close(c);
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+struct Segment {
+  std::string name = test::unique_segment("d");
+  ~Segment() {
+    core::Owner::remove(name);
+    std::remove(("/dev/shm/" + name + ".lock").c_str());
+  }
+};
+
+std::string write_policy(const std::string &text) {
+  static int n = 0;
+  const std::string path = "/tmp/sluicetest-policy-" + std::to_string(getpid()) + "-" + std::to_string(n++) + ".json";
+  std::ofstream(path) << text;
+  return path;
+}
+
+const char *kPolicy = R"({"segment": {"max_keys": 1000, "max_key_bytes": 32},
+  "tiers": [{"name": "gold", "limit": 5, "window_ms": 200, "max_limit": 10, "revenue_per_request": 0.2},
+            {"name": "free", "limit": 2, "window_ms": 200, "max_limit": 4, "revenue_per_request": 0.01}]})";
+
+}  // namespace
+
+TEST(Sluiced, StartsServesAndStopsCleanlyOnSigterm) {
+  Segment seg;
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--reset"});
+  ASSERT_TRUE(wait_ready(d, seg.name)) << d.output();
+  sluice_client *c = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+  sluice_decision dec{};
+  dec.size = sizeof dec;
+  ASSERT_EQ(sluice_acquire(c, "enterprise", "acme", 4, 1, &dec), SLUICE_OK);
+  EXPECT_EQ(dec.allowed, 1u);
+  EXPECT_EQ(dec.limit, 15u) << "built-in default: enterprise 15 per second";
+  ASSERT_EQ(sluice_acquire(c, "pro", "p", 1, 1, &dec), SLUICE_OK);
+  EXPECT_EQ(dec.limit, 8u);
+  ASSERT_EQ(sluice_acquire(c, "free", "f", 1, 1, &dec), SLUICE_OK);
+  EXPECT_EQ(dec.limit, 3u);
+  EXPECT_EQ(sluice_acquire(c, "gold", "f", 1, 1, &dec), SLUICE_ETIER);
+  kill(d.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(d), 0) << d.output();
+  // The segment outlives the daemon; clients keep deciding; the heartbeat says "stopped".
+  ASSERT_EQ(sluice_acquire(c, "enterprise", "acme", 4, 1, &dec), SLUICE_OK);
+  sluice_close(c);
+  Proc ctl = spawn({SLUICECTL_PATH, "--segment", seg.name, "status"});
+  EXPECT_EQ(wait_exit(ctl), 0);
+  EXPECT_NE(ctl.output().find("stopped cleanly"), std::string::npos) << ctl.output();
+  EXPECT_NE(ctl.output().find("enterprise"), std::string::npos);
+}
+
+TEST(Sluiced, OneDaemonPerSegment) {
+  Segment seg;
+  Proc a = spawn({SLUICED_PATH, "--segment", seg.name, "--reset"});
+  ASSERT_TRUE(wait_ready(a, seg.name));
+  Proc b = spawn({SLUICED_PATH, "--segment", seg.name});
+  EXPECT_EQ(wait_exit(b), 1);
+  EXPECT_NE(b.output().find("already owns"), std::string::npos) << b.output();
+  kill(a.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(a), 0);
+}
+
+TEST(Sluiced, BadPolicyIsRefusedNamingTheField) {
+  Segment seg;
+  const std::string bad = write_policy(R"({"tiers": [{"name": "a", "limit": 5, "window_ms": 1000, "max_limit": 5, "burst": 3}]})");
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", bad});
+  EXPECT_EQ(wait_exit(d), 1);
+  EXPECT_NE(d.output().find("burst"), std::string::npos) << d.output();
+  Proc missing = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", "/nonexistent/policy.json"});
+  EXPECT_EQ(wait_exit(missing), 1);
+  EXPECT_NE(missing.output().find("/nonexistent/policy.json"), std::string::npos) << missing.output();
+  Proc flag = spawn({SLUICED_PATH, "--bogus"});
+  EXPECT_EQ(wait_exit(flag), 2);
+  std::remove(bad.c_str());
+}
+
+TEST(Sluiced, KillNineUnderLoadAndRestartKeepsEverything) {
+  Segment seg;
+  const std::string policy = write_policy(kPolicy);
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset"});
+  ASSERT_TRUE(wait_ready(d, seg.name)) << d.output();
+  test::SharedRecorder rec(1 << 20);
+  // Four client processes for 3 s; sluiced is killed -9 at 1 s and restarted.
+  std::vector<pid_t> clients;
+  for (int i = 0; i < 4; ++i) {
+    const pid_t p = fork();
+    if (p == 0) {
+      std::unique_ptr<core::Ledger> l;
+      std::string det;
+      if (core::Ledger::open(seg.name, l, det) != core::Status::ok) _exit(2);
+      core::Decision dec;
+      const int64_t end = core::mono_ns() + 3'000'000'000LL;
+      for (uint32_t n = 0; core::mono_ns() < end; ++n) {
+        const uint32_t key = n % 8;
+        const std::string k = "cust" + std::to_string(key);
+        const core::Status s = l->acquire(key % 2 ? "gold" : "free", k.data(), k.size(), 1, dec, det);
+        if (s != core::Status::ok) rec.errors().fetch_add(1);
+        else if (dec.allowed) rec.add(key, 1, dec.admitted_at_ns);
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      _exit(0);
+    }
+    clients.push_back(p);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  kill(d.pid, SIGKILL);
+  EXPECT_EQ(wait_exit(d), 128 + SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  Proc d2 = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy});
+  for (pid_t p : clients) {
+    int st = 0;
+    waitpid(p, &st, 0);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  EXPECT_EQ(rec.errors().load(), 0u) << "clients never saw an error across the restart";
+  std::unique_ptr<core::Ledger> l;
+  std::string det;
+  ASSERT_EQ(core::Ledger::open(seg.name, l, det), core::Status::ok);
+  const auto gold = core::sum_counters(l->state(), 0), free = core::sum_counters(l->state(), 1);
+  EXPECT_EQ(gold.admitted + free.admitted, rec.count().load()) << "no counter lost across kill -9";
+  EXPECT_EQ(l->state().daemon_starts.load(), 2u);
+  // Exact per key and tier across the restart (gold keys are odd, free keys even).
+  std::vector<test::Record> g, f;
+  for (const auto &r : rec.snapshot()) (r.key % 2 ? g : f).push_back(r);
+  std::string worst;
+  EXPECT_EQ(test::window_violations(g, 5, 200'000'000, &worst), 0u) << worst;
+  EXPECT_EQ(test::window_violations(f, 2, 200'000'000, &worst), 0u) << worst;
+  kill(d2.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(d2), 0) << d2.output();
+  EXPECT_NE(d2.output().find("re-attached"), std::string::npos) << d2.output();
+  std::remove(policy.c_str());
+}
+
+TEST(Sluiced, ResetWipesAndAMismatchedPolicyIsRefused) {
+  Segment seg;
+  const std::string policy = write_policy(kPolicy);
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset"});
+  ASSERT_TRUE(wait_ready(d, seg.name));
+  sluice_client *c = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+  sluice_decision dec{};
+  dec.size = sizeof dec;
+  ASSERT_EQ(sluice_acquire(c, "gold", "x", 1, 1, &dec), SLUICE_OK);
+  sluice_close(c);
+  kill(d.pid, SIGTERM);
+  ASSERT_EQ(wait_exit(d), 0);
+  // Another max_limit changes ring sizes: re-attaching would be unsafe.
+  std::string other = kPolicy;
+  other.replace(other.find("\"max_limit\": 10"), 15, "\"max_limit\": 20");
+  const std::string policy2 = write_policy(other);
+  Proc refused = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy2});
+  EXPECT_EQ(wait_exit(refused), 1);
+  EXPECT_NE(refused.output().find("--reset"), std::string::npos) << refused.output();
+  Proc reset = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy2, "--reset"});
+  ASSERT_TRUE(wait_ready(reset, seg.name));
+  Proc ctl = spawn({SLUICECTL_PATH, "--segment", seg.name, "status", "--json"});
+  EXPECT_EQ(wait_exit(ctl), 0);
+  EXPECT_NE(ctl.output().find("\"admitted\":0"), std::string::npos) << ctl.output();
+  EXPECT_NE(ctl.output().find("\"max_limit\":20"), std::string::npos) << ctl.output();
+  kill(reset.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(reset), 0);
+  std::remove(policy.c_str());
+  std::remove(policy2.c_str());
+}
+
+TEST(Sluicectl, ErrorsAreClear) {
+  Proc none = spawn({SLUICECTL_PATH, "--segment", "sluicetest-absent", "status"});
+  EXPECT_EQ(wait_exit(none), 1);
+  EXPECT_NE(none.output().find("does not exist"), std::string::npos) << none.output();
+  Proc bad = spawn({SLUICECTL_PATH, "frobnicate"});
+  EXPECT_EQ(wait_exit(bad), 2);
+}
