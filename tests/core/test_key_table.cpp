@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <thread>
+#include <unordered_map>
 
 #include "../support/fixture.hpp"
 #include "sluice/core/admission.hpp"
@@ -83,6 +84,32 @@ TEST(KeyTable, CollidingHashesNeverShareAQuota) {
       EXPECT_FALSE(d.allowed) << k << " was admitted twice";
     }
   }
+}
+
+TEST(KeyTable, KeysWithTheSameHashTagAreStillDistinct) {
+  // Find two keys whose 32-bit tags collide and whose home slot in a 16-slot table
+  // is the same (birthday search, ~1M hashes): the second probes straight into the
+  // first's entry, and only the full key bytes can tell them apart.
+  std::unordered_map<uint64_t, std::string> seen;
+  std::string a, b;
+  for (uint32_t i = 0; a.empty(); ++i) {
+    const std::string k = "c" + std::to_string(i);
+    const KeyProbe p(k.data(), uint32_t(k.size()));
+    const uint64_t home = (uint64_t(uint32_t(p.hash)) * 16) >> 32;
+    const auto [it, fresh] = seen.emplace((uint64_t(p.tag()) << 4) | home, k);
+    if (!fresh) a = it->second, b = k;
+  }
+  test::SegmentGuard seg("tag", test::spec_with({test::tier("t", 1, 60000, 1)}, 12));
+  ASSERT_EQ(seg.owner->tier_view(0).slots, 16u);
+  auto l = seg.open();
+  Decision d;
+  std::string detail;
+  ASSERT_EQ(l->acquire("t", a.data(), a.size(), 1, d, detail), Status::ok);
+  EXPECT_TRUE(d.allowed);
+  ASSERT_EQ(l->acquire("t", b.data(), b.size(), 1, d, detail), Status::ok);
+  EXPECT_TRUE(d.allowed) << a << " and " << b << " share a tag but not a quota";
+  ASSERT_EQ(l->acquire("t", a.data(), a.size(), 1, d, detail), Status::ok);
+  EXPECT_FALSE(d.allowed);
 }
 
 TEST(KeyTable, ConcurrentInsertsOfOneKeyEndWithOneEntry) {

@@ -58,7 +58,7 @@ TEST(TierTable, FlipsWhileAReaderHammersAcquire) {
 
 TEST(TierTable, ReadsNeverMixTwoTables) {
   test::SegmentGuard seg("mix", test::spec_with({test::tier("a", 1, 1000, 64)}));
-  const TierLimits first{1, 7, 0, 0, 0};
+  const TierLimits first{1, 7, 3, 1, 0};
   seg.owner->publish({&first, 1});
   std::atomic<bool> done{false};
   std::atomic<uint64_t> torn{0}, reads{0};
@@ -67,12 +67,15 @@ TEST(TierTable, ReadsNeverMixTwoTables) {
       TierLimits t;
       read_tier(seg.owner->policy(), 0, t);
       ++reads;
-      if (t.window_ns != int64_t(t.limit) * 7) ++torn;
+      if (t.window_ns != int64_t(t.limit) * 7 || t.revenue_micros != uint64_t(t.limit) * 3 ||
+          t.flags != t.limit % 2)
+        ++torn;
     }
   });
   while (reads.load() == 0) std::this_thread::yield();
-  for (uint32_t i = 1; i <= 50000; ++i) {
-    const TierLimits row{i % 64 + 1, int64_t(i % 64 + 1) * 7, 0, 0, 0};
+  for (uint32_t i = 1; i <= 2'000'000; ++i) {
+    const uint32_t lim = i % 64 + 1;
+    const TierLimits row{lim, int64_t(lim) * 7, uint64_t(lim) * 3, lim % 2, 0};
     seg.owner->publish({&row, 1});
   }
   done = true;

@@ -46,14 +46,16 @@ int hammer(const std::string &seg, test::SharedRecorder &rec, uint32_t nkeys, bo
   return 0;
 }
 
-void run_exactness(uint32_t nkeys, uint32_t limit, int64_t window_ms, bool mixed) {
-  test::SegmentGuard seg("mp", test::spec_with({test::tier("t", limit, window_ms, limit)}, nkeys + 16));
+void run_exactness(uint32_t nkeys, uint32_t limit, int64_t window_us, bool mixed) {
+  auto t = test::tier("t", limit, 1, limit);
+  t.window_ns = window_us * 1000;
+  test::SegmentGuard seg("mp", test::spec_with({t}, nkeys + 16));
   test::SharedRecorder rec(4 << 20);
   ASSERT_EQ(test::run_children(kProcs, [&](int i) { return hammer(seg.name, rec, nkeys, mixed, i); }), 0);
   const auto recs = rec.snapshot();
   std::string worst;
   EXPECT_EQ(rec.errors().load(), 0u);
-  EXPECT_EQ(test::window_violations(recs, limit, window_ms * 1'000'000, &worst), 0u) << worst;
+  EXPECT_EQ(test::window_violations(recs, limit, window_us * 1000, &worst), 0u) << worst;
   // The test must exercise the limit: the hot key saturates every window.
   EXPECT_GT(recs.size(), size_t(limit));
   const TierCounters c = sum_counters(seg.owner->state(), 0);
@@ -63,10 +65,13 @@ void run_exactness(uint32_t nkeys, uint32_t limit, int64_t window_ms, bool mixed
 
 }  // namespace
 
-TEST(MultiProcess, HotKeyIsExact) { run_exactness(1, 15, 100, false); }
-TEST(MultiProcess, TenThousandKeysAreExact) { run_exactness(10000, 3, 500, false); }
-TEST(MultiProcess, MixedCostsAreExactAndAllOrNothing) { run_exactness(1, 12, 100, true); }
-TEST(MultiProcess, MixedCostsOnManyKeys) { run_exactness(2000, 8, 300, true); }
+// Short windows make every process race for freshly freed slots thousands of
+// times a second: a lost update in the claim shows up as an extra unit.
+TEST(MultiProcess, HotKeyIsExact) { run_exactness(1, 15, 100'000, false); }
+TEST(MultiProcess, HotKeyShortWindowIsExact) { run_exactness(1, 4, 500, false); }
+TEST(MultiProcess, TenThousandKeysAreExact) { run_exactness(10000, 3, 500'000, false); }
+TEST(MultiProcess, MixedCostsAreExactAndAllOrNothing) { run_exactness(1, 12, 2'000, true); }
+TEST(MultiProcess, MixedCostsOnManyKeys) { run_exactness(2000, 8, 300'000, true); }
 
 TEST(Crash, SigkillInTheAcquireLoopLeavesTheKeyUsableAndExact) {
   const uint32_t limit = 10;
