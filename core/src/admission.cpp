@@ -117,8 +117,9 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       if (full) {
         out.reason = Reason::window_full;
         out.remaining = limit - std::min(used, limit);
-        out.retry_after_ns = ts_ns(blocker) + window - now_ns;
-        out.reset_after_ns = std::max<int64_t>(0, newest_ns + window - now_ns);
+        // Times are stored rounded up to the microsecond: never report more than a window.
+        out.retry_after_ns = std::min(window, ts_ns(blocker) + window - now_ns);
+        out.reset_after_ns = std::clamp<int64_t>(newest_ns + window - now_ns, 0, window);
       } else {  // peek of an admissible claim
         out.allowed = true;
         out.remaining = limit - std::min(limit, used + cost);
@@ -138,7 +139,7 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     out.allowed = true;
     out.admitted_at_ns = int64_t(ts) * 1000;
     out.remaining = limit - std::min(limit, units_in_window(ring, cap, end - std::min<uint64_t>(end, limit), end, now_ns, window));
-    out.reset_after_ns = std::max<int64_t>(0, out.admitted_at_ns + window - now_ns);
+    out.reset_after_ns = std::clamp<int64_t>(out.admitted_at_ns + window - now_ns, 0, window);
     return Step::decided;
   }
 }

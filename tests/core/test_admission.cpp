@@ -43,6 +43,7 @@ TEST_F(OneKey, AdmitsLimitThenDeniesUntilTheOldestLeavesTheWindow) {
   // The unit at t=0 leaves the window at t=1000 (+ under 1 us of rounding up).
   EXPECT_GE(denied.retry_after_ns, 700 * kMs);
   EXPECT_LE(denied.retry_after_ns, 700 * kMs + 1000);
+  EXPECT_LE(at(0).reset_after_ns, 1000 * kMs) << "never more than one window";
   EXPECT_GE(denied.reset_after_ns, 900 * kMs);
   EXPECT_FALSE(at(999).allowed);
   EXPECT_TRUE(at(1001).allowed);

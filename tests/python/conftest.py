@@ -1,0 +1,94 @@
+"""pytest fixtures: a real sluiced process per test module, on a private segment.
+
+The build tree is found through $SLUICE_BUILD_DIR (default build/default); the
+package is imported from python/ and the extension from <build>/bindings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("SLUICE_BUILD_DIR", ROOT / "build" / "default"))
+SLUICED = BUILD / "daemon" / "sluiced"
+SLUICECTL = BUILD / "daemon" / "sluicectl"
+
+for p in (str(ROOT / "python"), str(BUILD / "bindings")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+# Child processes (multiprocessing, uvicorn/gunicorn workers) import sluice too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "python"), str(BUILD / "bindings")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+)
+
+TEST_POLICY = {
+    "segment": {"max_keys": 2000, "max_key_bytes": 64, "idle_ttl_ms": 60000},
+    "tiers": [
+        {"name": "enterprise", "limit": 20, "window_ms": 2000, "max_limit": 160, "revenue_per_request": 0.2},
+        {"name": "pro", "limit": 5, "window_ms": 2000, "max_limit": 25, "revenue_per_request": 0.05},
+        {"name": "free", "limit": 2, "window_ms": 2000, "max_limit": 6, "revenue_per_request": 0.01},
+        {"name": "tiny", "limit": 1, "window_ms": 60000, "max_limit": 1, "revenue_per_request": 0.0},
+    ],
+}
+
+
+class Daemon:
+    """A running sluiced on its own segment; stopped (SIGTERM) and removed after."""
+
+    def __init__(self, tmp: Path, policy: dict | None = None) -> None:
+        self.segment = f"sluicetest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.policy_path = tmp / f"{self.segment}.json"
+        self.policy_path.write_text(json.dumps(policy or TEST_POLICY))
+        self.log_path = tmp / f"{self.segment}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(SLUICED), "--segment", self.segment, "--policy", str(self.policy_path), "--reset"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while "ready:" not in self.log_path.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sluiced did not start: {self.log_path.read_text()}")
+            time.sleep(0.01)
+
+    def status(self) -> dict:
+        out = subprocess.run([str(SLUICECTL), "--segment", self.segment, "status", "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        self.log.close()
+        for suffix in (".state", ".policy", ".lock"):
+            try:
+                os.unlink(f"/dev/shm/{self.segment}{suffix}")
+            except FileNotFoundError:
+                pass
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    if not SLUICED.exists():
+        pytest.fail(f"{SLUICED} is not built: run .ci/build first")
+    d = Daemon(tmp_path)
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def client(daemon):
+    import sluice
+
+    with sluice.Client(daemon.segment) as c:
+        yield c

@@ -1,0 +1,199 @@
+"""The sluice package over a real sluiced: every method, every exception, str and
+bytes keys, one client shared by threads, and exactness across processes."""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing as mp
+import os
+import struct
+import threading
+import time
+
+import pytest
+
+import sluice
+from sluice import errors
+
+
+def test_acquire_until_the_limit_then_denied_with_headers(client):
+    decisions = [client.acquire("cust-1", "pro") for _ in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    first, last = decisions[0], decisions[-1]
+    assert first.limit == 5 and first.remaining == 4 and first.reason == "allowed"
+    assert first.retry_after == 0 and 1.9 < first.reset_after <= 2.0
+    assert first.tier == "pro" and first.tier_index == 1 and first.window == 2.0
+    assert not last and last.reason == "window_full" and last.remaining == 0
+    assert 1.5 < last.retry_after <= 2.0
+    h = last.headers()
+    assert h["Retry-After"] == "2"
+    assert h["RateLimit-Limit"] == "5" and h["RateLimit-Remaining"] == "0" and h["RateLimit-Reset"] == "2"
+    assert h["x-ratelimit-limit-requests"] == "5" and h["x-ratelimit-remaining-requests"] == "0"
+    assert h["x-ratelimit-reset-requests"].endswith("s")
+    assert "Retry-After" not in first.headers()
+    assert "allowed=True" in repr(first)
+
+
+def test_peek_records_nothing(client):
+    for _ in range(5):
+        assert client.peek("p", "free").allowed
+    assert client.acquire("p", "free").remaining == 1
+    assert client.peek("p", "free").remaining == 0
+    assert client.acquire("p", "free").allowed
+    assert not client.peek("p", "free").allowed
+
+
+def test_str_and_bytes_keys(client):
+    assert client.acquire("ключ", "tiny").allowed
+    assert not client.acquire("ключ".encode(), "tiny").allowed, "str is its UTF-8 bytes"
+    assert client.acquire(b"a\x00b", "tiny").allowed
+    assert client.acquire(b"a\x00c", "tiny").allowed, "bytes after a NUL count"
+    assert client.acquire(bytearray(b"ba"), "tiny").allowed
+    assert not client.acquire(memoryview(b"ba"), "tiny").allowed
+    with pytest.raises(TypeError):
+        client.acquire(12345, "tiny")
+
+
+def test_cost_is_all_or_nothing(client):
+    assert client.acquire("c", "pro", cost=3).remaining == 2
+    d = client.acquire("c", "pro", cost=3)
+    assert not d.allowed and d.remaining == 2
+    assert client.acquire("c", "pro", cost=2).allowed
+
+
+@pytest.mark.parametrize(
+    "call, exc, code",
+    [
+        (lambda c: c.acquire("", "pro"), errors.EmptyKeyError, -3),
+        (lambda c: c.acquire(b"", "pro"), errors.EmptyKeyError, -3),
+        (lambda c: c.acquire("k" * 65, "pro"), errors.KeyTooLongError, -4),
+        (lambda c: c.acquire("k", "gold"), errors.UnknownTierError, -5),
+        (lambda c: c.acquire("k", "pro\x00x"), errors.UnknownTierError, -5),
+        (lambda c: c.acquire("k", "pro", cost=0), errors.CostZeroError, -6),
+        (lambda c: c.acquire("k", "pro", cost=26), errors.CostAboveCapacityError, -7),
+        (lambda c: c.peek("k", "pro", cost=0), errors.CostZeroError, -6),
+    ],
+)
+def test_every_bad_input_raises_its_own_class(client, call, exc, code):
+    with pytest.raises(exc) as info:
+        call(client)
+    assert isinstance(info.value, sluice.SluiceError)
+    assert info.value.code == code and len(info.value.message) > 5
+    assert client.acquire("k", "pro").remaining == 4, "the bad call consumed nothing"
+
+
+def test_negative_or_huge_cost_is_a_type_error(client):
+    with pytest.raises(TypeError):
+        client.acquire("k", "pro", cost=-1)
+    with pytest.raises(TypeError):
+        client.acquire("k", "pro", cost=2**40)
+
+
+def test_missing_segment(tmp_path):
+    with pytest.raises(errors.NoSegmentError) as info:
+        sluice.Client("sluicetest-py-no-such-segment")
+    assert info.value.code == -8 and "sluiced" in info.value.message
+
+
+def test_environment_names_the_default_segment(daemon, monkeypatch):
+    monkeypatch.setenv("SLUICE_SEGMENT", daemon.segment)
+    with sluice.Client() as c:
+        assert c.acquire("e", "pro").allowed
+
+
+def _patch_state_header(segment: str, offset: int, value: bytes) -> bytes:
+    with open(f"/dev/shm/{segment}.state", "r+b") as f, mmap.mmap(f.fileno(), 4096) as m:
+        old = m[offset:offset + len(value)]
+        m[offset:offset + len(value)] = value
+        return old
+
+
+def test_version_mismatch_corrupt_header_and_not_ready(daemon):
+    fmt = _patch_state_header(daemon.segment, 8, b"\x00" * 8)  # format word: not ready
+    with pytest.raises(errors.NotReadyError):
+        sluice.Client(daemon.segment)
+    word = struct.unpack("<Q", fmt)[0] + (1 << 48)  # next major version
+    _patch_state_header(daemon.segment, 8, struct.pack("<Q", word))
+    with pytest.raises(errors.VersionMismatchError):
+        sluice.Client(daemon.segment)
+    _patch_state_header(daemon.segment, 8, fmt)
+    magic = _patch_state_header(daemon.segment, 0, b"XXXXXXXX")
+    with pytest.raises(errors.CorruptSegmentError):
+        sluice.Client(daemon.segment)
+    _patch_state_header(daemon.segment, 0, magic)
+    sluice.Client(daemon.segment).close()
+
+
+def test_table_full(tmp_path):
+    from conftest import Daemon
+
+    d = Daemon(tmp_path, {"segment": {"max_keys": 4, "max_key_bytes": 16},
+                          "tiers": [{"name": "t", "limit": 1, "window_ms": 1000, "max_limit": 1}]})
+    try:
+        with sluice.Client(d.segment) as c:
+            with pytest.raises(errors.TableFullError):
+                for i in range(100):
+                    c.acquire(f"k{i}", "t")
+            assert i == 16  # 16 slots, then a clear error
+    finally:
+        d.stop()
+
+
+def test_every_status_code_maps_to_one_class():
+    classes = {errors.error_for(code, "m").__class__ for code in range(-15, 0)}
+    assert len(classes) == 15
+    assert type(errors.error_for(-99, "m")) is sluice.SluiceError
+
+
+def test_context_manager_and_closed(daemon):
+    with sluice.Client(daemon.segment) as c:
+        assert not c.closed
+    assert c.closed
+    with pytest.raises(ValueError):
+        c.acquire("k", "pro")
+
+
+def test_one_client_shared_by_threads_is_exact(client):
+    admitted = []
+    lock = threading.Lock()
+
+    def work():
+        n = sum(client.acquire("shared", "enterprise").allowed for _ in range(200))
+        with lock:
+            admitted.append(n)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 20
+
+
+def _worker(segment: str, go, q) -> None:
+    with sluice.Client(segment) as c:
+        go.wait(30)
+        until = time.monotonic() + 0.8  # well inside the 2 s window
+        n = 0
+        while time.monotonic() < until:
+            n += c.acquire("hot", "enterprise").allowed
+        q.put(n)
+
+
+def test_eight_processes_share_one_exact_limit(daemon):
+    """8 worker processes on one key: exactly the limit in each window."""
+    ctx = mp.get_context("spawn")
+    for window in range(2):
+        q, go = ctx.Queue(), ctx.Event()
+        procs = [ctx.Process(target=_worker, args=(daemon.segment, go, q)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        time.sleep(1.0)  # let every worker import and open its client
+        start = time.monotonic()
+        go.set()
+        counts = [q.get(timeout=30) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+        assert sum(counts) == 20, counts  # a per-process limiter would admit 8 x 20
+        time.sleep(max(0.0, start + 2.1 - time.monotonic()))  # next window
+    assert daemon.status()["tiers"][0]["admitted"] == 40
