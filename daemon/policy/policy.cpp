@@ -249,6 +249,11 @@ class CursorParser : public flatbuffers::Parser {
 
 // --- Validation ------------------------------------------------------------
 
+void require_real(std::string_view source, const std::string& field, double v, double lo, double hi) {
+  if (!std::isfinite(v) || v < lo || v > hi)
+    fail(source, field, num(v) + " is not allowed (must be " + num(lo) + ".." + num(hi) + ")");
+}
+
 std::string tier_field(size_t i, std::string_view field) {
   return "tiers[" + num(i) + "]." + std::string(field);
 }
@@ -300,6 +305,8 @@ TierSpec to_tier(std::string_view source, size_t i,
       require_present(source, tier_field(i, "max_limit"), t.max_limit());
   spec.revenue_per_request = t.revenue_per_request();
   spec.adaptive = t.adaptive();
+  spec.floor = t.floor().has_value() ? *t.floor() : std::min<uint32_t>(1, spec.limit);
+  spec.ceiling = t.ceiling().has_value() ? *t.ceiling() : spec.max_limit;
 
   // max_limit first: limit's range depends on it.
   require_range(source, tier_field(i, "max_limit"), spec.max_limit, 1u,
@@ -308,6 +315,10 @@ TierSpec to_tier(std::string_view source, size_t i,
                 "1..max_limit, here " + num(spec.max_limit));
   require_range(source, tier_field(i, "window_ms"), spec.window_ms, uint64_t{1},
                 kMaxWindowMs);
+  require_range(source, tier_field(i, "ceiling"), spec.ceiling, spec.limit, spec.max_limit,
+                "limit..max_limit, here " + num(spec.limit) + ".." + num(spec.max_limit));
+  require_range(source, tier_field(i, "floor"), spec.floor, 0u, spec.limit,
+                "0..limit, here 0.." + num(spec.limit));
   const double r = spec.revenue_per_request;
   if (!std::isfinite(r) || r < 0)
     fail(source, tier_field(i, "revenue_per_request"),
@@ -336,6 +347,45 @@ PolicySpec to_spec(std::string_view source,
                "].name");
     spec.tiers.push_back(std::move(tier));
   }
+  spec.capacity_rps = p.capacity_rps();
+  require_real(source, "capacity_rps", spec.capacity_rps, 0, 1e12);
+  spec.tick_ms = p.tick_ms();
+  require_range(source, "tick_ms", spec.tick_ms, 10u, 600000u);
+  if (const auto* sg = p.surge()) {
+    spec.surge = {sg->surge_ratio(), sg->ddos_ratio(), sg->enter_ticks(), sg->exit_ticks(),
+                  sg->ewma_alpha(), sg->min_baseline_rps()};
+  }
+  require_real(source, "surge.surge_ratio", spec.surge.surge_ratio, 1.0, 1e6);
+  require_real(source, "surge.ddos_ratio", spec.surge.ddos_ratio, spec.surge.surge_ratio, 1e6);
+  require_range(source, "surge.enter_ticks", spec.surge.enter_ticks, 1u, 1000u);
+  require_range(source, "surge.exit_ticks", spec.surge.exit_ticks, 1u, 1000u);
+  require_real(source, "surge.ewma_alpha", spec.surge.ewma_alpha, 1e-6, 1.0);
+  require_real(source, "surge.min_baseline_rps", spec.surge.min_baseline_rps, 1e-6, 1e12);
+  if (const auto* g = p.governance()) {
+    spec.governance.approval_ratio = g->approval_ratio();
+    spec.governance.min_confidence = g->min_confidence();
+    spec.governance.approval_ttl_s = g->approval_ttl_s();
+    if (g->approvers()) spec.governance.approvers.assign(g->approvers()->begin(), g->approvers()->end());
+    if (g->approver_gids())
+      spec.governance.approver_gids.assign(g->approver_gids()->begin(), g->approver_gids()->end());
+  }
+  require_real(source, "governance.approval_ratio", spec.governance.approval_ratio, 1.0, 1e6);
+  require_real(source, "governance.min_confidence", spec.governance.min_confidence, 0.0, 1.0);
+  require_range(source, "governance.approval_ttl_s", spec.governance.approval_ttl_s, uint64_t{1},
+                uint64_t{365} * 86400);
+  if (const auto* a = p.advisor()) {
+    if (a->kind()) spec.advisor.kind = a->kind()->str();
+    if (a->url()) spec.advisor.url = a->url()->str();
+    if (a->model()) spec.advisor.model = a->model()->str();
+    spec.advisor.timeout_ms = a->timeout_ms();
+  }
+  if (spec.advisor.kind != "none" && spec.advisor.kind != "ollama" && spec.advisor.kind != "openai")
+    fail(source, "advisor.kind", "\"" + spec.advisor.kind.substr(0, 32) + "\" is not one of none, ollama, openai");
+  if (spec.advisor.kind != "none" && !spec.advisor.url.starts_with("http://"))
+    fail(source, "advisor.url", "must be an http:// URL (loopback or a trusted network)");
+  if (spec.advisor.kind != "none" && spec.advisor.model.empty()) fail(source, "advisor.model", "missing");
+  require_range(source, "advisor.timeout_ms", spec.advisor.timeout_ms, 1u, 600000u);
+  if (p.audit_db()) spec.audit_db = p.audit_db()->str();
   return spec;
 }
 
@@ -428,9 +478,32 @@ std::string to_json(const PolicySpec& spec) {
            ", \"window_ms\": " + num(t.window_ms) +
            ", \"max_limit\": " + num(t.max_limit) +
            ", \"revenue_per_request\": " + num(t.revenue_per_request) +
-           ", \"adaptive\": " + (t.adaptive ? "true" : "false") + "}";
+           ", \"adaptive\": " + (t.adaptive ? "true" : "false") +
+           ", \"floor\": " + num(t.floor) + ", \"ceiling\": " + num(t.ceiling) + "}";
   }
-  out += "\n  ]\n}\n";
+  auto list = [](const std::vector<uint32_t>& v) {
+    std::string o = "[";
+    for (size_t i = 0; i < v.size(); ++i) o += (i ? ", " : "") + num(v[i]);
+    return o + "]";
+  };
+  auto str = [](const std::string& v) {
+    std::string o;
+    flatbuffers::EscapeString(v.data(), v.size(), &o, true, false);
+    return o;
+  };
+  const SurgeSpec& sg = spec.surge;
+  const GovernanceSpec& g = spec.governance;
+  const AdvisorSpec& a = spec.advisor;
+  out += "\n  ],\n  \"capacity_rps\": " + num(spec.capacity_rps) + ", \"tick_ms\": " + num(spec.tick_ms) +
+         ",\n  \"surge\": {\"surge_ratio\": " + num(sg.surge_ratio) + ", \"ddos_ratio\": " + num(sg.ddos_ratio) +
+         ", \"enter_ticks\": " + num(sg.enter_ticks) + ", \"exit_ticks\": " + num(sg.exit_ticks) +
+         ", \"ewma_alpha\": " + num(sg.ewma_alpha) + ", \"min_baseline_rps\": " + num(sg.min_baseline_rps) +
+         "},\n  \"governance\": {\"approval_ratio\": " + num(g.approval_ratio) +
+         ", \"min_confidence\": " + num(g.min_confidence) + ", \"approval_ttl_s\": " + num(g.approval_ttl_s) +
+         ", \"approvers\": " + list(g.approvers) + ", \"approver_gids\": " + list(g.approver_gids) +
+         "},\n  \"advisor\": {\"kind\": " + str(a.kind) + ", \"url\": " + str(a.url) +
+         ", \"model\": " + str(a.model) + ", \"timeout_ms\": " + num(a.timeout_ms) + "}" +
+         (spec.audit_db.empty() ? "" : ",\n  \"audit_db\": " + str(spec.audit_db)) + "\n}\n";
   return out;
 }
 

@@ -19,8 +19,37 @@ struct TierSpec {
   uint32_t max_limit = 0;  // ceiling for adaptive raises
   double revenue_per_request = 0.0;
   bool adaptive = true;
+  uint32_t floor = 1;    // adaptive bounds: floor <= limit <= ceiling <= max_limit
+  uint32_t ceiling = 0;  // 0 in a parsed spec never happens: defaults to max_limit
 
   bool operator==(const TierSpec&) const = default;
+};
+
+struct SurgeSpec {
+  double surge_ratio = 2.0;
+  double ddos_ratio = 5.0;
+  uint32_t enter_ticks = 2;
+  uint32_t exit_ticks = 5;
+  double ewma_alpha = 0.1;
+  double min_baseline_rps = 1.0;
+  bool operator==(const SurgeSpec&) const = default;
+};
+
+struct GovernanceSpec {
+  double approval_ratio = 1.8;
+  double min_confidence = 0.6;
+  uint64_t approval_ttl_s = 3600;
+  std::vector<uint32_t> approvers;      // empty: sluiced's own uid and root
+  std::vector<uint32_t> approver_gids;
+  bool operator==(const GovernanceSpec&) const = default;
+};
+
+struct AdvisorSpec {
+  std::string kind = "none";  // none | ollama | openai
+  std::string url;
+  std::string model;
+  uint32_t timeout_ms = 2000;
+  bool operator==(const AdvisorSpec&) const = default;
 };
 
 // Defaults must match policy.fbs (a test checks they do).
@@ -35,6 +64,12 @@ struct SegmentSpec {
 struct PolicySpec {
   SegmentSpec segment;
   std::vector<TierSpec> tiers;
+  double capacity_rps = 0;  // 0: unbounded
+  uint32_t tick_ms = 1000;
+  SurgeSpec surge;
+  GovernanceSpec governance;
+  AdvisorSpec advisor;
+  std::string audit_db;     // empty: the daemon picks a default path
 
   bool operator==(const PolicySpec&) const = default;
 };

@@ -90,11 +90,51 @@ TEST(Policy, DefaultPolicyHasBuiltInValues) {
   EXPECT_EQ(p.segment.max_key_bytes, 64u);
   EXPECT_EQ(p.segment.idle_ttl_ms, 60000u);
   const std::vector<TierSpec> want = {
-      {"enterprise", 15, 1000, 120, 0.20, true},
-      {"pro", 8, 1000, 40, 0.05, true},
-      {"free", 3, 1000, 9, 0.01, true},
+      {"enterprise", 15, 1000, 120, 0.20, true, 1, 120},
+      {"pro", 8, 1000, 40, 0.05, true, 1, 40},
+      {"free", 3, 1000, 9, 0.01, true, 1, 9},
   };
   EXPECT_EQ(p.tiers, want);
+}
+
+TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
+  const PolicySpec p = parse_policy_json(R"({"tiers": [{"name": "a", "limit": 4, "window_ms": 1000,
+      "max_limit": 16, "floor": 2, "ceiling": 12}], "capacity_rps": 250.5, "tick_ms": 500,
+      "surge": {"surge_ratio": 3, "ddos_ratio": 8, "enter_ticks": 1, "exit_ticks": 4},
+      "governance": {"approval_ratio": 2.5, "min_confidence": 0.7, "approval_ttl_s": 60, "approvers": [1000, 0]},
+      "advisor": {"kind": "ollama", "url": "http://127.0.0.1:11434", "model": "llama3"},
+      "audit_db": "/tmp/x.db"})");
+  EXPECT_EQ(p.tiers[0].floor, 2u);
+  EXPECT_EQ(p.tiers[0].ceiling, 12u);
+  EXPECT_EQ(p.capacity_rps, 250.5);
+  EXPECT_EQ(p.tick_ms, 500u);
+  EXPECT_EQ(p.surge.ddos_ratio, 8);
+  EXPECT_EQ(p.governance.approvers, (std::vector<uint32_t>{1000, 0}));
+  EXPECT_EQ(p.advisor.kind, "ollama");
+  EXPECT_EQ(p.audit_db, "/tmp/x.db");
+  EXPECT_EQ(parse_policy_json(to_json(p)), p);
+  const std::string tier = R"({"name": "a", "limit": 4, "window_ms": 1000, "max_limit": 16)";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {tier + R"(, "floor": 5}]})", "tiers[0].floor"},
+      {tier + R"(, "ceiling": 17}]})", "tiers[0].ceiling"},
+      {tier + R"(, "ceiling": 3}]})", "tiers[0].ceiling"},
+      {tier + R"(}], "capacity_rps": -1})", "capacity_rps"},
+      {tier + R"(}], "surge": {"surge_ratio": 4, "ddos_ratio": 3}})", "surge.ddos_ratio"},
+      {tier + R"(}], "governance": {"approval_ratio": 0.5}})", "governance.approval_ratio"},
+      {tier + R"(}], "governance": {"min_confidence": 1.5}})", "governance.min_confidence"},
+      {tier + R"(}], "advisor": {"kind": "gpt"}})", "advisor.kind"},
+      {tier + R"(}], "advisor": {"kind": "ollama", "url": "https://x", "model": "m"}})", "advisor.url"},
+      {tier + R"(}], "advisor": {"kind": "openai", "url": "http://127.0.0.1:1"}})", "advisor.model"},
+      {tier + R"(}], "governance": {"approvers": ["root"]}})", "approvers"},
+  };
+  for (const auto &[json, field] : bad) {
+    try {
+      parse_policy_json(R"({"tiers": [)" + json);
+      ADD_FAILURE() << "accepted: " << json;
+    } catch (const PolicyError &e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(Policy, DefaultPolicyRoundTrips) {
@@ -131,8 +171,8 @@ TEST(Policy, ValidFileLoadsAndRoundTrips) {
   EXPECT_EQ(p.segment, (SegmentSpec{16777216, 1024, 1000}));
   ASSERT_EQ(p.tiers.size(), 2u);
   EXPECT_EQ(p.tiers[0], (TierSpec{"Gold-1.x_y", 1048576, 86400000, 1048576,
-                                  0.30000000000000004, false}));
-  EXPECT_EQ(p.tiers[1], (TierSpec{"b", 1, 1, 1, 1e-300, true}));
+                                  0.30000000000000004, false, 1, 1048576}));
+  EXPECT_EQ(p.tiers[1], (TierSpec{"b", 1, 1, 1, 1e-300, true, 1, 1}));
 
   const std::string json = to_json(p);
   const PolicySpec again = parse_policy_json(json);
