@@ -1,0 +1,127 @@
+#include "policy_loop/allocator.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+namespace sluice::policy_loop {
+
+namespace {
+
+std::string fmt(const char *f, auto... args) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf, f, args...);
+  return buf;
+}
+
+uint32_t clamp_to(const TierView &t, double v) {
+  const double lo = t.floor, hi = t.ceiling ? t.ceiling : t.max_limit;
+  return uint32_t(std::clamp(std::ceil(v), lo, hi));
+}
+
+// Admitted requests/s the tier would see at per-key limit L (linear in L up to
+// what is offered).
+double load_at(const TierView &t, uint32_t limit) {
+  const double demand = std::max(t.offered_rps, t.forecast_rps);
+  if (t.limit == 0) return limit ? demand : 0;
+  const double per_unit = t.admitted_rps / double(t.limit);
+  return std::min(demand, per_unit * limit > 0 ? per_unit * limit : (limit ? demand : 0));
+}
+
+// The limit that would serve the tier's demand, before capacity.
+uint32_t wanted(const TierView &t, std::string &why) {
+  const double demand = std::max(t.offered_rps, t.forecast_rps);
+  if (t.denied_rps > 0 && t.admitted_rps > 0) {
+    const double want = t.limit * (demand / t.admitted_rps) * 1.1;  // 10% headroom
+    why = fmt("%.0f of %.0f req/s denied (forecast %.0f): serve demand", t.denied_rps, t.offered_rps,
+              t.forecast_rps);
+    return clamp_to(t, std::max<double>(want, t.baseline));
+  }
+  if (t.denied_rps > 0) {
+    why = fmt("%.0f req/s denied and none admitted: reopen", t.denied_rps);
+    return clamp_to(t, std::max<double>(t.baseline, t.limit * 2.0));
+  }
+  why = demand > 0 ? fmt("no denials at %.0f req/s: back toward baseline %u", demand, t.baseline)
+                   : fmt("idle: back to baseline %u", t.baseline);
+  return clamp_to(t, t.baseline);
+}
+
+}  // namespace
+
+std::vector<Proposal> propose_by_rules(const Snapshot &s) {
+  const size_t n = s.tiers.size();
+  std::vector<uint32_t> target(n);
+  std::vector<std::string> why(n);
+  for (size_t i = 0; i < n; ++i) {
+    const TierView &t = s.tiers[i];
+    target[i] = t.adaptive ? wanted(t, why[i]) : t.limit;
+  }
+  // Tiers by revenue per request, highest first.
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return s.tiers[a].revenue_per_request > s.tiers[b].revenue_per_request;
+  });
+
+  double budget = s.capacity_rps > 0 ? s.capacity_rps : INFINITY;
+  if (s.host_surge == Surge::ddos && n > 1) {
+    const size_t cheapest = order.back();
+    const TierView &t = s.tiers[cheapest];
+    if (t.adaptive) {
+      target[cheapest] = t.floor;
+      why[cheapest] = fmt("host under DDoS (%.0f req/s offered, baseline %.0f): lowest-value tier to its floor",
+                          t.offered_rps, t.ewma_rps);
+    }
+    budget -= load_at(t, target[cheapest]);
+    order.pop_back();
+  }
+  // Non-adaptive tiers take their share first: they cannot move.
+  for (size_t i : order)
+    if (!s.tiers[i].adaptive) budget -= load_at(s.tiers[i], target[i]);
+  for (size_t i : order) {
+    const TierView &t = s.tiers[i];
+    if (!t.adaptive) continue;
+    if (load_at(t, target[i]) <= budget) {
+      budget -= load_at(t, target[i]);
+      continue;
+    }
+    // Capacity binds: the largest limit whose load fits, never under the floor.
+    uint32_t fit = t.floor;
+    for (uint32_t lim = target[i]; lim > t.floor; --lim)
+      if (load_at(t, lim) <= budget) {
+        fit = lim;
+        break;
+      }
+    why[i] = fmt("capacity %.0f req/s binds (%s): %s gets what is left after higher-value tiers",
+                 s.capacity_rps, surge_name(s.host_surge), t.name.c_str());
+    target[i] = fit;
+    budget -= load_at(t, fit);
+  }
+  std::vector<Proposal> out;
+  for (size_t i = 0; i < n; ++i) {
+    if (target[i] == s.tiers[i].limit) continue;
+    out.push_back(Proposal{uint32_t(i), s.tiers[i].limit, target[i],
+                           s.tiers[i].name + ": " + why[i] + fmt(" (%u -> %u)", s.tiers[i].limit, target[i]),
+                           "rules", 1.0, false});
+  }
+  return out;
+}
+
+std::vector<Proposal> proposals_from_advice(const Snapshot &s, const Advice &a) {
+  std::vector<Proposal> out;
+  for (size_t i = 0; i < s.tiers.size() && i < a.limits.size(); ++i) {
+    const TierView &t = s.tiers[i];
+    if (!t.adaptive) continue;
+    const uint32_t v = clamp_to(t, a.limits[i]);
+    const bool clamped = v != a.limits[i] || (i < a.clamped.size() && a.clamped[i]);
+    if (v == t.limit) continue;
+    out.push_back(Proposal{uint32_t(i), t.limit, v,
+                           t.name + ": advisor: " + a.rationale.substr(0, 400) +
+                               (clamped ? fmt(" (clamped to %u..%u)", t.floor, t.ceiling) : ""),
+                           "advisor", a.confidence, clamped});
+  }
+  return out;
+}
+
+}  // namespace sluice::policy_loop

@@ -1,0 +1,178 @@
+#include "policy_loop/audit_store.hpp"
+
+#include <sqlite3.h>
+
+#include <chrono>
+
+namespace sluice::policy_loop {
+
+int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace {
+
+struct Stmt {
+  sqlite3_stmt *s = nullptr;
+  Stmt(sqlite3 *db, const char *sql) { sqlite3_prepare_v2(db, sql, -1, &s, nullptr); }
+  ~Stmt() { sqlite3_finalize(s); }
+  Stmt &text(int i, const std::string &v) {
+    sqlite3_bind_text(s, i, v.c_str(), int(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt &i64(int i, int64_t v) {
+    sqlite3_bind_int64(s, i, v);
+    return *this;
+  }
+  Stmt &real(int i, double v) {
+    sqlite3_bind_double(s, i, v);
+    return *this;
+  }
+  std::string col_text(int i) {
+    const auto *t = sqlite3_column_text(s, i);
+    return t ? reinterpret_cast<const char *>(t) : "";
+  }
+};
+
+const char *kSchema = R"(
+CREATE TABLE IF NOT EXISTS audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  unix_ms INTEGER NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL, tier TEXT NOT NULL,
+  old_limit INTEGER, new_limit INTEGER, reason TEXT NOT NULL, confidence REAL,
+  approval_id TEXT, generation INTEGER);
+CREATE INDEX IF NOT EXISTS audit_time ON audit(unix_ms);
+CREATE TABLE IF NOT EXISTS pending (
+  id TEXT PRIMARY KEY, tier INTEGER NOT NULL, tier_name TEXT NOT NULL,
+  old_limit INTEGER NOT NULL, new_limit INTEGER NOT NULL, reason TEXT NOT NULL,
+  actor TEXT NOT NULL, confidence REAL, created_unix_ms INTEGER NOT NULL, expires_unix_ms INTEGER NOT NULL);
+)";
+
+}  // namespace
+
+std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::string &error) {
+  std::unique_ptr<AuditStore> s(new AuditStore());
+  s->path_ = path;
+  if (sqlite3_open_v2(path.c_str(), &s->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    error = "audit store " + path + ": " + (s->db_ ? sqlite3_errmsg(s->db_) : "cannot open");
+    return nullptr;
+  }
+  sqlite3_busy_timeout(s->db_, 2000);
+  if (!s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", error) || !s->exec(kSchema, error)) {
+    error = "audit store " + path + ": " + error;
+    return nullptr;
+  }
+  return s;
+}
+
+AuditStore::~AuditStore() { sqlite3_close(db_); }
+
+bool AuditStore::exec(const char *sql, std::string &error) {
+  char *msg = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &msg) == SQLITE_OK) return true;
+  error = msg ? msg : "sqlite error";
+  sqlite3_free(msg);
+  return false;
+}
+
+bool AuditStore::insert_record(const AuditRecord &r, std::string &error) {
+  Stmt st(db_,
+          "INSERT INTO audit(unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,generation)"
+          " VALUES(?,?,?,?,?,?,?,?,?,?)");
+  st.i64(1, r.unix_ms ? r.unix_ms : unix_ms_now()).text(2, r.event).text(3, r.actor).text(4, r.tier);
+  st.i64(5, r.old_limit).i64(6, r.new_limit).text(7, r.reason).real(8, r.confidence).text(9, r.approval_id);
+  st.i64(10, int64_t(r.generation));
+  if (sqlite3_step(st.s) != SQLITE_DONE) {
+    error = sqlite3_errmsg(db_);
+    return false;
+  }
+  return true;
+}
+
+bool AuditStore::append(const AuditRecord &r, std::string &error) { return insert_record(r, error); }
+
+bool AuditStore::put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error) {
+  if (!exec("BEGIN IMMEDIATE", error)) return false;
+  Stmt st(db_,
+          "INSERT OR REPLACE INTO pending(id,tier,tier_name,old_limit,new_limit,reason,actor,confidence,"
+          "created_unix_ms,expires_unix_ms) VALUES(?,?,?,?,?,?,?,?,?,?)");
+  st.text(1, p.id).i64(2, p.tier).text(3, p.tier_name).i64(4, p.old_limit).i64(5, p.new_limit).text(6, p.reason);
+  st.text(7, p.actor).real(8, p.confidence).i64(9, p.created_unix_ms).i64(10, p.expires_unix_ms);
+  if (sqlite3_step(st.s) != SQLITE_DONE || !insert_record(r, error)) {
+    if (error.empty()) error = sqlite3_errmsg(db_);
+    std::string ignored;
+    exec("ROLLBACK", ignored);
+    return false;
+  }
+  return exec("COMMIT", error);
+}
+
+bool AuditStore::close_pending(const std::string &id, const AuditRecord &r, std::string &error) {
+  if (!exec("BEGIN IMMEDIATE", error)) return false;
+  Stmt st(db_, "DELETE FROM pending WHERE id = ?");
+  st.text(1, id);
+  if (sqlite3_step(st.s) != SQLITE_DONE || sqlite3_changes(db_) != 1 || !insert_record(r, error)) {
+    if (error.empty()) error = "no pending approval " + id;
+    std::string ignored;
+    exec("ROLLBACK", ignored);
+    return false;
+  }
+  return exec("COMMIT", error);
+}
+
+static PendingApproval read_pending(Stmt &st) {
+  PendingApproval p;
+  p.id = st.col_text(0);
+  p.tier = uint32_t(sqlite3_column_int64(st.s, 1));
+  p.tier_name = st.col_text(2);
+  p.old_limit = uint32_t(sqlite3_column_int64(st.s, 3));
+  p.new_limit = uint32_t(sqlite3_column_int64(st.s, 4));
+  p.reason = st.col_text(5);
+  p.actor = st.col_text(6);
+  p.confidence = sqlite3_column_double(st.s, 7);
+  p.created_unix_ms = sqlite3_column_int64(st.s, 8);
+  p.expires_unix_ms = sqlite3_column_int64(st.s, 9);
+  return p;
+}
+
+std::vector<PendingApproval> AuditStore::pending() {
+  std::vector<PendingApproval> out;
+  Stmt st(db_, "SELECT id,tier,tier_name,old_limit,new_limit,reason,actor,confidence,created_unix_ms,"
+               "expires_unix_ms FROM pending ORDER BY created_unix_ms");
+  while (sqlite3_step(st.s) == SQLITE_ROW) out.push_back(read_pending(st));
+  return out;
+}
+
+std::optional<PendingApproval> AuditStore::find_pending(const std::string &id) {
+  Stmt st(db_, "SELECT id,tier,tier_name,old_limit,new_limit,reason,actor,confidence,created_unix_ms,"
+               "expires_unix_ms FROM pending WHERE id = ?");
+  st.text(1, id);
+  if (sqlite3_step(st.s) == SQLITE_ROW) return read_pending(st);
+  return std::nullopt;
+}
+
+std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows) {
+  std::vector<AuditRecord> out;
+  Stmt st(db_, "SELECT id,unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,generation "
+               "FROM audit WHERE unix_ms >= ? ORDER BY id LIMIT ?");
+  st.i64(1, unix_ms).i64(2, int64_t(max_rows));
+  while (sqlite3_step(st.s) == SQLITE_ROW) {
+    AuditRecord r;
+    r.id = sqlite3_column_int64(st.s, 0);
+    r.unix_ms = sqlite3_column_int64(st.s, 1);
+    r.event = st.col_text(2);
+    r.actor = st.col_text(3);
+    r.tier = st.col_text(4);
+    r.old_limit = sqlite3_column_int64(st.s, 5);
+    r.new_limit = sqlite3_column_int64(st.s, 6);
+    r.reason = st.col_text(7);
+    r.confidence = sqlite3_column_double(st.s, 8);
+    r.approval_id = st.col_text(9);
+    r.generation = uint64_t(sqlite3_column_int64(st.s, 10));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace sluice::policy_loop

@@ -1,0 +1,66 @@
+// The durable side of governance: the audit trail and pending approvals, in
+// SQLite (WAL, synchronous=FULL: a record is on disk when append() returns, so a
+// kill -9 loses nothing that was reported as recorded).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace sluice::policy_loop {
+
+struct AuditRecord {
+  int64_t id = 0;
+  int64_t unix_ms = 0;
+  std::string event;        // proposed, published, pending, approved, rejected, expired, advisor
+  std::string actor;        // rules, advisor, human:<uid>, system
+  std::string tier;
+  int64_t old_limit = -1;
+  int64_t new_limit = -1;
+  std::string reason;
+  double confidence = 1.0;
+  std::string approval_id;
+  uint64_t generation = 0;  // the tier table generation a publication produced
+};
+
+struct PendingApproval {
+  std::string id;
+  uint32_t tier = 0;
+  std::string tier_name;
+  uint32_t old_limit = 0;
+  uint32_t new_limit = 0;
+  std::string reason;
+  std::string actor;
+  double confidence = 1.0;
+  int64_t created_unix_ms = 0;
+  int64_t expires_unix_ms = 0;
+};
+
+class AuditStore {
+ public:
+  static std::unique_ptr<AuditStore> open(const std::string &path, std::string &error);
+  ~AuditStore();
+
+  bool append(const AuditRecord &r, std::string &error);
+  bool put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error);
+  // Removes a pending approval and records what happened to it, in one commit.
+  bool close_pending(const std::string &id, const AuditRecord &r, std::string &error);
+  std::vector<PendingApproval> pending();
+  std::optional<PendingApproval> find_pending(const std::string &id);
+  std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000);
+  const std::string &path() const { return path_; }
+
+ private:
+  AuditStore() = default;
+  bool exec(const char *sql, std::string &error);
+  bool insert_record(const AuditRecord &r, std::string &error);
+  sqlite3 *db_ = nullptr;
+  std::string path_;
+};
+
+int64_t unix_ms_now();
+
+}  // namespace sluice::policy_loop

@@ -1,0 +1,75 @@
+// The policy loop, one tick at a time (off the request path):
+//   shared counters -> traffic model -> snapshot -> proposals (rules, or a valid
+//   advisor answer) -> governance (a change above approval_ratio waits for a
+//   human) -> publication of the whole tier table -> audit records.
+// Governance commands arrive with the caller's uid/gid (SO_PEERCRED).
+#pragma once
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "policy/policy.hpp"
+#include "policy_loop/allocator.hpp"
+#include "policy_loop/audit_store.hpp"
+#include "policy_loop/traffic.hpp"
+#include "sluice/core/owner.hpp"
+
+namespace sluice::policy_loop {
+
+struct TickReport {
+  std::vector<Proposal> proposals;
+  std::vector<Proposal> published;
+  std::vector<PendingApproval> new_pending;
+  std::vector<PendingApproval> expired;
+  std::string source;  // "rules" or "advisor"
+  uint64_t generation = 0;
+};
+
+struct CommandResult {
+  bool ok = false;
+  std::string message;
+};
+
+class PolicyEngine {
+ public:
+  // advice: optional; called each tick with the snapshot, returns advice to use now
+  // (already validated by the advisor: confidence, bounds) or nothing.
+  using AdviceSource = std::function<std::optional<Advice>(const Snapshot &)>;
+
+  PolicyEngine(const policy::PolicySpec &spec, core::Owner &owner, AuditStore &store, uid_t daemon_uid);
+
+  TickReport tick(int64_t now_ns, int64_t now_unix_ms);
+  void set_advice_source(AdviceSource src) { advice_ = std::move(src); }
+
+  CommandResult approve(const std::string &id, uid_t uid, gid_t gid);
+  CommandResult reject(const std::string &id, const std::string &reason, uid_t uid, gid_t gid);
+  bool may_govern(uid_t uid, gid_t gid) const;
+
+  const Snapshot &snapshot() const { return snap_; }
+  const std::vector<uint32_t> &limits() const { return limits_; }
+  AuditStore &store() { return store_; }
+
+ private:
+  uint64_t publish(int64_t now_unix_ms);
+  bool has_pending(uint32_t tier);
+  void audit(const std::string &event, const Proposal &p, const std::string &approval_id, uint64_t generation,
+             int64_t unix_ms);
+
+  policy::PolicySpec spec_;
+  core::Owner &owner_;
+  AuditStore &store_;
+  uid_t daemon_uid_;
+  TrafficModel traffic_;
+  Snapshot snap_;
+  std::vector<uint32_t> limits_;
+  int64_t last_tick_ns_ = 0;
+  AdviceSource advice_;
+};
+
+std::string new_approval_id();
+
+}  // namespace sluice::policy_loop

@@ -1,0 +1,96 @@
+#include "policy_loop/traffic.hpp"
+
+#include <algorithm>
+
+namespace sluice::policy_loop {
+
+const char *surge_name(Surge s) {
+  switch (s) {
+    case Surge::normal: return "normal";
+    case Surge::surge: return "surge";
+    case Surge::ddos: return "ddos";
+  }
+  return "?";
+}
+
+TrafficModel::TrafficModel(const policy::SurgeSpec &spec, size_t tiers) : spec_(spec), state_(tiers) {}
+
+Surge TrafficModel::candidate(double ratio) const {
+  if (ratio >= spec_.ddos_ratio) return Surge::ddos;
+  if (ratio >= spec_.surge_ratio) return Surge::surge;
+  return Surge::normal;
+}
+
+void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt_s, TierView &out) {
+  State &s = state_[tier];
+  if (!s.primed || dt_s <= 0) {  // first sight: counters since creation are not a rate
+    s.primed = true;
+    s.last = now;
+    return;
+  }
+  const double admitted = double(now.admitted - s.last.admitted) / dt_s;
+  const double denied = double((now.denied_window + now.denied_cost + now.denied_closed) -
+                               (s.last.denied_window + s.last.denied_cost + s.last.denied_closed)) /
+                        dt_s;
+  s.last = now;
+  const double offered = admitted + denied;
+
+  // Holt's linear trend (alpha 0.5, beta 0.5): a steady ramp is flagged from
+  // its slope, before the offered rate itself crosses the threshold.
+  if (s.level == 0 && s.trend == 0) {
+    s.level = offered;
+  } else {
+    const double prev = s.level;
+    s.level = 0.5 * offered + 0.5 * (s.level + s.trend);
+    s.trend = 0.5 * (s.level - prev) + 0.5 * s.trend;
+  }
+  const double forecast = std::max(0.0, s.level + kForecastTicks * s.trend);
+  if (s.ewma == 0) s.ewma = offered;
+
+  const double base = std::max(s.ewma, spec_.min_baseline_rps);
+  // DDoS is judged on traffic that is here; a surge may be flagged early from
+  // the forecast, but only while traffic keeps rising (a lone spike's trend
+  // would otherwise overshoot).
+  Surge seen = candidate(offered / base);
+  if (seen == Surge::normal && offered >= s.last_offered && s.trend > 0 && forecast / base >= spec_.surge_ratio)
+    seen = Surge::surge;
+  s.last_offered = offered;
+  if (seen > s.surge) {
+    s.below = 0;
+    if (++s.above >= spec_.enter_ticks) {
+      s.surge = seen;
+      s.above = 0;
+    }
+  } else if (seen < s.surge) {
+    s.above = 0;
+    if (++s.below >= spec_.exit_ticks) {
+      s.surge = seen;
+      s.below = 0;
+    }
+  } else {
+    s.above = s.below = 0;
+  }
+  // The baseline learns only calm traffic.
+  if (s.surge == Surge::normal && seen == Surge::normal)
+    s.ewma = spec_.ewma_alpha * offered + (1 - spec_.ewma_alpha) * s.ewma;
+
+  out.offered_rps = offered;
+  out.admitted_rps = admitted;
+  out.denied_rps = denied;
+  out.ewma_rps = s.ewma;
+  out.forecast_rps = forecast;
+  out.surge = s.surge;
+}
+
+Surge host_surge(const std::vector<TierView> &tiers, double capacity_rps) {
+  Surge worst = Surge::normal;
+  double offered = 0;
+  for (const TierView &t : tiers) {
+    worst = std::max(worst, t.surge);
+    offered += std::max(t.offered_rps, t.forecast_rps);
+  }
+  if (capacity_rps > 0 && offered > capacity_rps) worst = std::max(worst, Surge::surge);
+  return worst;
+}
+
+}  // namespace sluice::policy_loop

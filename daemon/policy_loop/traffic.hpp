@@ -1,0 +1,42 @@
+// Per-tier traffic model, fed the shared counters once per tick: offered rate,
+// an EWMA baseline learned only while the tier is calm (so a surge never becomes
+// the new normal), Holt's linear-trend forecast, and the surge level with
+// hysteresis (enter after N ticks above a threshold, leave after M below).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "policy/policy.hpp"
+#include "policy_loop/types.hpp"
+#include "sluice/core/ledger.hpp"
+
+namespace sluice::policy_loop {
+
+class TrafficModel {
+ public:
+  TrafficModel(const policy::SurgeSpec &spec, size_t tiers);
+
+  // cumulative: the tier's counters now; dt_s: seconds since the previous call.
+  // Fills the traffic fields and surge level of `out`.
+  void observe(size_t tier, const core::TierCounters &cumulative, double dt_s, TierView &out);
+
+  static constexpr int kForecastTicks = 5;
+
+ private:
+  struct State {
+    bool primed = false;
+    core::TierCounters last;
+    double ewma = 0;
+    double level = 0, trend = 0;  // Holt
+    double last_offered = 0;
+    Surge surge = Surge::normal;
+    uint32_t above = 0, below = 0;
+  };
+  Surge candidate(double ratio) const;
+  policy::SurgeSpec spec_;
+  std::vector<State> state_;
+};
+
+Surge host_surge(const std::vector<TierView> &tiers, double capacity_rps);
+
+}  // namespace sluice::policy_loop

@@ -1,0 +1,275 @@
+// The policy loop as a step, fed synthetic counters: surge levels and hysteresis,
+// the forecast's early warning, each business rule, floors and ceilings,
+// adaptive: false, governance (approve / reject / expiry / who may), the audit.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "../support/fixture.hpp"
+#include "daemon.hpp"
+#include "policy_loop/engine.hpp"
+
+using namespace sluice;
+using namespace sluice::policy_loop;
+
+namespace {
+
+TierView tier_view(std::string name, uint32_t limit, double revenue, double offered, double admitted,
+                   uint32_t ceiling, uint32_t floor = 1) {
+  TierView t;
+  t.name = std::move(name);
+  t.limit = t.baseline = limit;
+  t.floor = floor;
+  t.ceiling = t.max_limit = ceiling;
+  t.window_ns = 1'000'000'000;
+  t.revenue_per_request = revenue;
+  t.offered_rps = t.forecast_rps = t.ewma_rps = offered;
+  t.admitted_rps = admitted;
+  t.denied_rps = offered - admitted;
+  return t;
+}
+
+// Feeds one tier offered rps for a tick of 1 s and returns the level.
+struct Feeder {
+  TrafficModel model;
+  core::TierCounters c;
+  TierView v;
+  explicit Feeder(policy::SurgeSpec s = {}) : model(s, 1) { model.observe(0, c, 0, v); }
+  Surge feed(double rps) {
+    c.admitted += uint64_t(rps);
+    model.observe(0, c, 1.0, v);
+    return v.surge;
+  }
+};
+
+}  // namespace
+
+TEST(Traffic, SurgeAndDdosWithHysteresis) {
+  Feeder f;
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(f.feed(10), Surge::normal);
+  EXPECT_NEAR(f.v.ewma_rps, 10, 0.5);
+  EXPECT_EQ(f.feed(30), Surge::normal) << "one tick above is not enough (enter_ticks 2)";
+  EXPECT_EQ(f.feed(30), Surge::surge);
+  EXPECT_EQ(f.feed(80), Surge::surge);
+  EXPECT_EQ(f.feed(80), Surge::ddos);
+  EXPECT_NEAR(f.v.ewma_rps, 10, 0.5) << "the baseline does not learn the surge";
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(f.feed(10), Surge::ddos) << "leaving takes exit_ticks (5)";
+  int ticks = 0;
+  while (f.feed(10) != Surge::normal && ticks < 20) ++ticks;
+  EXPECT_LT(ticks, 20);
+}
+
+TEST(Traffic, ABriefSpikeDoesNotFlap) {
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  int flagged = 0;
+  for (int i = 0; i < 10; ++i) flagged += f.feed(i % 2 ? 25 : 10) != Surge::normal;
+  EXPECT_EQ(flagged, 0) << "alternating ticks never make enter_ticks in a row";
+}
+
+TEST(Traffic, TheForecastFlagsARampBeforeItCrossesTheThreshold) {
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  double offered_when_flagged = 0;
+  for (int i = 1; i <= 20 && offered_when_flagged == 0; ++i) {
+    const double rps = 10 + 2.0 * i;  // a steady ramp
+    if (f.feed(rps) != Surge::normal) offered_when_flagged = rps;
+  }
+  ASSERT_GT(offered_when_flagged, 0);
+  EXPECT_LT(offered_when_flagged, 2.0 * 10) << "flagged while offered/baseline was still under surge_ratio";
+}
+
+TEST(Rules, SpareCapacityRaisesHighValueTiersWithinCeilings) {
+  Snapshot s;
+  s.capacity_rps = 0;  // unbounded
+  s.tiers = {tier_view("enterprise", 15, 0.20, 60, 15, 120), tier_view("free", 3, 0.01, 10, 3, 9)};
+  const auto p = propose_by_rules(s);
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[0].tier, 0u);
+  EXPECT_EQ(p[0].new_limit, 66u) << "15 x 60/15 x 1.1 headroom";
+  EXPECT_EQ(p[1].new_limit, 9u) << "free is capped at its ceiling (3x)";
+  EXPECT_NE(p[0].reason.find("denied"), std::string::npos) << p[0].reason;
+}
+
+TEST(Rules, NoDenialsDriftBackToBaseline) {
+  Snapshot s;
+  auto t = tier_view("pro", 8, 0.05, 4, 4, 40);
+  t.limit = 30;
+  s.tiers = {t};
+  const auto p = propose_by_rules(s);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0].new_limit, 8u);
+  EXPECT_NE(p[0].reason.find("baseline"), std::string::npos);
+}
+
+TEST(Rules, InASurgeCapacityGoesToTheHighestRevenuePerUnitFirst) {
+  Snapshot s;
+  s.capacity_rps = 100;
+  s.host_surge = Surge::surge;
+  // Both want far more than capacity; enterprise (0.20) is served first.
+  s.tiers = {tier_view("free", 10, 0.01, 200, 20, 30), tier_view("enterprise", 10, 0.20, 200, 20, 80)};
+  const auto p = propose_by_rules(s);
+  uint32_t ent = 10, fre = 10;
+  for (const auto &x : p) (x.tier == 1 ? ent : fre) = x.new_limit;
+  EXPECT_EQ(ent, 50u) << "enterprise takes all 100 req/s (2 req/s per unit of limit)";
+  EXPECT_EQ(fre, 1u) << "free is left its floor";
+}
+
+TEST(Rules, UnderDdosTheFreeTierIsCutToItsFloorFirst) {
+  Snapshot s;
+  s.capacity_rps = 1000;
+  s.host_surge = Surge::ddos;
+  s.tiers = {tier_view("enterprise", 15, 0.20, 15, 15, 120), tier_view("pro", 8, 0.05, 8, 8, 40),
+             tier_view("free", 3, 0.01, 900, 30, 9, 1)};
+  const auto p = propose_by_rules(s);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0].tier, 2u);
+  EXPECT_EQ(p[0].new_limit, 1u);
+  EXPECT_NE(p[0].reason.find("DDoS"), std::string::npos) << p[0].reason;
+}
+
+TEST(Rules, NonAdaptiveTiersAreNeverChanged) {
+  Snapshot s;
+  auto t = tier_view("fixed", 5, 0.5, 100, 5, 50);
+  t.adaptive = false;
+  s.tiers = {t};
+  EXPECT_TRUE(propose_by_rules(s).empty());
+  Advice a;
+  a.limits = {40};
+  a.confidence = 0.9;
+  EXPECT_TRUE(proposals_from_advice(s, a).empty());
+}
+
+TEST(Rules, AdviceIsClampedToFloorAndCeiling) {
+  Snapshot s;
+  s.tiers = {tier_view("pro", 8, 0.05, 8, 8, 40, 2), tier_view("free", 3, 0.01, 3, 3, 9, 1)};
+  Advice a;
+  a.limits = {1000, 0};
+  a.confidence = 0.8;
+  a.rationale = "model says so";
+  const auto p = proposals_from_advice(s, a);
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[0].new_limit, 40u);
+  EXPECT_TRUE(p[0].clamped);
+  EXPECT_EQ(p[1].new_limit, 1u);
+  EXPECT_EQ(p[0].actor, "advisor");
+}
+
+namespace {
+
+struct EngineFixture : ::testing::Test {
+  std::string db = "/tmp/sluicetest-audit-" + std::to_string(getpid()) + "-" +
+                   ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".db";
+  policy::PolicySpec spec = policy::parse_policy_json(R"({
+    "segment": {"max_keys": 100},
+    "tiers": [{"name": "enterprise", "limit": 10, "window_ms": 1000, "max_limit": 80, "revenue_per_request": 0.2},
+              {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9, "revenue_per_request": 0.01,
+               "adaptive": false}],
+    "governance": {"approval_ratio": 1.8, "approval_ttl_s": 5}})");
+  test::SegmentGuard seg{"engine", daemon::layout_of(spec)};
+  std::unique_ptr<AuditStore> store;
+  std::unique_ptr<PolicyEngine> engine;
+  int64_t t_ns = 1'000'000'000'000, t_ms = 1'700'000'000'000;
+
+  void SetUp() override {
+    std::filesystem::remove(db);
+    std::string err;
+    store = AuditStore::open(db, err);
+    ASSERT_TRUE(store) << err;
+    engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());
+    tick();  // primes the rates
+  }
+  void TearDown() override {
+    engine.reset();
+    store.reset();
+    for (const char *sfx : {"", "-wal", "-shm"}) std::filesystem::remove(db + sfx);
+  }
+  TickReport tick() {
+    t_ns += 1'000'000'000;
+    t_ms += 1000;
+    return engine->tick(t_ns, t_ms);
+  }
+  void traffic(uint32_t tier, uint64_t admitted, uint64_t denied) {
+    auto &c = seg.owner->state().counters[tier][0];
+    c.admitted += admitted;
+    c.denied_window += denied;
+  }
+  uint32_t published(uint32_t tier) {
+    core::TierLimits t;
+    core::read_tier(seg.owner->policy(), tier, t);
+    return t.limit;
+  }
+};
+
+}  // namespace
+
+TEST_F(EngineFixture, SmallChangesPublishAtOnceLargeOnesWaitForApproval) {
+  traffic(0, 10, 5);  // enterprise: 15 offered, 10 admitted -> wants 17 (ratio 1.7)
+  const auto r = tick();
+  ASSERT_EQ(r.published.size(), 1u);
+  EXPECT_EQ(published(0), 17u) << "a 1.7x change publishes without a human";
+  EXPECT_GT(r.generation, 0u);
+  traffic(0, 17, 200);  // now wants 17 x 217/17 x 1.1 -> ceiling 80: 4.7x
+  const auto r2 = tick();
+  EXPECT_TRUE(r2.published.empty());
+  ASSERT_EQ(r2.new_pending.size(), 1u);
+  EXPECT_EQ(published(0), 17u) << "nothing changes until approved";
+  const std::string id = r2.new_pending[0].id;
+  traffic(0, 17, 200);
+  EXPECT_TRUE(tick().new_pending.empty()) << "one open question per tier";
+  const auto refused = engine->approve(id, 65534, 65534);
+  EXPECT_FALSE(refused.ok);
+  EXPECT_NE(refused.message.find("not an approver"), std::string::npos);
+  const auto ok = engine->approve(id, getuid(), getgid());
+  EXPECT_TRUE(ok.ok) << ok.message;
+  EXPECT_EQ(published(0), 80u) << "approve publishes the change";
+  EXPECT_TRUE(store->pending().empty());
+  EXPECT_FALSE(engine->approve(id, getuid(), getgid()).ok) << "an id is answered once";
+  bool saw_approved = false;
+  for (const auto &a : store->since(0))
+    saw_approved |= a.event == "approved" && a.approval_id == id && a.actor.starts_with("human:");
+  EXPECT_TRUE(saw_approved);
+}
+
+TEST_F(EngineFixture, RejectKeepsTheLimitAndExpiryDropsTheQuestion) {
+  traffic(0, 10, 500);
+  const auto r = tick();
+  ASSERT_EQ(r.new_pending.size(), 1u);
+  EXPECT_TRUE(engine->reject(r.new_pending[0].id, "not during the launch", getuid(), getgid()).ok);
+  EXPECT_EQ(published(0), 10u);
+  traffic(0, 10, 500);
+  const auto r2 = tick();
+  ASSERT_EQ(r2.new_pending.size(), 1u) << "the question may be asked again";
+  t_ms += 6000;  // past approval_ttl_s (5 s)
+  const auto r3 = tick();
+  ASSERT_EQ(r3.expired.size(), 1u);
+  EXPECT_EQ(r3.expired[0].id, r2.new_pending[0].id);
+  EXPECT_EQ(published(0), 10u);
+  std::vector<std::string> events;
+  for (const auto &a : store->since(0)) events.push_back(a.event);
+  EXPECT_NE(std::find(events.begin(), events.end(), "rejected"), events.end());
+  EXPECT_NE(std::find(events.begin(), events.end(), "expired"), events.end());
+}
+
+TEST_F(EngineFixture, PendingApprovalsSurviveARestartOfTheEngine) {
+  traffic(0, 10, 500);
+  const auto r = tick();
+  ASSERT_EQ(r.new_pending.size(), 1u);
+  engine.reset();
+  store.reset();
+  std::string err;
+  store = AuditStore::open(db, err);
+  ASSERT_TRUE(store) << err;
+  engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());
+  ASSERT_EQ(store->pending().size(), 1u);
+  EXPECT_TRUE(engine->approve(r.new_pending[0].id, 0, 0).ok) << "root may always approve by default";
+}
+
+TEST_F(EngineFixture, NonAdaptiveTierIsNeverTouched) {
+  for (int i = 0; i < 5; ++i) {
+    traffic(1, 3, 1000);
+    for (const auto &p : tick().proposals) EXPECT_NE(p.tier, 1u);
+  }
+  EXPECT_EQ(published(1), 3u);
+}
