@@ -9,6 +9,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include <filesystem>
+
+#include "commands.hpp"
 #include "sluice/core/clock.hpp"
 
 namespace sluice::daemon {
@@ -53,6 +56,16 @@ int take_segment_lock(const std::string &segment, std::string &error) {
   return fd;
 }
 
+std::string audit_db_path(const policy::PolicySpec &p, const Options &opt) {
+  if (!p.audit_db.empty()) return p.audit_db;
+  std::string dir = opt.state_dir;
+  if (dir.empty()) {
+    const char *env = std::getenv("SLUICE_STATE_DIR");
+    dir = env && *env ? env : "/var/lib/sluice";
+  }
+  return dir + "/" + opt.segment + ".db";
+}
+
 std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
   std::unique_ptr<Daemon> d(new Daemon());
   d->opt_ = opt;
@@ -75,6 +88,21 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
     error = "segment '" + opt.segment + "': " + detail;
     return nullptr;
   }
+  const std::string db = audit_db_path(d->policy_, opt);
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(db).parent_path(), ec);
+  d->store_ = policy_loop::AuditStore::open(db, error);
+  if (!d->store_) {
+    error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
+    return nullptr;
+  }
+  d->engine_ = std::make_unique<policy_loop::PolicyEngine>(d->policy_, *d->owner_, *d->store_, getuid());
+  d->control_ = ControlServer::listen(control_socket_path(opt.segment), error);
+  if (!d->control_) return nullptr;
+  d->tick_ns_ = opt.tick_ns ? *opt.tick_ns : int64_t(d->policy_.tick_ms) * 1'000'000;
+  const size_t pending = d->store_->pending().size();
+  spdlog::info("audit store {} ({} pending approvals), control socket {}", db, pending,
+               control_socket_path(opt.segment));
   spdlog::info("{} segment '{}' ({} tiers, {} keys per tier, {} MiB mapped)",
                d->created_ ? "created" : "re-attached", opt.segment, d->policy_.tiers.size(),
                d->policy_.segment.max_keys, d->owner_->state().segment_bytes >> 20);
@@ -88,8 +116,20 @@ Daemon::~Daemon() {
 
 int64_t Daemon::do_work(int64_t now_ns) {
   owner_->heartbeat();
+  control_->serve_pending([this](const std::string &line, const Peer &peer) {
+    const std::string reply = handle_command(*engine_, line, peer);
+    if (line.rfind("approve", 0) == 0 || line.rfind("reject", 0) == 0)
+      spdlog::info("control: uid {} pid {}: {} -> {}", peer.uid, peer.pid, line.substr(0, 80),
+                   reply.substr(0, reply.find('\n')));
+    return reply;
+  });
   if (now_ns >= next_tick_ns_) {
-    next_tick_ns_ = now_ns + opt_.tick_ns;
+    next_tick_ns_ = now_ns + tick_ns_;
+    const auto rep = engine_->tick(now_ns, policy_loop::unix_ms_now());
+    for (const auto &p : rep.published) spdlog::info("published: {}", p.reason);
+    for (const auto &p : rep.new_pending)
+      spdlog::warn("approval {} needed: {} -> {} for {}: {}", p.id, p.old_limit, p.new_limit, p.tier_name, p.reason);
+    for (const auto &p : rep.expired) spdlog::info("approval {} expired", p.id);
     const int64_t idle_ns = int64_t(policy_.segment.idle_ttl_ms) * 1'000'000;
     const core::GcStats gc = owner_->collect(idle_ns, opt_.gc_slots_per_tick);
     gc_totals_.scanned += gc.scanned;

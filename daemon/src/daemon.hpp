@@ -6,7 +6,10 @@
 #include <optional>
 #include <string>
 
+#include "control.hpp"
 #include "policy/policy.hpp"
+#include "policy_loop/audit_store.hpp"
+#include "policy_loop/engine.hpp"
 #include "sluice/core/owner.hpp"
 
 namespace sluice::daemon {
@@ -15,7 +18,8 @@ struct Options {
   std::string segment = "sluice";
   std::optional<std::string> policy_path;  // none: the built-in default policy
   bool reset = false;
-  int64_t tick_ns = 1'000'000'000;
+  std::optional<int64_t> tick_ns;          // default: the policy's tick_ms
+  std::string state_dir;                    // audit db home; default $SLUICE_STATE_DIR or /var/lib/sluice
   int64_t heartbeat_ns = 100'000'000;
   uint32_t gc_slots_per_tick = 1u << 16;  // per tier
 };
@@ -29,9 +33,11 @@ class Daemon {
   static std::unique_ptr<Daemon> start(const Options &opt, std::string &error);
   ~Daemon();
 
-  // One step of work: heartbeat, and on each tick a slice of idle-key GC.
-  // Returns when it is next due (CLOCK_MONOTONIC ns).
+  // One step of work: heartbeat, control requests, and on each tick the policy
+  // loop and a slice of idle-key GC. Returns when it is next due (CLOCK_MONOTONIC ns).
   int64_t do_work(int64_t now_ns);
+  int control_fd() const { return control_ ? control_->fd() : -1; }
+  policy_loop::PolicyEngine &engine() { return *engine_; }
   // Writes the clean-shutdown heartbeat and releases the lock.
   void stop();
 
@@ -45,6 +51,10 @@ class Daemon {
   Options opt_;
   policy::PolicySpec policy_;
   std::unique_ptr<core::Owner> owner_;
+  std::unique_ptr<policy_loop::AuditStore> store_;
+  std::unique_ptr<policy_loop::PolicyEngine> engine_;
+  std::unique_ptr<ControlServer> control_;
+  int64_t tick_ns_ = 1'000'000'000;
   int lock_fd_ = -1;
   bool created_ = false;
   bool stopped_ = false;
@@ -55,5 +65,7 @@ class Daemon {
 // /dev/shm/<segment>.lock: one daemon per segment (flock, dropped by the kernel
 // when the holder dies).
 int take_segment_lock(const std::string &segment, std::string &error);
+// Where the audit store lives: the policy's audit_db, else <state_dir>/<segment>.db.
+std::string audit_db_path(const policy::PolicySpec &p, const Options &opt);
 
 }  // namespace sluice::daemon

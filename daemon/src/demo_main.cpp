@@ -72,7 +72,9 @@ int main(int argc, char **argv) {
 
   std::cout << "== Sluice demo: one exact ledger shared by every client process on this host ==\n"
             << "starting sluiced on the built-in policy (segment '" << segment << "')\n";
-  const pid_t daemon = spawn({sluiced, "--segment", segment, "--reset", "--log-level", "warn"});
+  const std::string state_dir = "/tmp/sluice-demo-state";
+  const pid_t daemon =
+      spawn({sluiced, "--segment", segment, "--reset", "--log-level", "warn", "--state-dir", state_dir});
   if (daemon < 0) {
     std::cerr << "cannot start " << sluiced << "\n";
     return 1;

@@ -1,38 +1,124 @@
-// sluicectl [--segment NAME] status [--json]
+// sluicectl [--segment NAME] COMMAND
+//   status [--json]                     tiers, limits, keys, counters (reads shared memory)
+//   pending [--json]                    approvals waiting for a human
+//   approve ID                          publish a pending change (approvers only)
+//   reject ID --reason TEXT             drop it, with a reason (approvers only)
+//   audit [--since DURATION] [--json]   the decision trail (DURATION: 30s, 15m, 2h, 7d)
+#include <chrono>
 #include <cstring>
 #include <iostream>
+#include <vector>
 
+#include "control.hpp"
 #include "status.hpp"
+
+namespace {
+
+int usage(std::ostream &os, int rc) {
+  os << "usage: sluicectl [--segment NAME] status [--json]\n"
+        "       sluicectl [--segment NAME] pending [--json]\n"
+        "       sluicectl [--segment NAME] approve ID\n"
+        "       sluicectl [--segment NAME] reject ID --reason TEXT\n"
+        "       sluicectl [--segment NAME] audit [--since DURATION] [--json]\n";
+  return rc;
+}
+
+// "90s", "15m", "2h", "7d" -> milliseconds; -1 if malformed.
+long long parse_duration_ms(const std::string &s) {
+  if (s.size() < 2) return -1;
+  char *end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (!end || end == s.c_str() || v < 0 || std::strlen(end) != 1) return -1;
+  switch (*end) {
+    case 's': return v * 1000;
+    case 'm': return v * 60'000;
+    case 'h': return v * 3'600'000;
+    case 'd': return v * 86'400'000;
+  }
+  return -1;
+}
+
+int remote(const std::string &segment, const std::string &line) {
+  std::string reply, error;
+  if (!sluice::daemon::control_request(sluice::daemon::control_socket_path(segment), line, reply, error)) {
+    std::cerr << "sluicectl: " << error << "\n";
+    return 1;
+  }
+  const auto nl = reply.find('\n');
+  const std::string head = reply.substr(0, nl), body = nl == std::string::npos ? "" : reply.substr(nl + 1);
+  if (head == "ok") {
+    std::cout << body;
+    return 0;
+  }
+  std::cerr << "sluicectl: " << body;
+  return 3;  // refused or failed by sluiced
+}
+
+}  // namespace
 
 int main(int argc, char **argv) {
   using namespace sluice;
   std::string segment = core::resolve_segment_name(nullptr);
-  std::string command;
+  std::vector<std::string> args;
   bool json = false;
+  std::string reason, since;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--segment" && i + 1 < argc) segment = argv[++i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::cerr << "sluicectl: " << a << " needs a value\n";
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--segment") segment = value();
     else if (a == "--json") json = true;
-    else if (a == "-h" || a == "--help") {
-      std::cout << "usage: sluicectl [--segment NAME] status [--json]\n";
-      return 0;
-    } else if (command.empty() && a[0] != '-') command = a;
-    else {
-      std::cerr << "sluicectl: unknown argument '" << a << "'\n";
+    else if (a == "--reason") reason = value();
+    else if (a == "--since") since = value();
+    else if (a == "-h" || a == "--help") return usage(std::cout, 0);
+    else if (!a.empty() && a[0] == '-') {
+      std::cerr << "sluicectl: unknown option '" << a << "'\n";
+      return usage(std::cerr, 2);
+    } else args.push_back(a);
+  }
+  if (args.empty()) return usage(std::cerr, 2);
+  const std::string &cmd = args[0];
+  if (cmd == "status" && args.size() == 1) {
+    daemon::Status st;
+    std::string error;
+    if (!daemon::read_status(segment, st, error)) {
+      std::cerr << "sluicectl: segment '" << segment << "': " << error << "\n";
+      return 1;
+    }
+    std::cout << (json ? daemon::render_status_json(st) + "\n" : daemon::render_status_text(st));
+    return 0;
+  }
+  if (cmd == "pending" && args.size() == 1) return remote(segment, std::string("pending ") + (json ? "json" : "text"));
+  if (cmd == "approve" && args.size() == 2) return remote(segment, "approve " + args[1]);
+  if (cmd == "reject" && args.size() == 2) {
+    if (reason.empty()) {
+      std::cerr << "sluicectl: reject needs --reason TEXT\n";
       return 2;
     }
+    for (char &c : reason)
+      if (c == '\n' || c == '\r') c = ' ';
+    return remote(segment, "reject " + args[1] + " " + reason);
   }
-  if (command != "status") {
-    std::cerr << "sluicectl: " << (command.empty() ? "missing command" : "unknown command '" + command + "'")
-              << " (commands: status)\n";
-    return 2;
+  if (cmd == "audit" && args.size() == 1) {
+    long long from = 0;
+    if (!since.empty()) {
+      const long long ms = parse_duration_ms(since);
+      if (ms < 0) {
+        std::cerr << "sluicectl: --since takes a duration like 30s, 15m, 2h or 7d, not '" << since << "'\n";
+        return 2;
+      }
+      const long long now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+      from = now - ms;
+    }
+    return remote(segment, "audit " + std::to_string(from) + (json ? " json" : " text"));
   }
-  daemon::Status st;
-  std::string error;
-  if (!daemon::read_status(segment, st, error)) {
-    std::cerr << "sluicectl: segment '" << segment << "': " << error << "\n";
-    return 1;
-  }
-  std::cout << (json ? daemon::render_status_json(st) + "\n" : daemon::render_status_text(st));
-  return 0;
+  std::cerr << "sluicectl: unknown command or wrong arguments: '" << cmd << "'\n";
+  return usage(std::cerr, 2);
 }

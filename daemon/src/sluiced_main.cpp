@@ -1,5 +1,6 @@
 // sluiced --policy FILE --segment NAME [--reset]: owns one host's segment pair.
 #include <signal.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -21,7 +22,8 @@ void usage(std::ostream &os) {
         "  --policy FILE    JSON policy (schema: daemon/policy/policy.fbs); default: built-in tiers\n"
         "  --segment NAME   segment pair /dev/shm/NAME.{state,policy}; default $SLUICE_SEGMENT or 'sluice'\n"
         "  --reset          remove an existing segment pair first (wipes keys and counters)\n"
-        "  --tick-ms N      policy/GC tick, default 1000\n"
+        "  --tick-ms N      policy/GC tick (default: the policy's tick_ms, 1000)\n"
+        "  --state-dir DIR  audit store directory (default $SLUICE_STATE_DIR or /var/lib/sluice)\n"
         "  --print-default-policy  print the built-in policy as JSON and exit\n";
 }
 
@@ -52,6 +54,8 @@ int main(int argc, char **argv) {
         return 2;
       }
       opt.tick_ns = ms * 1'000'000LL;
+    } else if (a == "--state-dir") {
+      opt.state_dir = value();
     } else if (a == "--log-level") spdlog::set_level(spdlog::level::from_str(value()));
     else if (a == "--print-default-policy") {
       std::cout << policy::to_json(policy::default_policy()) << "\n";
@@ -87,10 +91,11 @@ int main(int argc, char **argv) {
   }
   spdlog::info("ready: segment '{}', pid {}", opt.segment, getpid());
   while (g_signal.load() == 0) {
-    const int64_t now = core::mono_ns();
-    const int64_t next = d->do_work(now);
-    const int64_t wait = std::max<int64_t>(1'000'000, next - core::mono_ns());
-    std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(wait, 100'000'000)));
+    const int64_t next = d->do_work(core::mono_ns());
+    // Sleep until the next heartbeat/tick or a control request, whichever first.
+    const int64_t wait_ms = std::clamp<int64_t>((next - core::mono_ns()) / 1'000'000, 1, 100);
+    pollfd p{d->control_fd(), POLLIN, 0};
+    ::poll(&p, 1, int(wait_ms));
   }
   spdlog::info("signal {} received: stopping (segment kept for clients and the next start)",
                strsignal(g_signal.load()));

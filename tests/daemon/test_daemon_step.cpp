@@ -22,6 +22,7 @@ struct DaemonGuard {
     daemon::Options o;
     o.segment = name;
     o.reset = true;
+    o.state_dir = "/tmp/sluicetest-state";
     std::string err;
     d = daemon::Daemon::start(o, err);
     EXPECT_TRUE(d) << err;
@@ -51,6 +52,7 @@ TEST(DaemonStep, OneDaemonPerSegmentInProcessToo) {
   DaemonGuard g;
   daemon::Options o;
   o.segment = g.name;
+  o.state_dir = "/tmp/sluicetest-state";
   std::string err;
   EXPECT_FALSE(daemon::Daemon::start(o, err));
   EXPECT_NE(err.find("already owns"), std::string::npos) << err;

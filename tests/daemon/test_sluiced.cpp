@@ -87,6 +87,9 @@ const char *kPolicy = R"({"segment": {"max_keys": 1000, "max_key_bytes": 32},
   "tiers": [{"name": "gold", "limit": 5, "window_ms": 200, "max_limit": 10, "revenue_per_request": 0.2},
             {"name": "free", "limit": 2, "window_ms": 200, "max_limit": 4, "revenue_per_request": 0.01}]})";
 
+// The daemons these tests start keep their audit stores out of /var/lib.
+const int kStateDir = setenv("SLUICE_STATE_DIR", "/tmp/sluicetest-state", 1);
+
 }  // namespace
 
 TEST(Sluiced, StartsServesAndStopsCleanlyOnSigterm) {

@@ -44,14 +44,21 @@ TEST_POLICY = {
 class Daemon:
     """A running sluiced on its own segment; stopped (SIGTERM) and removed after."""
 
-    def __init__(self, tmp: Path, policy: dict | None = None) -> None:
-        self.segment = f"sluicetest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    def __init__(self, tmp: Path, policy: dict | None = None, segment: str | None = None) -> None:
+        self.tmp = tmp
+        self.segment = segment or f"sluicetest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.policy_path = tmp / f"{self.segment}.json"
         self.policy_path.write_text(json.dumps(policy or TEST_POLICY))
         self.log_path = tmp / f"{self.segment}.log"
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "a")
+        self.start(reset=True)
+
+    def start(self, reset: bool = False) -> None:
+        """(Re)starts sluiced on the same segment and audit store."""
+        self.log_path.write_text("")
         self.proc = subprocess.Popen(
-            [str(SLUICED), "--segment", self.segment, "--policy", str(self.policy_path), "--reset"],
+            [str(SLUICED), "--segment", self.segment, "--policy", str(self.policy_path),
+             "--state-dir", str(self.tmp)] + (["--reset"] if reset else []),
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
@@ -59,6 +66,17 @@ class Daemon:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"sluiced did not start: {self.log_path.read_text()}")
             time.sleep(0.01)
+
+    def ctl(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
+        """Runs sluicectl (as `user` via setpriv when given)."""
+        cmd = [str(SLUICECTL), "--segment", self.segment, *args]
+        if user == "nobody":
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def status(self) -> dict:
         out = subprocess.run([str(SLUICECTL), "--segment", self.segment, "status", "--json"],

@@ -1,0 +1,50 @@
+// Configuration and results of the optional LLM advisor.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "policy_loop/types.hpp"
+
+namespace sluice::advisor {
+
+struct AdvisorConfig {
+  enum Kind { ollama, openai } kind = ollama;
+  std::string base_url = "http://127.0.0.1:11434";  // http:// only, numeric host or localhost
+  std::string model;
+  int timeout_ms = 2000;  // the whole exchange, connect to last byte
+  size_t max_response_bytes = 1 << 20;
+  double min_confidence = 0.6;
+  std::string api_key;  // OpenAI-compatible servers only; sent as a Bearer token
+};
+
+// Empty when usable; otherwise what is wrong, for refusing the config at startup.
+std::string validate_config(const AdvisorConfig& config);
+
+enum class AdvisorOutcome {
+  ok,
+  clamped,         // ok, but some limits were outside [floor, ceiling]
+  low_confidence,  // well formed, confidence < min_confidence: advice not used
+  malformed,       // envelope or decision not as required
+  timeout,
+  refused,         // connection refused: no model server listening
+  http_error,      // non-2xx status
+  too_large,       // response body above max_response_bytes
+  transport_error, // other socket or HTTP framing errors, cancellation
+  bad_config,      // unusable URL (e.g. https://) or config
+};
+inline constexpr size_t kAdvisorOutcomeCount = 10;
+
+const char* outcome_name(AdvisorOutcome o);
+
+struct AdvisorResult {
+  AdvisorOutcome outcome = AdvisorOutcome::transport_error;
+  std::optional<policy_loop::Advice> advice;  // only for ok and clamped
+  std::string detail;                         // why, for logs and the audit trail
+  int64_t latency_ns = 0;
+  uint64_t tick = 0;  // the snapshot's tick: advice is stale if tiers changed since
+};
+
+}  // namespace sluice::advisor

@@ -1,0 +1,45 @@
+// A small strict JSON reader (RFC 8259) and string quoting for the advisor.
+//
+// Model output is untrusted input, so the reader rejects everything the RFC
+// does not allow (comments, trailing commas, leading zeros, raw control
+// characters, lone surrogates, duplicate keys, trailing text) and bounds the
+// nesting depth. It never throws for bad input; errors name the byte offset
+// and what was expected.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace sluice::advisor::json {
+
+struct Value {
+  enum class Type { null, boolean, number, string, array, object };
+
+  Type type = Type::null;
+  bool boolean = false;
+  double number = 0;
+  bool integral = false;  // number written without fraction or exponent
+  std::string text;       // string value, or a number's lexeme
+  std::vector<Value> items;                            // array
+  std::vector<std::pair<std::string, Value>> members;  // object, input order
+
+  // Member by key, or nullptr (also when this is not an object).
+  const Value* find(std::string_view key) const;
+};
+
+const char* type_name(Value::Type t);
+
+inline constexpr int kDefaultMaxDepth = 32;
+
+// The parsed document, or nullopt with *error set (if error is non-null).
+std::optional<Value> parse(std::string_view text, std::string* error,
+                           int max_depth = kDefaultMaxDepth);
+
+// `s` as a JSON string literal, quotes included. Control characters are
+// escaped; other bytes are copied as they are.
+std::string quote(std::string_view s);
+
+}  // namespace sluice::advisor::json

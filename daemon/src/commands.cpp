@@ -1,0 +1,120 @@
+#include "commands.hpp"
+
+#include <cstdio>
+#include <ctime>
+#include <sstream>
+#include <vector>
+
+namespace sluice::daemon {
+
+using policy_loop::AuditRecord;
+using policy_loop::PendingApproval;
+
+std::string json_escape(const std::string &v) {
+  std::string o = "\"";
+  for (unsigned char c : v) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += char(c);
+    } else if (c < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else {
+      o += char(c);
+    }
+  }
+  return o + "\"";
+}
+
+namespace {
+
+std::string iso_time(int64_t unix_ms) {
+  const time_t t = time_t(unix_ms / 1000);
+  tm g{};
+  gmtime_r(&t, &g);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &g);
+  return buf;
+}
+
+std::string pending_json(const std::vector<PendingApproval> &ps) {
+  std::string o = "[";
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const auto &p = ps[i];
+    o += (i ? "," : "") + std::string("{\"id\":") + json_escape(p.id) + ",\"tier\":" + json_escape(p.tier_name) +
+         ",\"old_limit\":" + std::to_string(p.old_limit) + ",\"new_limit\":" + std::to_string(p.new_limit) +
+         ",\"actor\":" + json_escape(p.actor) + ",\"confidence\":" + std::to_string(p.confidence) +
+         ",\"reason\":" + json_escape(p.reason) + ",\"created_unix_ms\":" + std::to_string(p.created_unix_ms) +
+         ",\"expires_unix_ms\":" + std::to_string(p.expires_unix_ms) + "}";
+  }
+  return o + "]";
+}
+
+std::string pending_text(const std::vector<PendingApproval> &ps) {
+  if (ps.empty()) return "no pending approvals\n";
+  std::string o;
+  for (const auto &p : ps)
+    o += p.id + "  " + p.tier_name + "  " + std::to_string(p.old_limit) + " -> " + std::to_string(p.new_limit) +
+         "  by " + p.actor + "  expires " + iso_time(p.expires_unix_ms) + "\n    " + p.reason + "\n";
+  return o;
+}
+
+std::string audit_json(const std::vector<AuditRecord> &rs) {
+  std::string o = "[";
+  for (size_t i = 0; i < rs.size(); ++i) {
+    const auto &r = rs[i];
+    o += (i ? "," : "") + std::string("{\"id\":") + std::to_string(r.id) + ",\"unix_ms\":" +
+         std::to_string(r.unix_ms) + ",\"event\":" + json_escape(r.event) + ",\"actor\":" + json_escape(r.actor) +
+         ",\"tier\":" + json_escape(r.tier) + ",\"old_limit\":" + std::to_string(r.old_limit) +
+         ",\"new_limit\":" + std::to_string(r.new_limit) + ",\"reason\":" + json_escape(r.reason) +
+         ",\"confidence\":" + std::to_string(r.confidence) + ",\"approval_id\":" + json_escape(r.approval_id) +
+         ",\"generation\":" + std::to_string(r.generation) + "}";
+  }
+  return o + "]";
+}
+
+std::string audit_text(const std::vector<AuditRecord> &rs) {
+  std::string o;
+  for (const auto &r : rs) {
+    o += iso_time(r.unix_ms) + "  " + r.event + "  " + r.tier + "  " + std::to_string(r.old_limit) + " -> " +
+         std::to_string(r.new_limit) + "  by " + r.actor + (r.approval_id.empty() ? "" : "  [" + r.approval_id + "]") +
+         "\n    " + r.reason + "\n";
+  }
+  return o.empty() ? "no audit records in that period\n" : o;
+}
+
+}  // namespace
+
+std::string handle_command(policy_loop::PolicyEngine &engine, const std::string &line, const Peer &peer) {
+  std::istringstream in(line);
+  std::string cmd;
+  in >> cmd;
+  if (cmd == "pending") {
+    std::string fmt;
+    in >> fmt;
+    const auto ps = engine.store().pending();
+    return "ok\n" + (fmt == "json" ? pending_json(ps) + "\n" : pending_text(ps));
+  }
+  if (cmd == "approve" || cmd == "reject") {
+    std::string id, reason;
+    in >> id;
+    std::getline(in, reason);
+    if (const auto s = reason.find_first_not_of(' '); s != std::string::npos) reason = reason.substr(s);
+    else reason.clear();
+    if (id.empty()) return "error\nusage: " + cmd + " ID\n";
+    const auto r = cmd == "approve" ? engine.approve(id, peer.uid, peer.gid)
+                                    : engine.reject(id, reason, peer.uid, peer.gid);
+    return (r.ok ? "ok\n" : "error\n") + r.message + "\n";
+  }
+  if (cmd == "audit") {
+    long long since = 0;
+    std::string fmt;
+    in >> since >> fmt;
+    const auto rs = engine.store().since(since);
+    return "ok\n" + (fmt == "json" ? audit_json(rs) + "\n" : audit_text(rs));
+  }
+  return "error\nunknown command '" + cmd.substr(0, 32) + "' (pending, approve, reject, audit)\n";
+}
+
+}  // namespace sluice::daemon

@@ -1,0 +1,16 @@
+// Control-socket commands: parsing a request line, running it against the policy
+// engine with the caller's credentials, and rendering the reply.
+// Reply format: first line "ok" or "error", then the body.
+#pragma once
+#include <string>
+
+#include "control.hpp"
+#include "policy_loop/engine.hpp"
+
+namespace sluice::daemon {
+
+std::string handle_command(policy_loop::PolicyEngine &engine, const std::string &line, const Peer &peer);
+
+std::string json_escape(const std::string &s);
+
+}  // namespace sluice::daemon
