@@ -1,5 +1,6 @@
 #include "advisor/json.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -88,7 +89,6 @@ class Parser {
       if (peek() != '"') return fail("expected a string key in object");
       std::string key;
       if (!string(key)) return false;
-      if (out.find(key)) return fail("duplicate key \"" + key + "\"");
       skip_ws();
       if (peek() != ':') return fail("expected ':' after object key");
       ++pos_;
@@ -98,9 +98,19 @@ class Parser {
       out.members.emplace_back(std::move(key), std::move(member));
       skip_ws();
       if (peek() == ',') { ++pos_; continue; }
-      if (peek() == '}') { ++pos_; return true; }
+      if (peek() == '}') { ++pos_; return unique_keys(out); }
       return fail("expected ',' or '}' in object");
     }
+  }
+
+  // Sorting, not a lookup per key: a 1 MiB object can hold ~150k keys.
+  bool unique_keys(const Value& obj) {
+    std::vector<std::string_view> keys;
+    keys.reserve(obj.members.size());
+    for (const auto& m : obj.members) keys.push_back(m.first);
+    std::sort(keys.begin(), keys.end());
+    const auto dup = std::adjacent_find(keys.begin(), keys.end());
+    return dup == keys.end() || fail("duplicate key \"" + std::string(*dup) + "\" in object");
   }
 
   bool array(Value& out, int depth) {

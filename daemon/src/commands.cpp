@@ -86,6 +86,25 @@ std::string audit_text(const std::vector<AuditRecord> &rs) {
 
 }  // namespace
 
+std::string snapshot_json(const policy_loop::PolicyEngine &engine) {
+  const auto &s = engine.snapshot();
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "{\"tick\":%llu,\"host_surge\":\"%s\",\"capacity_rps\":%.3f,\"tiers\":[",
+                (unsigned long long)s.tick, policy_loop::surge_name(s.host_surge), s.capacity_rps);
+  std::string o = buf;
+  for (size_t i = 0; i < s.tiers.size(); ++i) {
+    const auto &t = s.tiers[i];
+    std::snprintf(buf, sizeof buf,
+                  "%s{\"name\":%s,\"limit\":%u,\"baseline\":%u,\"floor\":%u,\"ceiling\":%u,"
+                  "\"offered_rps\":%.3f,\"admitted_rps\":%.3f,\"denied_rps\":%.3f,\"ewma_rps\":%.3f,"
+                  "\"forecast_rps\":%.3f,\"surge\":\"%s\"}",
+                  i ? "," : "", json_escape(t.name).c_str(), t.limit, t.baseline, t.floor, t.ceiling, t.offered_rps,
+                  t.admitted_rps, t.denied_rps, t.ewma_rps, t.forecast_rps, policy_loop::surge_name(t.surge));
+    o += buf;
+  }
+  return o + "]}";
+}
+
 std::string handle_command(policy_loop::PolicyEngine &engine, const std::string &line, const Peer &peer) {
   std::istringstream in(line);
   std::string cmd;
@@ -114,7 +133,8 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     const auto rs = engine.store().since(since);
     return "ok\n" + (fmt == "json" ? audit_json(rs) + "\n" : audit_text(rs));
   }
-  return "error\nunknown command '" + cmd.substr(0, 32) + "' (pending, approve, reject, audit)\n";
+  if (cmd == "snapshot") return "ok\n" + snapshot_json(engine) + "\n";
+  return "error\nunknown command '" + cmd.substr(0, 32) + "' (pending, approve, reject, audit, snapshot)\n";
 }
 
 }  // namespace sluice::daemon

@@ -12,5 +12,7 @@ namespace sluice::daemon {
 std::string handle_command(policy_loop::PolicyEngine &engine, const std::string &line, const Peer &peer);
 
 std::string json_escape(const std::string &s);
+// The policy loop's latest view: per-tier rates, forecast, surge level.
+std::string snapshot_json(const policy_loop::PolicyEngine &engine);
 
 }  // namespace sluice::daemon

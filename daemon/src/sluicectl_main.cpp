@@ -4,6 +4,7 @@
 //   approve ID                          publish a pending change (approvers only)
 //   reject ID --reason TEXT             drop it, with a reason (approvers only)
 //   audit [--since DURATION] [--json]   the decision trail (DURATION: 30s, 15m, 2h, 7d)
+//   snapshot                            the policy loop's latest view (JSON)
 #include <chrono>
 #include <cstring>
 #include <iostream>
@@ -19,7 +20,8 @@ int usage(std::ostream &os, int rc) {
         "       sluicectl [--segment NAME] pending [--json]\n"
         "       sluicectl [--segment NAME] approve ID\n"
         "       sluicectl [--segment NAME] reject ID --reason TEXT\n"
-        "       sluicectl [--segment NAME] audit [--since DURATION] [--json]\n";
+        "       sluicectl [--segment NAME] audit [--since DURATION] [--json]\n"
+        "       sluicectl [--segment NAME] snapshot          (the policy loop's view, JSON)\n";
   return rc;
 }
 
@@ -93,6 +95,7 @@ int main(int argc, char **argv) {
     std::cout << (json ? daemon::render_status_json(st) + "\n" : daemon::render_status_text(st));
     return 0;
   }
+  if (cmd == "snapshot" && args.size() == 1) return remote(segment, "snapshot");
   if (cmd == "pending" && args.size() == 1) return remote(segment, std::string("pending ") + (json ? "json" : "text"));
   if (cmd == "approve" && args.size() == 2) return remote(segment, "approve " + args[1]);
   if (cmd == "reject" && args.size() == 2) {

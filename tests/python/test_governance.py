@@ -131,3 +131,11 @@ def test_sluicectl_errors_are_clear(gov, tmp_path):
     gov.stop()
     down = gov.ctl("pending")
     assert down.returncode == 1 and "is sluiced running" in down.stderr
+
+
+def test_snapshot_shows_the_loop_view(gov):
+    pressure(gov.segment, 0.8)
+    snap = json.loads(gov.ctl("snapshot").stdout)
+    assert snap["tick"] > 0 and snap["host_surge"] in ("normal", "surge", "ddos")
+    ent = snap["tiers"][0]
+    assert ent["name"] == "enterprise" and ent["offered_rps"] > 0 and ent["denied_rps"] > 0
