@@ -65,16 +65,14 @@ std::vector<Proposal> propose_by_rules(const Snapshot &s) {
   });
 
   double budget = s.capacity_rps > 0 ? s.capacity_rps : INFINITY;
-  if (s.host_surge == Surge::ddos && n > 1) {
-    const size_t cheapest = order.back();
-    const TierView &t = s.tiers[cheapest];
-    if (t.adaptive) {
-      target[cheapest] = t.floor;
-      why[cheapest] = fmt("host under DDoS (%.0f req/s offered, baseline %.0f): lowest-value tier to its floor",
-                          t.offered_rps, t.ewma_rps);
-    }
-    budget -= load_at(t, target[cheapest]);
-    order.pop_back();
+  // Under a host DDoS the lowest-value tier goes to its floor and is served last,
+  // from whatever capacity the paying tiers leave.
+  const bool ddos = s.host_surge == Surge::ddos && n > 1;
+  if (ddos && s.tiers[order.back()].adaptive) {
+    const TierView &t = s.tiers[order.back()];
+    target[order.back()] = t.floor;
+    why[order.back()] = fmt("host under DDoS (%.0f req/s offered, baseline %.0f): lowest-value tier to its floor",
+                            t.offered_rps, t.ewma_rps);
   }
   // Non-adaptive tiers take their share first: they cannot move.
   for (size_t i : order)
@@ -82,7 +80,7 @@ std::vector<Proposal> propose_by_rules(const Snapshot &s) {
   for (size_t i : order) {
     const TierView &t = s.tiers[i];
     if (!t.adaptive) continue;
-    if (load_at(t, target[i]) <= budget) {
+    if (load_at(t, target[i]) <= budget || (ddos && i == order.back())) {
       budget -= load_at(t, target[i]);
       continue;
     }

@@ -129,6 +129,19 @@ TEST(Rules, UnderDdosTheFreeTierIsCutToItsFloorFirst) {
   EXPECT_NE(p[0].reason.find("DDoS"), std::string::npos) << p[0].reason;
 }
 
+TEST(Rules, AFloodOfFreeKeysNeverTakesCapacityFromPayingTiers) {
+  Snapshot s;
+  s.capacity_rps = 300;
+  s.host_surge = Surge::ddos;
+  // 2,000 free keys at their floor still offer far more than capacity.
+  s.tiers = {tier_view("enterprise", 15, 0.20, 200, 150, 120), tier_view("free", 3, 0.01, 5000, 2000, 9, 1)};
+  const auto p = propose_by_rules(s);
+  uint32_t ent = 15, fre = 3;
+  for (const auto &x : p) (x.tier == 0 ? ent : fre) = x.new_limit;
+  EXPECT_GE(ent, 15u) << "enterprise is served first, from capacity the flood cannot claim";
+  EXPECT_EQ(fre, 1u);
+}
+
 TEST(Rules, NonAdaptiveTiersAreNeverChanged) {
   Snapshot s;
   auto t = tier_view("fixed", 5, 0.5, 100, 5, 50);
