@@ -42,9 +42,12 @@ uint32_t wanted(const TierView &t, std::string &why) {
     why = fmt("%.0f req/s denied and none admitted: reopen", t.denied_rps);
     return clamp_to(t, std::max<double>(t.baseline, t.limit * 2.0));
   }
-  why = demand > 0 ? fmt("no denials at %.0f req/s: back toward baseline %u", demand, t.baseline)
-                   : fmt("idle: back to baseline %u", t.baseline);
-  return clamp_to(t, t.baseline);
+  // No denials: step back toward the baseline by 10% a tick (a jump straight
+  // down would deny the very traffic that was just served, and oscillate).
+  const double down = std::max<double>(t.baseline, std::floor(t.limit * 0.9));
+  why = demand > 0 ? fmt("no denials at %.0f req/s: easing back toward baseline %u", demand, t.baseline)
+                   : fmt("idle: easing back to baseline %u", t.baseline);
+  return clamp_to(t, std::min<double>(t.limit, down));
 }
 
 }  // namespace

@@ -97,10 +97,15 @@ TEST(Rules, NoDenialsDriftBackToBaseline) {
   auto t = tier_view("pro", 8, 0.05, 4, 4, 40);
   t.limit = 30;
   s.tiers = {t};
-  const auto p = propose_by_rules(s);
+  auto p = propose_by_rules(s);
   ASSERT_EQ(p.size(), 1u);
-  EXPECT_EQ(p[0].new_limit, 8u);
+  EXPECT_EQ(p[0].new_limit, 27u) << "10% a tick, not straight down (that would oscillate)";
   EXPECT_NE(p[0].reason.find("baseline"), std::string::npos);
+  for (int i = 0; i < 30 && !p.empty(); ++i) {
+    s.tiers[0].limit = p[0].new_limit;
+    p = propose_by_rules(s);
+  }
+  EXPECT_EQ(s.tiers[0].limit, 8u) << "and it does arrive at the baseline";
 }
 
 TEST(Rules, InASurgeCapacityGoesToTheHighestRevenuePerUnitFirst) {
