@@ -85,9 +85,9 @@ std::optional<policy_loop::Advice> parse_decision(std::string_view content,
   const auto doc = json::parse(content, &perr);
   if (!doc) return reject(error, "decision: " + perr);
   if (doc->type != Value::Type::object) return reject(error, "decision is not a JSON object");
-  for (const auto& [key, v] : doc->members)
-    if (key != "limits" && key != "confidence" && key != "rationale")
-      return reject(error, "decision: unknown field \"" + key + "\"");
+  for (const auto& m : doc->members)
+    if (m.key != "limits" && m.key != "confidence" && m.key != "rationale")
+      return reject(error, "decision: unknown field \"" + m.key + "\"");
 
   const Value* limits = member(*doc, "limits", Value::Type::object, "decision", error);
   const Value* confidence = member(*doc, "confidence", Value::Type::number, "decision", error);
@@ -96,10 +96,10 @@ std::optional<policy_loop::Advice> parse_decision(std::string_view content,
   if (!std::isfinite(confidence->number) || confidence->number < 0 || confidence->number > 1)
     return reject(error, "decision: confidence " + confidence->text + " is outside [0, 1]");
 
-  for (const auto& [name, v] : limits->members) {
+  for (const auto& m : limits->members) {
     const bool known = std::any_of(snap.tiers.begin(), snap.tiers.end(),
-                                   [&](const policy_loop::TierView& t) { return t.name == name; });
-    if (!known) return reject(error, "decision: unknown tier \"" + name + "\" in limits");
+                                   [&](const policy_loop::TierView& t) { return t.name == m.key; });
+    if (!known) return reject(error, "decision: unknown tier \"" + m.key + "\" in limits");
   }
 
   policy_loop::Advice advice;

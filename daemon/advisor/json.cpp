@@ -9,8 +9,8 @@
 namespace sluice::advisor::json {
 
 const Value* Value::find(std::string_view key) const {
-  for (const auto& [k, v] : members)
-    if (k == key) return &v;
+  for (const auto& m : members)
+    if (m.key == key) return &m.value;
   return nullptr;
 }
 
@@ -30,7 +30,8 @@ namespace {
 
 class Parser {
  public:
-  Parser(std::string_view in, int max_depth) : in_(in), max_depth_(max_depth) {}
+  Parser(std::string_view in, int max_depth, size_t max_values)
+      : in_(in), max_depth_(max_depth), values_left_(max_values) {}
 
   std::optional<Value> document(std::string* error) {
     Value v;
@@ -65,6 +66,8 @@ class Parser {
 
   bool value(Value& out, int depth) {
     if (at_end()) return fail("unexpected end of input, expected a value");
+    if (values_left_ == 0) return fail("more values than the reader allows");
+    --values_left_;
     switch (peek()) {
       case '{': return object(out, depth + 1);
       case '[': return array(out, depth + 1);
@@ -93,9 +96,9 @@ class Parser {
       if (peek() != ':') return fail("expected ':' after object key");
       ++pos_;
       skip_ws();
-      Value member;
-      if (!value(member, depth)) return false;
-      out.members.emplace_back(std::move(key), std::move(member));
+      // Parse in place: moving large Values around is most of the cost.
+      out.members.push_back(Member{std::move(key), Value{}});
+      if (!value(out.members.back().value, depth)) return false;
       skip_ws();
       if (peek() == ',') { ++pos_; continue; }
       if (peek() == '}') { ++pos_; return unique_keys(out); }
@@ -107,7 +110,7 @@ class Parser {
   bool unique_keys(const Value& obj) {
     std::vector<std::string_view> keys;
     keys.reserve(obj.members.size());
-    for (const auto& m : obj.members) keys.push_back(m.first);
+    for (const auto& m : obj.members) keys.push_back(m.key);
     std::sort(keys.begin(), keys.end());
     const auto dup = std::adjacent_find(keys.begin(), keys.end());
     return dup == keys.end() || fail("duplicate key \"" + std::string(*dup) + "\" in object");
@@ -121,9 +124,7 @@ class Parser {
     if (peek() == ']') { ++pos_; return true; }
     for (;;) {
       skip_ws();
-      Value item;
-      if (!value(item, depth)) return false;
-      out.items.push_back(std::move(item));
+      if (!value(out.items.emplace_back(), depth)) return false;
       skip_ws();
       if (peek() == ',') { ++pos_; continue; }
       if (peek() == ']') { ++pos_; return true; }
@@ -246,15 +247,17 @@ class Parser {
 
   std::string_view in_;
   int max_depth_;
+  size_t values_left_;
   size_t pos_ = 0;
   std::string error_;
 };
 
 }  // namespace
 
-std::optional<Value> parse(std::string_view text, std::string* error, int max_depth) {
+std::optional<Value> parse(std::string_view text, std::string* error, int max_depth,
+                           size_t max_values) {
   try {
-    return Parser(text, max_depth).document(error);
+    return Parser(text, max_depth, max_values).document(error);
   } catch (const std::bad_alloc&) {
     if (error) *error = "JSON error: out of memory";
     return std::nullopt;

@@ -7,13 +7,15 @@
 // and what was expected.
 #pragma once
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 namespace sluice::advisor::json {
+
+struct Member;
 
 struct Value {
   enum class Type { null, boolean, number, string, array, object };
@@ -23,20 +25,29 @@ struct Value {
   double number = 0;
   bool integral = false;  // number written without fraction or exponent
   std::string text;       // string value, or a number's lexeme
-  std::vector<Value> items;                            // array
-  std::vector<std::pair<std::string, Value>> members;  // object, input order
+  std::vector<Value> items;     // array
+  std::vector<Member> members;  // object, input order
 
   // Member by key, or nullptr (also when this is not an object).
   const Value* find(std::string_view key) const;
 };
 
+struct Member {
+  std::string key;
+  Value value;
+};
+
 const char* type_name(Value::Type t);
 
 inline constexpr int kDefaultMaxDepth = 32;
+// Each Value is ~100 bytes: this bounds memory to a few MB whatever the input
+// (the decision needs a handful of values, an envelope a few dozen).
+inline constexpr size_t kDefaultMaxValues = 1 << 16;
 
 // The parsed document, or nullopt with *error set (if error is non-null).
 std::optional<Value> parse(std::string_view text, std::string* error,
-                           int max_depth = kDefaultMaxDepth);
+                           int max_depth = kDefaultMaxDepth,
+                           size_t max_values = kDefaultMaxValues);
 
 // `s` as a JSON string literal, quotes included. Control characters are
 // escaped; other bytes are copied as they are.

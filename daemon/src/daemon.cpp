@@ -97,6 +97,7 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
     return nullptr;
   }
   d->engine_ = std::make_unique<policy_loop::PolicyEngine>(d->policy_, *d->owner_, *d->store_, getuid());
+  if (!d->attach_advisor(error)) return nullptr;
   d->control_ = ControlServer::listen(control_socket_path(opt.segment), error);
   if (!d->control_) return nullptr;
   d->tick_ns_ = opt.tick_ns ? *opt.tick_ns : int64_t(d->policy_.tick_ms) * 1'000'000;
@@ -107,6 +108,44 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
                d->created_ ? "created" : "re-attached", opt.segment, d->policy_.tiers.size(),
                d->policy_.segment.max_keys, d->owner_->state().segment_bytes >> 20);
   return d;
+}
+
+bool Daemon::attach_advisor(std::string &error) {
+  const policy::AdvisorSpec &a = policy_.advisor;
+  if (a.kind == "none") return true;
+  advisor::AdvisorConfig cfg;
+  cfg.kind = a.kind == "openai" ? advisor::AdvisorConfig::openai : advisor::AdvisorConfig::ollama;
+  cfg.base_url = a.url;
+  cfg.model = a.model;
+  cfg.timeout_ms = int(a.timeout_ms);
+  cfg.min_confidence = policy_.governance.min_confidence;
+  if (const char *key = std::getenv("SLUICE_ADVISOR_API_KEY")) cfg.api_key = key;
+  if (const std::string why = advisor::validate_config(cfg); !why.empty()) {
+    error = "advisor: " + why;
+    return false;
+  }
+  advisor_ = std::make_unique<advisor::AsyncAdvisor>(cfg);
+  // Each tick hands the model the new snapshot and uses the answer to an earlier
+  // one if it is fresh and valid; anything else falls back to the rules, recorded.
+  engine_->set_advice_source([this](const policy_loop::Snapshot &s) -> std::optional<policy_loop::Advice> {
+    advisor_->submit(s);
+    auto r = advisor_->take();
+    if (!r) return std::nullopt;
+    if (r->advice && s.tick - r->tick <= 2) return r->advice;
+    policy_loop::AuditRecord rec;
+    rec.event = "advisor";
+    rec.actor = "advisor";
+    rec.tier = "*";
+    rec.reason = std::string("fallback to rules: ") + advisor::outcome_name(r->outcome) +
+                 (r->advice ? " (stale answer)" : "") + (r->detail.empty() ? "" : ": " + r->detail.substr(0, 300));
+    std::string err;
+    if (!store_->append(rec, err)) spdlog::error("audit: {}", err);
+    spdlog::info("advisor: {}", rec.reason);
+    return std::nullopt;
+  });
+  spdlog::info("advisor: {} model '{}' at {} (timeout {} ms, min confidence {})", a.kind, a.model, a.url,
+               a.timeout_ms, cfg.min_confidence);
+  return true;
 }
 
 Daemon::~Daemon() {

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "advisor/async_advisor.hpp"
 #include "control.hpp"
 #include "policy/policy.hpp"
 #include "policy_loop/audit_store.hpp"
@@ -38,6 +39,7 @@ class Daemon {
   int64_t do_work(int64_t now_ns);
   int control_fd() const { return control_ ? control_->fd() : -1; }
   policy_loop::PolicyEngine &engine() { return *engine_; }
+  advisor::AsyncAdvisor *llm_advisor() { return advisor_.get(); }
   // Writes the clean-shutdown heartbeat and releases the lock.
   void stop();
 
@@ -48,12 +50,14 @@ class Daemon {
 
  private:
   Daemon() = default;
+  bool attach_advisor(std::string &error);
   Options opt_;
   policy::PolicySpec policy_;
   std::unique_ptr<core::Owner> owner_;
   std::unique_ptr<policy_loop::AuditStore> store_;
   std::unique_ptr<policy_loop::PolicyEngine> engine_;
   std::unique_ptr<ControlServer> control_;
+  std::unique_ptr<advisor::AsyncAdvisor> advisor_;  // optional LLM advisor, off the tick's thread
   int64_t tick_ns_ = 1'000'000'000;
   int lock_fd_ = -1;
   bool created_ = false;

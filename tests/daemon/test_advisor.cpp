@@ -328,6 +328,30 @@ TEST(AdvisorJson, BoundsNestingDepth) {
   EXPECT_TRUE(json::parse(ok, &err)) << err;
 }
 
+// Inputs up to max_response_bytes must neither stall the worker nor blow up
+// memory (values are counted; duplicate keys are found by sorting).
+TEST(AdvisorJson, LargeInputsAreBoundedAndQuick) {
+  auto object_of = [](int n) {
+    std::string s = "{";
+    for (int i = 0; i < n; ++i) s += (i ? ",\"" : "\"") + std::to_string(i) + "\":0";
+    return s + "}";
+  };
+  const std::string many = object_of(30000);
+  const std::string too_many = object_of(150000);  // ~1.3 MB
+  const std::string long_number = "1" + std::string(1 << 20, '7');
+  const std::string long_string = "\"" + std::string(1 << 20, 'a') + "\"";
+  const auto start = Clock::now();
+  std::string err;
+  EXPECT_TRUE(json::parse(many, &err)) << err;
+  EXPECT_FALSE(json::parse(too_many, &err));
+  EXPECT_NE(err.find("more values"), std::string::npos) << err;
+  EXPECT_TRUE(json::parse(long_number, &err)) << err;
+  EXPECT_TRUE(json::parse(long_string, &err)) << err;
+  EXPECT_FALSE(json::parse(many.substr(0, many.size() - 1) + ",\"7\":1}", &err));
+  EXPECT_NE(err.find("duplicate key \"7\""), std::string::npos) << err;
+  EXPECT_LT(seconds_since(start), 3.0);  // a bound for sanitizer builds, not a speed claim
+}
+
 TEST(AdvisorJson, SurvivesRandomMutations) {
   const std::string seed = ollama_envelope(kGoodDecision);
   std::mt19937 rng(1234);
@@ -339,9 +363,9 @@ TEST(AdvisorJson, SurvivesRandomMutations) {
       switch (rng() % 3) {
         case 0: s[at] = char(rng() % 256); break;
         case 1: s.erase(at, 1 + rng() % 8); break;
-        default: s.insert(at, 1, "{}[]\",:\\0e-"[rng() % 12]); break;
+        default: s.insert(s.begin() + long(at), "{}[]\",:\\0e-"[rng() % 12]); break;
       }
-      if (s.empty()) s = "x";
+      if (s.empty()) s.push_back('x');
     }
     std::string err;
     (void)json::parse(s, &err);  // must not crash, hang or throw
