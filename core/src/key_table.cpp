@@ -171,7 +171,6 @@ Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out) {
 }
 
 Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, EntryRef &out) {
-  const uint32_t pid = uint32_t(getpid());
   for (int attempt = 0; attempt < 1000; ++attempt) {
     Scan sc;
     if (!scan_once(t, k, sc)) continue;
@@ -185,7 +184,8 @@ Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, 
     EntryHeader *e = t.entry(sc.free_slot);
     const uint32_t gen = ctrl_gen(sc.free_word) + 1;
     uint64_t expect = sc.free_word;
-    const uint64_t claimed = ctrl_make(EntryState::claimed, gen, pid);
+    // getpid() is a real syscall (glibc stopped caching it): only new keys pay it.
+    const uint64_t claimed = ctrl_make(EntryState::claimed, gen, uint32_t(getpid()));
     if (!e->ctrl.compare_exchange_strong(expect, claimed, acq)) continue;
 
     // Private until published: fill the key and give it a fresh ring. The head
