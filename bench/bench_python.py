@@ -1,0 +1,556 @@
+#!/usr/bin/python3
+"""Python benchmark: ns per admission through `sluice.Client.acquire`, side by side with
+a pure-Python in-process limiter and redis-py + a Lua sliding window, on one hot key
+and on 100k keys in random order.
+
+    /usr/bin/python3 bench/bench_python.py [--json FILE] [--quick] [--no-redis]
+
+It starts its own sluiced (build/default/daemon/sluiced, or $SLUICE_BUILD_DIR) on a
+private segment and, unless --no-redis, its own redis-server on a free 127.0.0.1 port
+(--save '' --appendonly no); both are stopped and removed at the end. The whole run
+is bounded to about 2 minutes. Run it on an otherwise quiet machine.
+
+Method: time.perf_counter_ns around a batch of calls in a plain `for` loop (the loop
+is part of every figure, as it is of any caller), 5 repetitions with the three
+implementations interleaved, medians reported. Keys are pre-built (str) and, for the
+100k-key workload, pre-inserted by an untimed pass, then visited in a fresh random
+order each repetition. Windows are 1 ms with limits no caller here can reach, so
+(nearly) every call is admitted and each one records a timestamp.
+
+"C alone" comes from the C benchmark run first for the same workloads
+(build/default/bench/bench_sluice --quick --only ac: a1 one hot key, c 100k random
+keys; ns per call from its throughput loop, i.e. a batch mean like ours), or from
+bench/results/latest.json with --no-c-bench. The raw ctypes call on libsluice.so is
+shown too: ctypes' own overhead (its no-op call, a bad struct size that returns at
+the library's first check) is several times the library's work. The ctypes
+difference is not used as "C alone": libsluice makes a getpid() syscall per call and
+the code running after a syscall is slower on this VM, which inflates it.
+
+--diag-cached-getpid (diagnostic, never for the aims) re-runs everything with
+getpid() cached per process (an LD_PRELOAD shim built with cc; bench_sluice gets its
+own flag of that name): what the Python path would cost once libsluice stops making
+that syscall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("SLUICE_BUILD_DIR", ROOT / "build" / "default"))
+for p in (str(ROOT / "python"), str(BUILD / "bindings")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import sluice  # noqa: E402
+
+WINDOW_MS = 1
+HOT_LIMIT = 4096   # > calls any implementation here makes in 1 ms: every call admitted
+WIDE_LIMIT = 16    # 100k keys: each key is seen once per pass
+N_KEYS = 100_000
+
+AIMS = {
+    "above_c_ns": 150,          # sluice.Client.acquire - C call alone
+    "vs_pure_python_1key": 2.5,
+    "vs_pure_python_100k": 4.0,
+    "vs_redis_lua": 300.0,
+}
+
+
+# --- the competitors ---------------------------------------------------------------------------
+
+class PurePythonLimiter:
+    """The single-node sliding window of the seeds: one threading.Lock, a dict of
+    deques of monotonic timestamps per key; in-process only (each worker its own)."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window = window_s
+        self.lock = threading.Lock()
+        self.hits: dict = {}
+
+    def acquire(self, key, cost: int = 1):
+        """(allowed, remaining, retry_after_s), like the fields a middleware needs."""
+        now = time.monotonic()
+        with self.lock:
+            q = self.hits.get(key)
+            if q is None:
+                q = self.hits[key] = deque()
+            cutoff = now - self.window
+            while q and q[0] <= cutoff:
+                q.popleft()
+            n = len(q)
+            if n + cost <= self.limit:
+                if cost == 1:
+                    q.append(now)
+                else:
+                    q.extend([now] * cost)
+                return True, self.limit - n - cost, 0.0
+            return False, self.limit - n, q[n + cost - self.limit - 1] + self.window - now
+
+
+LUA_SLIDING_WINDOW = """
+local key, now, window, limit, member = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local n = redis.call('ZCARD', key)
+if n < limit then
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, window)
+  return {1, limit - n - 1}
+end
+return {0, 0}
+"""
+
+
+class RedisLuaLimiter:
+    """redis-py + the Lua sliding window (ZREMRANGEBYSCORE/ZCARD/ZADD/PEXPIRE) through
+    register_script (EVALSHA), one connection, scores in ms from the caller's clock."""
+
+    def __init__(self, port: int, limit: int, window_ms: int) -> None:
+        import redis
+
+        self.r = redis.Redis(host="127.0.0.1", port=port)
+        self.script = self.r.register_script(LUA_SLIDING_WINDOW)
+        self.limit, self.window_ms = limit, window_ms
+        self.seq = 0
+
+    def acquire(self, key):
+        self.seq += 1
+        now = time.time() * 1000.0
+        allowed, remaining = self.script(keys=[key], args=[now, self.window_ms, self.limit, f"{now}-{self.seq}"])
+        return allowed == 1, remaining
+
+
+# --- processes we own ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sluiced:
+    def __init__(self, tmp: Path) -> None:
+        exe = BUILD / "daemon" / "sluiced"
+        if not exe.exists():
+            sys.exit(f"{exe} is not built (cmake --build build/default)")
+        self.segment = f"sluicebench-py-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        policy = {
+            "segment": {"max_keys": N_KEYS + N_KEYS // 10, "max_key_bytes": 32, "idle_ttl_ms": 600000},
+            "tiers": [
+                {"name": "hot", "limit": HOT_LIMIT, "window_ms": WINDOW_MS, "max_limit": HOT_LIMIT, "adaptive": False},
+                {"name": "wide", "limit": WIDE_LIMIT, "window_ms": WINDOW_MS, "max_limit": WIDE_LIMIT,
+                 "adaptive": False},
+            ],
+        }
+        (tmp / "policy.json").write_text(json.dumps(policy))
+        self.log_path = tmp / "sluiced.log"
+        argv = [str(exe), "--segment", self.segment, "--policy", str(tmp / "policy.json"), "--reset"]
+        usage = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=10, env=clean_env())
+        if "--state-dir" in usage.stdout + usage.stderr:  # the audit store stays in our temp dir
+            argv += ["--state-dir", str(tmp)]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+        deadline = time.monotonic() + 10
+        while "ready:" not in self.log_path.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                sys.exit(f"sluiced did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for suffix in (".state", ".policy", ".lock", ".sock"):
+            try:
+                os.unlink(f"/dev/shm/{self.segment}{suffix}")
+            except FileNotFoundError:
+                pass
+
+
+class RedisServer:
+    def __init__(self, tmp: Path) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp), "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(host="127.0.0.1", port=self.port).ping()
+                break
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.05)
+        self.version = redis.Redis(host="127.0.0.1", port=self.port).info()["redis_version"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- ctypes on libsluice -------------------------------------------------------------------------
+
+class CDecision(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint32), ("allowed", ctypes.c_uint32), ("limit", ctypes.c_uint32),
+                ("remaining", ctypes.c_uint32), ("window_ns", ctypes.c_int64), ("retry_after_ns", ctypes.c_int64),
+                ("reset_after_ns", ctypes.c_int64), ("tier", ctypes.c_uint32), ("reason", ctypes.c_int32)]
+
+
+class CTypesClient:
+    def __init__(self, segment: str) -> None:
+        lib = ctypes.CDLL(str(BUILD / "capi" / "libsluice.so"))
+        lib.sluice_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.sluice_acquire.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                                       ctypes.c_uint32, ctypes.POINTER(CDecision)]
+        lib.sluice_close.argtypes = [ctypes.c_void_p]
+        self.lib = lib
+        self.handle = ctypes.c_void_p()
+        rc = lib.sluice_open(segment.encode(), ctypes.byref(self.handle))
+        if rc != 0:
+            raise RuntimeError(f"sluice_open: {rc}")
+        self.d = CDecision(size=ctypes.sizeof(CDecision))
+        self.bad = CDecision(size=0)  # -> SLUICE_ESIZE at the library's first check
+
+    def close(self) -> None:
+        self.lib.sluice_close(self.handle)
+
+
+# --- timing ----------------------------------------------------------------------------------------
+
+def timed(fn, *args) -> int:
+    gc.disable()
+    try:
+        t0 = time.perf_counter_ns()
+        fn(*args)
+        return time.perf_counter_ns() - t0
+    finally:
+        gc.enable()
+
+
+def run_sluice(acquire, keys, tier):
+    for k in keys:
+        acquire(k, tier)
+
+
+def run_sluice_count(acquire, keys, tier):
+    return sum(1 for k in keys if acquire(k, tier).allowed)
+
+
+def run_py(acquire, keys):
+    for k in keys:
+        acquire(k)
+
+
+def run_py_count(acquire, keys):
+    return sum(1 for k in keys if acquire(k)[0])
+
+
+def run_ctypes(fn, h, tier, keys, lens_, d):
+    for k, n in zip(keys, lens_):
+        fn(h, tier, k, n, 1, d)
+
+
+def run_loop_only(keys):
+    for k in keys:
+        pass
+
+
+def run_noarg(fn, keys):
+    for k in keys:
+        fn()
+
+
+def run_twoarg(fn, keys, tier):
+    for k in keys:
+        fn(k, tier)
+
+
+def run_field(d, keys):
+    for k in keys:
+        d.allowed
+
+
+SHIM_C = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+static pid_t cached;
+static void refresh(void) { cached = (pid_t)syscall(SYS_getpid); }
+__attribute__((constructor)) static void init(void) { refresh(); pthread_atfork(0, 0, refresh); }
+pid_t getpid(void) { return cached; }
+"""
+
+
+def reexec_with_cached_getpid() -> None:
+    """--diag-cached-getpid: build the shim and run this script again under it."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        sys.exit("--diag-cached-getpid needs a C compiler (cc)")
+    d = Path(tempfile.mkdtemp(prefix="sluicebench-shim-"))
+    (d / "shim.c").write_text(SHIM_C)
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(d / "cached_getpid.so"), str(d / "shim.c")], check=True)
+    env = {**os.environ, "LD_PRELOAD": str(d / "cached_getpid.so"), "SLUICE_BENCH_SHIM_DIR": str(d)}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def clean_env() -> dict:
+    """Our children (sluiced, redis-server, bench_sluice) never run under the shim."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "SLUICE_BENCH_SHIM_DIR")}
+
+
+def c_reference(use_c_bench: bool, diag: bool, tmp: Path) -> dict:
+    """ns per call of libsluice alone for workloads a1 (1 hot key) and c (100k random keys):
+    {"a1": {...}, "c": {...}, "source": ...}. mean_ns is 1e9 / throughput (a batch mean)."""
+    exe = BUILD / "bench" / "bench_sluice"
+    data, source = None, None
+    if use_c_bench and exe.exists():
+        out = tmp / "bench_sluice.json"
+        argv = [str(exe), "--quick", "--no-redis", "--only", "ac", "--reps", "3", "--json", str(out)]
+        if diag:
+            argv.append("--diag-cached-getpid")
+        try:
+            subprocess.run(argv, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+                           check=True)
+            data = json.loads(out.read_text())
+            source = f"{exe.relative_to(ROOT)} --quick --only ac --reps 3" + (" --diag-cached-getpid" if diag else "")
+        except (subprocess.SubprocessError, OSError, ValueError) as e:
+            print(f"bench_sluice failed ({e}); using bench/results/latest.json", file=sys.stderr)
+    if data is None and not diag:
+        latest = ROOT / "bench" / "results" / "latest.json"
+        if latest.exists():
+            data, source = json.loads(latest.read_text()), str(latest.relative_to(ROOT))
+    ref: dict = {"source": source}
+    for w in (data or {}).get("workloads", []):
+        if w["id"] in ("a1", "c"):
+            tp = w.get("throughput_per_s")
+            ref[w["id"]] = {"label": w["label"], "median_ns": w["median_ns"], "mean_ns": 1e9 / tp if tp else None}
+    return ref
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="smaller batches (smoke test, < 20 s)")
+    ap.add_argument("--no-redis", action="store_true", help="skip redis-py + Lua")
+    ap.add_argument("--no-c-bench", action="store_true",
+                    help="do not run bench_sluice for the C figures (use bench/results/latest.json)")
+    ap.add_argument("--diag-cached-getpid", action="store_true",
+                    help="diagnostic: getpid() cached per process (LD_PRELOAD shim); not for the aims")
+    ap.add_argument("--budget", type=float, default=100.0, help="seconds before remaining repetitions are skipped")
+    args = ap.parse_args()
+    if args.diag_cached_getpid and "SLUICE_BENCH_SHIM_DIR" not in os.environ:
+        reexec_with_cached_getpid()
+    shim_dir = os.environ.get("SLUICE_BENCH_SHIM_DIR")
+    diag = bool(shim_dir)
+
+    t_start = time.monotonic()
+    hot_calls = 50_000 if args.quick else 300_000
+    wide_calls = N_KEYS  # one pass over the 100k keys per repetition
+    redis_calls = 500 if args.quick else 3000
+    rng = random.Random(42)
+    keys = [f"key-{i:08d}-{rng.getrandbits(32):08x}" for i in range(N_KEYS)]
+    hot = ["api-key-hot-0001"] * hot_calls
+
+    tmp = Path(tempfile.mkdtemp(prefix="sluicebench-py-"))
+    daemon = redis_srv = None
+    try:
+        cref = c_reference(not args.no_c_bench, diag, tmp)
+        daemon = Sluiced(tmp)
+        client = sluice.Client(daemon.segment)
+        acq = client.acquire
+        pyl_hot = PurePythonLimiter(HOT_LIMIT, WINDOW_MS / 1000)
+        pyl_wide = PurePythonLimiter(WIDE_LIMIT, WINDOW_MS / 1000)
+        ct = CTypesClient(daemon.segment)
+        ct_keys = [k.encode() for k in keys]
+        ct_hot = [hot[0].encode()] * hot_calls
+        if not args.no_redis:
+            redis_srv = RedisServer(tmp)
+            rl_hot = RedisLuaLimiter(redis_srv.port, HOT_LIMIT, WINDOW_MS)
+            rl_wide = RedisLuaLimiter(redis_srv.port, WIDE_LIMIT, WINDOW_MS)
+
+        # Warm-up (untimed): inserts every key everywhere, faults the pages in.
+        run_sluice(acq, keys, "wide")
+        run_py(pyl_wide.acquire, keys)
+        run_sluice(acq, hot[:20000], "hot")
+        run_py(pyl_hot.acquire, hot[:20000])
+        run_ctypes(ct.lib.sluice_acquire, ct.handle, b"wide", ct_keys[:20000], [len(k) for k in ct_keys[:20000]],
+                   ctypes.byref(ct.d))
+        if redis_srv:
+            for k in keys[:500]:
+                rl_wide.acquire(k)
+                rl_hot.acquire(hot[0])
+
+        samples: dict[str, list[float]] = {}
+
+        def add(name: str, ns: int, calls: int) -> None:
+            samples.setdefault(name, []).append(ns / calls)
+
+        d_ok, d_bad = ctypes.byref(ct.d), ctypes.byref(ct.bad)
+        decision = acq(hot[0], "hot")
+        n = hot_calls // 3
+        hot_lens = [len(ct_hot[0])] * n
+        reps_done = 0
+        for rep in range(args.reps):
+            if time.monotonic() - t_start > args.budget:
+                print(f"budget reached after {rep} repetitions", file=sys.stderr)
+                break
+            order = keys[:]
+            rng.shuffle(order)
+            order_b = [k.encode() for k in order]
+            lens_ = [len(k) for k in order_b]
+
+            add("sluice/1key", timed(run_sluice, acq, hot, "hot"), hot_calls)
+            add("python/1key", timed(run_py, pyl_hot.acquire, hot), hot_calls)
+            add("sluice/100k", timed(run_sluice, acq, order, "wide"), wide_calls)
+            add("python/100k", timed(run_py, pyl_wide.acquire, order), wide_calls)
+            add("ctypes/1key", timed(run_ctypes, ct.lib.sluice_acquire, ct.handle, b"hot", ct_hot[:n], hot_lens, d_ok), n)
+            add("ctypes/100k", timed(run_ctypes, ct.lib.sluice_acquire, ct.handle, b"wide", order_b, lens_, d_ok),
+                wide_calls)
+            add("ctypes-noop", timed(run_ctypes, ct.lib.sluice_acquire, ct.handle, b"hot", ct_hot[:n], hot_lens, d_bad), n)
+            # What a call costs before any work: the loop alone, pybind11's dispatch of a
+            # method doing nothing (Client.__enter__ returns self), a pybind11 field read,
+            # and CPython's own C method with two arguments (dict.get).
+            add("loop-only", timed(run_loop_only, hot[:n]), n)
+            add("pybind11-empty-method", timed(run_noarg, client.__enter__, hot[:n]), n)
+            add("pybind11-field-read", timed(run_field, decision, hot[:n]), n)
+            add("cpython-dict.get(k, t)", timed(run_twoarg, {}.get, hot[:n], "hot"), n)
+            if redis_srv:
+                add("redis/1key", timed(run_py, rl_hot.acquire, hot[:redis_calls]), redis_calls)
+                add("redis/100k", timed(run_py, rl_wide.acquire, order[:redis_calls]), redis_calls)
+            reps_done += 1
+
+        # Admitted fractions (untimed): the workloads must really be admissions.
+        admitted = {
+            "sluice_1key": run_sluice_count(acq, hot[:50000], "hot") / 50000,
+            "python_1key": run_py_count(pyl_hot.acquire, hot[:50000]) / 50000,
+            "sluice_100k": run_sluice_count(acq, keys, "wide") / len(keys),
+            "python_100k": run_py_count(pyl_wide.acquire, keys) / len(keys),
+        }
+        if redis_srv:
+            admitted["redis_1key"] = sum(rl_hot.acquire(hot[0])[0] for _ in range(300)) / 300
+
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        rows = []
+        for w, cid, label in (("1key", "a1", "1 key"), ("100k", "c", "100k keys, random order")):
+            s_ns, py = med[f"sluice/{w}"], med[f"python/{w}"]
+            c_ns = (cref.get(cid) or {}).get("mean_ns")
+            rows.append({
+                "workload": label,
+                "sluice_ns": s_ns,
+                "pure_python_ns": py,
+                "redis_lua_ns": med.get(f"redis/{w}"),
+                "c_alone_ns": c_ns,
+                "c_alone_median_ns": (cref.get(cid) or {}).get("median_ns"),
+                "ctypes_call_ns": med[f"ctypes/{w}"],
+                "sluice_above_c_ns": (s_ns - c_ns) if c_ns else None,
+                "x_vs_pure_python": py / s_ns,
+                "x_vs_redis_lua": (med[f"redis/{w}"] / s_ns) if f"redis/{w}" in med else None,
+            })
+
+        aims: dict = {}
+        for r, tag in zip(rows, ("1 key", "100k")):
+            if r["sluice_above_c_ns"] is not None:
+                aims[f"sluice - C <= {AIMS['above_c_ns']} ns ({tag})"] = r["sluice_above_c_ns"] <= AIMS["above_c_ns"]
+        aims[f"x pure-Python >= {AIMS['vs_pure_python_1key']} (1 key)"] = \
+            rows[0]["x_vs_pure_python"] >= AIMS["vs_pure_python_1key"]
+        aims[f"x pure-Python >= {AIMS['vs_pure_python_100k']} (100k)"] = \
+            rows[1]["x_vs_pure_python"] >= AIMS["vs_pure_python_100k"]
+        if redis_srv:
+            for r, tag in zip(rows, ("1 key", "100k")):
+                aims[f"x redis+Lua >= {AIMS['vs_redis_lua']:.0f} ({tag})"] = r["x_vs_redis_lua"] >= AIMS["vs_redis_lua"]
+
+        # --- print -------------------------------------------------------------------------------
+        def f(x, fmt="{:,.0f}"):
+            return "-" if x is None else fmt.format(x)
+
+        if diag:
+            print("DIAGNOSTIC RUN: getpid() cached per process (LD_PRELOAD shim); not the shipped library.")
+        print(f"sluice Python benchmark: {reps_done} reps, medians of ns per call (batch means, loop included), "
+              f"/usr/bin/python3 {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
+        hdr = f"{'workload':<25}{'sluice':>8}{'pure-Py':>9}{'redis+Lua':>11}{'C alone':>9}{'sluice-C':>10}" \
+              f"{'ctypes':>8}{'x pure-Py':>11}{'x redis':>9}"
+        print(hdr)
+        print("-" * len(hdr))
+        for r in rows:
+            print(f"{r['workload']:<25}{f(r['sluice_ns']):>8}{f(r['pure_python_ns']):>9}{f(r['redis_lua_ns']):>11}"
+                  f"{f(r['c_alone_ns']):>9}{f(r['sluice_above_c_ns']):>10}{f(r['ctypes_call_ns']):>8}"
+                  f"{f(r['x_vs_pure_python'], '{:.2f}'):>11}{f(r['x_vs_redis_lua'], '{:,.0f}'):>9}")
+        print(f"\nC alone: {cref.get('source') or 'not available'}; ns per call = 1e9 / its throughput "
+              f"(its per-call medians, timer included: " +
+              ", ".join(f"{k} {cref[k]['median_ns']:.0f} ns" for k in ("a1", "c") if k in cref) + ")")
+        print(f"ctypes: the same C call through ctypes; ctypes' own no-op call costs {med['ctypes-noop']:.0f} ns")
+        print(f"per call, loop included: loop alone {med['loop-only']:.0f} ns; CPython C method dict.get(k, t) "
+              f"{med['cpython-dict.get(k, t)']:.0f} ns; pybind11 method doing nothing (Client.__enter__) "
+              f"{med['pybind11-empty-method']:.0f} ns; pybind11 field read (Decision.allowed) "
+              f"{med['pybind11-field-read']:.0f} ns")
+        print("admitted fractions: " + ", ".join(f"{k} {v:.4f}" for k, v in admitted.items()))
+        print("aims: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in aims.items()))
+        print("spread (min..max over reps): " +
+              ", ".join(f"{k} {min(v):,.0f}..{max(v):,.0f}" for k, v in samples.items()))
+
+        results = {
+            "diagnostic_cached_getpid": diag,
+            "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+                        "loadavg_end": os.getloadavg(), "redis_version": redis_srv.version if redis_srv else None},
+            "config": {"reps": reps_done, "hot_calls": hot_calls, "keys": N_KEYS, "redis_calls_per_rep": redis_calls,
+                       "window_ms": WINDOW_MS, "hot_limit": HOT_LIMIT, "wide_limit": WIDE_LIMIT,
+                       "quick": args.quick},
+            "workloads": rows, "c_reference": cref, "samples_ns": samples, "medians_ns": med,
+            "admitted_fraction": admitted, "aims": AIMS, "aims_met": aims, "seconds": time.monotonic() - t_start,
+        }
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+            print(f"results: {args.json}")
+        ct.close()
+        client.close()
+        return 0
+    finally:
+        if redis_srv:
+            redis_srv.stop()
+        if daemon:
+            daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if shim_dir:
+            shutil.rmtree(shim_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""sluice.asgi over a real sluiced: the middleware driven directly (allow, deny,
+headers, missing key, bad key/cost, limiter errors failing closed, the opt-in allow,
+lifespan/websocket passthrough, per-process clients), then a FastAPI app under
+`uvicorn --workers 4` whose workers must share one exact limit."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+import sluice
+import sluice.asgi
+from apps.server import PRO_LIMIT, PYTHON, run_bursts, serve
+from sluice.asgi import RateLimitMiddleware, client_host, header, path_regex, path_segment
+
+
+# --- a tiny ASGI app and a driver --------------------------------------------------------------
+
+class App:
+    """Answers 200 'ok' with its own header (in two body chunks); records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    async def __call__(self, scope, receive, send):
+        self.calls.append(scope)
+        if scope["type"] == "lifespan":
+            msg = await receive()
+            await send({"type": msg["type"] + ".complete"})
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.accept"})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"x-app", b"1")]})
+        await send({"type": "http.response.body", "body": b"o", "more_body": True})
+        await send({"type": "http.response.body", "body": b"k"})
+
+
+def scope(path="/v1/chat", headers=(), type_="http", client=("10.1.2.3", 5555)):
+    return {"type": type_, "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "headers": [(k.encode(), v.encode()) for k, v in headers],
+            "client": client, "server": ("127.0.0.1", 8000)}
+
+
+def call(mw, sc):
+    """Runs one request; returns (status, headers as a dict, body, messages sent)."""
+    sent = []
+
+    async def receive():
+        if sc["type"] == "lifespan":
+            return {"type": "lifespan.startup"}
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(mw(sc, receive, send))
+    start = sent[0]
+    headers = {k.decode(): v.decode() for k, v in start.get("headers", ())}
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start.get("status"), headers, body, sent
+
+
+KEY = [("x-api-key", "cust-1")]
+
+
+# --- allow / deny / headers ----------------------------------------------------------------------
+
+def test_allowed_requests_pass_with_headers_then_429(client):
+    app = App()
+    mw = RateLimitMiddleware(app, key=header("x-api-key"), tier="pro", client=client)
+    for remaining in (4, 3, 2, 1, 0):
+        status, h, body, sent = call(mw, scope(headers=KEY))
+        assert (status, body) == (200, b"ok")
+        assert h["x-app"] == "1" and h["content-type"] == "text/plain", "the app's headers are kept"
+        assert h["ratelimit-limit"] == "5" and h["ratelimit-remaining"] == str(remaining)
+        assert h["x-ratelimit-limit-requests"] == "5" and h["ratelimit-reset"] == "2"
+        assert "retry-after" not in h
+        assert all(k == k.lower() for k, _ in sent[0]["headers"]), "ASGI header names are lowercase"
+    assert len(app.calls) == 5
+
+    status, h, body, _ = call(mw, scope(headers=KEY))
+    assert status == 429 and len(app.calls) == 5, "a denied request never reaches the app"
+    assert h["content-type"] == "application/json" and int(h["content-length"]) == len(body)
+    assert h["retry-after"] == "2" and h["ratelimit-remaining"] == "0" and h["ratelimit-limit"] == "5"
+    err = json.loads(body)["error"]
+    assert err["type"] == "rate_limit_exceeded" and err["code"] == "rate_limit_exceeded"
+    assert err["tier"] == "pro" and 1.5 < err["retry_after"] <= 2.0
+    assert err["limit"] == 5 and err["remaining"] == 0 and err["reason"] == "window_full"
+    assert "pro" in err["message"] and "try again" in err["message"]
+
+    other = call(mw, scope(headers=[("x-api-key", "cust-2")]))
+    assert other[0] == 200 and other[1]["ratelimit-remaining"] == "4", "keys are independent"
+
+
+def test_callable_and_async_key_tier_cost(client):
+    async def tier(sc):
+        await asyncio.sleep(0)
+        return "enterprise"
+
+    mw = RateLimitMiddleware(App(), key=lambda sc: sc["client"][0].encode(), tier=tier,
+                             cost=lambda sc: int(header("x-cost")(sc) or 1), client=client)
+    assert call(mw, scope(headers=[("x-cost", "7")]))[1]["ratelimit-remaining"] == "13"
+    assert call(mw, scope())[1]["ratelimit-remaining"] == "12"
+    assert client.peek(b"10.1.2.3", "enterprise").remaining == 11, "bytes key: the client's address (peek: after 1 more)"
+    status, h, body, _ = call(mw, scope(headers=[("x-cost", "13")]))
+    assert status == 429 and json.loads(body)["error"]["remaining"] == 12, "all or nothing"
+
+
+def test_constant_key_and_path_helpers(client):
+    mw = RateLimitMiddleware(App(), key="global", tier=path_segment(1), client=client)
+    assert call(mw, scope(path="/v1/free/x"))[1]["ratelimit-limit"] == "2"
+    assert call(mw, scope(path="/v1/pro/x"))[1]["ratelimit-limit"] == "5"
+
+    model = path_regex(r"^/v1/models/(?P<model>[^/]+)", group="model")
+    assert model(scope(path="/v1/models/llama-3-70b/chat")) == "llama-3-70b"
+    assert model(scope(path="/v2/other")) is None
+    assert path_segment(2)(scope(path="/v1/models/m/chat")) == "m"
+    assert path_segment(-1)(scope(path="/v1/models/m/chat/")) == "chat"
+    assert path_segment(9)(scope(path="/v1")) is None
+    assert client_host()(scope()) == "10.1.2.3" and client_host()(scope(client=None)) is None
+    bearer = header("Authorization", prefix="Bearer ")
+    assert bearer(scope(headers=[("authorization", "bearer sk-123")])) == "sk-123"
+    assert bearer(scope(headers=[("authorization", "Basic abc")])) is None
+    # Bytes as latin-1, like WSGI's environ: one header, one key under both middlewares.
+    assert header("X-Api-Key")(scope(headers=[("x-api-key", "caf\u00e9")])) == "caf\u00e9".encode().decode("latin-1")
+
+
+# --- requests that cannot be limited --------------------------------------------------------------
+
+def test_missing_key_is_400_and_consumes_nothing(client):
+    app = App()
+    mw = RateLimitMiddleware(app, key=header("x-api-key"), tier="pro", client=client)
+    for headers in ((), [("x-api-key", "")]):
+        status, h, body, _ = call(mw, scope(headers=headers))
+        assert status == 400 and not app.calls
+        err = json.loads(body)["error"]
+        assert err["type"] == "missing_rate_limit_key" and "key" in err["message"]
+        assert "ratelimit-limit" not in h
+
+    mw = RateLimitMiddleware(app, key=header("x-api-key"), tier=lambda sc: None, client=client,
+                             missing_key_status=401)
+    status, _, body, _ = call(mw, scope(headers=KEY))
+    assert status == 401 and json.loads(body)["error"]["param"] == "tier"
+    assert client.peek("cust-1", "pro").remaining == 4, "untouched (peek reports after 1 more)"
+
+
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+@pytest.mark.parametrize("key, cost", [("k" * 65, 1), ("k", 26), ("k", 0), ("k", -1), ("k", 2**40), ("k", "3")])
+def test_a_key_or_cost_the_limiter_refuses_is_400_even_with_allow(client, on_error, key, cost):
+    app = App()
+    mw = RateLimitMiddleware(app, key=lambda sc: key, tier="pro", cost=lambda sc: cost, client=client,
+                             on_error=on_error)
+    status, _, body, _ = call(mw, scope())
+    assert status == 400 and not app.calls, "an over-long key or huge cost must not bypass the limit"
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+# --- limiter failures: fail closed unless explicitly opted in ------------------------------------
+
+def test_limiter_error_fails_closed_with_503(daemon, client, caplog):
+    app = App()
+    mw = RateLimitMiddleware(app, key="k", tier="gold", client=client)
+    with caplog.at_level(logging.ERROR, logger="sluice"):
+        status, h, body, _ = call(mw, scope())
+    assert status == 503 and not app.calls
+    err = json.loads(body)["error"]
+    assert err["type"] == "rate_limiter_unavailable" and err["code"] == "UnknownTierError"
+    assert err["status_code"] == -5 and "tier" in err["message"]
+    assert "UnknownTierError" in caplog.text
+
+    closed = sluice.Client(daemon.segment)
+    closed.close()
+    mw = RateLimitMiddleware(app, key="k", tier="pro", client=closed, error_status=500)
+    with pytest.raises(ValueError):
+        call(mw, scope())  # not a SluiceError: a bug in the caller, not hidden
+
+
+def test_no_segment_is_503_and_the_next_request_retries(daemon, tmp_path):
+    from conftest import Daemon
+
+    segment = f"{daemon.segment}-later"
+    app = App()
+    mw = RateLimitMiddleware(app, key="k", tier="pro", segment=segment)
+    status, _, body, _ = call(mw, scope())
+    assert status == 503 and not app.calls
+    err = json.loads(body)["error"]
+    assert err["code"] == "NoSegmentError" and "sluiced" in err["message"]
+
+    later = Daemon(tmp_path, segment=segment)
+    try:
+        status, h, _, _ = call(mw, scope())
+        assert status == 200 and h["ratelimit-remaining"] == "4", "a failed open is not cached"
+    finally:
+        sluice.asgi._clients.pop(segment).close()
+        later.stop()
+
+
+def test_on_error_allow_is_an_explicit_logged_opt_in(client, caplog):
+    app = App()
+    mw = RateLimitMiddleware(app, key="k", tier="gold", client=client, on_error="allow")
+    with caplog.at_level(logging.WARNING, logger="sluice"):
+        for _ in range(3):
+            status, h, body, _ = call(mw, scope())
+            assert (status, body) == (200, b"ok")
+            assert "ratelimit-limit" not in h, "no decision, no rate-limit headers"
+    assert len(app.calls) == 3
+    warnings = [r for r in caplog.records if r.name == "sluice"]
+    assert len(warnings) == 1, "logged at most once a second"
+    assert warnings[0].levelno == logging.WARNING and "ALLOWED" in warnings[0].getMessage()
+
+    mw = RateLimitMiddleware(app, key="k", tier="pro", segment="sluicetest-py-no-such-segment",
+                             on_error="allow")
+    assert call(mw, scope())[0] == 200
+
+
+def test_bad_options_are_refused_at_construction():
+    with pytest.raises(ValueError):
+        RateLimitMiddleware(App(), key="k", tier="pro", on_error="maybe")
+    with pytest.raises(ValueError):
+        RateLimitMiddleware(App(), key="k", tier="pro", cost=0)
+    with pytest.raises(ValueError):
+        RateLimitMiddleware(App(), key="k", tier="pro", missing_key_status=200)
+    with pytest.raises(TypeError):
+        RateLimitMiddleware(App(), key="k", tier=None)
+    with pytest.raises(TypeError):
+        RateLimitMiddleware(App(), key="", tier="pro")
+
+
+# --- what passes through untouched -----------------------------------------------------------------
+
+def test_lifespan_websocket_and_exempt_pass_through_without_the_limiter():
+    app = App()
+    # A segment that does not exist: touching the limiter would answer 503.
+    mw = RateLimitMiddleware(app, key=header("x-api-key"), tier="pro", segment="sluicetest-py-no-such-segment",
+                             exempt=lambda sc: sc["path"] == "/healthz")
+    _, _, _, sent = call(mw, scope(type_="lifespan"))
+    assert sent == [{"type": "lifespan.startup.complete"}]
+    _, _, _, sent = call(mw, scope(type_="websocket", path="/ws"))
+    assert sent == [{"type": "websocket.accept"}]
+    status, h, body, _ = call(mw, scope(path="/healthz"))
+    assert (status, body) == (200, b"ok") and "ratelimit-limit" not in h
+    assert [s["type"] for s in app.calls] == ["lifespan", "websocket", "http"]
+    assert call(mw, scope(headers=KEY))[0] == 503
+
+
+# --- one client per process ------------------------------------------------------------------------
+
+def test_the_client_is_opened_lazily_once_per_process(daemon, monkeypatch):
+    monkeypatch.setenv("SLUICE_SEGMENT", daemon.segment)
+    sluice.asgi._clients.pop(None, None)
+    a = RateLimitMiddleware(App(), key="k", tier="pro")
+    b = RateLimitMiddleware(App(), key="k", tier="pro")
+    assert None not in sluice.asgi._clients, "nothing opened before the first request"
+    assert call(a, scope())[1]["ratelimit-remaining"] == "4"
+    assert call(b, scope())[1]["ratelimit-remaining"] == "3"
+    shared = sluice.asgi._clients[None]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: forgets the parent's client, opens its own, same limit
+        try:
+            ok = None not in sluice.asgi._clients
+            ok = ok and call(a, scope())[1]["ratelimit-remaining"] == "2"
+            ok = ok and sluice.asgi._clients[None] is not shared
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.waitpid(pid, 0)
+    os.close(r)
+    assert sluice.asgi._clients[None] is shared
+    assert call(a, scope())[1]["ratelimit-remaining"] == "1"
+    sluice.asgi._clients.pop(None).close()
+
+
+# --- the stub --------------------------------------------------------------------------------------
+
+def test_the_stub_covers_the_extension():
+    stub = ast.parse((Path(sluice.__file__).parent / "__init__.pyi").read_text())
+    classes = {n.name: {m.name for m in n.body if isinstance(m, ast.FunctionDef)}
+               for n in stub.body if isinstance(n, ast.ClassDef)}
+    for cls in (sluice.Client, sluice.Decision):
+        public = {n for n in dir(cls) if not n.startswith("_")}
+        assert public <= classes[cls.__name__], public - classes[cls.__name__]
+    names = {a.asname or a.name for n in stub.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    names |= {t.target.id for t in stub.body if isinstance(t, ast.AnnAssign)}
+    assert set(sluice.__all__) <= names | set(classes)
+    from sluice import errors
+    assert {c.__name__ for c in errors.BY_CODE.values()} <= names
+    assert (Path(sluice.__file__).parent / "py.typed").exists()
+
+
+# --- FastAPI under uvicorn --workers 4 ---------------------------------------------------------------
+
+def test_fastapi_under_uvicorn_with_4_workers_shares_one_exact_limit(daemon, tmp_path):
+    argv = lambda port: [PYTHON, "-m", "uvicorn", "--app-dir", ".", "--host", "127.0.0.1", "--port", str(port),
+                         "--workers", "4", "--log-level", "warning", "--no-access-log", "fastapi_app:app"]
+    with serve(argv, tmp_path / "uvicorn.log", {"SLUICE_SEGMENT": daemon.segment}) as server:
+        warm = server.warm_pids(4)
+        assert len(warm) >= 2, f"workers that answered: {warm}\n{server.log_tail()}"
+
+        r = server.get("/v1/models/m/chat")
+        assert r.status == 400 and r.json()["error"]["type"] == "missing_rate_limit_key"
+
+        ok, denied, pids = run_bursts(server, "/v1/models/llama/chat", "fastapi-key", PRO_LIMIT)
+        assert len(pids) >= 2, f"one worker served the whole burst: {pids}"
+        r = server.get("/v1/models/llama/chat", {"x-api-key": "another-key"})
+        assert r.status == 200 and r.json()["model"] == "llama" and r.headers["ratelimit-remaining"] == "4"
+        ok += 1
+
+    pro = daemon.status()["tiers"][1]
+    assert pro["name"] == "pro"
+    assert pro["admitted"] == ok, "the daemon's counter equals the 200s the clients saw"
+    assert pro["denied_window"] == denied
