@@ -1,15 +1,19 @@
-// _sluice: the pybind11 extension over the C ABI (bindings -> capi). The hot path
-// takes str/bytes without copies (str's cached UTF-8), releases nothing (the call
-// is ~tens of ns, cheaper than dropping the GIL) and raises one exception class
-// per status code, imported from sluice.errors.
+// _sluice: the pybind11 extension over the C ABI (bindings -> capi).
+//
+// pybind11 defines the module and the Client class (construction, close, context
+// manager). The two hot methods, acquire and peek, and the Decision they return
+// are plain CPython (vectorcall + a small fixed-layout type): pybind11's argument
+// dispatch and object construction cost ~300 ns a call here, several times the
+// C call itself. Keys are read without copies (str's cached UTF-8, bytes, any
+// buffer); the GIL is kept (the call is shorter than releasing it); every error
+// raises its own class from sluice.errors.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cstring>
-#include <optional>
-
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <optional>
 #include <string>
 
 #include "sluice.h"
@@ -20,33 +24,18 @@ namespace {
 
 PyObject *g_error_for = nullptr;  // sluice.errors.error_for
 
-[[noreturn]] void raise_status(int status) {
-  py::object err = py::reinterpret_borrow<py::object>(g_error_for)(status, sluice_strerror(status));
-  PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(err.ptr())), err.ptr());
-  throw py::error_already_set();
+PyObject *set_status_error(int status) {
+  PyObject *err = PyObject_CallFunction(g_error_for, "is", status, sluice_strerror(status));
+  if (err) {
+    PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(err)), err);
+    Py_DECREF(err);
+  }
+  return nullptr;
 }
 
-// Bytes of a str (UTF-8, cached by CPython) or bytes-like key without copying.
-struct KeyView {
-  const char *data = nullptr;
-  Py_ssize_t len = 0;
-  py::buffer_info buf;  // keeps a buffer alive for bytearray/memoryview
-};
-
-void key_view(py::handle key, KeyView &out) {
-  if (PyUnicode_Check(key.ptr())) {
-    out.data = PyUnicode_AsUTF8AndSize(key.ptr(), &out.len);
-    if (!out.data) throw py::error_already_set();
-  } else if (PyBytes_Check(key.ptr())) {
-    out.data = PyBytes_AS_STRING(key.ptr());
-    out.len = PyBytes_GET_SIZE(key.ptr());
-  } else if (PyObject_CheckBuffer(key.ptr())) {
-    out.buf = py::reinterpret_borrow<py::buffer>(key).request();
-    out.data = static_cast<const char *>(out.buf.ptr);
-    out.len = out.buf.size * out.buf.itemsize;
-  } else {
-    throw py::type_error(std::string("key must be str or bytes, not ") + Py_TYPE(key.ptr())->tp_name);
-  }
+[[noreturn]] void raise_status(int status) {
+  set_status_error(status);
+  throw py::error_already_set();
 }
 
 const char *reason_name(int32_t r) {
@@ -78,27 +67,110 @@ std::string go_duration(double seconds) {
   return buf;
 }
 
-struct Decision {
-  bool allowed;
-  uint32_t limit, remaining, tier_index;
-  double retry_after, reset_after, window;
-  int32_t reason_code;
-  py::str tier;
-
-  py::dict headers() const {
-    py::dict h;
-    const long long reset_s = (long long)std::ceil(reset_after);
-    if (!allowed) h["Retry-After"] = std::to_string((long long)std::max(1.0, std::ceil(retry_after)));
-    h["RateLimit-Limit"] = std::to_string(limit);
-    h["RateLimit-Remaining"] = std::to_string(remaining);
-    h["RateLimit-Reset"] = std::to_string(reset_s);
-    h["x-ratelimit-limit-requests"] = std::to_string(limit);
-    h["x-ratelimit-remaining-requests"] = std::to_string(remaining);
-    h["x-ratelimit-reset-requests"] = go_duration(allowed ? reset_after : retry_after);
-    return h;
-  }
+// ---- Decision: a fixed-layout object; attributes are made on access -----------
+struct DecisionObject {
+  PyObject_HEAD
+  sluice_decision d;
+  PyObject *tier;  // the tier name the caller passed (a str)
 };
+PyTypeObject *g_decision_type = nullptr;
 
+double secs(int64_t ns) { return double(ns) / 1e9; }
+
+PyObject *d_allowed(PyObject *o, void *) { return PyBool_FromLong(reinterpret_cast<DecisionObject *>(o)->d.allowed); }
+PyObject *d_limit(PyObject *o, void *) { return PyLong_FromUnsignedLong(reinterpret_cast<DecisionObject *>(o)->d.limit); }
+PyObject *d_remaining(PyObject *o, void *) {
+  return PyLong_FromUnsignedLong(reinterpret_cast<DecisionObject *>(o)->d.remaining);
+}
+PyObject *d_retry(PyObject *o, void *) {
+  return PyFloat_FromDouble(secs(reinterpret_cast<DecisionObject *>(o)->d.retry_after_ns));
+}
+PyObject *d_reset(PyObject *o, void *) {
+  return PyFloat_FromDouble(secs(reinterpret_cast<DecisionObject *>(o)->d.reset_after_ns));
+}
+PyObject *d_window(PyObject *o, void *) {
+  return PyFloat_FromDouble(secs(reinterpret_cast<DecisionObject *>(o)->d.window_ns));
+}
+PyObject *d_tier(PyObject *o, void *) {
+  PyObject *t = reinterpret_cast<DecisionObject *>(o)->tier;
+  Py_INCREF(t);
+  return t;
+}
+PyObject *d_tier_index(PyObject *o, void *) {
+  return PyLong_FromUnsignedLong(reinterpret_cast<DecisionObject *>(o)->d.tier);
+}
+PyObject *d_reason(PyObject *o, void *) {
+  return PyUnicode_FromString(reason_name(reinterpret_cast<DecisionObject *>(o)->d.reason));
+}
+PyObject *d_reason_code(PyObject *o, void *) { return PyLong_FromLong(reinterpret_cast<DecisionObject *>(o)->d.reason); }
+
+PyObject *d_headers(PyObject *o, PyObject *) {
+  const sluice_decision &d = reinterpret_cast<DecisionObject *>(o)->d;
+  const double retry = secs(d.retry_after_ns), reset = secs(d.reset_after_ns);
+  const std::string limit = std::to_string(d.limit), remaining = std::to_string(d.remaining);
+  const std::string reset_s = std::to_string((long long)std::ceil(reset));
+  const std::string retry_s = std::to_string((long long)std::max(1.0, std::ceil(retry)));
+  const std::string reset_go = go_duration(d.allowed ? reset : retry);
+  return Py_BuildValue(d.allowed ? "{ssssssssssss}" : "{ssssssssssssss}", "RateLimit-Limit", limit.c_str(),
+                       "RateLimit-Remaining", remaining.c_str(), "RateLimit-Reset", reset_s.c_str(),
+                       "x-ratelimit-limit-requests", limit.c_str(), "x-ratelimit-remaining-requests",
+                       remaining.c_str(), "x-ratelimit-reset-requests", reset_go.c_str(), "Retry-After",
+                       retry_s.c_str());
+}
+
+PyObject *d_repr(PyObject *o) {
+  const auto *x = reinterpret_cast<DecisionObject *>(o);
+  const char *tier = PyUnicode_AsUTF8(x->tier);
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "Decision(allowed=%s, limit=%u, remaining=%u, retry_after=%.3f, reset_after=%.3f, tier='%.64s', "
+                "reason='%s')",
+                x->d.allowed ? "True" : "False", x->d.limit, x->d.remaining, secs(x->d.retry_after_ns),
+                secs(x->d.reset_after_ns), tier ? tier : "?", reason_name(x->d.reason));
+  if (!tier) PyErr_Clear();
+  return PyUnicode_FromString(buf);
+}
+
+int d_bool(PyObject *o) { return reinterpret_cast<DecisionObject *>(o)->d.allowed ? 1 : 0; }
+
+void d_dealloc(PyObject *o) {
+  PyTypeObject *tp = Py_TYPE(o);
+  Py_XDECREF(reinterpret_cast<DecisionObject *>(o)->tier);
+  tp->tp_free(o);
+  Py_DECREF(tp);
+}
+
+PyGetSetDef g_decision_getset[] = {
+    {"allowed", d_allowed, nullptr, "True if admitted.", nullptr},
+    {"limit", d_limit, nullptr, "Units per window that applied.", nullptr},
+    {"remaining", d_remaining, nullptr, "Units left in the window after this call.", nullptr},
+    {"retry_after", d_retry, nullptr, "Seconds until a retry can succeed (0 if allowed).", nullptr},
+    {"reset_after", d_reset, nullptr, "Seconds until the window holds no admission.", nullptr},
+    {"window", d_window, nullptr, "Window length in seconds.", nullptr},
+    {"tier", d_tier, nullptr, "Tier name.", nullptr},
+    {"tier_index", d_tier_index, nullptr, "Tier index in the segment.", nullptr},
+    {"reason", d_reason, nullptr, "'allowed', 'window_full', 'cost_above_limit' or 'tier_closed'.", nullptr},
+    {"reason_code", d_reason_code, nullptr, "SLUICE_REASON_* code.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr}};
+
+PyMethodDef g_decision_methods[] = {
+    {"headers", d_headers, METH_NOARGS,
+     "Response headers: Retry-After (when denied), IETF RateLimit-Limit/-Remaining/-Reset and OpenAI-style "
+     "x-ratelimit-limit-requests/-remaining-requests/-reset-requests."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyType_Slot g_decision_slots[] = {{Py_tp_dealloc, reinterpret_cast<void *>(d_dealloc)},
+                                  {Py_tp_repr, reinterpret_cast<void *>(d_repr)},
+                                  {Py_nb_bool, reinterpret_cast<void *>(d_bool)},
+                                  {Py_tp_getset, g_decision_getset},
+                                  {Py_tp_methods, g_decision_methods},
+                                  {Py_tp_doc, const_cast<char *>("The outcome of one admission check.")},
+                                  {0, nullptr}};
+
+PyType_Spec g_decision_spec = {"_sluice.Decision", sizeof(DecisionObject), 0, Py_TPFLAGS_DEFAULT,
+                               g_decision_slots};
+
+// ---- Client ------------------------------------------------------------------
 class Client {
  public:
   explicit Client(std::optional<std::string> segment) {
@@ -108,32 +180,130 @@ class Client {
   ~Client() { sluice_close(c_); }
   Client(const Client &) = delete;
   Client &operator=(const Client &) = delete;
-
-  Decision decide(py::handle key, py::str tier, uint32_t cost, bool record) {
-    if (!c_) throw py::value_error("the client is closed");
-    KeyView k;
-    key_view(key, k);
-    Py_ssize_t tier_len = 0;
-    const char *tier_s = PyUnicode_AsUTF8AndSize(tier.ptr(), &tier_len);
-    if (!tier_s) throw py::error_already_set();
-    if (std::strlen(tier_s) != size_t(tier_len)) raise_status(SLUICE_ETIER);  // embedded NUL
-    sluice_decision d;
-    d.size = sizeof d;
-    const int rc = record ? sluice_acquire(c_, tier_s, k.data ? k.data : "", size_t(k.len), cost, &d)
-                          : sluice_peek(c_, tier_s, k.data ? k.data : "", size_t(k.len), cost, &d);
-    if (rc != SLUICE_OK) raise_status(rc);
-    return Decision{d.allowed != 0, d.limit, d.remaining, d.tier, double(d.retry_after_ns) / 1e9,
-                    double(d.reset_after_ns) / 1e9, double(d.window_ns) / 1e9, d.reason, tier};
-  }
   void close() {
     sluice_close(c_);
     c_ = nullptr;
   }
   bool closed() const { return c_ == nullptr; }
+  sluice_client *handle() const { return c_; }
 
  private:
   sluice_client *c_ = nullptr;
 };
+
+// The C++ Client inside a pybind11 instance of our class.
+Client *client_of(PyObject *self) {
+  auto *inst = reinterpret_cast<py::detail::instance *>(self);
+  if (inst->simple_layout) return static_cast<Client *>(inst->simple_value_holder[0]);
+  return py::handle(self).cast<Client *>();
+}
+
+// Bytes of a str (UTF-8, cached by CPython), bytes, or any contiguous buffer.
+struct KeyView {
+  const char *data = nullptr;
+  Py_ssize_t len = 0;
+  Py_buffer buf{};
+  bool has_buf = false;
+  ~KeyView() {
+    if (has_buf) PyBuffer_Release(&buf);
+  }
+  bool set(PyObject *key) {
+    if (PyUnicode_Check(key)) {
+      data = PyUnicode_AsUTF8AndSize(key, &len);
+      return data != nullptr;
+    }
+    if (PyBytes_Check(key)) {
+      data = PyBytes_AS_STRING(key);
+      len = PyBytes_GET_SIZE(key);
+      return true;
+    }
+    if (PyObject_CheckBuffer(key) && PyObject_GetBuffer(key, &buf, PyBUF_SIMPLE) == 0) {
+      has_buf = true;
+      data = static_cast<const char *>(buf.buf);
+      len = buf.len;
+      return true;
+    }
+    PyErr_Format(PyExc_TypeError, "key must be str or bytes, not %.100s", Py_TYPE(key)->tp_name);
+    return false;
+  }
+};
+
+// acquire(key, tier, cost=1) / peek(...) as METH_FASTCALL | METH_KEYWORDS.
+PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, bool record) {
+  PyObject *key = nargs > 0 ? args[0] : nullptr, *tier = nargs > 1 ? args[1] : nullptr,
+           *cost_obj = nargs > 2 ? args[2] : nullptr;
+  if (nargs > 3) return PyErr_Format(PyExc_TypeError, "acquire() takes at most 3 arguments (%zd given)", nargs);
+  if (kwnames) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); ++i) {
+      const char *name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
+      PyObject *v = args[nargs + i];
+      PyObject **slot = !name ? nullptr
+                        : !std::strcmp(name, "key")  ? &key
+                        : !std::strcmp(name, "tier") ? &tier
+                        : !std::strcmp(name, "cost") ? &cost_obj
+                                                     : nullptr;
+      if (!slot || *slot) return PyErr_Format(PyExc_TypeError, "unexpected or repeated argument '%s'", name ? name : "?");
+      *slot = v;
+    }
+  }
+  if (!key || !tier) return PyErr_Format(PyExc_TypeError, "missing required argument '%s'", key ? "tier" : "key");
+  if (!PyUnicode_Check(tier)) return PyErr_Format(PyExc_TypeError, "tier must be str, not %.100s", Py_TYPE(tier)->tp_name);
+  uint32_t cost = 1;
+  if (cost_obj) {
+    if (!PyLong_Check(cost_obj)) return PyErr_Format(PyExc_TypeError, "cost must be an int");
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(cost_obj, &overflow);
+    if (overflow || v < 0 || v > 0xFFFFFFFFLL)
+      return PyErr_Format(PyExc_TypeError, "cost must be an int in 0..4294967295");
+    cost = uint32_t(v);
+  }
+  Client *c = client_of(self);
+  if (!c || c->closed()) return PyErr_Format(PyExc_ValueError, "the client is closed");
+  KeyView k;
+  if (!k.set(key)) return nullptr;
+  Py_ssize_t tier_len = 0;
+  const char *tier_s = PyUnicode_AsUTF8AndSize(tier, &tier_len);
+  if (!tier_s) return nullptr;
+  if (std::strlen(tier_s) != size_t(tier_len)) return set_status_error(SLUICE_ETIER);  // embedded NUL
+
+  auto *out = PyObject_New(DecisionObject, g_decision_type);
+  if (!out) return nullptr;
+  out->tier = nullptr;
+  out->d.size = sizeof(sluice_decision);
+  const int rc = record ? sluice_acquire(c->handle(), tier_s, k.data ? k.data : "", size_t(k.len), cost, &out->d)
+                        : sluice_peek(c->handle(), tier_s, k.data ? k.data : "", size_t(k.len), cost, &out->d);
+  if (rc != SLUICE_OK) {
+    Py_DECREF(out);
+    return set_status_error(rc);
+  }
+  Py_INCREF(tier);
+  out->tier = tier;
+  return reinterpret_cast<PyObject *>(out);
+}
+
+PyObject *acquire_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+  return decide(self, args, nargs, kwnames, true);
+}
+PyObject *peek_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+  return decide(self, args, nargs, kwnames, false);
+}
+
+PyMethodDef g_acquire_def = {
+    "acquire", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(acquire_fast)), METH_FASTCALL | METH_KEYWORDS,
+    "acquire(key, tier, cost=1) -> Decision\n\nCheck and record `cost` units for (tier, key), all or nothing. "
+    "Raises a SluiceError subclass on bad input; a denial is a Decision with allowed False."};
+PyMethodDef g_peek_def = {
+    "peek", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(peek_fast)), METH_FASTCALL | METH_KEYWORDS,
+    "peek(key, tier, cost=1) -> Decision\n\nThe decision acquire() would make now; records nothing."};
+
+void add_method(py::handle cls, PyMethodDef *def) {
+  PyObject *descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject *>(cls.ptr()), def);
+  if (!descr || PyObject_SetAttrString(cls.ptr(), def->ml_name, descr) != 0) {
+    Py_XDECREF(descr);
+    throw py::error_already_set();
+  }
+  Py_DECREF(descr);
+}
 
 }  // namespace
 
@@ -142,47 +312,17 @@ PYBIND11_MODULE(_sluice, m) {
   g_error_for = py::object(py::module_::import("sluice.errors").attr("error_for")).release().ptr();
   m.attr("ABI_VERSION") = sluice_abi_version();
 
-  py::class_<Decision>(m, "Decision", "The outcome of one admission check.")
-      .def_readonly("allowed", &Decision::allowed, "True if admitted.")
-      .def_readonly("limit", &Decision::limit, "Units per window that applied.")
-      .def_readonly("remaining", &Decision::remaining, "Units left in the window after this call.")
-      .def_readonly("retry_after", &Decision::retry_after, "Seconds until a retry can succeed (0 if allowed).")
-      .def_readonly("reset_after", &Decision::reset_after, "Seconds until the window holds no admission.")
-      .def_readonly("window", &Decision::window, "Window length in seconds.")
-      .def_readonly("tier", &Decision::tier, "Tier name.")
-      .def_readonly("tier_index", &Decision::tier_index)
-      .def_property_readonly("reason", [](const Decision &d) { return reason_name(d.reason_code); },
-                             "'allowed', 'window_full', 'cost_above_limit' or 'tier_closed'.")
-      .def_readonly("reason_code", &Decision::reason_code)
-      .def("headers", &Decision::headers,
-           "Response headers: Retry-After (when denied), IETF RateLimit-Limit/-Remaining/-Reset and "
-           "OpenAI-style x-ratelimit-limit-requests/-remaining-requests/-reset-requests.")
-      .def("__bool__", [](const Decision &d) { return d.allowed; })
-      .def("__repr__", [](const Decision &d) {
-        char buf[256];
-        std::snprintf(buf, sizeof buf,
-                      "Decision(allowed=%s, limit=%u, remaining=%u, retry_after=%.3f, reset_after=%.3f, "
-                      "tier='%s', reason='%s')",
-                      d.allowed ? "True" : "False", d.limit, d.remaining, d.retry_after, d.reset_after,
-                      std::string(py::str(d.tier)).c_str(), reason_name(d.reason_code));
-        return std::string(buf);
-      });
+  g_decision_type = reinterpret_cast<PyTypeObject *>(PyType_FromSpec(&g_decision_spec));
+  if (!g_decision_type) throw py::error_already_set();
+  m.attr("Decision") = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject *>(g_decision_type));
 
-  py::class_<Client>(m, "Client",
-                     "A handle on the host's Sluice segment. Thread-safe; share one per process.")
-      .def(py::init<std::optional<std::string>>(), py::arg("segment") = py::none(),
-           "Open the segment pair (None: $SLUICE_SEGMENT or 'sluice').")
-      .def(
-          "acquire",
-          [](Client &c, py::handle key, py::str tier, uint32_t cost) { return c.decide(key, tier, cost, true); },
-          py::arg("key"), py::arg("tier"), py::arg("cost") = 1,
-          "Check and record `cost` units for (tier, key), all or nothing. Raises a SluiceError on bad input.")
-      .def(
-          "peek",
-          [](Client &c, py::handle key, py::str tier, uint32_t cost) { return c.decide(key, tier, cost, false); },
-          py::arg("key"), py::arg("tier"), py::arg("cost") = 1, "The decision acquire() would make; records nothing.")
+  py::class_<Client> cls(m, "Client", "A handle on the host's Sluice segment. Thread-safe; share one per process.");
+  cls.def(py::init<std::optional<std::string>>(), py::arg("segment") = py::none(),
+          "Open the segment pair (None: $SLUICE_SEGMENT or 'sluice').")
       .def("close", &Client::close, "Unmap the segment. Further calls raise ValueError.")
       .def_property_readonly("closed", &Client::closed)
       .def("__enter__", [](Client &c) -> Client & { return c; }, py::return_value_policy::reference)
       .def("__exit__", [](Client &c, py::args) { c.close(); });
+  add_method(cls, &g_acquire_def);
+  add_method(cls, &g_peek_def);
 }
