@@ -16,18 +16,18 @@ constexpr int kPoisonWaitSpins = 20000;
 
 // Writes the followers of a cost-N claim at h and advances head past it. Any
 // process may run it for any claim it sees at head.
-void complete_claim(EntryHeader *e, AtomicU64 *ring, uint32_t cap, uint64_t h, uint64_t lead) {
+void complete_claim(EntryHeader *e, AtomicU64 *ring, const RingCursor &rc, uint64_t h, uint64_t lead) {
   const uint32_t n = ring_count(lead);
   for (uint32_t k = 1; k < n; ++k) {
     const uint64_t p = h + k;
-    AtomicU64 &slot = ring[p % cap];
+    AtomicU64 &slot = ring[rc.idx(p)];
     for (;;) {
       uint64_t v = slot.load(acq);
-      if (ring_written_for(v, p, cap) || ring_poisoned(v)) break;
+      if (rc.written_for(v, p) || ring_poisoned(v)) break;
       // Only while head is still h can this slot hold p's predecessor (not a later lap).
       if (e->head.load(acq) != h) return;
       SLUICE_FAULT();
-      if (slot.compare_exchange_weak(v, ring_make(p, cap, ring_ts_us(lead), 0), std::memory_order_acq_rel)) break;
+      if (slot.compare_exchange_weak(v, rc.make(p, ring_ts_us(lead), 0), std::memory_order_acq_rel)) break;
     }
   }
   SLUICE_FAULT();
@@ -39,11 +39,12 @@ int64_t ts_ns(uint64_t v) { return int64_t(ring_ts_us(v)) * 1000; }
 
 // Units among positions [lo, hi) still inside the window at now (timestamps are
 // monotone in position, so binary search for the first one inside).
-uint32_t units_in_window(AtomicU64 *ring, uint32_t cap, uint64_t lo, uint64_t hi, int64_t now_ns, int64_t window_ns) {
+uint32_t units_in_window(AtomicU64 *ring, const RingCursor &rc, uint64_t lo, uint64_t hi, int64_t now_ns,
+                         int64_t window_ns) {
   uint64_t a = lo, b = hi;
   while (a < b) {
     const uint64_t mid = a + (b - a) / 2;
-    const uint64_t v = ring[mid % cap].load(rlx);
+    const uint64_t v = ring[rc.idx(mid)].load(rlx);
     if (ring_ts_us(v) != 0 && ts_ns(v) + window_ns > now_ns) b = mid;
     else a = mid + 1;
   }
@@ -87,17 +88,18 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       return Step::stale;
     }
     const uint64_t h = e->head.load(acq);
-    const uint64_t vh = ring[h % cap].load(acq);
+    const RingCursor rc(h, cap);
+    const uint64_t vh = ring[rc.base_idx].load(acq);
     if (ring_poisoned(vh)) continue;  // ctrl will say reclaiming on the next pass
-    if (ring_written_for(vh, h, cap)) {
-      complete_claim(e, ring, cap, h, vh);
+    if (rc.written_for(vh, h)) {
+      complete_claim(e, ring, rc, h, vh);
       continue;
     }
-    const uint64_t newest = ring[(h + cap - 1) % cap].load(acq);
+    const uint64_t newest = ring[rc.idx(h - 1)].load(acq);
     if (limit == 0 || cost > limit) {
       if (e->head.load(acq) != h || e->ctrl.load(acq) != ref.ctrl) continue;
       out.reason = limit == 0 ? Reason::tier_closed : Reason::cost_above_limit;
-      out.remaining = limit ? limit - std::min(limit, units_in_window(ring, cap, h >= limit ? h - limit : 0, h, now_ns, window)) : 0;
+      out.remaining = limit ? limit - std::min(limit, units_in_window(ring, rc, h >= limit ? h - limit : 0, h, now_ns, window)) : 0;
       out.retry_after_ns = window;
       out.reset_after_ns = ring_ts_us(newest) ? std::max<int64_t>(0, ts_ns(newest) + window - now_ns) : 0;
       return Step::decided;
@@ -105,12 +107,12 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     // The unit our claim pushes out of the last `limit`.
     uint64_t blocker = 0;
     if (h + cost > limit) {
-      blocker = ring[(h + cost - 1 - limit) % cap].load(acq);
+      blocker = ring[rc.idx(h + cost - 1 - limit)].load(acq);
       if (ring_poisoned(blocker)) continue;
     }
     const bool full = ring_ts_us(blocker) != 0 && ts_ns(blocker) + window > now_ns;
     if (full || !record) {
-      const uint32_t used = units_in_window(ring, cap, h >= limit ? h - limit : 0, h, now_ns, window);
+      const uint32_t used = units_in_window(ring, rc, h >= limit ? h - limit : 0, h, now_ns, window);
       // Everything read belongs to one instant: head and ctrl did not move.
       if (e->head.load(acq) != h || e->ctrl.load(acq) != ref.ctrl) continue;
       const int64_t newest_ns = ring_ts_us(newest) ? ts_ns(newest) : 0;
@@ -131,14 +133,14 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     SLUICE_FAULT();
     const uint64_t ts = std::max(now_us, ring_ts_us(newest));
     uint64_t expect = vh;
-    if (!ring[h % cap].compare_exchange_strong(expect, ring_make(h, cap, ts, cost), std::memory_order_acq_rel))
-      continue;
+    const uint64_t lead = rc.make(h, ts, cost);
+    if (!ring[rc.base_idx].compare_exchange_strong(expect, lead, std::memory_order_acq_rel)) continue;
     SLUICE_FAULT();
-    complete_claim(e, ring, cap, h, ring_make(h, cap, ts, cost));
+    complete_claim(e, ring, rc, h, lead);
     const uint64_t end = h + cost;
     out.allowed = true;
     out.admitted_at_ns = int64_t(ts) * 1000;
-    out.remaining = limit - std::min(limit, units_in_window(ring, cap, end - std::min<uint64_t>(end, limit), end, now_ns, window));
+    out.remaining = limit - std::min(limit, units_in_window(ring, rc, end - std::min<uint64_t>(end, limit), end, now_ns, window));
     out.reset_after_ns = std::clamp<int64_t>(out.admitted_at_ns + window - now_ns, 0, window);
     return Step::decided;
   }

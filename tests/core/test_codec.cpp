@@ -48,6 +48,19 @@ TEST(Ring, PoisonHidesAWrittenValue) {
   EXPECT_EQ(ring_ts_us(v | kRingPoison), 99u);
 }
 
+TEST(Ring, CursorAgreesWithDivisionForEveryNearbyPosition) {
+  for (uint32_t cap : {1u, 2u, 3u, 7u, 16u, 120u}) {
+    for (uint64_t h : {uint64_t(2 * cap), uint64_t(2 * cap + 1), uint64_t(1000003), uint64_t(cap) * 977 + cap - 1}) {
+      const RingCursor rc(h, cap);
+      for (uint64_t p = h - cap; p <= h + cap; ++p) {
+        ASSERT_EQ(rc.idx(p), p % cap) << cap << " " << h << " " << p;
+        ASSERT_EQ(rc.lap_bit(p), ring_lap_bit(p, cap)) << cap << " " << h << " " << p;
+        ASSERT_EQ(rc.make(p, 5, 2), ring_make(p, cap, 5, 2));
+      }
+    }
+  }
+}
+
 TEST(Layout, FormatWordFoldsVersionAndShape) {
   EXPECT_EQ(format_major(kStateFormat), kLayoutMajor);
   EXPECT_NE(kStateFormat, kPolicyFormat);

@@ -86,6 +86,31 @@ constexpr bool ring_written_for(uint64_t v, uint64_t pos, uint32_t cap) {
   return !ring_poisoned(v) && ring_ts_us(v) != 0 && (v & kRingLap) == ring_lap_bit(pos, cap);
 }
 
+// Slot index and lap bit of positions within one ring of a base position, from a
+// single division (a 64-bit divide costs tens of cycles; the hot path needs up to
+// a dozen positions).
+struct RingCursor {
+  uint32_t cap;
+  uint64_t base, base_idx, base_lap;
+  RingCursor(uint64_t h, uint32_t c) : cap(c), base(h), base_idx(h % c), base_lap(h / c) {}
+  int64_t raw(uint64_t pos) const { return int64_t(base_idx) + int64_t(pos - base); }  // |pos - base| <= cap
+  uint64_t idx(uint64_t pos) const {
+    const int64_t i = raw(pos);
+    return uint64_t(i < 0 ? i + cap : i >= int64_t(cap) ? i - cap : i);
+  }
+  uint64_t lap_bit(uint64_t pos) const {
+    const int64_t i = raw(pos);
+    const uint64_t lap = base_lap + (i < 0 ? uint64_t(-1) : i >= int64_t(cap) ? 1 : 0);
+    return (lap & 1) ? 0 : kRingLap;
+  }
+  bool written_for(uint64_t v, uint64_t pos) const {
+    return !ring_poisoned(v) && ring_ts_us(v) != 0 && (v & kRingLap) == lap_bit(pos);
+  }
+  uint64_t make(uint64_t pos, uint64_t ts_us, uint32_t count) const {
+    return lap_bit(pos) | (uint64_t(count & kMaxCost) << 48) | (ts_us & kRingTsMask);
+  }
+};
+
 // ---- state segment (read-write for clients) ----------------------------------
 struct TierInfo {  // fixed at creation: names and ring sizes never change
   char name[kTierNameBytes];
