@@ -37,15 +37,29 @@ void complete_claim(EntryHeader *e, AtomicU64 *ring, const RingCursor &rc, uint6
 
 int64_t ts_ns(uint64_t v) { return int64_t(ring_ts_us(v)) * 1000; }
 
-// Units among positions [lo, hi) still inside the window at now (timestamps are
-// monotone in position, so binary search for the first one inside).
+// Units among positions [lo, hi) still inside the window at now. Timestamps are
+// monotone in position, so the ones inside are a suffix: gallop back from the
+// newest (a key far below its limit has few inside), then binary search. A full
+// window is answered by its oldest unit alone.
 uint32_t units_in_window(AtomicU64 *ring, const RingCursor &rc, uint64_t lo, uint64_t hi, int64_t now_ns,
                          int64_t window_ns) {
-  uint64_t a = lo, b = hi;
+  auto inside = [&](uint64_t pos) {
+    const uint64_t v = ring[rc.idx(pos)].load(rlx);
+    return ring_ts_us(v) != 0 && ts_ns(v) + window_ns > now_ns;
+  };
+  if (lo >= hi) return 0;
+  if (inside(lo)) return uint32_t(hi - lo);
+  uint64_t a = lo + 1, b = hi;  // the first inside is in [a, b]; lo is outside
+  for (uint64_t step = 1; hi - a > step; step *= 2) {
+    if (!inside(hi - step)) {
+      a = hi - step + 1;
+      break;
+    }
+    b = hi - step;
+  }
   while (a < b) {
     const uint64_t mid = a + (b - a) / 2;
-    const uint64_t v = ring[rc.idx(mid)].load(rlx);
-    if (ring_ts_us(v) != 0 && ts_ns(v) + window_ns > now_ns) b = mid;
+    if (inside(mid)) b = mid;
     else a = mid + 1;
   }
   return uint32_t(hi - a);

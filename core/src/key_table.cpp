@@ -160,6 +160,14 @@ TierView TierView::of(StateHeader *h, uint32_t tier) {
   return v;
 }
 
+void prefetch_home(const TierView &t, const KeyProbe &k) {
+  const uint32_t home = home_of(t, k);
+  __builtin_prefetch(t.entry(home), 1);
+  const size_t ring_bytes = size_t(t.capacity) * 8;
+  if (ring_bytes <= 256)
+    for (size_t off = 0; off < ring_bytes; off += 64) __builtin_prefetch(reinterpret_cast<const char *>(t.ring(home)) + off, 1);
+}
+
 Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out) {
   for (int attempt = 0; attempt < 1000; ++attempt) {
     Scan sc;

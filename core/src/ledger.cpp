@@ -88,6 +88,7 @@ Status Ledger::decide(std::string_view tier_name, const void *key, size_t key_le
   }
 
   const KeyProbe probe(key, uint32_t(key_len));
+  prefetch_home(tv, probe);
   for (int attempt = 0; attempt < 64; ++attempt) {
     TierLimits lim;
     read_tier(*policy_hdr_, uint32_t(tier), lim);

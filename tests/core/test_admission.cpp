@@ -6,6 +6,8 @@
 #include "sluice/core/admission.hpp"
 #include "sluice/core/clock.hpp"
 
+#include <random>
+
 using namespace sluice;
 using namespace sluice::core;
 
@@ -128,4 +130,29 @@ TEST(AdmitFresh, MatchesAnEmptyRing) {
   admit_fresh(4, Limits{3, 1000}, o);
   EXPECT_FALSE(o.allowed);
   EXPECT_EQ(o.reason, Reason::cost_above_limit);
+}
+
+TEST_F(OneKey, MatchesAReferenceSlidingWindowLogOnRandomTraffic) {
+  // An independent model (a plain list of admission times) decides the same
+  // sequence of calls; every decision and every `remaining` must agree.
+  std::mt19937 rng(11);
+  std::vector<int64_t> log;  // admitted unit times (us)
+  const uint32_t limit = 3;  // the fixture's tier: capacity 8
+  const int64_t window_us = 1'000'000;
+  int64_t t_us = 0;
+  for (int i = 0; i < 5000; ++i) {
+    t_us += int64_t(rng() % 700'000) + 1;
+    const uint32_t cost = 1 + rng() % 2;
+    const uint32_t lim = (i / 500) % 2 ? limit : 8;  // the limit moves now and then
+    uint32_t inside = 0;
+    for (int64_t x : log) inside += x + window_us > t_us;
+    const bool want = inside + cost <= lim;
+    Outcome o;
+    ASSERT_EQ(admit(tv, ref, cost, Limits{lim, window_us * 1000}, t0 + t_us * 1000, true, o), Step::decided);
+    ASSERT_EQ(o.allowed, want) << "call " << i;
+    if (want)
+      for (uint32_t k = 0; k < cost; ++k) log.push_back(t_us);
+    const uint32_t after = inside + (want ? cost : 0);
+    ASSERT_EQ(o.remaining, lim - std::min(lim, after)) << "call " << i;
+  }
 }

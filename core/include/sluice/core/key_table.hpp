@@ -41,6 +41,10 @@ struct KeyProbe {  // a caller's key, hashed once
 
 enum class Lookup { found, absent, busy, full };
 
+// Starts loading the key's home entry and (small) ring, so the two cache misses
+// of a cold key overlap instead of following each other.
+void prefetch_home(const TierView &t, const KeyProbe &k);
+
 // Finds the LIVE entry for the key. Never inserts.
 Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out);
 // Finds or inserts. `seq` is the segment's insertion counter.
