@@ -10,16 +10,16 @@ namespace sluice::core {
 
 namespace {
 
-// Threads spread their counter increments over stripes so clients on different
-// cores never fight over one cache line.
-uint32_t my_stripe() {
-  static std::atomic<uint32_t> next{0};
-  thread_local uint32_t stripe = next.fetch_add(1, std::memory_order_relaxed) % kCounterStripes;
+// Each client thread takes its own counter stripe, round-robin over every thread
+// of every process on the host (a per-process choice would put the first thread
+// of each process on the same cache line and make them fight over it).
+uint32_t my_stripe(StateHeader &h) {
+  thread_local uint32_t stripe = uint32_t(h.stripe_seq.fetch_add(1, std::memory_order_relaxed) % kCounterStripes);
   return stripe;
 }
 
 void count(StateHeader &h, uint32_t tier, const Outcome &o, uint32_t cost) {
-  CounterStripe &s = h.counters[tier][my_stripe()];
+  CounterStripe &s = h.counters[tier][my_stripe(h)];
   constexpr auto rlx = std::memory_order_relaxed;
   if (o.allowed) {
     s.admitted.fetch_add(1, rlx);

@@ -145,7 +145,8 @@ struct alignas(64) StateHeader {
   AtomicU64 insert_seq;
   AtomicU64 daemon_starts;
   AtomicU64 keys_reclaimed;
-  uint64_t reserved[32];    // room for later fields without a layout break
+  AtomicU64 stripe_seq;     // hands counter stripes out round-robin across all client threads
+  uint64_t reserved[31];    // room for later fields without a layout break
   TierInfo tiers[kMaxTiers];
   CounterStripe counters[kMaxTiers][kCounterStripes];
 };
