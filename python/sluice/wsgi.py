@@ -40,7 +40,7 @@ from http import HTTPStatus
 from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 import sluice
-from sluice.asgi import _Limiter, _segment
+from sluice._limiter import _Limiter, _segment
 
 __all__ = ["RateLimitMiddleware", "limit", "header", "path_segment", "path_regex", "client_host"]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import sluice
+import sluice._limiter
 import sluice.asgi
 from apps.server import PRO_LIMIT, PYTHON, run_bursts, serve
 from sluice.asgi import RateLimitMiddleware, client_host, header, path_regex, path_segment
@@ -200,7 +201,7 @@ def test_no_segment_is_503_and_the_next_request_retries(daemon, tmp_path):
         status, h, _, _ = call(mw, scope())
         assert status == 200 and h["ratelimit-remaining"] == "4", "a failed open is not cached"
     finally:
-        sluice.asgi._clients.pop(segment).close()
+        sluice._limiter._clients.pop(segment).close()
         later.stop()
 
 
@@ -256,20 +257,20 @@ def test_lifespan_websocket_and_exempt_pass_through_without_the_limiter():
 
 def test_the_client_is_opened_lazily_once_per_process(daemon, monkeypatch):
     monkeypatch.setenv("SLUICE_SEGMENT", daemon.segment)
-    sluice.asgi._clients.pop(None, None)
+    sluice._limiter._clients.pop(None, None)
     a = RateLimitMiddleware(App(), key="k", tier="pro")
     b = RateLimitMiddleware(App(), key="k", tier="pro")
-    assert None not in sluice.asgi._clients, "nothing opened before the first request"
+    assert None not in sluice._limiter._clients, "nothing opened before the first request"
     assert call(a, scope())[1]["ratelimit-remaining"] == "4"
     assert call(b, scope())[1]["ratelimit-remaining"] == "3"
-    shared = sluice.asgi._clients[None]
+    shared = sluice._limiter._clients[None]
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: forgets the parent's client, opens its own, same limit
         try:
-            ok = None not in sluice.asgi._clients
+            ok = None not in sluice._limiter._clients
             ok = ok and call(a, scope())[1]["ratelimit-remaining"] == "2"
-            ok = ok and sluice.asgi._clients[None] is not shared
+            ok = ok and sluice._limiter._clients[None] is not shared
             os.write(w, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -277,9 +278,9 @@ def test_the_client_is_opened_lazily_once_per_process(daemon, monkeypatch):
     assert os.read(r, 1) == b"1"
     os.waitpid(pid, 0)
     os.close(r)
-    assert sluice.asgi._clients[None] is shared
+    assert sluice._limiter._clients[None] is shared
     assert call(a, scope())[1]["ratelimit-remaining"] == "1"
-    sluice.asgi._clients.pop(None).close()
+    sluice._limiter._clients.pop(None).close()
 
 
 # --- the stub --------------------------------------------------------------------------------------

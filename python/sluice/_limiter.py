@@ -1,0 +1,178 @@
+"""Admission logic shared by :mod:`sluice.asgi` and :mod:`sluice.wsgi`: argument
+checks, one client per process, the decision to admit / refuse / fail closed, and
+the JSON bodies of refusals. The middlewares only resolve their callables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import sluice
+from sluice.errors import (
+    CostAboveCapacityError,
+    CostZeroError,
+    EmptyKeyError,
+    KeyTooLongError,
+    SluiceError,
+)
+
+log = logging.getLogger("sluice")
+
+_MAX_COST = 2**32 - 1
+# Errors caused by the request's own key or cost: refused with 400 whatever on_error says.
+_REQUEST_ERRORS = (EmptyKeyError, KeyTooLongError, CostZeroError, CostAboveCapacityError)
+
+
+_clients: dict[Optional[str], sluice.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _forget_clients_after_fork() -> None:
+    # The child re-opens its own handle on first use (the inherited one would work too,
+    # but each process owning its handle keeps close() and reference counts simple).
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients_after_fork)
+
+
+def _shared_client(segment: Optional[str]) -> sluice.Client:
+    """This process's client for ``segment`` (None: $SLUICE_SEGMENT or 'sluice'),
+    opened on first use. A failed open is not cached: the next request retries."""
+    c = _clients.get(segment)
+    if c is not None:
+        return c
+    with _clients_lock:
+        c = _clients.get(segment)
+        if c is None:
+            c = sluice.Client(segment)
+            _clients[segment] = c
+        return c
+
+
+class _Throttled:
+    """Logs at most once per ``every`` seconds, counting what it held back."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self.last = -1e18
+        self.held = 0
+
+    def __call__(self, level: int, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.held += 1
+            return
+        held, self.held, self.last = self.held, 0, now
+        if held:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, held)
+        log.log(level, msg, *args)
+
+
+def _check_options(on_error: str, missing_key_status: int, error_status: int) -> None:
+    if on_error not in ("deny", "allow"):
+        raise ValueError(f"on_error must be 'deny' or 'allow', not {on_error!r}")
+    for name, status in (("missing_key_status", missing_key_status), ("error_status", error_status)):
+        if not (isinstance(status, int) and 400 <= status <= 599):
+            raise ValueError(f"{name} must be an HTTP error status (400..599), not {status!r}")
+
+
+def _valid_cost(cost: Any) -> bool:
+    return isinstance(cost, int) and not isinstance(cost, bool) and 0 < cost <= _MAX_COST
+
+
+def _error_body(message: str, type_: str, **extra: Any) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, **extra}}).encode()
+
+
+def _denied_body(d: Any, cost: int) -> bytes:
+    message = (
+        f"Rate limit reached for tier '{d.tier}': limit {d.limit} per {d.window:g}s, "
+        f"remaining {d.remaining}, requested {cost}. Please try again in {d.retry_after:.3f}s."
+    )
+    return _error_body(message, "rate_limit_exceeded", code="rate_limit_exceeded", tier=d.tier,
+                       retry_after=round(d.retry_after, 3), limit=d.limit, remaining=d.remaining,
+                       reason=d.reason)
+
+
+def _missing_body(what: str) -> bytes:
+    return _error_body(f"This request carries no rate-limit {what}; it cannot be admitted.",
+                       "missing_rate_limit_key", param=what)
+
+
+def _invalid_body(message: str) -> bytes:
+    return _error_body(message, "invalid_request_error", code="invalid_rate_limit_key_or_cost")
+
+
+def _unavailable_body(err: SluiceError) -> bytes:
+    return _error_body(f"The rate limiter is unavailable: {err.message}", "rate_limiter_unavailable",
+                       code=type(err).__name__, status_code=err.code)
+
+
+class _Limiter:
+    """The admission logic shared by sluice.asgi and sluice.wsgi (the callables receive
+    an ASGI scope or a WSGI environ; resolving them is the middleware's job)."""
+
+    def __init__(self, key: Any, tier: Any, cost: Any, client: Optional[sluice.Client],
+                 segment: Optional[str], on_error: str, missing_key_status: int, error_status: int,
+                 exempt: Optional[Callable[[Any], bool]]) -> None:
+        _check_options(on_error, missing_key_status, error_status)
+        if not callable(cost) and not _valid_cost(cost):
+            raise ValueError(f"cost must be a positive integer below 2**32 or a callable, not {cost!r}")
+        if not callable(tier) and not (isinstance(tier, str) and tier):
+            raise TypeError(f"tier must be a non-empty str or a callable, not {tier!r}")
+        if not callable(key) and not (isinstance(key, (str, bytes)) and key):
+            raise TypeError(f"key must be a non-empty str/bytes or a callable, not {key!r}")
+        self.key, self.tier, self.cost = key, tier, cost
+        self.client = client
+        self.segment = segment
+        self.allow_on_error = on_error == "allow"
+        self.missing_key_status = missing_key_status
+        self.error_status = error_status
+        self.exempt = exempt
+        self._log = _Throttled()
+
+    def get_client(self) -> sluice.Client:
+        return self.client if self.client is not None else _shared_client(self.segment)
+
+    def decide(self, key: Any, tier: Any, cost: Any) -> tuple:
+        """One admission check. Returns ``(None, decision)``: admit and add the decision's
+        headers; ``(None, None)``: admit without headers (a limiter error under
+        on_error="allow"); ``(status, body, headers)``: answer now, the app does not run."""
+        if key is None or key == "" or key == b"":
+            return self.missing_key_status, _missing_body("key"), {}
+        if tier is None or tier == "":
+            return self.missing_key_status, _missing_body("tier"), {}
+        if not _valid_cost(cost):
+            return 400, _invalid_body(f"The request's cost must be a positive integer, not {cost!r}."), {}
+        try:
+            d = self.get_client().acquire(key, tier, cost)
+        except _REQUEST_ERRORS as e:
+            return 400, _invalid_body(f"The request cannot be rate-limited: {e.message}"), {}
+        except SluiceError as e:
+            if self.allow_on_error:
+                self._log(logging.WARNING, "sluice: rate limiter error, request ALLOWED (on_error='allow'): %s: %s",
+                          type(e).__name__, e.message)
+                return None, None
+            self._log(logging.ERROR, "sluice: rate limiter error, request refused with %d: %s: %s",
+                      self.error_status, type(e).__name__, e.message)
+            return self.error_status, _unavailable_body(e), {}
+        if d.allowed:
+            return None, d
+        return 429, _denied_body(d, cost), d.headers()
+
+
+
+def _segment(path: str, index: int) -> Optional[str]:
+    parts = path.strip("/").split("/")
+    try:
+        return parts[index] or None
+    except IndexError:
+        return None
