@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "sluice/core/clock.hpp"
 #include "sluice/core/fault.hpp"
 
 namespace sluice::core {
@@ -87,7 +88,7 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
   const uint32_t cap = t.capacity;
   const uint32_t limit = std::min(lim.limit, cap);  // the daemon never publishes more; be safe
   const int64_t window = lim.window_ns;
-  const uint64_t now_us = uint64_t(now_ns + 999) / 1000;  // rounded up: never earlier than now
+  uint64_t now_us = uint64_t(now_ns + 999) / 1000;  // rounded up: never earlier than now
   out = Outcome{};
 
   for (int spins = 0;; ++spins) {
@@ -110,8 +111,13 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       continue;
     }
     const uint64_t newest = ring[rc.idx(h - 1)].load(acq);
+    // Everything a decision reads must belong to one instant: head, the slot at
+    // head (a claim in flight there may already be visible in the ring) and ctrl.
+    auto moved = [&] {
+      return e->head.load(acq) != h || ring[rc.base_idx].load(acq) != vh || e->ctrl.load(acq) != ref.ctrl;
+    };
     if (limit == 0 || cost > limit) {
-      if (e->head.load(acq) != h || e->ctrl.load(acq) != ref.ctrl) continue;
+      if (moved()) continue;
       out.reason = limit == 0 ? Reason::tier_closed : Reason::cost_above_limit;
       out.remaining = limit ? limit - std::min(limit, units_in_window(ring, rc, h >= limit ? h - limit : 0, h, now_ns, window)) : 0;
       out.retry_after_ns = window;
@@ -121,14 +127,23 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     // The unit our claim pushes out of the last `limit`.
     uint64_t blocker = 0;
     if (h + cost > limit) {
-      blocker = ring[rc.idx(h + cost - 1 - limit)].load(acq);
+      const uint64_t bi = rc.idx(h + cost - 1 - limit);
+      // limit == capacity: the blocker is the left-over in the head slot we hold.
+      blocker = bi == rc.base_idx ? vh : ring[bi].load(acq);
       if (ring_poisoned(blocker)) continue;
     }
     const bool full = ring_ts_us(blocker) != 0 && ts_ns(blocker) + window > now_ns;
+    if (full && ring_ts_us(newest) > now_us) {
+      // Units were recorded after our clock read (we were preempted or kept
+      // losing the race): a denial judged by that stale clock would count them
+      // against an instant they postdate. Read the clock again.
+      now_ns = mono_ns();
+      now_us = uint64_t(now_ns + 999) / 1000;
+      continue;
+    }
     if (full || !record) {
       const uint32_t used = units_in_window(ring, rc, h >= limit ? h - limit : 0, h, now_ns, window);
-      // Everything read belongs to one instant: head and ctrl did not move.
-      if (e->head.load(acq) != h || e->ctrl.load(acq) != ref.ctrl) continue;
+      if (moved()) continue;
       const int64_t newest_ns = ring_ts_us(newest) ? ts_ns(newest) : 0;
       if (full) {
         out.reason = Reason::window_full;

@@ -1,6 +1,9 @@
 #include "sluice/core/ledger.hpp"
 
+#include <pthread.h>
+
 #include <atomic>
+#include <mutex>
 #include <cstring>
 #include <new>
 
@@ -13,9 +16,23 @@ namespace {
 // Each client thread takes its own counter stripe, round-robin over every thread
 // of every process on the host (a per-process choice would put the first thread
 // of each process on the same cache line and make them fight over it).
+// A forked child inherits its parent's thread_local: a fork generation bumped in
+// the child makes it take a stripe of its own.
+std::atomic<uint32_t> g_fork_gen{0};
+void bump_fork_gen() { g_fork_gen.fetch_add(1, std::memory_order_relaxed); }
+
 uint32_t my_stripe(StateHeader &h) {
-  thread_local uint32_t stripe = uint32_t(h.stripe_seq.fetch_add(1, std::memory_order_relaxed) % kCounterStripes);
-  return stripe;
+  struct Assigned {
+    uint32_t gen = ~0u;
+    uint32_t stripe = 0;
+  };
+  thread_local Assigned a;
+  const uint32_t gen = g_fork_gen.load(std::memory_order_relaxed);
+  if (a.gen != gen) {
+    a.gen = gen;
+    a.stripe = uint32_t(h.stripe_seq.fetch_add(1, std::memory_order_relaxed) % kCounterStripes);
+  }
+  return a.stripe;
 }
 
 void count(StateHeader &h, uint32_t tier, const Outcome &o, uint32_t cost) {
@@ -40,6 +57,8 @@ Status Ledger::open(const std::string &name, std::unique_ptr<Ledger> &out, std::
     detail = "segment name '" + name + "' is not valid (letters, digits, '_', '-', '.')";
     return Status::no_segment;
   }
+  static std::once_flag fork_hook;
+  std::call_once(fork_hook, [] { pthread_atfork(nullptr, nullptr, bump_fork_gen); });
   std::unique_ptr<Ledger> l(new (std::nothrow) Ledger());
   if (!l) return Status::internal;
   if (Status s = Mapping::open(state_segment_name(name), true, l->state_map_, detail); s != Status::ok) return s;
