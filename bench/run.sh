@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds the release preset (only the benchmark and what it links),
-# runs bench_sluice, writes bench/results/latest.json and prints the table.
+# runs bench_sluice, writes bench/results/latest.json (quick.json with --quick) and
+# prints the table.
 #
 #   bench/run.sh                 full run (about 1 minute here, bounded by ~4)
 #   bench/run.sh --quick         smoke test (< 20 s)
@@ -19,6 +20,7 @@ cmake --build build/release --target bench_sluice -j"$jobs"
 
 mkdir -p bench/results
 out="bench/results/latest.json"
+if [[ " $* " == *" --quick "* ]]; then out="bench/results/quick.json"; fi  # keep the full run's file
 tmp="$(mktemp bench/results/.latest.XXXXXX.json)"
 trap 'rm -f "$tmp"' EXIT
 
@@ -32,6 +34,7 @@ dirty="$(git status --porcelain -- core capi 2>/dev/null | awk '{print $2}' | tr
 if [[ -n "$dirty" ]]; then src="$src + uncommitted changes in: ${dirty% }"; fi
 
 ./build/release/bench/bench_sluice --json "$tmp" --source "$src" "$@"
+chmod 644 "$tmp"
 mv "$tmp" "$out"
 trap - EXIT
 echo "results: $out"
