@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
             << "starting sluiced on the built-in policy (segment '" << segment << "')\n";
   const std::string state_dir = "/tmp/sluice-demo-state";
   const pid_t daemon =
-      spawn({sluiced, "--segment", segment, "--reset", "--log-level", "warn", "--state-dir", state_dir});
+      spawn({sluiced, "--segment", segment, "--reset", "--log-level", "error", "--state-dir", state_dir});
   if (daemon < 0) {
     std::cerr << "cannot start " << sluiced << "\n";
     return 1;
