@@ -18,13 +18,17 @@ constexpr int kPoisonWaitSpins = 20000;
 // Writes the followers of a cost-N claim at h and advances head past it. Any
 // process may run it for any claim it sees at head.
 void complete_claim(EntryHeader *e, AtomicU64 *ring, const RingCursor &rc, uint64_t h, uint64_t lead) {
-  const uint32_t n = ring_count(lead);
+  // A lead always has count >= 1; treating a damaged 0 as 1 keeps the key moving.
+  const uint32_t n = std::max<uint32_t>(1, ring_count(lead));
   for (uint32_t k = 1; k < n; ++k) {
     const uint64_t p = h + k;
     AtomicU64 &slot = ring[rc.idx(p)];
     for (;;) {
       uint64_t v = slot.load(acq);
-      if (rc.written_for(v, p) || ring_poisoned(v)) break;
+      if (rc.written_for(v, p)) break;
+      // Frozen by sluiced: leave the claim at head, unfinished, for whoever comes
+      // after the thaw (advancing head now would strand unwritten followers).
+      if (ring_poisoned(v)) return;
       // Only while head is still h can this slot hold p's predecessor (not a later lap).
       if (e->head.load(acq) != h) return;
       SLUICE_FAULT();
@@ -103,6 +107,7 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       return Step::stale;
     }
     const uint64_t h = e->head.load(acq);
+    SLUICE_FAULT();
     const RingCursor rc(h, cap);
     const uint64_t vh = ring[rc.base_idx].load(acq);
     if (ring_poisoned(vh)) continue;  // ctrl will say reclaiming on the next pass
@@ -159,6 +164,10 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       return Step::decided;
     }
     if (ring_poisoned(newest)) continue;
+    // head and ctrl still as first read: the slot value is this lap's left-over
+    // (not a later lap's, which carries the same lap bit) in this key's ring (not
+    // a reused slot's). The CAS then proves nothing moved since (docs/ADMISSION.md).
+    if (e->head.load(acq) != h || e->ctrl.load(acq) != ref.ctrl) continue;
     SLUICE_FAULT();
     const uint64_t ts = std::max(now_us, ring_ts_us(newest));
     uint64_t expect = vh;

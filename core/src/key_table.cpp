@@ -83,7 +83,8 @@ void resolve(const TierView &t, const KeyProbe &k, uint32_t s, uint64_t pending)
       if (st == EntryState::empty) break;
       if (!holds_key_state(st) || ctrl_tag(cj) != k.tag() || !key_equals(o, k)) continue;
       const uint64_t oseq = o->seq.load(acq);
-      if (o->ctrl.load(acq) != cj) { rescan = true; break; }
+      std::atomic_thread_fence(acq);  // order the relaxed key reads before the re-check
+      if (o->ctrl.load(rlx) != cj) { rescan = true; break; }
       if (st != EntryState::pending || oseq < my_seq) {  // an older twin wins: withdraw
         uint64_t expect = pending;
         me->ctrl.compare_exchange_strong(expect, ctrl_make(EntryState::free, gen, 0), acq);
@@ -124,7 +125,8 @@ bool scan_once(const TierView &t, const KeyProbe &k, Scan &sc) {
       continue;
     }
     if (!holds_key_state(st) || ctrl_tag(c) != k.tag() || !key_equals(e, k)) continue;
-    if (e->ctrl.load(acq) != c) return false;
+    std::atomic_thread_fence(acq);  // order the relaxed key reads before the re-check
+    if (e->ctrl.load(rlx) != c) return false;
     if (st == EntryState::live) {
       sc.result = Lookup::found;
       sc.ref = EntryRef{s, c};
@@ -194,7 +196,7 @@ Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, 
     uint64_t expect = sc.free_word;
     // getpid() is a real syscall (glibc stopped caching it): only new keys pay it.
     const uint64_t claimed = ctrl_make(EntryState::claimed, gen, uint32_t(getpid()));
-    if (!e->ctrl.compare_exchange_strong(expect, claimed, acq)) continue;
+    if (!e->ctrl.compare_exchange_strong(expect, claimed, std::memory_order_acq_rel)) continue;
 
     // Private until published: fill the key and give it a fresh ring. The head
     // jumps past every position the slot ever used, and empty values carry the
@@ -204,10 +206,13 @@ Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, 
     SLUICE_FAULT();
     AtomicU64 *ring = t.ring(sc.free_slot);
     // Two laps on: a stale helper may still advance the old head by one claim.
+    // head moves first, so a stale helper that meets a reset slot sees head moved;
+    // both stores release, so a stale client that reads either also sees the new
+    // ctrl word and gives up (admit re-checks head and ctrl before claiming).
     const uint64_t new_head = (e->head.load(rlx) / t.capacity + 2) * t.capacity;
-    for (uint32_t j = 0; j < t.capacity; ++j) ring[j].store(ring_empty(new_head, t.capacity, gen), rlx);
+    e->head.store(new_head, rel);
     SLUICE_FAULT();
-    e->head.store(new_head, rlx);
+    for (uint32_t j = 0; j < t.capacity; ++j) ring[j].store(ring_empty(new_head, t.capacity, gen), rel);
     e->seq.store(seq.fetch_add(1, rlx) + 1, rlx);
     const uint64_t pending = ctrl_make(EntryState::pending, gen, k.tag());
     expect = claimed;
@@ -285,7 +290,10 @@ bool process_alive_since(int pid, int64_t since_boot_ns) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
   FILE *f = std::fopen(path, "r");
-  if (!f) return false;
+  // Only a process proven gone is dead: /proc hidden (hidepid) or another pid
+  // namespace means "cannot tell", and freeing a live inserter's claim would let
+  // it overwrite the next key's entry.
+  if (!f) return errno != ENOENT;
   char buf[1024];
   size_t n = std::fread(buf, 1, sizeof buf - 1, f);
   std::fclose(f);
