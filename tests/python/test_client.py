@@ -170,12 +170,13 @@ def test_one_client_shared_by_threads_is_exact(client):
     assert sum(admitted) == 20
 
 
-def _worker(segment: str, go, q) -> None:
+def _worker(segment: str, go, deadline, q) -> None:
     with sluice.Client(segment) as c:
         go.wait(30)
-        until = time.monotonic() + 0.8  # well inside the 2 s window
         n = 0
-        while time.monotonic() < until:
+        # One shared deadline (CLOCK_MONOTONIC is host-wide): a worker scheduled late
+        # must not run into the next window.
+        while time.monotonic() < deadline.value:
             n += c.acquire("hot", "enterprise").allowed
         q.put(n)
 
@@ -184,12 +185,13 @@ def test_eight_processes_share_one_exact_limit(daemon):
     """8 worker processes on one key: exactly the limit in each window."""
     ctx = mp.get_context("spawn")
     for window in range(2):
-        q, go = ctx.Queue(), ctx.Event()
-        procs = [ctx.Process(target=_worker, args=(daemon.segment, go, q)) for _ in range(8)]
+        q, go, deadline = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
+        procs = [ctx.Process(target=_worker, args=(daemon.segment, go, deadline, q)) for _ in range(8)]
         for p in procs:
             p.start()
         time.sleep(1.0)  # let every worker import and open its client
         start = time.monotonic()
+        deadline.value = start + 0.8  # well inside the 2 s window
         go.set()
         counts = [q.get(timeout=30) for _ in procs]
         for p in procs:

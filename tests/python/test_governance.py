@@ -58,21 +58,35 @@ def current_limit(segment: str) -> int:
         return c.peek("probe", "enterprise").limit
 
 
+def assert_approval_published(d: Daemon, p: dict) -> None:
+    """The approved limit was published: clients see it now, or the loop has since
+    moved on from it (a tick may ease it the moment the pressure stops)."""
+    now = current_limit(d.segment)
+    audit = json.loads(d.ctl("audit", "--json").stdout)
+    approved = [a for a in audit if a["event"] == "approved" and a["approval_id"] == p["id"]]
+    assert approved and approved[0]["new_limit"] == p["new_limit"] and approved[0]["generation"] > 0
+    if now != p["new_limit"]:
+        later = [a for a in audit if a["event"] == "published" and a["id"] > approved[0]["id"]
+                 and a["old_limit"] == p["new_limit"]]
+        assert later, f"limit is {now}, neither the approved {p['new_limit']} nor a later publication from it"
+
+
 def test_a_large_change_waits_then_approve_publishes_it(gov):
     items = wait_pending(gov)
     assert len(items) == 1
     p = items[0]
     assert p["tier"] == "enterprise" and p["old_limit"] == 10 and p["new_limit"] / 10 > 1.8
     assert "denied" in p["reason"]
-    assert current_limit(gov.segment) == 10, "nothing changes before a human approves"
+    # Small moves (<= 1.8x) may publish on their own; the large one waits.
+    assert current_limit(gov.segment) <= 18, "no change above 1.8x before a human approves"
 
     refused = gov.ctl("approve", p["id"], user="nobody")
     assert refused.returncode == 3 and "not an approver" in refused.stderr
-    assert current_limit(gov.segment) == 10
+    assert current_limit(gov.segment) <= 18
 
     ok = gov.ctl("approve", p["id"])
     assert ok.returncode == 0, ok.stderr
-    assert current_limit(gov.segment) == p["new_limit"], "the next call sees the new limit"
+    assert_approval_published(gov, p)
     audit = json.loads(gov.ctl("audit", "--since", "1h", "--json").stdout)
     events = [(a["event"], a["approval_id"]) for a in audit]
     assert ("pending", p["id"]) in events and ("approved", p["id"]) in events
@@ -86,7 +100,7 @@ def test_reject_keeps_the_limit(gov):
     p = wait_pending(gov)[0]
     out = gov.ctl("reject", p["id"], "--reason", "launch week: hold")
     assert out.returncode == 0, out.stderr
-    assert current_limit(gov.segment) == 10
+    assert current_limit(gov.segment) <= 18, "the rejected change was not published"
     assert json.loads(gov.ctl("pending", "--json").stdout) == [] or \
         all(x["id"] != p["id"] for x in json.loads(gov.ctl("pending", "--json").stdout))
     audit = json.loads(gov.ctl("audit", "--json").stdout)
@@ -109,7 +123,7 @@ def test_pending_survives_kill_9_and_restart(gov):
     items = json.loads(gov.ctl("pending", "--json").stdout)
     assert any(x["id"] == p["id"] for x in items)
     assert gov.ctl("approve", p["id"]).returncode == 0
-    assert current_limit(gov.segment) == p["new_limit"]
+    assert_approval_published(gov, p)
 
 
 def test_non_adaptive_tier_is_never_changed(gov):
