@@ -197,5 +197,5 @@ def test_eight_processes_share_one_exact_limit(daemon):
         for p in procs:
             p.join(timeout=30)
         assert sum(counts) == 20, counts  # a per-process limiter would admit 8 x 20
-        time.sleep(max(0.0, start + 2.1 - time.monotonic()))  # next window
+        time.sleep(max(0.0, start + 2.9 - time.monotonic()))  # every unit of this phase has left
     assert daemon.status()["tiers"][0]["admitted"] == 40
