@@ -170,9 +170,10 @@ def test_one_client_shared_by_threads_is_exact(client):
     assert sum(admitted) == 20
 
 
-def _worker(segment: str, go, deadline, q) -> None:
+def _worker(segment: str, ready, go, deadline, q) -> None:
     with sluice.Client(segment) as c:
-        go.wait(30)
+        ready.wait(60)
+        go.wait(60)
         n = 0
         # One shared deadline (CLOCK_MONOTONIC is host-wide): a worker scheduled late
         # must not run into the next window.
@@ -185,11 +186,11 @@ def test_eight_processes_share_one_exact_limit(daemon):
     """8 worker processes on one key: exactly the limit in each window."""
     ctx = mp.get_context("spawn")
     for window in range(2):
-        q, go, deadline = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
-        procs = [ctx.Process(target=_worker, args=(daemon.segment, go, deadline, q)) for _ in range(8)]
+        q, go, deadline, ready = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0), ctx.Barrier(9)
+        procs = [ctx.Process(target=_worker, args=(daemon.segment, ready, go, deadline, q)) for _ in range(8)]
         for p in procs:
             p.start()
-        time.sleep(1.0)  # let every worker import and open its client
+        ready.wait(60)  # every worker has imported sluice and opened its client
         start = time.monotonic()
         deadline.value = start + 0.8  # well inside the 2 s window
         go.set()
