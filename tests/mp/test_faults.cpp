@@ -85,9 +85,7 @@ void admit_a_lap(long k) {
 TEST(FaultPoints, ACallerOvertakenByAFullLapLeavesTheRingConsistent) {
   // capacity 4, window 1 us: head moves one per admitted call. The caller is
   // overtaken by a whole lap between reading head and reading the slot at head.
-  // (The review's harder case, a lap plus a writer with a stale clock, which made a
-  // wrong-lap claim succeed before admit re-checked head before claiming, is not
-  // reproduced here: it needs a second hook inside another client's call.)
+  // (With a stale-clock writer in the lap: the next test.)
   auto t = test::tier("t", 4, 1, 4);
   t.window_ns = 1000;
   test::SegmentGuard seg("lap", test::spec_with({t}, 64));
@@ -115,4 +113,57 @@ TEST(FaultPoints, ACallerOvertakenByAFullLapLeavesTheRingConsistent) {
     prev_ts = ring_ts_us(v);
   }
   EXPECT_EQ(sum_counters(seg.owner->state(), 0).admitted, 6u + (d.allowed ? 1 : 0));
+}
+
+namespace {
+struct LapScene {
+  TierView tv;
+  EntryRef ref;
+  bool running = false;
+} g_scene;
+constexpr int64_t kUs = 1000;
+Limits scene_limits() { return Limits{4, 10 * kUs}; }
+// While the caller sits between reading head (12) and the slot at head: a writer
+// whose clock is stale (50 us) claims 12-13, then fresh writers take 14, 15 (200 us)
+// and 16 (300 us). Slot 0 now holds unit 16, whose lap bit equals a left-over of
+// unit 8's: without the re-check of head the caller would claim "12" over unit 16.
+void overtake_with_a_stale_writer(long k) {
+  if (k != 1 || g_scene.running) return;
+  g_scene.running = true;
+  Outcome o;
+  admit(g_scene.tv, g_scene.ref, 2, scene_limits(), 50 * kUs, true, o);
+  admit(g_scene.tv, g_scene.ref, 1, scene_limits(), 200 * kUs, true, o);
+  admit(g_scene.tv, g_scene.ref, 1, scene_limits(), 200 * kUs, true, o);
+  admit(g_scene.tv, g_scene.ref, 1, scene_limits(), 300 * kUs, true, o);
+  g_scene.running = false;
+}
+}  // namespace
+
+TEST(FaultPoints, ACallerOvertakenByALapAndAStaleWriterClaimsNoWrongLap) {
+  test::SegmentGuard seg("stale", test::spec_with({test::tier("t", 4, 1, 4)}, 64));
+  g_scene.tv = seg.owner->tier_view(0);
+  ASSERT_EQ(find_or_insert_key(g_scene.tv, KeyProbe("k", 1), seg.owner->state().insert_seq, g_scene.ref),
+            Lookup::found);
+  EntryHeader *e = g_scene.tv.entry(g_scene.ref.slot);
+  ASSERT_EQ(e->head.load(), 8u);  // a fresh entry starts two laps on
+  Outcome o;
+  for (int i = 1; i <= 4; ++i) ASSERT_TRUE((admit(g_scene.tv, g_scene.ref, 1, scene_limits(), i * kUs, true, o), o.allowed));
+  ASSERT_EQ(e->head.load(), 12u);
+  set_fault_hook(overtake_with_a_stale_writer);
+  ASSERT_EQ(admit(g_scene.tv, g_scene.ref, 2, scene_limits(), 100 * kUs, true, o), Step::decided);
+  set_fault_hook(nullptr);
+  const uint64_t head = e->head.load();
+  ASSERT_GE(head, 17u) << "the overtaking writers ran";
+  uint64_t prev = 0;
+  for (uint64_t p = head - 4; p < head; ++p) {
+    const uint64_t v = g_scene.tv.ring(g_scene.ref.slot)[p % 4].load();
+    EXPECT_TRUE(ring_written_for(v, p, 4)) << "unit " << p << " was overwritten by a claim for another lap";
+    EXPECT_GE(ring_ts_us(v), prev) << "unit " << p;
+    prev = ring_ts_us(v);
+  }
+  // Exactness after the scene: units 16 (300 us) and the caller's two (recorded at
+  // >= 300 us, monotone) are within 10 us of 301 us, so 4 more cannot fit.
+  Outcome big;
+  admit(g_scene.tv, g_scene.ref, 4, scene_limits(), 301 * kUs, true, big);
+  EXPECT_FALSE(big.allowed) << "4 more units within 10 us of unit 16 would exceed the limit";
 }
