@@ -150,72 +150,66 @@ TEST(KeyTable, FullTableIsAClearError) {
   EXPECT_NE(detail.find("full"), std::string::npos);
 }
 
-TEST(Reclaim, FreesAnIdleKeyAndTheSlotIsReused) {
-  test::SegmentGuard seg("gc", test::spec_with({test::tier("t", 2, 10, 2)}, 12));
-  auto l = seg.open();
+namespace {
+// One tier (limit 2 per 10 s) and one key admitted once, to reclaim around.
+struct Reclaim : ::testing::Test {
+  test::SegmentGuard seg{"gc", test::spec_with({test::tier("t", 2, 10000, 2)}, 12)};
+  std::unique_ptr<Ledger> l = seg.open();
+  TierView tv = seg.owner->tier_view(0);
   Decision d;
   std::string detail;
-  ASSERT_EQ(l->acquire("t", "old", 3, 1, d, detail), Status::ok);
-  const TierView tv = seg.owner->tier_view(0);
   EntryRef ref;
-  ASSERT_EQ(find_key(tv, KeyProbe("old", 3), ref), Lookup::found);
+  Status acquire(const std::string &key) { return l->acquire("t", key.data(), key.size(), 1, d, detail); }
+  void admit_once(const std::string &key) {
+    ASSERT_EQ(acquire(key), Status::ok);
+    ASSERT_EQ(find_key(tv, KeyProbe(key.data(), uint32_t(key.size())), ref), Lookup::found);
+  }
+};
+}  // namespace
+
+TEST_F(Reclaim, FreesAnIdleKeyAndTheSlotIsReused) {
+  admit_once("old");
   EXPECT_FALSE(try_reclaim(tv, ref.slot, mono_ns(), 60'000'000'000)) << "not idle yet";
   ASSERT_TRUE(try_reclaim(tv, ref.slot, mono_ns() + 120'000'000'000, 60'000'000'000));
-  EXPECT_EQ(find_key(tv, KeyProbe("old", 3), ref), Lookup::absent);
+  EntryRef gone;
+  EXPECT_EQ(find_key(tv, KeyProbe("old", 3), gone), Lookup::absent);
   // A client still holding the old reference is told to look again.
   Outcome o;
   EXPECT_EQ(admit(tv, ref, 1, Limits{2, 10'000'000}, mono_ns(), true, o), Step::stale);
   // Fill the table: the freed slot is taken again.
   int ok = 0;
-  for (int i = 0; i < 40; ++i) {
-    const std::string k = "n" + std::to_string(i);
-    ok += l->acquire("t", k.data(), k.size(), 1, d, detail) == Status::ok;
-  }
+  for (int i = 0; i < 40; ++i) ok += acquire("n" + std::to_string(i)) == Status::ok;
   EXPECT_EQ(ok, 16);
 }
 
-TEST(Reclaim, ARecentAdmissionUnderTheFreezeAbortsIt) {
-  test::SegmentGuard seg("gc2", test::spec_with({test::tier("t", 2, 10, 2)}, 12));
-  auto l = seg.open();
-  Decision d;
-  std::string detail;
-  ASSERT_EQ(l->acquire("t", "busy", 4, 1, d, detail), Status::ok);
-  const TierView tv = seg.owner->tier_view(0);
-  EntryRef ref;
-  ASSERT_EQ(find_key(tv, KeyProbe("busy", 4), ref), Lookup::found);
-  // idle_ns of 1 ms with "now" = real now: the admission is recent, nothing changes.
+TEST_F(Reclaim, ARecentAdmissionUnderTheFreezeAbortsIt) {
+  admit_once("busy");
+  // idle_ns of 1 s with "now" = real now: the admission is recent, nothing changes.
   EXPECT_FALSE(try_reclaim(tv, ref.slot, mono_ns(), 1'000'000'000));
   EntryRef again;
   ASSERT_EQ(find_key(tv, KeyProbe("busy", 4), again), Lookup::found);
   EXPECT_EQ(again.slot, ref.slot);
-  ASSERT_EQ(l->acquire("t", "busy", 4, 1, d, detail), Status::ok);
+  ASSERT_EQ(acquire("busy"), Status::ok);
   EXPECT_TRUE(d.allowed);
-  ASSERT_EQ(l->acquire("t", "busy", 4, 1, d, detail), Status::ok);
+  ASSERT_EQ(acquire("busy"), Status::ok);
   EXPECT_FALSE(d.allowed) << "history survived the aborted reclaim";
 }
 
-TEST(Reclaim, InterruptedReclaimIsThawedOnRestart) {
-  test::SegmentGuard seg("thaw", test::spec_with({test::tier("t", 2, 10000, 2)}, 12));
-  auto l = seg.open();
-  Decision d;
-  std::string detail;
-  ASSERT_EQ(l->acquire("t", "k", 1, 1, d, detail), Status::ok);
-  const TierView tv = seg.owner->tier_view(0);
-  EntryRef ref;
-  ASSERT_EQ(find_key(tv, KeyProbe("k", 1), ref), Lookup::found);
+TEST_F(Reclaim, InterruptedReclaimIsThawedOnRestart) {
+  admit_once("k");
   // Simulate sluiced dying mid-reclaim: frozen ctrl and poisoned ring.
   EntryHeader *e = tv.entry(ref.slot);
   e->ctrl.store(ctrl_make(EntryState::reclaiming, ctrl_gen(ref.ctrl), ctrl_tag(ref.ctrl)));
   for (uint32_t j = 0; j < tv.capacity; ++j) tv.ring(ref.slot)[j].fetch_or(kRingPoison);
-  EXPECT_EQ(l->acquire("t", "k", 1, 1, d, detail), Status::busy) << "waits, then says busy; never admits";
+  EXPECT_EQ(acquire("k"), Status::busy) << "waits, then says busy; never admits";
   EXPECT_EQ(thaw_interrupted_reclaims(tv), 1u);
-  ASSERT_EQ(l->acquire("t", "k", 1, 1, d, detail), Status::ok);
+  ASSERT_EQ(acquire("k"), Status::ok);
   EXPECT_TRUE(d.allowed);
-  ASSERT_EQ(l->acquire("t", "k", 1, 1, d, detail), Status::ok);
+  ASSERT_EQ(acquire("k"), Status::ok);
   EXPECT_FALSE(d.allowed) << "limit 2: the first admission is still counted";
 }
 
-TEST(Reclaim, RacingClientsStayExact) {
+TEST(ReclaimRace, RacingClientsStayExact) {
   // Aggressive GC (idle = window = 20 ms) while threads hammer a few keys with
   // pauses: keys are reclaimed and re-inserted under load; every window stays exact.
   const uint32_t limit = 4;
