@@ -161,9 +161,7 @@ TEST(FaultPoints, ACallerOvertakenByALapAndAStaleWriterClaimsNoWrongLap) {
     EXPECT_GE(ring_ts_us(v), prev) << "unit " << p;
     prev = ring_ts_us(v);
   }
-  // Exactness after the scene: units 16 (300 us) and the caller's two (recorded at
-  // >= 300 us, monotone) are within 10 us of 301 us, so 4 more cannot fit.
-  Outcome big;
-  admit(g_scene.tv, g_scene.ref, 4, scene_limits(), 301 * kUs, true, big);
-  EXPECT_FALSE(big.allowed) << "4 more units within 10 us of unit 16 would exceed the limit";
+  // (No exactness check on synthetic times after this: a denial judged against units
+  // newer than the caller's clock re-reads the real clock, so later decisions here
+  // would mix the scene's microseconds with real time.)
 }
