@@ -1,6 +1,7 @@
 // Configuration and results of the optional LLM advisor.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -45,6 +46,20 @@ struct AdvisorResult {
   std::string detail;                         // why, for logs and the audit trail
   int64_t latency_ns = 0;
   uint64_t tick = 0;  // the snapshot's tick: advice is stale if tiers changed since
+};
+
+// Everything the advisor has done so far, read in one go (metrics, `top`).
+struct AdvisorStats {
+  // Upper bounds (seconds) of the latency histogram's buckets; +Inf is implied.
+  static constexpr std::array<double, 8> kLatencyBounds{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10};
+  std::array<uint64_t, kAdvisorOutcomeCount> outcomes{};
+  std::optional<AdvisorOutcome> last_outcome;
+  int64_t last_latency_ns = 0;
+  std::array<uint64_t, kLatencyBounds.size()> latency_le{};  // cumulative: answers within each bound
+  uint64_t latency_count = 0;
+  double latency_sum_s = 0;
+  uint64_t dropped_snapshots = 0;
+  bool busy = false;
 };
 
 }  // namespace sluice::advisor

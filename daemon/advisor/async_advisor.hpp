@@ -43,6 +43,7 @@ class AsyncAdvisor {
   int64_t last_latency_ns() const;
   uint64_t dropped_snapshots() const;  // replaced while waiting for the worker
   bool busy() const;                   // a request in flight or pending
+  AdvisorStats stats() const;
 
   // False if the worker thread could not be started (submit is then a no-op).
   bool running() const { return worker_.joinable(); }
@@ -58,9 +59,7 @@ class AsyncAdvisor {
   std::optional<policy_loop::Snapshot> pending_;
   std::optional<AdvisorResult> finished_;
   bool in_flight_ = false;
-  std::array<uint64_t, kAdvisorOutcomeCount> counts_{};
-  int64_t last_latency_ns_ = 0;
-  uint64_t dropped_ = 0;
+  AdvisorStats stats_;
 
   std::thread worker_;  // last: started after everything it uses exists
 };

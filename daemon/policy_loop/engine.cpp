@@ -45,6 +45,7 @@ uint64_t PolicyEngine::publish(int64_t) {
                                     t.adaptive ? core::kTierAdaptive : 0u, 0});
   }
   owner_.publish(rows);
+  ++counts_.published;
   return owner_.policy().generation.load();
 }
 
@@ -100,7 +101,10 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
     AuditRecord r{0, now_unix_ms, "expired", "system", p.tier_name, p.old_limit, p.new_limit,
                   "approval " + p.id + " expired unanswered: " + p.reason, p.confidence, p.id, 0};
     std::string err;
-    if (store_.close_pending(p.id, r, err)) rep.expired.push_back(p);
+    if (store_.close_pending(p.id, r, err)) {
+      rep.expired.push_back(p);
+      ++counts_.expired;
+    }
   }
 
   if (dt <= 0) return rep;  // first tick: no rates yet
@@ -123,8 +127,12 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
                         std::to_string(ratio_limit).substr(0, 4) + ": waits for approval]",
                     p.confidence, pa.id, 0};
       std::string err;
-      if (store_.put_pending(pa, r, err)) rep.new_pending.push_back(pa);
-      else spdlog::error("audit: {}", err);
+      if (store_.put_pending(pa, r, err)) {
+        rep.new_pending.push_back(pa);
+        ++counts_.requested;
+      } else {
+        spdlog::error("audit: {}", err);
+      }
       continue;
     }
     apply.push_back(p);
@@ -152,6 +160,7 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid)
   AuditRecord r{0, now, "approved", "human:" + std::to_string(uid), p->tier_name, p->old_limit, v,
                 "approved: " + p->reason, p->confidence, id, gen};
   std::string err;
+  ++counts_.approved;
   if (!store_.close_pending(id, r, err)) return {false, "approved and published, but the audit failed: " + err};
   return {true, "approved " + id + ": " + p->tier_name + " " + std::to_string(p->old_limit) + " -> " +
                     std::to_string(v) + " published (generation " + std::to_string(gen) + ")"};
@@ -168,6 +177,7 @@ CommandResult PolicyEngine::reject(const std::string &id, const std::string &rea
                 id, 0};
   std::string err;
   if (!store_.close_pending(id, r, err)) return {false, err};
+  ++counts_.rejected;
   return {true, "rejected " + id + ": " + p->tier_name + " stays at " + std::to_string(limits_[p->tier])};
 }
 

@@ -29,6 +29,13 @@ struct TickReport {
   uint64_t generation = 0;
 };
 
+// What governance has done since the daemon started (for metrics and `top`).
+struct GovernanceCounts {
+  uint64_t requested = 0;  // changes that became pending approvals
+  uint64_t approved = 0, rejected = 0, expired = 0;
+  uint64_t published = 0;  // tier-table publications (by the loop or an approval)
+};
+
 struct CommandResult {
   bool ok = false;
   std::string message;
@@ -51,6 +58,7 @@ class PolicyEngine {
 
   const Snapshot &snapshot() const { return snap_; }
   const std::vector<uint32_t> &limits() const { return limits_; }
+  const GovernanceCounts &governance_counts() const { return counts_; }
   AuditStore &store() { return store_; }
 
  private:
@@ -68,6 +76,7 @@ class PolicyEngine {
   std::vector<uint32_t> limits_;
   int64_t last_tick_ns_ = 0;
   AdviceSource advice_;
+  GovernanceCounts counts_;
 };
 
 std::string new_approval_id();

@@ -86,10 +86,12 @@ std::string audit_text(const std::vector<AuditRecord> &rs) {
 
 }  // namespace
 
-std::string snapshot_json(const policy_loop::PolicyEngine &engine) {
-  const auto &s = engine.snapshot();
+namespace {
+
+// The snapshot's fields, without the enclosing braces (shared by snapshot and overview).
+std::string snapshot_fields(const policy_loop::Snapshot &s) {
   char buf[512];
-  std::snprintf(buf, sizeof buf, "{\"tick\":%llu,\"host_surge\":\"%s\",\"capacity_rps\":%.3f,\"tiers\":[",
+  std::snprintf(buf, sizeof buf, "\"tick\":%llu,\"host_surge\":\"%s\",\"capacity_rps\":%.3f,\"tiers\":[",
                 (unsigned long long)s.tick, policy_loop::surge_name(s.host_surge), s.capacity_rps);
   std::string o = buf;
   for (size_t i = 0; i < s.tiers.size(); ++i) {
@@ -102,7 +104,35 @@ std::string snapshot_json(const policy_loop::PolicyEngine &engine) {
                   t.admitted_rps, t.denied_rps, t.ewma_rps, t.forecast_rps, policy_loop::surge_name(t.surge));
     o += buf;
   }
-  return o + "]}";
+  return o + "]";
+}
+
+std::string advisor_json(const LoopState &l) {
+  std::string o = "{\"enabled\":" + std::string(l.advisor ? "true" : "false") +
+                  ",\"kind\":" + json_escape(l.advisor_kind) + ",\"model\":" + json_escape(l.advisor_model);
+  const advisor::AdvisorStats a = l.advisor.value_or(advisor::AdvisorStats{});
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3f", double(a.last_latency_ns) / 1e6);
+  o += ",\"busy\":" + std::string(a.busy ? "true" : "false") + ",\"last_outcome\":" +
+       json_escape(a.last_outcome ? advisor::outcome_name(*a.last_outcome) : "") + ",\"last_latency_ms\":" + buf +
+       ",\"outcomes\":{";
+  for (size_t i = 0; i < advisor::kAdvisorOutcomeCount; ++i)
+    o += (i ? "," : "") + json_escape(advisor::outcome_name(static_cast<advisor::AdvisorOutcome>(i))) + ":" +
+         std::to_string(a.outcomes[i]);
+  return o + "}}";
+}
+
+}  // namespace
+
+std::string snapshot_json(const policy_loop::PolicyEngine &engine) { return "{" + snapshot_fields(engine.snapshot()) + "}"; }
+
+std::string overview_json(const LoopState &l) {
+  const auto &g = l.governance;
+  return "{" + snapshot_fields(l.snapshot) + ",\"pending\":" + pending_json(l.pending) +
+         ",\"governance\":{\"requested\":" + std::to_string(g.requested) + ",\"approved\":" +
+         std::to_string(g.approved) + ",\"rejected\":" + std::to_string(g.rejected) + ",\"expired\":" +
+         std::to_string(g.expired) + ",\"published\":" + std::to_string(g.published) + "},\"advisor\":" +
+         advisor_json(l) + "}";
 }
 
 std::string handle_command(policy_loop::PolicyEngine &engine, const std::string &line, const Peer &peer) {
@@ -134,7 +164,7 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     return "ok\n" + (fmt == "json" ? audit_json(rs) + "\n" : audit_text(rs));
   }
   if (cmd == "snapshot") return "ok\n" + snapshot_json(engine) + "\n";
-  return "error\nunknown command '" + cmd.substr(0, 32) + "' (pending, approve, reject, audit, snapshot)\n";
+  return "error\nunknown command '" + cmd.substr(0, 32) + "' (pending, approve, reject, audit, snapshot, overview)\n";
 }
 
 }  // namespace sluice::daemon

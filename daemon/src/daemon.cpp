@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "commands.hpp"
+#include "metrics_page.hpp"
 #include "sluice/core/clock.hpp"
 
 namespace sluice::daemon {
@@ -101,6 +102,8 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
   d->control_ = ControlServer::listen(control_socket_path(opt.segment), error);
   if (!d->control_) return nullptr;
   d->tick_ns_ = opt.tick_ns ? *opt.tick_ns : int64_t(d->policy_.tick_ms) * 1'000'000;
+  d->shared_loop_.set(d->loop_state());
+  if (opt.metrics_addr && !d->serve_metrics(error)) return nullptr;
   const size_t pending = d->store_->pending().size();
   spdlog::info("audit store {} ({} pending approvals), control socket {}", db, pending,
                control_socket_path(opt.segment));
@@ -148,6 +151,35 @@ bool Daemon::attach_advisor(std::string &error) {
   return true;
 }
 
+bool Daemon::serve_metrics(std::string &error) {
+  // Counters and tier tables are read live from the segment at each scrape; the
+  // loop's view is its copy as of the last tick, with the advisor's own counts.
+  metrics_ = metrics::MetricsServer::start(
+      *opt_.metrics_addr,
+      [this] {
+        LoopState loop = shared_loop_.get();
+        if (advisor_) loop.advisor = advisor_->stats();
+        return render_metrics(status_of(owner_->state(), owner_->policy(), opt_.segment), loop);
+      },
+      error);
+  if (!metrics_) return false;
+  spdlog::info("metrics: serving http://{}:{}/metrics", metrics_->host(), metrics_->port());
+  return true;
+}
+
+LoopState Daemon::loop_state() {
+  LoopState s;
+  s.snapshot = engine_->snapshot();
+  s.pending = store_->pending();
+  s.governance = engine_->governance_counts();
+  if (advisor_) {
+    s.advisor_kind = policy_.advisor.kind;
+    s.advisor_model = policy_.advisor.model;
+    s.advisor = advisor_->stats();
+  }
+  return s;
+}
+
 Daemon::~Daemon() {
   stop();
   if (lock_fd_ >= 0) ::close(lock_fd_);
@@ -156,7 +188,9 @@ Daemon::~Daemon() {
 int64_t Daemon::do_work(int64_t now_ns) {
   owner_->heartbeat();
   control_->serve_pending([this](const std::string &line, const Peer &peer) {
-    const std::string reply = handle_command(*engine_, line, peer);
+    const std::string reply = line == "overview" ? "ok\n" + overview_json(loop_state()) + "\n"
+                                                 : handle_command(*engine_, line, peer);
+    shared_loop_.set(loop_state());
     if (line.rfind("approve", 0) == 0 || line.rfind("reject", 0) == 0)
       spdlog::info("control: uid {} pid {}: {} -> {}", peer.uid, peer.pid, line.substr(0, 80),
                    reply.substr(0, reply.find('\n')));
@@ -169,6 +203,7 @@ int64_t Daemon::do_work(int64_t now_ns) {
     for (const auto &p : rep.new_pending)
       spdlog::warn("approval {} needed: {} -> {} for {}: {}", p.id, p.old_limit, p.new_limit, p.tier_name, p.reason);
     for (const auto &p : rep.expired) spdlog::info("approval {} expired", p.id);
+    shared_loop_.set(loop_state());
     const int64_t idle_ns = int64_t(policy_.segment.idle_ttl_ms) * 1'000'000;
     const core::GcStats gc = owner_->collect(idle_ns, opt_.gc_slots_per_tick);
     gc_totals_.scanned += gc.scanned;
@@ -183,6 +218,7 @@ int64_t Daemon::do_work(int64_t now_ns) {
 void Daemon::stop() {
   if (stopped_ || !owner_) return;
   stopped_ = true;
+  metrics_.reset();
   owner_->mark_stopped();
 }
 

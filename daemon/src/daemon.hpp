@@ -8,6 +8,8 @@
 
 #include "advisor/async_advisor.hpp"
 #include "control.hpp"
+#include "loop_state.hpp"
+#include "metrics/http_server.hpp"
 #include "policy/policy.hpp"
 #include "policy_loop/audit_store.hpp"
 #include "policy_loop/engine.hpp"
@@ -23,6 +25,7 @@ struct Options {
   std::string state_dir;                    // audit db home; default $SLUICE_STATE_DIR or /var/lib/sluice
   int64_t heartbeat_ns = 100'000'000;
   uint32_t gc_slots_per_tick = 1u << 16;  // per tier
+  std::optional<metrics::ListenAddress> metrics_addr;  // none: no /metrics
 };
 
 core::LayoutSpec layout_of(const policy::PolicySpec &p);
@@ -47,10 +50,15 @@ class Daemon {
   core::Owner &owner() { return *owner_; }
   const policy::PolicySpec &policy() const { return policy_; }
   const core::GcStats &gc_totals() const { return gc_totals_; }
+  // What the loop knows now (loop thread only): snapshot, pending, governance, advisor.
+  LoopState loop_state();
+  // The port /metrics is served on (0: not serving).
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
  private:
   Daemon() = default;
   bool attach_advisor(std::string &error);
+  bool serve_metrics(std::string &error);
   Options opt_;
   policy::PolicySpec policy_;
   std::unique_ptr<core::Owner> owner_;
@@ -64,6 +72,8 @@ class Daemon {
   bool stopped_ = false;
   int64_t next_tick_ns_ = 0;
   core::GcStats gc_totals_;
+  SharedLoopState shared_loop_;  // loop_state() as of the last tick or command, for the metrics thread
+  std::unique_ptr<metrics::MetricsServer> metrics_;  // stopped in stop(), before what it reads
 };
 
 // /dev/shm/<segment>.lock: one daemon per segment (flock, dropped by the kernel

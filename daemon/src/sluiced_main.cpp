@@ -18,12 +18,13 @@ std::atomic<int> g_signal{0};
 void on_signal(int sig) { g_signal.store(sig); }
 
 void usage(std::ostream &os) {
-  os << "usage: sluiced [--policy FILE] [--segment NAME] [--reset] [--tick-ms N] [--log-level LEVEL]\n"
+  os << "usage: sluiced [--policy FILE] [--segment NAME] [--reset] [--tick-ms N] [--metrics-addr [HOST:]PORT] [--log-level LEVEL]\n"
         "  --policy FILE    JSON policy (schema: daemon/policy/policy.fbs); default: built-in tiers\n"
         "  --segment NAME   segment pair /dev/shm/NAME.{state,policy}; default $SLUICE_SEGMENT or 'sluice'\n"
         "  --reset          remove an existing segment pair first (wipes keys and counters)\n"
         "  --tick-ms N      policy/GC tick (default: the policy's tick_ms, 1000)\n"
         "  --state-dir DIR  audit store directory (default $SLUICE_STATE_DIR or /var/lib/sluice)\n"
+        "  --metrics-addr [HOST:]PORT  serve Prometheus /metrics (HOST default 127.0.0.1; PORT 0: any free port)\n"
         "  --print-default-policy  print the built-in policy as JSON and exit\n";
 }
 
@@ -56,6 +57,15 @@ int main(int argc, char **argv) {
       opt.tick_ns = ms * 1'000'000LL;
     } else if (a == "--state-dir") {
       opt.state_dir = value();
+    } else if (a == "--metrics-addr") {
+      const std::string v = value();
+      metrics::ListenAddress addr;
+      std::string why;
+      if (!metrics::parse_listen_address(v, addr, why)) {
+        std::cerr << "sluiced: --metrics-addr " << v << ": " << why << "\n";
+        return 2;
+      }
+      opt.metrics_addr = addr;
     } else if (a == "--log-level") spdlog::set_level(spdlog::level::from_str(value()));
     else if (a == "--print-default-policy") {
       std::cout << policy::to_json(policy::default_policy()) << "\n";

@@ -9,6 +9,38 @@
 
 namespace sluice::daemon {
 
+Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const std::string &segment) {
+  using namespace core;
+  Status out;
+  out.segment = segment;
+  out.daemon_pid = h.daemon_pid.load();
+  const int64_t hb = h.heartbeat_ns.load();
+  out.heartbeat_age_ns = hb == kHeartbeatStopped ? -1 : mono_ns() - hb;
+  out.daemon_alive = hb != kHeartbeatStopped && out.heartbeat_age_ns < 3'000'000'000LL &&
+                     out.daemon_pid > 0 && (kill(pid_t(out.daemon_pid), 0) == 0 || errno == EPERM);
+  out.daemon_starts = h.daemon_starts.load();
+  out.keys_reclaimed = h.keys_reclaimed.load();
+  out.segment_bytes = h.segment_bytes;
+  for (uint32_t i = 0; i < h.tier_count; ++i) {
+    TierStatus t;
+    TierLimits lim;
+    read_tier(p, i, lim);
+    out.policy_generation = lim.generation;
+    t.name = h.tiers[i].name;
+    t.limit = lim.limit;
+    t.capacity = h.tiers[i].capacity;
+    t.window_ns = lim.window_ns;
+    t.revenue_per_request = double(lim.revenue_micros) / 1e6;
+    t.adaptive = lim.flags & kTierAdaptive;
+    const TierView v = TierView::of(const_cast<StateHeader *>(&h), i);  // only read here
+    t.keys = count_live(v);
+    t.key_slots = v.slots;
+    t.counters = sum_counters(h, i);
+    out.tiers.push_back(t);
+  }
+  return out;
+}
+
 bool read_status(const std::string &segment, Status &out, std::string &error) {
   using namespace core;
   Mapping state, policy;
@@ -24,35 +56,8 @@ bool read_status(const std::string &segment, Status &out, std::string &error) {
     error = std::string(status_message(st)) + " (" + error + ")";
     return false;
   }
-  auto *h = static_cast<StateHeader *>(state.base());
-  const auto *p = static_cast<const PolicyHeader *>(policy.base());
-  out = Status{};
-  out.segment = segment;
-  out.daemon_pid = h->daemon_pid.load();
-  const int64_t hb = h->heartbeat_ns.load();
-  out.heartbeat_age_ns = hb == kHeartbeatStopped ? -1 : mono_ns() - hb;
-  out.daemon_alive = hb != kHeartbeatStopped && out.heartbeat_age_ns < 3'000'000'000LL &&
-                     out.daemon_pid > 0 && (kill(pid_t(out.daemon_pid), 0) == 0 || errno == EPERM);
-  out.daemon_starts = h->daemon_starts.load();
-  out.keys_reclaimed = h->keys_reclaimed.load();
-  out.segment_bytes = h->segment_bytes;
-  for (uint32_t i = 0; i < h->tier_count; ++i) {
-    TierStatus t;
-    TierLimits lim;
-    read_tier(*p, i, lim);
-    out.policy_generation = lim.generation;
-    t.name = h->tiers[i].name;
-    t.limit = lim.limit;
-    t.capacity = h->tiers[i].capacity;
-    t.window_ns = lim.window_ns;
-    t.revenue_per_request = double(lim.revenue_micros) / 1e6;
-    t.adaptive = lim.flags & kTierAdaptive;
-    const TierView v = TierView::of(h, i);
-    t.keys = count_live(v);
-    t.key_slots = v.slots;
-    t.counters = sum_counters(*h, i);
-    out.tiers.push_back(t);
-  }
+  out = status_of(*static_cast<const StateHeader *>(state.base()), *static_cast<const PolicyHeader *>(policy.base()),
+                  segment);
   return true;
 }
 

@@ -30,6 +30,8 @@ struct Status {
   std::vector<TierStatus> tiers;
 };
 
+// Reads a mapped pair (the daemon's own, or read_status's read-only one).
+Status status_of(const core::StateHeader &state, const core::PolicyHeader &policy, const std::string &segment);
 // Returns false with `error` if the segment cannot be opened or validated.
 bool read_status(const std::string &segment, Status &out, std::string &error);
 std::string render_status_text(const Status &s);

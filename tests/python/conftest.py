@@ -44,8 +44,10 @@ TEST_POLICY = {
 class Daemon:
     """A running sluiced on its own segment; stopped (SIGTERM) and removed after."""
 
-    def __init__(self, tmp: Path, policy: dict | None = None, segment: str | None = None) -> None:
+    def __init__(self, tmp: Path, policy: dict | None = None, segment: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
+        self.args = list(args)  # extra sluiced flags, e.g. ("--metrics-addr", "127.0.0.1:0")
         self.segment = segment or f"sluicetest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.policy_path = tmp / f"{self.segment}.json"
         self.policy_path.write_text(json.dumps(policy or TEST_POLICY))
@@ -58,7 +60,7 @@ class Daemon:
         self.log_path.write_text("")
         self.proc = subprocess.Popen(
             [str(SLUICED), "--segment", self.segment, "--policy", str(self.policy_path),
-             "--state-dir", str(self.tmp)] + (["--reset"] if reset else []),
+             "--state-dir", str(self.tmp)] + self.args + (["--reset"] if reset else []),
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
@@ -88,7 +90,7 @@ class Daemon:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=10)
         self.log.close()
-        for suffix in (".state", ".policy", ".lock"):
+        for suffix in (".state", ".policy", ".lock", ".sock"):
             try:
                 os.unlink(f"/dev/shm/{self.segment}{suffix}")
             except FileNotFoundError:

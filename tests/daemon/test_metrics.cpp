@@ -1,0 +1,175 @@
+// /metrics: the exposition writer, the listen-address parser, and a daemon run
+// in-process whose page is fetched over real HTTP after real admissions.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "../support/fixture.hpp"
+#include "daemon.hpp"
+#include "metrics/exposition.hpp"
+#include "metrics/http_server.hpp"
+#include "sluice/core/clock.hpp"
+
+using namespace sluice;
+
+namespace {
+
+// GET path from 127.0.0.1:port; returns status line + headers + body.
+std::string http_get(int port, const std::string &path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string out;
+  char buf[65536];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+  close(fd);
+  return out;
+}
+
+// The value of the one sample line that starts with `series` (name + labels).
+double sample(const std::string &page, const std::string &series) {
+  const auto at = page.find("\n" + series + " ");
+  if (at == std::string::npos) return -12345;
+  return std::stod(page.substr(at + series.size() + 2));
+}
+
+struct MetricsDaemon {
+  std::string name = test::unique_segment("metrics");
+  std::unique_ptr<daemon::Daemon> d;
+  MetricsDaemon() {
+    daemon::Options o;
+    o.segment = name;
+    o.reset = true;
+    o.state_dir = "/tmp/sluicetest-state";
+    o.metrics_addr = metrics::ListenAddress{"127.0.0.1", 0};
+    std::string err;
+    d = daemon::Daemon::start(o, err);
+    EXPECT_TRUE(d) << err;
+  }
+  ~MetricsDaemon() {
+    d.reset();
+    core::Owner::remove(name);
+    std::remove(("/dev/shm/" + name + ".lock").c_str());
+  }
+};
+
+}  // namespace
+
+TEST(Exposition, EscapesLabelValuesAndWritesHelpAndTypeOnce) {
+  metrics::Exposition e;
+  e.family("sluice_x_total", "counter", "An example.");
+  e.sample("sluice_x_total", {{"tier", "a\"b\\c\nd"}}, uint64_t(7));
+  e.sample("sluice_x_total", {{"tier", "plain"}}, uint64_t(8));
+  EXPECT_EQ(e.text(),
+            "# HELP sluice_x_total An example.\n# TYPE sluice_x_total counter\n"
+            "sluice_x_total{tier=\"a\\\"b\\\\c\\nd\"} 7\nsluice_x_total{tier=\"plain\"} 8\n");
+}
+
+TEST(Exposition, FormatsSpecialFloatsAsPrometheusExpects) {
+  metrics::Exposition e;
+  e.sample("g", {}, 0.25);
+  e.sample("g", {}, std::numeric_limits<double>::infinity());
+  e.sample("g", {}, std::nan(""));
+  EXPECT_EQ(e.text(), "g 0.25\ng +Inf\ng NaN\n");
+}
+
+TEST(ListenAddress, AcceptsPortHostPortAndIpv6AndRefusesTheRest) {
+  metrics::ListenAddress a;
+  std::string err;
+  ASSERT_TRUE(metrics::parse_listen_address("9464", a, err)) << err;
+  EXPECT_EQ(a.host, "127.0.0.1");
+  EXPECT_EQ(a.port, 9464);
+  ASSERT_TRUE(metrics::parse_listen_address("localhost:0", a, err)) << err;
+  EXPECT_EQ(a.host, "127.0.0.1");
+  ASSERT_TRUE(metrics::parse_listen_address("[::1]:9000", a, err)) << err;
+  EXPECT_EQ(a.host, "::1");
+  for (const char *bad : {"", "x", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "example.com:80", "[::1]9000",
+                          "127.0.0.1:80x"}) {
+    err.clear();
+    EXPECT_FALSE(metrics::parse_listen_address(bad, a, err)) << bad;
+    EXPECT_FALSE(err.empty()) << bad;
+  }
+}
+
+TEST(MetricsServer, ATakenPortIsAnErrorAtStart) {
+  std::string err;
+  auto first = metrics::MetricsServer::start({"127.0.0.1", 0}, [] { return std::string("a 1\n"); }, err);
+  ASSERT_TRUE(first) << err;
+  auto second = metrics::MetricsServer::start({"127.0.0.1", first->port()}, [] { return std::string(); }, err);
+  EXPECT_FALSE(second);
+  EXPECT_NE(err.find(std::to_string(first->port())), std::string::npos) << err;
+  EXPECT_NE(http_get(first->port(), "/metrics").find("\r\n\r\na 1\n"), std::string::npos);
+  EXPECT_NE(http_get(first->port(), "/nothing").find(" 404 "), std::string::npos);
+}
+
+TEST(MetricsPage, CountsTheAdmissionsClientsMadeAndTheLoopsView) {
+  MetricsDaemon g;
+  ASSERT_TRUE(g.d);
+  ASSERT_GT(g.d->metrics_port(), 0);
+  std::unique_ptr<core::Ledger> l;
+  std::string det;
+  ASSERT_EQ(core::Ledger::open(g.name, l, det), core::Status::ok) << det;
+  core::Decision d;
+  // free: 3 per second; 5 calls on one key within the window: 3 allowed, 2 denied.
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(l->acquire("free", "ip-1", 4, 1, d, det), core::Status::ok);
+  ASSERT_EQ(l->acquire("pro", "k2", 2, 2, d, det), core::Status::ok);
+  int64_t now = core::mono_ns();
+  g.d->do_work(now);
+  g.d->do_work(now + 1'000'000'000);
+
+  const std::string page = http_get(g.d->metrics_port(), "/metrics");
+  ASSERT_NE(page.find(" 200 OK"), std::string::npos) << page.substr(0, 200);
+  EXPECT_NE(page.find("Content-Type: text/plain; version=0.0.4"), std::string::npos);
+  EXPECT_EQ(sample(page, "sluice_admissions_total{tier=\"free\",decision=\"allowed\",reason=\"allowed\"}"), 3);
+  EXPECT_EQ(sample(page, "sluice_admissions_total{tier=\"free\",decision=\"denied\",reason=\"window_full\"}"), 2);
+  EXPECT_EQ(sample(page, "sluice_admissions_total{tier=\"pro\",decision=\"allowed\",reason=\"allowed\"}"), 1);
+  EXPECT_EQ(sample(page, "sluice_cost_units_total{tier=\"pro\"}"), 2);
+  EXPECT_DOUBLE_EQ(sample(page, "sluice_revenue_dollars_total{tier=\"free\"}"), 0.03);
+  EXPECT_EQ(sample(page, "sluice_tier_limit{tier=\"enterprise\"}"), 15);
+  EXPECT_EQ(sample(page, "sluice_keys_in_use{tier=\"free\"}"), 1);
+  EXPECT_EQ(sample(page, "sluice_policy_ticks_total"), 2);
+  EXPECT_EQ(sample(page, "sluice_host_surge_level"), 0);
+  EXPECT_EQ(sample(page, "sluice_pending_approvals"), 0);
+  EXPECT_EQ(sample(page, "sluice_advisor_enabled{kind=\"none\",model=\"\"}"), 0);
+  EXPECT_EQ(sample(page, "sluice_advisor_latency_seconds_bucket{le=\"+Inf\"}"), 0);
+  const double age = sample(page, "sluice_heartbeat_age_seconds");
+  EXPECT_GE(age, 0);
+  EXPECT_LT(age, 60);
+  // Every sample belongs to a family announced with HELP and TYPE before it.
+  std::set<std::string> typed;
+  std::istringstream in(page.substr(page.find("\r\n\r\n") + 4));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("# TYPE ", 0) == 0) typed.insert(line.substr(7, line.find(' ', 7) - 7));
+    if (line.empty() || line[0] == '#') continue;
+    std::string name = line.substr(0, line.find_first_of("{ "));
+    for (const char *sfx : {"_bucket", "_sum", "_count"})
+      if (!typed.count(name) && name.ends_with(sfx)) name.resize(name.size() - std::strlen(sfx));
+    EXPECT_TRUE(typed.count(name)) << line;
+    EXPECT_EQ(name.rfind("sluice_", 0), 0u) << line;
+  }
+}
+
+TEST(MetricsPage, StopsServingWhenTheDaemonStops) {
+  MetricsDaemon g;
+  ASSERT_TRUE(g.d);
+  const int port = g.d->metrics_port();
+  ASSERT_NE(http_get(port, "/metrics").find("sluice_build_info"), std::string::npos);
+  g.d->stop();
+  EXPECT_EQ(http_get(port, "/metrics"), "");
+}
