@@ -45,7 +45,20 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
     s.trend = 0.5 * (s.level - prev) + 0.5 * s.trend;
   }
   const double forecast = std::max(0.0, s.level + kForecastTicks * s.trend);
-  if (s.ewma == 0) s.ewma = offered;
+  const auto report = [&] {
+    out.offered_rps = offered;
+    out.admitted_rps = admitted;
+    out.denied_rps = denied;
+    out.ewma_rps = s.ewma;
+    out.forecast_rps = forecast;
+    out.surge = s.surge;
+  };
+  if (s.warm < kWarmupTicks && (offered > 0 || s.warm > 0)) {
+    s.ewma += (offered - s.ewma) / double(++s.warm);  // the mean of the warm-up ticks
+    s.last_offered = offered;
+    report();
+    return;
+  }
 
   const double base = std::max(s.ewma, spec_.min_baseline_rps);
   // DDoS is judged on traffic that is here; a surge may be flagged early from
@@ -73,13 +86,7 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
   // The baseline learns only calm traffic.
   if (s.surge == Surge::normal && seen == Surge::normal)
     s.ewma = spec_.ewma_alpha * offered + (1 - spec_.ewma_alpha) * s.ewma;
-
-  out.offered_rps = offered;
-  out.admitted_rps = admitted;
-  out.denied_rps = denied;
-  out.ewma_rps = s.ewma;
-  out.forecast_rps = forecast;
-  out.surge = s.surge;
+  report();
 }
 
 Surge host_surge(const std::vector<TierView> &tiers, double capacity_rps) {

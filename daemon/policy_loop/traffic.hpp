@@ -21,6 +21,10 @@ class TrafficModel {
   void observe(size_t tier, const core::TierCounters &cumulative, double dt_s, TierView &out);
 
   static constexpr int kForecastTicks = 5;
+  // Ticks with traffic that only learn the baseline (a mean) before any surge is
+  // flagged: the first tick after a start is usually partial, and a baseline
+  // seeded from it alone would make all later traffic look like a surge.
+  static constexpr uint32_t kWarmupTicks = 4;
 
  private:
   struct State {
@@ -31,6 +35,7 @@ class TrafficModel {
     double last_offered = 0;
     Surge surge = Surge::normal;
     uint32_t above = 0, below = 0;
+    uint32_t warm = 0;  // ticks with traffic seen, up to kWarmupTicks
   };
   Surge candidate(double ratio) const;
   policy::SurgeSpec spec_;

@@ -60,6 +60,19 @@ TEST(Traffic, SurgeAndDdosWithHysteresis) {
   EXPECT_LT(ticks, 20);
 }
 
+TEST(Traffic, APartialFirstTickDoesNotSeedTheBaseline) {
+  // Traffic starts mid-tick after a (re)start: 3 rps seen, then the steady 24.
+  // Seeding the baseline from that tick alone made 24 rps look like 8x (ddos).
+  Feeder f;
+  f.feed(0);
+  EXPECT_EQ(f.feed(3), Surge::normal);
+  for (int i = 0; i < 30; ++i) ASSERT_EQ(f.feed(24), Surge::normal) << "tick " << i;
+  EXPECT_NEAR(f.v.ewma_rps, 24, 2);
+  // And a surge after the warm-up is still flagged.
+  f.feed(60);
+  EXPECT_EQ(f.feed(60), Surge::surge);
+}
+
 TEST(Traffic, ABriefSpikeDoesNotFlap) {
   Feeder f;
   for (int i = 0; i < 20; ++i) f.feed(10);
