@@ -5,6 +5,9 @@
 //   reject ID --reason TEXT             drop it, with a reason (approvers only)
 //   audit [--since DURATION] [--json]   the decision trail (DURATION: 30s, 15m, 2h, 7d)
 //   snapshot                            the policy loop's latest view (JSON)
+//   top [--interval-ms N] [--banner FILE] [--once]
+//                                       a live terminal view (q quits); --once: one plain frame
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <iostream>
@@ -12,6 +15,7 @@
 
 #include "control.hpp"
 #include "status.hpp"
+#include "top.hpp"
 
 namespace {
 
@@ -21,7 +25,10 @@ int usage(std::ostream &os, int rc) {
         "       sluicectl [--segment NAME] approve ID\n"
         "       sluicectl [--segment NAME] reject ID --reason TEXT\n"
         "       sluicectl [--segment NAME] audit [--since DURATION] [--json]\n"
-        "       sluicectl [--segment NAME] snapshot          (the policy loop's view, JSON)\n";
+        "       sluicectl [--segment NAME] snapshot          (the policy loop's view, JSON)\n"
+        "       sluicectl [--segment NAME] top [--interval-ms N] [--banner FILE] [--once]\n"
+        "                                  (live view, q quits; N: 100..60000, default 1000;\n"
+        "                                   --banner: show FILE's first line; --once: one plain frame)\n";
   return rc;
 }
 
@@ -63,7 +70,8 @@ int main(int argc, char **argv) {
   std::string segment = core::resolve_segment_name(nullptr);
   std::vector<std::string> args;
   bool json = false;
-  std::string reason, since;
+  std::string reason, since, interval, banner;
+  bool once = false, top_option = false, interval_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -77,6 +85,9 @@ int main(int argc, char **argv) {
     else if (a == "--json") json = true;
     else if (a == "--reason") reason = value();
     else if (a == "--since") since = value();
+    else if (a == "--interval-ms") interval = value(), top_option = interval_given = true;
+    else if (a == "--banner") banner = value(), top_option = true;
+    else if (a == "--once") once = true, top_option = true;
     else if (a == "-h" || a == "--help") return usage(std::cout, 0);
     else if (!a.empty() && a[0] == '-') {
       std::cerr << "sluicectl: unknown option '" << a << "'\n";
@@ -85,6 +96,28 @@ int main(int argc, char **argv) {
   }
   if (args.empty()) return usage(std::cerr, 2);
   const std::string &cmd = args[0];
+  if (top_option && cmd != "top") {
+    std::cerr << "sluicectl: --interval-ms, --banner and --once are options of 'top'\n";
+    return usage(std::cerr, 2);
+  }
+  if (cmd == "top" && args.size() == 1) {
+    daemon::TopOptions opt;
+    opt.segment = segment;
+    opt.banner_file = banner;
+    opt.once = once;
+    if (interval_given) {
+      char *end = nullptr;
+      errno = 0;
+      const long v = std::strtol(interval.c_str(), &end, 10);
+      if (errno != 0 || end == interval.c_str() || *end != '\0' || v < 100 || v > 60000) {
+        std::cerr << "sluicectl: --interval-ms takes a whole number of milliseconds from 100 to 60000, not '"
+                  << interval << "'\n";
+        return 2;
+      }
+      opt.interval_ms = int(v);
+    }
+    return daemon::run_top(opt);
+  }
   if (cmd == "status" && args.size() == 1) {
     daemon::Status st;
     std::string error;
