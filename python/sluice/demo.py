@@ -14,6 +14,7 @@ its temporary files.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -171,21 +172,21 @@ class Demo:
         m = self.scrape()
         s = {"t_s": round(t_s, 3), "host_surge": SURGE_LEVEL.get(int(metric(m, "sluice_host_surge_level")), "normal"),
              "pending": int(metric(m, "sluice_pending_approvals")),
-             "generation": int(metric(m, "sluice_policy_generation")), "tiers": {}, "_m": m}
+             "generation": int(metric(m, "sluice_policy_generation")), "tiers": {}, "_m": m,
+             "_since": prev["t_s"] if prev else 0.0}
         for t in self.tier_names:
             adm = metric(m, "sluice_admissions_total", tier=t, decision="allowed")
             den = metric(m, "sluice_admissions_total", tier=t, decision="denied")
-            rev = metric(m, "sluice_revenue_dollars_total", tier=t)
             row = {"limit": int(metric(m, "sluice_tier_limit", tier=t)),
                    "surge": SURGE_LEVEL.get(int(metric(m, "sluice_surge_level", tier=t)), "normal"),
-                   "_c": (adm, den, rev)}
+                   "_c": (adm, den)}
             if prev:
                 dt = max(1e-3, t_s - prev["t_s"])
-                pa, pd, pr = prev["tiers"][t]["_c"]
+                pa, pd = prev["tiers"][t]["_c"]
                 row.update(offered_rps=round((adm + den - pa - pd) / dt, 2), admitted_rps=round((adm - pa) / dt, 2),
-                           denied_rps=round((den - pd) / dt, 2), revenue_rate=round((rev - pr) / dt, 4))
+                           denied_rps=round((den - pd) / dt, 2))
             else:
-                row.update(offered_rps=0.0, admitted_rps=0.0, denied_rps=0.0, revenue_rate=0.0)
+                row.update(offered_rps=0.0, admitted_rps=0.0, denied_rps=0.0)
             s["tiers"][t] = row
         return s
 
@@ -315,10 +316,19 @@ class Demo:
                 governance.append({"t_s": round((r["unix_ms"] - started_unix_ms) / 1000, 2), "event": r["event"],
                                    "tier": r["tier"], "old_limit": r["old_limit"], "new_limit": r["new_limit"],
                                    "actor": r["actor"], "reason": r["reason"], "approval_id": r["approval_id"]})
+        # Each sample's revenue rate from the clients' logs: legitimate admissions
+        # only (the daemon's revenue counter also counts the botnet's).
+        legit_times = {n: [e[0] / 1e6 for e in events if e[1] == n and e[3] and
+                           e[2].rsplit("-", 1)[0] not in attack] for n in self.tier_names}
         for s in self.samples:
             s.pop("_m", None)
-            for row in s["tiers"].values():
+            since = s.pop("_since")
+            dt = max(1e-3, s["t_s"] - since)
+            for name, row in s["tiers"].items():
                 row.pop("_c", None)
+                times = legit_times[name]
+                n = bisect.bisect_right(times, s["t_s"]) - bisect.bisect_right(times, since)
+                row["revenue_rate"] = round(n * revenue[name] / dt, 4)
         return {
             "version": 1, "title": "Sluice demo", "started_unix_ms": started_unix_ms, "duration_s": self.duration,
             "segment": self.segment, "machine": {"nproc": os.cpu_count()},

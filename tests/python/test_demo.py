@@ -1,0 +1,178 @@
+"""`sluice demo`, the main job, end to end: it runs to completion and its report's
+numbers match the daemon's own counters and the clients' logs; the page renders
+in headless Chromium without console errors; Ctrl-C stops every process it
+started and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import BUILD, SLUICECTL
+
+SLUICE = BUILD / "sluice"
+
+
+def demo_cmd(*args: str) -> list[str]:
+    return [str(SLUICE), "demo", *args]
+
+
+def remove_segment(segment: str) -> None:
+    for sfx in (".state", ".policy", ".lock", ".sock"):
+        try:
+            os.unlink(f"/dev/shm/{segment}{sfx}")
+        except FileNotFoundError:
+            pass
+
+
+def processes_in_group(pgid: int) -> list[str]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(f"{d.name} {stat[stat.index('(') + 1:stat.rindex(')')]}")
+    return out
+
+
+def test_demo_runs_and_its_report_matches_the_daemon(tmp_path):
+    from browser import CHROMIUM, Browser
+
+    segment = f"sluicetest-demo-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "report"
+    try:
+        r = subprocess.run(demo_cmd("--duration", "20", "--out", str(out), "--segment", segment,
+                                    "--keep-segment", "--no-live"),
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "phase 3/5" in r.stdout and "Revenue admitted" in r.stdout, r.stdout
+        data = json.loads((out / "report.json").read_text())
+        assert (out / "summary.txt").read_text().strip() in r.stdout
+        # The daemon's own counters, read from the segment the demo left behind.
+        st = subprocess.run([str(SLUICECTL), "--segment", segment, "status", "--json"], capture_output=True,
+                            text=True, timeout=30, check=True)
+        daemon = {t["name"]: t for t in json.loads(st.stdout)["tiers"]}
+        # The clients' own logs, recounted here.
+        logged: dict[str, list[int]] = {}
+        for c in data["clients"]:
+            assert c["language"] in ("c", "python")
+        cast_tiers = {}
+        for log in (out / "logs").glob("*.log"):
+            tier = log.stem.split("-")[2]
+            cast_tiers[log.stem] = tier
+            acc = logged.setdefault(tier, [0, 0])
+            for line in log.read_text().splitlines():
+                acc[int(line.split()[2])] += 1
+        assert {cast_tiers[k].split("-")[0] for k in cast_tiers} == {"enterprise", "pro", "free"}
+        assert {"c", "python"} == {c["language"] for c in data["clients"]}
+        for name, t in data["totals"]["tiers"].items():
+            d = daemon[name]
+            denied = d["denied_window"] + d["denied_cost"] + d["denied_closed"]
+            assert t["admitted"] == d["admitted"] == logged[name][1], (name, t, d, logged[name])
+            assert t["denied"] == denied == logged[name][0], (name, t, d, logged[name])
+            assert t["daemon_admitted"] == d["admitted"] and t["daemon_denied"] == denied
+            assert t["requests"] > 0
+        assert data["checks"]["clients_match_daemon"] is True
+        assert data["checks"]["client_errors"] == 0
+        # The story happened: five phases, samples throughout, the limits moved,
+        # governance held a change back and the operator approved it, the botnet
+        # was met with the free tier at its floor.
+        assert [p["name"] for p in data["phases"]] == ["awakening", "ramp", "surge", "ddos", "recovery"]
+        assert len(data["samples"]) >= 30
+        events = {e["event"] for e in data["governance"]}
+        assert {"published", "pending", "approved"} <= events, events
+        assert any(s["host_surge"] == "ddos" for s in data["samples"])
+        limits = {s["tiers"]["enterprise"]["limit"] for s in data["samples"]}
+        assert max(limits) > 15, limits
+        # The page renders without console errors or network requests.
+        if not os.access(CHROMIUM, os.X_OK):
+            pytest.fail(f"{CHROMIUM} is not installed")
+        b = Browser(tmp_path / "profile", tmp_path / "chromium.log")
+        try:
+            res = b.check(out / "report.html")
+        finally:
+            b.close()
+        assert res["errors"] == [] and res["dialogs"] == [], res
+        assert [u for u in res["requests"] if u != (out / "report.html").as_uri()
+                and not u.startswith(("data:", "about:"))] == []
+    finally:
+        remove_segment(segment)
+
+
+def test_ctrl_c_stops_every_process_and_leaves_nothing_behind(tmp_path):
+    segment = f"sluicetest-demo-{uuid.uuid4().hex[:8]}"
+    before = set(Path("/tmp").glob("sluice-demo-*"))
+    # Its own process group, as a terminal's foreground job: Ctrl-C reaches the group.
+    p = subprocess.Popen(demo_cmd("--duration", "60", "--out", str(tmp_path / "r"), "--segment", segment,
+                                  "--no-live"),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(processes_in_group(p.pid)) < 8:  # the demo, sluiced and six clients
+            assert p.poll() is None, p.stdout.read()
+            assert time.monotonic() < deadline, processes_in_group(p.pid)
+            time.sleep(0.1)
+        time.sleep(2)
+        assert Path(f"/dev/shm/{segment}.state").exists()
+        os.killpg(p.pid, signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 130, out
+        assert "interrupted" in out
+        time.sleep(0.2)
+        assert processes_in_group(p.pid) == []
+        assert list(Path("/dev/shm").glob(f"{segment}*")) == []
+        assert set(Path("/tmp").glob("sluice-demo-*")) - before == set()
+        assert not (tmp_path / "r" / "report.html").exists()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        remove_segment(segment)
+
+
+def test_sigterm_stops_it_too(tmp_path):
+    segment = f"sluicetest-demo-{uuid.uuid4().hex[:8]}"
+    p = subprocess.Popen(demo_cmd("--duration", "60", "--out", str(tmp_path / "r"), "--segment", segment,
+                                  "--no-live"),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(processes_in_group(p.pid)) < 8:
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)  # to the demo alone, not its group
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 130, out
+        time.sleep(0.2)
+        assert processes_in_group(p.pid) == []
+        assert list(Path("/dev/shm").glob(f"{segment}*")) == []
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        remove_segment(segment)
+
+
+@pytest.mark.parametrize("args,msg", [(["--duration", "5"], "--duration must be 10..3600"),
+                                      (["--bin-dir", "/nonexistent", "--duration", "10"], None)])
+def test_bad_arguments_are_refused(args, msg, tmp_path):
+    env = dict(os.environ, PATH="/usr/bin:/bin", SLUICE_BIN_DIR="/nonexistent")
+    if msg is None:  # no binaries anywhere: a clear error, nothing started
+        r = subprocess.run(["/usr/bin/python3", "-m", "sluice", "demo", *args], capture_output=True, text=True,
+                           timeout=60, env=env, cwd=tmp_path)
+        assert r.returncode == 2 and "cannot find sluiced" in r.stderr, r.stderr
+        return
+    r = subprocess.run(demo_cmd(*args), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
