@@ -138,5 +138,10 @@ def test_a_bad_metrics_address_is_refused_by_name(bad, tmp_path):
 
 def test_a_taken_metrics_port_stops_the_start(metrics_daemon, tmp_path):
     taken = metrics_port(metrics_daemon)
-    with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{taken}"):
-        Daemon(tmp_path, args=("--metrics-addr", f"127.0.0.1:{taken}"))
+    try:
+        second = Daemon(tmp_path, args=("--metrics-addr", f"127.0.0.1:{taken}"))
+    except RuntimeError as e:
+        assert f"cannot listen on 127.0.0.1:{taken}" in str(e)
+        return
+    second.stop()
+    pytest.fail("a second sluiced started on a metrics port already in use")
