@@ -210,14 +210,18 @@ class Demo:
     def live_on(self) -> bool:
         return self.top is not None and self.top.poll() is None
 
-    def progress(self, t_s: float, s: dict) -> str:
+    def progress(self, t_s: float, s: dict | None) -> str:
+        """One line: progress and phase; with `s`, the tiers too (the live view
+        shows those itself, so its banner stays within 80 columns)."""
         ph = demo_traffic.phase_at(self.phases, t_s)
         idx = self.phases.index(ph) + 1
         pct = min(100, int(100 * t_s / self.duration))
         bar = "#" * (pct // 5) + "." * (20 - pct // 5)
+        line = f"[{bar}] {pct:3d}% {t_s:5.1f}/{self.duration:.0f}s phase {idx}/5 {ph['label']}"
+        if s is None:
+            return "demo " + line + "   Ctrl-C stops"
         tiers = "  ".join(f"{n} {s['tiers'][n]['admitted_rps']:.0f}/s@{s['tiers'][n]['limit']}" for n in self.tier_names)
-        return (f"[{bar}] {pct:3d}% {t_s:5.1f}/{self.duration:.0f}s phase {idx}/5 {ph['label']:<12} "
-                f"host {s['host_surge']:<6} pending {s['pending']}  {tiers}")
+        return f"{line:<58} host {s['host_surge']:<6} pending {s['pending']}  {tiers}"
 
     def run(self) -> dict:
         self.start_daemon()
@@ -251,11 +255,10 @@ class Demo:
                     self.samples.append(s)
                 prev = s
                 next_at += interval
-                line = self.progress(t_s, s)
                 if self.live_on():
-                    self.banner.write_text(line + "\n")
+                    self.banner.write_text(self.progress(t_s, None) + "\n")
                 elif t_s - last_print >= 5 or not self.samples:
-                    print(line, flush=True)
+                    print(self.progress(t_s, s), flush=True)
                     last_print = t_s
                 if self.approve:
                     self.operate(t_s, seen)

@@ -176,3 +176,48 @@ def test_bad_arguments_are_refused(args, msg, tmp_path):
         return
     r = subprocess.run(demo_cmd(*args), capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_in_a_terminal_it_shows_the_live_view_then_the_summary(tmp_path):
+    """In an 80x24 terminal (tmux): `sluicectl top` with the demo's progress banner
+    while it runs, then the summary; Ctrl-C in a second run restores the terminal."""
+    sock = f"sluicetest-{uuid.uuid4().hex[:8]}"
+    tmux = ["tmux", "-L", sock]
+    segment = f"sluicetest-demo-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "r"
+    cmd = " ".join(demo_cmd("--duration", "12", "--out", str(out), "--segment", segment)) + "; echo DEMO-EXIT=$?; sleep 60"
+
+    def screen() -> str:
+        return subprocess.run(tmux + ["capture-pane", "-p", "-t", "demo"], capture_output=True, text=True,
+                              timeout=10).stdout
+
+    def wait_for(text: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            s = screen()
+            if text in s:
+                return s
+            time.sleep(0.3)
+        raise AssertionError(f"{text!r} not on screen:\n{screen()}")
+
+    try:
+        subprocess.run(tmux + ["new-session", "-d", "-s", "demo", "-x", "80", "-y", "24", cmd], check=True, timeout=10)
+        live = wait_for("phase 2/5", 30)
+        assert "sluice top" in live and "enterprise" in live and "demo [" in live, live
+        assert all(len(line) <= 80 for line in live.splitlines())
+        done = wait_for("DEMO-EXIT=", 60)
+        assert "DEMO-EXIT=0" in done and "Revenue admitted" in done and "report:" in done, done
+        assert (out / "report.html").exists()
+        subprocess.run(tmux + ["kill-session", "-t", "demo"], timeout=10)
+        # Ctrl-C while the live view runs.
+        subprocess.run(tmux + ["new-session", "-d", "-s", "demo", "-x", "80", "-y", "24",
+                               cmd.replace("--duration 12", "--duration 60")], check=True, timeout=10)
+        wait_for("phase 1/5", 30)
+        subprocess.run(tmux + ["send-keys", "-t", "demo", "C-c"], check=True, timeout=10)
+        done = wait_for("DEMO-EXIT=", 30)
+        assert "DEMO-EXIT=130" in done and "interrupted" in done, done
+        assert "sluice top" not in done, "the live view's screen was not given back"
+        assert list(Path("/dev/shm").glob(f"{segment}*")) == []
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True, timeout=10)
+        remove_segment(segment)
