@@ -40,6 +40,8 @@ The data (what the demo driver produces; version 1)::
      "totals": {"tiers": {"<tier>": {"requests": int, "admitted": int, "denied": int,
                                       "revenue": float, "static_admitted": int,
                                       "static_revenue": float,
+                                      "attack_requests": int, "attack_admitted": int,
+                                      "static_attack_admitted": int,
                                       "daemon_admitted": int, "daemon_denied": int}},
                 "revenue": float, "static_revenue": float,
                 "revenue_ratio": float | None},
@@ -50,22 +52,37 @@ The data (what the demo driver produces; version 1)::
 Times (``t_s``, phase bounds, governance) are seconds since the start of the run;
 ``*_rps`` are requests per second; ``revenue_rate`` is dollars per second; the
 static series is the same traffic replayed offline against the baseline limits.
+``revenue``, ``static_revenue`` and ``revenue_rate`` count legitimate customers'
+admitted requests only; ``requests``, ``admitted``, ``denied`` and the daemon's
+counts include the attack (botnet) traffic, whose share is in ``attack_*`` (optional:
+older data has no such fields, and then the report says nothing about attacks).
 
 How it is drawn:
 
 1. per tier, offered and admitted requests/s (left axis) and the static replay's
-   admitted requests/s; the tier's limit (requests per window per key, right
-   axis) as a step line, with its baseline and max_limit as faint references. When
-   the offered rate dwarfs everything else (a DDoS), the left axis is cut at 3x the
-   largest admitted/static rate and the offered line is clipped there (the chart
-   says so and gives the peak);
+   admitted requests/s; the tier's limit (requests per window that each key of
+   the tier may make: right axis "limit per key") as a step line, with its
+   baseline and max_limit as faint references. When the offered rate dwarfs
+   everything else (a DDoS), the left axis is cut at 3x the largest admitted/static
+   rate and the offered line is clipped there (the chart says so and gives the
+   peak);
 2. surge level of the host and of each tier (normal / surge / ddos as 0 / 1 / 2
    steps; the lines are offset a little so that equal levels stay visible);
-3. denials per second by tier;
+3. the share of each tier's offered requests that was denied, in percent
+   (denied_rps / offered_rps; 0 when nothing was offered), so that a DDoS of
+   thousands of requests/s on one tier does not flatten the others; the caption
+   gives each tier's highest denial rate;
 4. cumulative revenue admitted, adaptive (the run) vs static (the replay), summed
-   from the sampled revenue rates (the exact totals are in the table);
-5. governance events as numbered vertical markers on every time chart and as a
-   table.
+   from the sampled revenue rates (the exact totals are in the table; the caption
+   warns when the two disagree by more than 10%);
+5. governance: the routine "published" changes of the rules (one every tick or
+   so) as one summary line per tier; the other events (pending, approved, rejected,
+   expired) as numbered dashed lines on every time chart, their badges in up to 3
+   rows in a band above the plot (a badge that finds no room is left out, its line
+   and hover title stay), and as a table (the first 200; the rest is in the JSON).
+
+The totals table gets the attack columns, and the headline a card of attack
+requests let through (adaptive vs static), only when some tier had attack traffic.
 
 Phases are shaded and labelled on every time chart. Missing keys, empty or
 one-sample series, tiers without traffic and a run without governance events all
@@ -208,6 +225,10 @@ class _Run:
             g = _dict(g)
             self.governance.append(dict(g, t=_num(g.get("t_s"))))
         self.governance.sort(key=lambda g: g["t"])
+        # "published" is the rules' routine change (every tick); the rest (pending,
+        # approved, rejected, expired) are the events worth a marker and a table row.
+        self.routine = [g for g in self.governance if _str(g.get("event")) == "published"]
+        self.events = [g for g in self.governance if _str(g.get("event")) != "published"]
 
         totals = _dict(d.get("totals"))
         self.tier_totals = {str(k): _dict(v) for k, v in _dict(totals.get("tiers")).items()}
@@ -227,6 +248,10 @@ class _Run:
         self.t_max = max(ends) if ends else 0.0
         if self.t_max <= 0:
             self.t_max = 1.0
+        self.lanes = _marker_lanes([_x_of(g["t"], self.t_max) for g in self.events])
+        self.marker_rows = max([lane + 1 for lane in self.lanes if lane is not None] or [0])
+
+        self.attack = any(self.total(n, "attack_requests") > 0 for n in self.names)
 
     def color(self, name: str) -> str:
         return _TIER_COLORS[self.names.index(name) % len(_TIER_COLORS)]
@@ -255,6 +280,9 @@ class _Run:
 
     def total(self, name: str, field: str) -> float:
         return _num(self.tier_totals.get(name, {}).get(field))
+
+    def opt_total(self, name: str, field: str) -> float | None:
+        return _opt_num(self.tier_totals.get(name, {}).get(field))
 
     def tier_match(self, name: str) -> bool | None:
         tt = self.tier_totals.get(name)
@@ -292,6 +320,37 @@ def _sum_series(series: Iterable[list[tuple[float, float | None]]]
         for t, v in pts:
             acc[t] = acc.get(t, 0.0) + (v or 0.0)
     return sorted(acc.items())
+
+
+def _x_of(t: float, t_max: float) -> float:
+    """The SVG x of a time (the same on every chart)."""
+    return _ML + (_W - _MR - _ML) * _num(t) / t_max
+
+
+def _badge_width(number: int) -> float:
+    return 8.0 + 6.5 * len(str(number))
+
+
+_MARKER_LANES = 3  # rows of numbered badges at the top of a chart
+_LANE_H = 14
+
+
+def _marker_lanes(xs: list[float]) -> list[int | None]:
+    """The badge row of each marker (numbered 1..n, sorted by time): the first row
+    where it does not overlap the previous badge; None (line only, no badge) when
+    all rows are taken there."""
+    ends = [-1e9] * _MARKER_LANES
+    out: list[int | None] = []
+    for i, x in enumerate(xs, 1):
+        half = _badge_width(i) / 2
+        for lane in range(_MARKER_LANES):
+            if x - half >= ends[lane] + 2:
+                ends[lane] = x + half
+                out.append(lane)
+                break
+        else:
+            out.append(None)
+    return out
 
 
 # --------------------------------------------------------------------------- format
@@ -355,15 +414,19 @@ class _Chart:
 
     def __init__(self, run: _Run, cid: str, height: int, ymax: float,
                  yticks: list[float], yfmt: Callable[[float], str], ylabel: str) -> None:
-        self.run, self.cid, self.h = run, cid, height
+        # a band for the governance badges between the phase labels and the plot, as
+        # tall as the rows of badges need (the plot keeps its height)
+        band = _LANE_H * run.marker_rows + (2 if run.marker_rows else 0)
+        self.run, self.cid, self.h = run, cid, height + band
         self.x0, self.x1 = _ML, _W - _MR
-        self.y0, self.y1 = height - _MB, _MT  # y0 = bottom (value 0)
+        self.band = _MT  # top of the badge band
+        self.y0, self.y1 = self.h - _MB, _MT + band  # y0 = bottom (value 0), y1 = top
         self.ymax, self.yticks, self.yfmt, self.ylabel = ymax or 1.0, yticks, yfmt, ylabel
         self.parts: list[str] = []
         self.tip: list[dict] = []  # tooltip series: {"n", "t", "v", "u"}
 
     def x(self, t: float) -> float:
-        return self.x0 + (self.x1 - self.x0) * _num(t) / self.run.t_max
+        return _x_of(t, self.run.t_max)
 
     def y(self, v: float, ymax: float | None = None) -> float:
         top = ymax or self.ymax
@@ -385,7 +448,7 @@ class _Chart:
                 if len(label) > room:
                     label = label[:max(room - 1, 1)] + "\u2026"
                 out.append(f'<text class="phase-label" x="{_f((xa + xb) / 2)}" '
-                           f'y="{_f(self.y1 - 6)}" text-anchor="middle">{_esc(label)}</text>')
+                           f'y="{_f(self.band - 6)}" text-anchor="middle">{_esc(label)}</text>')
         for v in self.yticks:
             yy = self.y(v)
             out.append(f'<line class="grid" x1="{_f(self.x0)}" x2="{_f(self.x1)}" '
@@ -481,21 +544,26 @@ class _Chart:
                           f'{_esc(text)}</text>')
 
     def _governance(self) -> list[str]:
+        """The non-routine events (not "published") as dashed vertical lines with a
+        numbered badge (the number of the governance table's row)."""
         out = []
-        for i, g in enumerate(self.run.governance, 1):
+        for i, (g, lane) in enumerate(zip(self.run.events, self.run.lanes), 1):
             xx = self.x(g["t"])
             color = _EVENT_COLORS.get(_str(g.get("event")), "#6b7280")
             title = (f'#{i} {g["t"]:.1f} s {_str(g.get("event"))} {_str(g.get("tier"))} '
                      f'{_str(g.get("old_limit"))} -> {_str(g.get("new_limit"))} '
                      f'by {_str(g.get("actor"))}: {_str(g.get("reason"))}')
+            badge = ""
+            if lane is not None:
+                bw, by = _badge_width(i), self.band + 1 + lane * _LANE_H
+                badge = (f'<rect x="{_f(xx - bw / 2)}" y="{_f(by)}" width="{_f(bw)}" '
+                         f'height="13" rx="3" fill="{color}"/>'
+                         f'<text class="gov-num" x="{_f(xx)}" y="{_f(by + 10)}" '
+                         f'text-anchor="middle">{i}</text>')
             out.append(f'<g class="gov-marker"><title>{_esc(title)}</title>'
-                       f'<line x1="{_f(xx)}" x2="{_f(xx)}" y1="{_f(self.y1)}" '
-                       f'y2="{_f(self.y0)}" stroke="{color}" stroke-width="1.5" '
-                       f'stroke-dasharray="4 3"/>'
-                       f'<rect x="{_f(xx - 8)}" y="{_f(self.y1 + 1)}" width="16" height="13" '
-                       f'rx="3" fill="{color}"/>'
-                       f'<text class="gov-num" x="{_f(xx)}" y="{_f(self.y1 + 11)}" '
-                       f'text-anchor="middle">{i}</text></g>')
+                       f'<line x1="{_f(xx)}" x2="{_f(xx)}" y1="{_f(self.band)}" '
+                       f'y2="{_f(self.y0)}" stroke="{color}" stroke-width="1.2" '
+                       f'stroke-dasharray="4 3" opacity="0.75"/>{badge}</g>')
         return out
 
     def svg(self, index: int, aria: str) -> str:
@@ -546,7 +614,7 @@ def _tier_chart(run: _Run, name: str, index: int, charts: list[_Chart]) -> str:
     lim_top, lim_ticks = _axis(max(peak(limit), base or 0, ceil_ or 0) * 1.1, 4)
 
     c = _Chart(run, f"chart-tier-{index}", 230, top, ticks, _fmt_num, "requests/s")
-    c.right_axis(lim_top, lim_ticks, _fmt_num, "limit / window")
+    c.right_axis(lim_top, lim_ticks, _fmt_num, "limit per key")
     if base is not None:
         c.hline(base, "#6b7280", f"baseline limit {_fmt_num(base)}", lim_top)
     if ceil_ is not None:
@@ -554,7 +622,8 @@ def _tier_chart(run: _Run, name: str, index: int, charts: list[_Chart]) -> str:
     c.line(offered, "#9ca3af", "offered", width=1.5, fill="rgba(156,163,175,0.25)", unit="rps")
     c.line(static, "#374151", "static admitted (replay)", width=1.5, dash="2 3", unit="rps")
     c.line(admitted, color, "admitted", width=2.5, unit="rps")
-    c.line(limit, "#111827", "limit", width=1.8, step=True, ymax=lim_top, unit="/window")
+    c.line(limit, "#111827", "limit per key", width=1.8, step=True, ymax=lim_top,
+           unit="per window")
     if not any(v for _, v in offered) and not any(v for _, v in admitted):
         c.note("no traffic")
     elif clipped:
@@ -572,9 +641,17 @@ def _tier_chart(run: _Run, name: str, index: int, charts: list[_Chart]) -> str:
         parts.append(f"max {_fmt_num(ceil_)}")
     legend = _legend([("#9ca3af", "offered", "area"), (color, "admitted", "line"),
                       ("#374151", "static admitted (replay)", "dot"),
-                      ("#111827", "limit (right axis, per key per window)", "step")])
+                      ("#111827", "limit per key (right axis)", "step")])
+    per = f"{window:g} s window" if window else "window"
+    refs = [r for r, v in (("baseline (grey)", base), ("max_limit (black)", ceil_))
+            if v is not None]
+    caption = (f"Requests/s of the whole tier on the left axis. The limit (right axis) "
+               f"applies to each key of the tier: every key may make that many requests "
+               f"per {per}, so the tier as a whole admits a multiple of it."
+               + (f" Dotted lines: its {' and '.join(refs)}." if refs else ""))
     return _figure(f"Tier {name}: offered vs admitted ({', '.join(parts)})",
-                   legend, c.svg(len(charts) - 1, f"tier {name} requests per second"))
+                   legend, c.svg(len(charts) - 1, f"tier {name} requests per second"),
+                   caption)
 
 
 def _surge_chart(run: _Run, charts: list[_Chart]) -> str:
@@ -598,87 +675,188 @@ def _surge_chart(run: _Run, charts: list[_Chart]) -> str:
                    "tier lines are offset slightly so equal levels stay visible.")
 
 
+def _denied_share(run: _Run, name: str) -> list[tuple[float, float | None]]:
+    """Per sample, the percentage of the tier's offered requests that was denied
+    (0 when nothing was offered; None when a rate is missing), within 0..100."""
+    out = []
+    for (t, offered), (_, denied) in zip(run.tier_series(name, "offered_rps"),
+                                         run.tier_series(name, "denied_rps")):
+        if offered is None or denied is None:
+            out.append((t, None))
+        elif offered <= 0:
+            out.append((t, 0.0))
+        else:
+            out.append((t, min(max(denied / offered * 100.0, 0.0), 100.0)))
+    return out
+
+
 def _denial_chart(run: _Run, charts: list[_Chart]) -> str:
-    series = {name: run.tier_series(name, "denied_rps") for name in run.names}
-    peak = max([v for pts in series.values() for _, v in pts if v is not None] or [0.0])
-    top, ticks = _axis(peak)
-    c = _Chart(run, "chart-denials", 230, top, ticks, _fmt_num, "denied/s")
-    items = []
-    for name, pts in series.items():
-        c.line(pts, run.color(name), name, width=2, unit="/s")
+    c = _Chart(run, "chart-denials", 230, 100.0, [0, 20, 40, 60, 80, 100],
+               lambda v: f"{v:g} %", "denied share")
+    items, peaks = [], []
+    any_denied = False
+    for name in run.names:
+        pts = _denied_share(run, name)
+        any_denied = any_denied or any(v for _, v in pts)
+        c.line(pts, run.color(name), name, width=2, unit="% denied",
+               tip_fmt=lambda v: f"{v:.1f}")
         items.append((run.color(name), name, "line"))
-    if peak <= 0:
+        rates = [(v, t) for t, v in run.tier_series(name, "denied_rps") if v]
+        if rates:
+            v, t = max(rates)
+            peaks.append(f"{name} {v:,.0f}/s at {t:.0f} s" if v >= 10 else
+                         f"{name} {v:.1f}/s at {t:.0f} s")
+    if not any_denied:
         c.note("no denials")
     charts.append(c)
-    return _figure("Denials per second by tier", _legend(items),
-                   c.svg(len(charts) - 1, "denials per second by tier"))
+    caption = ("Each tier's denied requests as a percentage of the requests it offered, "
+               "per sample (0 when nothing was offered).")
+    if peaks:
+        caption += " Highest denial rates: " + "; ".join(peaks) + "."
+    return _figure("Denied share of offered requests by tier", _legend(items),
+                   c.svg(len(charts) - 1, "denied share of offered requests by tier"),
+                   caption)
 
 
 def _revenue_chart(run: _Run, charts: list[_Chart]) -> str:
     adaptive = _cumulative(_sum_series(run.tier_series(n, "revenue_rate") for n in run.names))
     static = _cumulative(_sum_series(run.static_series(n, "revenue_rate") for n in run.names))
     peak = max([v for _, v in adaptive + static] or [0.0])
+    height = 250
     top, ticks = _axis(peak * 1.12)  # room for the end labels inside the plot
     money = lambda v: _fmt_money(v, 0 if top >= 100 else 2)  # noqa: E731
-    c = _Chart(run, "chart-revenue", 250, top, ticks, money, "dollars")
+    c = _Chart(run, "chart-revenue", height, top, ticks, money, "dollars")
     c.line(static, "#6b7280", "static limits (replay)", width=2.5, dash="6 4",
            tip_fmt=_fmt_money)
     c.line(adaptive, "#059669", "adaptive (this run)", width=3, tip_fmt=_fmt_money)
-    for pts, color in ((adaptive, "#059669"), (static, "#6b7280")):
-        if pts:
-            t, v = pts[-1]
-            c.parts.append(f'<text class="end-label" x="{_f(min(c.x(t) + 4, c.x1 + 2))}" '
-                           f'y="{_f(c.y(v) - 6)}" fill="{color}" text-anchor="end">'
-                           f'{_esc(_fmt_money(v))}</text>')
+    # end labels: the higher line's above it, the lower line's below it, so that two
+    # close totals never print over each other
+    ends = sorted(((pts[-1], color) for pts, color in ((adaptive, "#059669"),
+                                                       (static, "#6b7280")) if pts),
+                  key=lambda e: -e[0][1])
+    for k, ((t, v), color) in enumerate(ends):
+        yy = c.y(v) - 7 if k == 0 else min(c.y(v) + 17, c.y0 - 4)
+        c.parts.append(f'<text class="end-label" x="{_f(min(c.x(t), c.x1) - 2)}" '
+                       f'y="{_f(yy)}" fill="{color}" text-anchor="end">'
+                       f'{_esc(_fmt_money(v))}</text>')
     if peak <= 0:
         c.note("no revenue sampled")
     charts.append(c)
+    caption = ("Summed from the sampled revenue rates; the exact totals are in the table "
+               "above.")
+    # the sampled series should roughly agree with the exact totals; say so when not
+    off = []
+    for label, pts, exact in (("adaptive", adaptive, run.revenue),
+                              ("static", static, run.static_revenue)):
+        sampled = pts[-1][1] if pts else 0.0
+        if exact > 0 and abs(sampled - exact) > 0.1 * exact:
+            off.append(f"{label} {_fmt_money(sampled)} sampled vs {_fmt_money(exact)} exact")
+    if off:
+        caption += (" Warning: the sampled series disagree with the totals by more than "
+                    "10% (" + "; ".join(off) + "); trust the totals.")
     return _figure("Cumulative revenue admitted: adaptive vs static limits",
                    _legend([("#059669", "adaptive (this run)", "line"),
                             ("#6b7280", "static limits (offline replay, same traffic)",
                              "dash")]),
-                   c.svg(len(charts) - 1, "cumulative revenue"),
-                   "Summed from the sampled revenue rates; the exact totals are in "
-                   "the table below.")
+                   c.svg(len(charts) - 1, "cumulative revenue"), caption)
 
 
 # --------------------------------------------------------------------------- tables
 
+_ATTACK_FIELDS = ("attack_requests", "attack_admitted", "static_attack_admitted")
+
+
 def _totals_table(run: _Run) -> str:
-    head = ("tier", "requests", "admitted", "denied", "revenue", "static admitted",
-            "static revenue", "daemon admitted", "daemon denied", "matches daemon")
+    """Per tier totals; the attack columns only when some tier had attack traffic
+    (a tier without the fields gets empty cells)."""
+    head = ["tier", "requests", "admitted", "denied", "revenue", "static admitted",
+            "static revenue"]
+    fields = ["requests", "admitted", "denied", "revenue", "static_admitted",
+              "static_revenue"]
+    money = {"revenue", "static_revenue"}
+    if run.attack:
+        head += ["attack requests", "attack let through",
+                 "attack let through, static"]
+        fields += list(_ATTACK_FIELDS)
+    head += ["daemon admitted", "daemon denied", "matches daemon"]
+    fields += ["daemon_admitted", "daemon_denied"]
+    sums: list[float | None] = [None] * len(fields)
     rows = []
-    sums = [0.0] * 8
-    fields = ("requests", "admitted", "denied", "revenue", "static_admitted",
-              "static_revenue", "daemon_admitted", "daemon_denied")
     for name in run.names:
-        vals = [run.total(name, f) for f in fields]
-        sums = [a + b for a, b in zip(sums, vals)]
+        cells = []
+        for k, f in enumerate(fields):
+            v = run.opt_total(name, f) if f in _ATTACK_FIELDS else run.total(name, f)
+            if v is None:
+                cells.append("")
+                continue
+            sums[k] = (sums[k] or 0.0) + v
+            cells.append(_fmt_money(v) if f in money else _fmt_int(v))
         m = run.tier_match(name)
         mark = ('<span class="ok">yes</span>' if m else
                 '<span class="bad">no</span>' if m is not None else "n/a")
-        cells = [_fmt_int(vals[0]), _fmt_int(vals[1]), _fmt_int(vals[2]),
-                 _fmt_money(vals[3]), _fmt_int(vals[4]), _fmt_money(vals[5]),
-                 _fmt_int(vals[6]), _fmt_int(vals[7])]
         rows.append(f'<tr><th scope="row"><span class="dot" style="--c:{run.color(name)}">'
                     f'</span>{_esc(name)}</th>'
                     + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{mark}</td></tr>")
-    foot = [_fmt_int(sums[0]), _fmt_int(sums[1]), _fmt_int(sums[2]),
-            _fmt_money(run.revenue), _fmt_int(sums[4]), _fmt_money(run.static_revenue),
-            _fmt_int(sums[6]), _fmt_int(sums[7])]
+    foot = []
+    for f, v in zip(fields, sums):
+        if f == "revenue":
+            foot.append(_fmt_money(run.revenue))
+        elif f == "static_revenue":
+            foot.append(_fmt_money(run.static_revenue))
+        else:
+            foot.append("" if v is None and f in _ATTACK_FIELDS else _fmt_int(v or 0))
     if not rows:
         rows.append(f'<tr><td colspan="{len(head)}" class="empty">no tiers</td></tr>')
     return ('<table id="totals" class="data"><thead><tr>'
             + "".join(f'<th scope="col">{h}</th>' for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + '</tbody><tfoot><tr><th scope="row">all tiers</th>'
-            + "".join(f"<td>{c}</td>" for c in foot) + "<td></td></tr></tfoot></table>")
+            + "".join(f"<td>{c}</td>" for c in foot) + "<td></td></tr></tfoot></table>"
+            '<p id="revenue-note" class="caption">Revenue counts legitimate customers\' '
+            "admitted requests; attack traffic let through is load on the backend, not "
+            "income. Requests, admitted, denied and the daemon's columns count all "
+            "traffic, attack included.</p>")
+
+
+_GOV_ROWS = 200  # rows of the governance table; the rest is in report.json
+
+
+def _routine_summary(run: _Run) -> str:
+    """One line per tier for the rules' routine publications (not marked on the
+    charts, not in the table)."""
+    by_tier: dict[str, list[dict]] = {}
+    for g in run.routine:
+        by_tier.setdefault(_str(g.get("tier")), []).append(g)
+    if not by_tier:
+        return ""
+    order = [n for n in run.names if n in by_tier] + [n for n in by_tier if n not in run.names]
+    items = []
+    for name in order:
+        gs = by_tier[name]
+        actors = sorted({_str(g.get("actor")) for g in gs})
+        who = " and ".join("the rules" if a == "rules" else (a or "unknown") for a in actors)
+        limits = [v for g in gs for v in (_opt_num(g.get("old_limit")),
+                                           _opt_num(g.get("new_limit"))) if v is not None]
+        text = (f"{name or '(no tier)'}: {len(gs):,} "
+                f"publication{'s' if len(gs) != 1 else ''} by {who}")
+        if limits:
+            lo, hi = min(limits), max(limits)
+            text += (f", limit between {_fmt_num(lo)} and {_fmt_num(hi)}" if lo != hi
+                     else f", limit {_fmt_num(lo)}")
+        items.append(f"<li>{_esc(text)}</li>")
+    return ('<p class="muted">Routine limit changes published by the policy loop (not '
+            'marked on the charts):</p><ul id="routine">' + "".join(items) + "</ul>")
 
 
 def _governance_table(run: _Run) -> str:
     if not run.governance:
         return '<p id="governance-empty" class="empty">No governance events in this run.</p>'
+    out = [_routine_summary(run)]
+    if not run.events:
+        out.append('<p id="governance-empty" class="empty">No pending, approved, rejected '
+                   'or expired changes in this run.</p>')
+        return "".join(out)
     rows = []
-    for i, g in enumerate(run.governance, 1):
+    for i, g in enumerate(run.events[:_GOV_ROWS], 1):
         event = _str(g.get("event"))
         color = _EVENT_COLORS.get(event, "#6b7280")
         old, new = g.get("old_limit"), g.get("new_limit")
@@ -692,9 +870,33 @@ def _governance_table(run: _Run) -> str:
                     f'</td><td>{change}</td><td>{_esc(g.get("actor"))}</td>'
                     f'<td class="reason">{_esc(g.get("reason"))}</td>'
                     f'<td><code>{_esc(aid)}</code></td></tr>')
-    return ('<table id="governance" class="data"><thead><tr><th>#</th><th>time</th>'
-            '<th>event</th><th>tier</th><th>old -&gt; new</th><th>actor</th><th>reason</th>'
-            '<th>approval id</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+    out.append('<p class="muted">Changes held for approval and what became of them, '
+               'numbered as the markers on the charts:</p>')
+    out.append('<table id="governance" class="data"><thead><tr><th>#</th><th>time</th>'
+               '<th>event</th><th>tier</th><th>old -&gt; new</th><th>actor</th>'
+               '<th>reason</th><th>approval id</th></tr></thead><tbody>' + "".join(rows)
+               + "</tbody></table>")
+    more = len(run.events) - _GOV_ROWS
+    if more > 0:
+        out.append(f'<p id="governance-more" class="muted">... and {more:,} more in '
+                   'report.json</p>')
+    return "".join(out)
+
+
+def _marker_legend(run: _Run) -> str:
+    """What the numbered dashed lines on the charts are (when there are any)."""
+    if not run.events:
+        return ""
+    seen = []
+    for g in run.events:
+        e = _str(g.get("event"))
+        if e not in seen:
+            seen.append(e)
+    keys = "".join(f'<span class="event" style="--c:{_EVENT_COLORS.get(e, "#6b7280")}">'
+                   f'{_esc(e)}</span> ' for e in seen)
+    return (f'<p id="marker-legend" class="muted">Numbered dashed lines on the charts: '
+            f'{keys}governance events, numbered as in the table at the end '
+            f'(the {len(run.routine):,} routine publications are not marked).</p>')
 
 
 def _clients_line(run: _Run) -> str:
@@ -750,6 +952,7 @@ table.data th:first-child,table.data td:first-child{text-align:left}
 table.data thead th{background:#f3f4f6;font-weight:600}
 table.data tfoot th,table.data tfoot td{font-weight:700;border-top:2px solid #d1d5db}
 #governance td,#governance th{text-align:left}
+table.data tbody th{white-space:nowrap}
 td.reason{max-width:420px;overflow-wrap:anywhere}
 .event{display:inline-block;padding:0 6px;border-radius:4px;color:#fff;background:var(--c)}
 .ok{color:#047857;font-weight:700}.bad{color:#b91c1c;font-weight:700}
@@ -808,6 +1011,22 @@ def _json_for_script(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _attack_sums(run: _Run) -> tuple[int, int]:
+    """(adaptive, static) attack requests let through, over the tiers."""
+    return (sum(_int(run.total(n, "attack_admitted")) for n in run.names),
+            sum(_int(run.total(n, "static_attack_admitted")) for n in run.names))
+
+
+def _attack_card(run: _Run) -> str:
+    if not run.attack:
+        return ""
+    adaptive, static = _attack_sums(run)
+    cls = " good" if adaptive < static else " bad" if adaptive > static else ""
+    return (f'<div class="stat{cls}"><span>attack requests let through</span>'
+            f'<b id="attack-let-through">adaptive {_fmt_int(adaptive)} vs static '
+            f'{_fmt_int(static)}</b></div>')
+
+
 def render_html(data: dict) -> str:
     """The whole report as one self-contained HTML page (see the module docstring)."""
     run = _Run(data)
@@ -829,7 +1048,8 @@ def render_html(data: dict) -> str:
     if run.nproc:
         meta.append(f"{run.nproc} CPUs")
     meta.append(f"{len(run.samples)} samples")
-    meta.append(f"{len(run.governance)} governance events")
+    meta.append(f"{len(run.governance)} governance events"
+                + (f" ({len(run.routine)} routine publications)" if run.routine else ""))
     phases = ", ".join(f'{p["label"]} {p["start"]:.0f}-{p["end"]:.0f} s' for p in run.phases)
 
     headline = (
@@ -842,7 +1062,7 @@ def render_html(data: dict) -> str:
         f'<b id="revenue-ratio">{_esc(_fmt_ratio(ratio))}</b></div>'
         f'<div class="stat{match_cls}"><span>clients\u2019 counts match the daemon\u2019s</span>'
         f'<b id="clients-match">{match_text}</b></div>'
-        "</section>")
+        f"{_attack_card(run)}</section>")
 
     tip_json = _json_for_script([c.tip_data() for c in charts])
     csp = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -858,7 +1078,7 @@ def render_html(data: dict) -> str:
         headline,
         _clients_line(run),
         "<h2>Totals per tier</h2>", _totals_table(run),
-        "<h2>Traffic per tier</h2>", "".join(figures) or
+        "<h2>Traffic per tier</h2>", _marker_legend(run), "".join(figures) or
         '<p class="empty">No tiers.</p>',
         "<h2>Surge, denials, revenue</h2>", surge, denials, revenue,
         "<h2>Governance events</h2>", _governance_table(run),
@@ -893,6 +1113,10 @@ def render_summary(data: dict) -> str:
                  f"{_fmt_money(run.static_revenue)}, {_fmt_ratio(run.ratio)}")
     lines.append("Clients' counts match the daemon's: "
                  + {True: "yes", False: "NO", None: "unknown"}[run.match])
+    if run.attack:
+        adaptive, static = _attack_sums(run)
+        lines.append(f"Attack requests let through: adaptive {_fmt_int(adaptive)} vs static "
+                     f"{_fmt_int(static)}")
     lines.append(f"{'tier':<12}{'requests':>11}{'admitted':>11}{'denied':>11}"
                  f"{'revenue':>12}{'static rev':>12}{'daemon':>8}")
     shown = run.names if len(run.names) <= 7 else run.names[:6]

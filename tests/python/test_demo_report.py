@@ -190,15 +190,29 @@ def test_full_report_has_every_chart_totals_and_headline():
     ids = re.findall(r'<svg id="([^"]+)"', html)
     assert ids == ["chart-tier-0", "chart-tier-1", "chart-tier-2", "chart-surge",
                    "chart-denials", "chart-revenue"]
-    # each chart has drawn series (paths), phase shading and governance markers
+    # each chart has drawn series (paths), phase shading and governance markers: one
+    # per event that is not a routine "published" one (pending, approved, rejected,
+    # expired), numbered 1..4
     for svg in re.findall(r"<svg.*?</svg>", html, re.S):
         assert svg.count('class="phase"') == 5
-        assert svg.count('class="gov-marker"') == 7
+        assert svg.count('class="gov-marker"') == 4
+        assert re.findall(r'<text class="gov-num"[^>]*>(\d+)</text>', svg) == ["1", "2", "3", "4"]
+        assert " published " not in " ".join(re.findall(r'<g class="gov-marker"><title>(.*?)'
+                                                         r'</title>', svg))
         assert 'class="series"' in svg
     for _, label, _, _ in PHASES:
         assert f">{label}</text>" in html
     # the limit step line and the offered area on the tier charts
-    assert html.count("<title>limit</title>") == 3 and html.count('class="area"') == 3
+    assert html.count("<title>limit per key</title>") == 3 and html.count('class="area"') == 3
+    # the limit is per key, on the right axis, and the caption says so
+    for fig in re.findall(r'<figure class="panel"><figcaption>Tier .*?</figure>', html, re.S):
+        assert '>limit per key</text>' in fig  # the right axis' label
+        assert "limit per key (right axis)" in fig  # the legend
+        assert "applies to each key of the tier" in fig
+    # no attack data in this run: no attack columns, no attack card
+    assert "attack requests" not in html and 'id="attack-let-through"' not in html
+    assert ("Revenue counts legitimate customers' admitted requests; attack traffic let "
+            "through is load on the backend, not income.") in html
     # totals table
     t = data["totals"]
     table = re.search(r'<table id="totals".*?</table>', html, re.S).group(0)
@@ -209,7 +223,7 @@ def test_full_report_has_every_chart_totals_and_headline():
                              f"${tt['revenue']:,.2f}", f"{tt['static_admitted']:,}",
                              f"${tt['static_revenue']:,.2f}", f"{tt['daemon_admitted']:,}",
                              f"{tt['daemon_denied']:,}"]
-        assert "yes" in cells[8]
+        assert "yes" in cells[8] and len(cells) == 9
     assert f"${t['revenue']:,.2f}" in table and f"${t['static_revenue']:,.2f}" in table
     # headline
     assert f'<b id="revenue-adaptive">${t["revenue"]:,.2f}</b>' in html
@@ -217,10 +231,17 @@ def test_full_report_has_every_chart_totals_and_headline():
     assert f'<b id="revenue-ratio">x{t["revenue_ratio"]:.2f} (' in html
     assert t["revenue_ratio"] > 1.2  # the synthetic run is a win for adaptive limits
     assert '<b id="clients-match">yes</b>' in html
-    # governance table: one row per event, old -> new, actor
+    # governance table: one row per non-routine event, old -> new, actor
     gov = re.search(r'<table id="governance".*?</table>', html, re.S).group(0)
-    assert gov.count("<tr>") == 1 + 7
+    assert gov.count("<tr>") == 1 + 4
     assert "22 -&gt; 45" in gov and "operator(uid 1000)" in gov and "3f9c0a1e" in gov
+    assert ">published<" not in gov and 'id="governance-more"' not in html
+    # ... and above it one line per tier for the routine publications
+    routine = re.search(r'<ul id="routine">(.*?)</ul>', html, re.S).group(1)
+    assert re.findall(r"<li>(.*?)</li>", routine) == [
+        "enterprise: 2 publications by the rules, limit between 15 and 45",
+        "free: 1 publication by the rules, limit 3"]
+    assert html.index('id="routine"') < html.index('id="governance"')
     # untrusted strings escaped, in the table and in the markers' titles
     assert "<script>alert(1)</script>" not in html
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot; "
@@ -274,8 +295,8 @@ def edge_cases() -> dict[str, dict]:
     hostile["title"] = "</title><script>alert(3)</script>"
     hostile["segment"] = "<b>seg</b>"
     hostile["phases"][0]["label"] = "<i>phase</i>"
-    hostile["governance"][0].update(tier=HOSTILE_TIER, actor="<u>root</u>",
-                                    approval_id="\"'><x>")
+    for g in hostile["governance"][:2]:  # a routine publication and a pending change
+        g.update(tier=HOSTILE_TIER, actor="<u>root</u>", approval_id="\"'><x>")
     hostile["clients"][0]["tier"] = HOSTILE_TIER
     return {
         "empty": {},
@@ -325,6 +346,11 @@ def test_edge_cases_render(case):
             assert raw not in html.replace("<script type=\"application/json\"", "")
         assert "&lt;img src=x onerror=alert(1)&gt;" in html
         assert "\x1b" not in summary
+        # in the routine summary and in the table of the other events
+        routine = re.search(r'<ul id="routine">(.*?)</ul>', html, re.S).group(1)
+        assert "&lt;u&gt;root&lt;/u&gt;" in routine and "&lt;img src=x" in routine
+        gov = re.search(r'<table id="governance".*?</table>', html, re.S).group(0)
+        assert "&lt;u&gt;root&lt;/u&gt;" in gov and "&quot;&#x27;&gt;&lt;x&gt;" in gov
 
 
 def test_summary_is_short_and_has_the_headline():
@@ -367,6 +393,235 @@ def test_write_report(tmp_path):
     assert back == json.loads(json.dumps(data))  # otherwise the data, unchanged
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     dr.write_report(data, out)  # again: overwrites
+
+
+def _chart_svg(html: str, cid: str) -> str:
+    return re.search(rf'<svg id="{cid}".*?</svg>', html, re.S).group(0)
+
+
+def _tooltip_series(html: str, cid: str) -> dict[str, list[str]]:
+    """The tooltip data of one chart: series name -> values (as the page gets them)."""
+    charts = json.loads(re.search(r'<script type="application/json" id="chart-data">(.*?)'
+                                  r'</script>', html, re.S).group(1))
+    index = int(re.search(rf'<svg id="{cid}"[^>]*data-chart="(\d+)"', html).group(1))
+    return {s["n"]: s for s in charts[index]["s"]}
+
+
+def with_routine_publications(data: dict, per_tick: float = 0.25) -> dict:
+    """Adds what the real run has: a routine "published" change every tick, per tier."""
+    limits = {"enterprise": (15, 43), "pro": (8, 27), "free": (3, 9)}
+    extra = []
+    t, k = 0.3, 0
+    while t < data["duration_s"]:
+        name = list(limits)[k % 3]
+        lo, hi = limits[name]
+        old, new = lo + k % (hi - lo), lo + (k + 1) % (hi - lo + 1)
+        extra.append({"t_s": round(t, 2), "event": "published", "tier": name,
+                      "old_limit": old, "new_limit": new, "actor": "rules",
+                      "reason": f"{name}: routine tick", "approval_id": ""})
+        t += per_tick
+        k += 1
+    data["governance"] = data["governance"] + extra
+    return data
+
+
+def test_routine_publications_make_no_markers_but_are_summarised():
+    data = with_routine_publications(make_data())
+    gov = data["governance"]
+    routine = [g for g in gov if g["event"] == "published"]
+    others = sorted((g for g in gov if g["event"] != "published"), key=lambda g: g["t_s"])
+    assert len(routine) > 300 and len(others) == 4
+    html = dr.render_html(data)
+    assert_clean(html)
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):
+        titles = re.findall(r'<g class="gov-marker"><title>(.*?)</title>', svg)
+        assert [t.split(" ")[3] for t in titles] == [g["event"] for g in others]
+    table = re.search(r'<table id="governance".*?</table>', html, re.S).group(0)
+    assert table.count("<tr>") == 1 + 4 and "routine tick" not in table
+    lines = re.findall(r"<li>(.*?)</li>", re.search(r'<ul id="routine">(.*?)</ul>',
+                                                   html, re.S).group(1))
+    expect = []
+    for name in ("enterprise", "pro", "free"):
+        mine = [g for g in routine if g["tier"] == name]
+        lims = [v for g in mine for v in (g["old_limit"], g["new_limit"])]
+        expect.append(f"{name}: {len(mine)} publications by the rules, "
+                      f"limit between {min(lims)} and {max(lims)}")
+    assert lines == expect
+    assert f"{len(gov)} governance events ({len(routine)} routine publications)" in html
+    # other actors than the rules are named; a single value is not a range
+    data = make_data()
+    data["governance"] = [dict(g, actor="operator(uid 1000)") if g["tier"] == "free" else g
+                          for g in data["governance"]]
+    html = dr.render_html(data)
+    assert "<li>free: 1 publication by operator(uid 1000), limit 3</li>" in html
+    # only routine events: a summary, no markers, no table, and it says so
+    data["governance"] = [g for g in data["governance"] if g["event"] == "published"]
+    html = dr.render_html(data)
+    assert "gov-marker" not in html and 'id="governance"' not in html
+    assert 'id="routine"' in html and 'id="governance-empty"' in html
+
+
+def test_governance_table_is_capped_and_badges_do_not_overlap():
+    data = make_data()
+    # 250 held changes, many closer together than a badge is wide
+    data["governance"] = [{"t_s": round(0.5 + i * 0.33, 2), "event": ("pending", "approved",
+                           "rejected", "expired")[i % 4], "tier": "pro", "old_limit": 8,
+                           "new_limit": 16, "actor": "rules", "reason": f"r{i}",
+                           "approval_id": f"id{i:03d}"} for i in range(250)]
+    html = dr.render_html(data)
+    assert_clean(html)
+    table = re.search(r'<table id="governance".*?</table>', html, re.S).group(0)
+    assert table.count("<tr>") == 1 + 200
+    assert ">id199<" in table and ">id200<" not in table
+    assert '<p id="governance-more" class="muted">... and 50 more in report.json</p>' in html
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):
+        assert svg.count('class="gov-marker"') == 250  # every event keeps its line
+        badges = [(float(y), float(x), float(w)) for x, y, w in re.findall(
+            r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="13" rx="3"', svg)]
+        assert 20 < len(badges) < 250
+        rows: dict[float, list[tuple[float, float]]] = {}
+        for y, x, w in badges:
+            rows.setdefault(y, []).append((x, x + w))
+        assert len(rows) <= 3
+        for spans in rows.values():
+            spans.sort()
+            assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), spans
+        # the badges sit above the plot: below the phase labels, above its top grid line
+        top = min(float(y) for y in re.findall(r'<rect class="phase" x="[\d.]+" y="([\d.]+)"',
+                                               svg))
+        assert all(y + 13 <= top for y, _, _ in badges)
+        labels = [float(y) for y in re.findall(r'<text class="phase-label" x="[\d.]+" '
+                                               r'y="([\d.]+)"', svg)]
+        assert all(y < min(b[0] for b in badges) for y in labels)
+
+
+def test_denial_chart_is_the_denied_share_in_percent():
+    data = make_data()
+    data["samples"][0]["tiers"]["pro"].update(offered_rps=0.0, admitted_rps=0.0,
+                                              denied_rps=0.0)
+    data["samples"][1]["tiers"]["pro"].update(offered_rps=0.0, denied_rps=3.0)  # odd: 0
+    data["samples"][2]["tiers"]["pro"].update(offered_rps=10.0, denied_rps=12.0)  # > 100 %
+    html = dr.render_html(data)
+    svg = _chart_svg(html, "chart-denials")
+    fig = re.search(r'<figure class="panel"><figcaption>([^<]*)</figcaption>(?:(?!</figure>)'
+                    r'.)*id="chart-denials".*?</figure>', html, re.S).group(0)
+    assert "<figcaption>Denied share of offered requests by tier</figcaption>" in fig
+    # the y axis is 0..100 %
+    ticks = re.findall(r'<text class="tick" x="[\d.]+" y="[\d.]+" text-anchor="end">'
+                       r'([^<]*)</text>', svg)
+    assert ticks == ["0 %", "20 %", "40 %", "60 %", "80 %", "100 %"]
+    series = _tooltip_series(html, "chart-denials")
+    assert list(series) == ["enterprise", "pro", "free"]
+    for name, s in series.items():
+        assert s["u"] == "% denied"
+        vals = [float(v) for v in s["v"]]
+        assert all(0.0 <= v <= 100.0 for v in vals)
+        expect = []
+        for smp in data["samples"]:
+            tt = smp["tiers"][name]
+            share = tt["denied_rps"] / tt["offered_rps"] * 100 if tt["offered_rps"] > 0 else 0.0
+            expect.append(round(min(max(share, 0.0), 100.0), 1))
+        assert vals == expect, name
+    # the free tier's DDoS is nearly all denied, the others are not flat at zero for it
+    free = [float(v) for v in series["free"]["v"]]
+    assert max(free) > 90 and max(float(v) for v in series["enterprise"]["v"]) < 100
+    assert [float(v) for v in series["pro"]["v"][:3]] == [0.0, 0.0, 100.0]
+    # every drawn point lies inside the plot
+    plot = re.search(r'<rect class="phase" x="[\d.]+" y="([\d.]+)" width="[\d.]+" '
+                     r'height="([\d.]+)"', svg)
+    y1, y0 = float(plot.group(1)), float(plot.group(1)) + float(plot.group(2))
+    for d in re.findall(r'<path class="series" d="([^"]+)"', svg):
+        ys = [float(y) for y in re.findall(r"[ML][\d.]+ ([\d.]+)", d)]
+        assert ys and all(y1 - 0.01 <= y <= y0 + 0.01 for y in ys)
+    # the absolute peaks are still given, in the caption
+    peak = max(s["tiers"]["free"]["denied_rps"] for s in data["samples"])
+    assert f"free {peak:,.0f}/s at " in fig
+
+
+def with_attack(data: dict) -> dict:
+    for name, tt in data["totals"]["tiers"].items():
+        tt.update(attack_requests=0, attack_admitted=0, static_attack_admitted=0)
+    data["totals"]["tiers"]["free"].update(attack_requests=90250, attack_admitted=40281,
+                                           static_attack_admitted=65280)
+    return data
+
+
+def test_attack_columns_and_card_appear_only_with_attack_data():
+    head = re.compile(r'<table id="totals".*?<thead>(.*?)</thead>', re.S)
+    # fields absent (older data) or all zero: nothing about attacks
+    plain = make_data()
+    zero = make_data()
+    for tt in zero["totals"]["tiers"].values():
+        tt.update(attack_requests=0, attack_admitted=0, static_attack_admitted=0)
+    for data in (plain, zero):
+        html = dr.render_html(data)
+        assert "attack" not in head.search(html).group(1)
+        assert 'id="attack-let-through"' not in html
+        assert "Attack" not in dr.render_summary(data)
+    data = with_attack(make_data())
+    html = dr.render_html(data)
+    assert_clean(html)
+    cols = re.findall(r'<th scope="col">(.*?)</th>', head.search(html).group(1))
+    assert cols == ["tier", "requests", "admitted", "denied", "revenue", "static admitted",
+                    "static revenue", "attack requests", "attack let through",
+                    "attack let through, static", "daemon admitted", "daemon denied",
+                    "matches daemon"]
+    table = re.search(r'<table id="totals".*?</table>', html, re.S).group(0)
+    free = re.findall(r"<td>(.*?)</td>",
+                      re.search(r"<tr><th[^>]*>.*?free</th>(.*?)</tr>", table, re.S).group(1))
+    assert free[6:9] == ["90,250", "40,281", "65,280"]
+    tt = data["totals"]["tiers"]["free"]
+    assert free[9:11] == [f"{tt['daemon_admitted']:,}", f"{tt['daemon_denied']:,}"]
+    pro = re.findall(r"<td>(.*?)</td>",
+                     re.search(r"<tr><th[^>]*>.*?pro</th>(.*?)</tr>", table, re.S).group(1))
+    assert pro[6:9] == ["0", "0", "0"]
+    foot = re.findall(r"<td>(.*?)</td>", re.search(r"<tfoot>(.*?)</tfoot>", table, re.S).group(1))
+    assert foot[6:9] == ["90,250", "40,281", "65,280"]
+    assert ('<b id="attack-let-through">adaptive 40,281 vs static 65,280</b>' in html)
+    card = re.search(r'<div class="stat([^"]*)"><span>attack requests let through</span>',
+                     html)
+    assert card and card.group(1) == " good"  # fewer let through than the static limits
+    assert "Attack requests let through: adaptive 40,281 vs static 65,280" in \
+        dr.render_summary(data)
+    # the headline's revenue is the totals' (legitimate traffic), unchanged
+    assert f'<b id="revenue-adaptive">${data["totals"]["revenue"]:,.2f}</b>' in html
+    # a tier without the fields (older client) shows empty cells, not zeros
+    for k in ("attack_requests", "attack_admitted", "static_attack_admitted"):
+        del data["totals"]["tiers"]["pro"][k]
+    table = re.search(r'<table id="totals".*?</table>', dr.render_html(data), re.S).group(0)
+    pro = re.findall(r"<td>(.*?)</td>",
+                     re.search(r"<tr><th[^>]*>.*?pro</th>(.*?)</tr>", table, re.S).group(1))
+    assert pro[6:9] == ["", "", ""] and len(pro) == 12
+    # worse than static: the card says so
+    data["totals"]["tiers"]["free"]["attack_admitted"] = 70000
+    assert '<div class="stat bad"><span>attack requests let through' in dr.render_html(data)
+    # untrusted strings stay escaped with the attack columns on
+    data["totals"]["tiers"][HOSTILE_TIER] = data["totals"]["tiers"].pop("free")
+    html = dr.render_html(data)
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_revenue_end_labels_do_not_overlap():
+    data = make_data()
+    # static replay == the run: both cumulative lines end at the same value
+    for name in data["static_series"]["tiers"]:
+        data["static_series"]["tiers"][name]["revenue_rate"] = [
+            s["tiers"][name]["revenue_rate"] for s in data["samples"]]
+    svg = _chart_svg(dr.render_html(data), "chart-revenue")
+    ys = [float(y) for y in re.findall(r'<text class="end-label" x="[\d.]+" y="([\d.]+)"', svg)]
+    assert len(ys) == 2 and abs(ys[0] - ys[1]) >= 14, ys
+
+
+def test_revenue_chart_warns_when_the_series_disagree_with_the_totals():
+    data = make_data()
+    html = dr.render_html(data)
+    assert "disagree with the totals" not in html
+    # a static replay series that (wrongly) counts attack traffic as revenue
+    data["static_series"]["tiers"]["free"]["revenue_rate"] = [
+        v * 50 for v in data["static_series"]["tiers"]["free"]["revenue_rate"]]
+    html = dr.render_html(data)
+    assert "disagree with the totals by more than 10% (static $" in html
+    assert f"sampled vs ${data['totals']['static_revenue']:,.2f} exact); trust the totals." in html
 
 
 # --------------------------------------------------------------------------- Chromium
@@ -434,7 +689,8 @@ def test_report_renders_in_chromium_without_errors(browser, tmp_path):
     assert _only_the_page(r["requests"], page) == [], r["requests"]
     display, text = r["tip"]
     assert display == "block", r["tip"]
-    assert text.startswith("t = ") and "admitted:" in text and "limit:" in text, text
+    assert text.startswith("t = ") and "admitted:" in text, text
+    assert "limit per key: " in text and " per window" in text, text
 
 
 @pytest.mark.parametrize("case", ["one_sample", "no_governance", "tier_without_traffic",
@@ -450,6 +706,20 @@ def test_edge_cases_in_chromium(browser, tmp_path, case):
         assert HOSTILE_TIER + ": " in r["tip"][1], r["tip"]
     elif case != "empty":
         assert r["tip"][0] == "block" and "host: " in r["tip"][1], r["tip"]
+
+
+def test_realistic_run_in_chromium(browser, tmp_path):
+    """The shape of a real run: a routine publication every tick, attack traffic."""
+    page = tmp_path / "realistic.html"
+    page.write_text(dr.render_html(with_attack(with_routine_publications(make_data()))),
+                    encoding="utf-8")
+    r = browser.check(page, hover="#chart-denials", at=0.72)  # in the DDoS phase
+    assert r["errors"] == [] and r["warnings"] == [] and r["dialogs"] == [], r
+    assert _only_the_page(r["requests"], page) == [], r["requests"]
+    display, text = r["tip"]
+    assert display == "block" and "free: " in text and "% denied" in text, r["tip"]
+    share = float(re.search(r"free: ([\d.]+) % denied", text).group(1))
+    assert 50 <= share <= 100, text
 
 
 # --------------------------------------------------------------------------- screenshot
