@@ -89,28 +89,38 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
     error = "segment '" + opt.segment + "': " + detail;
     return nullptr;
   }
-  const std::string db = audit_db_path(d->policy_, opt);
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(db).parent_path(), ec);
-  d->store_ = policy_loop::AuditStore::open(db, error);
-  if (!d->store_) {
-    error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
+  if (!d->open_services(error)) {
+    // A failed start leaves no segment behind that it made itself.
+    if (d->created_) {
+      d->stop();
+      core::Owner::remove(opt.segment);
+    }
     return nullptr;
   }
-  d->engine_ = std::make_unique<policy_loop::PolicyEngine>(d->policy_, *d->owner_, *d->store_, getuid());
-  if (!d->attach_advisor(error)) return nullptr;
-  d->control_ = ControlServer::listen(control_socket_path(opt.segment), error);
-  if (!d->control_) return nullptr;
-  d->tick_ns_ = opt.tick_ns ? *opt.tick_ns : int64_t(d->policy_.tick_ms) * 1'000'000;
-  d->shared_loop_.set(d->loop_state());
-  if (opt.metrics_addr && !d->serve_metrics(error)) return nullptr;
-  const size_t pending = d->store_->pending().size();
-  spdlog::info("audit store {} ({} pending approvals), control socket {}", db, pending,
-               control_socket_path(opt.segment));
-  spdlog::info("{} segment '{}' ({} tiers, {} keys per tier, {} MiB mapped)",
-               d->created_ ? "created" : "re-attached", opt.segment, d->policy_.tiers.size(),
-               d->policy_.segment.max_keys, d->owner_->state().segment_bytes >> 20);
   return d;
+}
+
+bool Daemon::open_services(std::string &error) {
+  const std::string db = audit_db_path(policy_, opt_);
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(db).parent_path(), ec);
+  store_ = policy_loop::AuditStore::open(db, error);
+  if (!store_) {
+    error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
+    return false;
+  }
+  engine_ = std::make_unique<policy_loop::PolicyEngine>(policy_, *owner_, *store_, getuid());
+  if (!attach_advisor(error)) return false;
+  control_ = ControlServer::listen(control_socket_path(opt_.segment), error);
+  if (!control_) return false;
+  tick_ns_ = opt_.tick_ns ? *opt_.tick_ns : int64_t(policy_.tick_ms) * 1'000'000;
+  shared_loop_.set(loop_state());
+  if (opt_.metrics_addr && !serve_metrics(error)) return false;
+  spdlog::info("audit store {} ({} pending approvals), control socket {}", db, store_->pending().size(),
+               control_socket_path(opt_.segment));
+  spdlog::info("{} segment '{}' ({} tiers, {} keys per tier, {} MiB mapped)", created_ ? "created" : "re-attached",
+               opt_.segment, policy_.tiers.size(), policy_.segment.max_keys, owner_->state().segment_bytes >> 20);
+  return true;
 }
 
 bool Daemon::attach_advisor(std::string &error) {

@@ -57,6 +57,8 @@ class Daemon {
 
  private:
   Daemon() = default;
+  // The audit store, engine, advisor, control socket and /metrics, in that order.
+  bool open_services(std::string &error);
   bool attach_advisor(std::string &error);
   bool serve_metrics(std::string &error);
   Options opt_;

@@ -138,10 +138,14 @@ def test_a_bad_metrics_address_is_refused_by_name(bad, tmp_path):
 
 def test_a_taken_metrics_port_stops_the_start(metrics_daemon, tmp_path):
     taken = metrics_port(metrics_daemon)
+    segment = metrics_daemon.segment + "-second"
     try:
-        second = Daemon(tmp_path, args=("--metrics-addr", f"127.0.0.1:{taken}"))
+        second = Daemon(tmp_path, segment=segment, args=("--metrics-addr", f"127.0.0.1:{taken}"))
     except RuntimeError as e:
         assert f"cannot listen on 127.0.0.1:{taken}" in str(e)
+        # The failed start removed the segment it had created (only its lock file stays).
+        assert sorted(p.name for p in Path("/dev/shm").glob(f"{segment}.*")) == [f"{segment}.lock"]
+        Path(f"/dev/shm/{segment}.lock").unlink()
         return
     second.stop()
     pytest.fail("a second sluiced started on a metrics port already in use")
