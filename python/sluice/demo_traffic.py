@@ -117,17 +117,22 @@ def static_replay(events, limits: dict[str, int], windows_s: dict[str, float]):
     return allowed
 
 
-def per_second(events, flags, tiers: list[str], duration_s: float, revenue: dict[str, float]) -> dict:
-    """Admitted requests/s and revenue/s per tier, one-second buckets."""
+def per_second(events, flags, tiers: list[str], duration_s: float, revenue: dict[str, float],
+               attack_prefixes: set[str] = frozenset()) -> dict:
+    """Admitted requests/s (all traffic) and revenue/s (legitimate traffic only:
+    keys outside `attack_prefixes`) per tier, one-second buckets."""
     n = max(1, int(duration_s + 0.999))
     out = {"t_s": [i + 0.5 for i in range(n)],
            "tiers": {t: {"admitted_rps": [0.0] * n, "revenue_rate": [0.0] * n} for t in tiers}}
-    for (t_us, tier, _, _), ok in zip(events, flags):
+    for (t_us, tier, key, _), ok in zip(events, flags):
         if ok:
             i = min(n - 1, int(t_us // 1_000_000))
-            out["tiers"][tier]["admitted_rps"][i] += 1
+            row = out["tiers"][tier]
+            row["admitted_rps"][i] += 1
+            if key.rsplit("-", 1)[0] not in attack_prefixes:
+                row["revenue_rate"][i] += revenue[tier]
     for t in tiers:
-        out["tiers"][t]["revenue_rate"] = [round(v * revenue[t], 4) for v in out["tiers"][t]["admitted_rps"]]
+        out["tiers"][t]["revenue_rate"] = [round(v, 4) for v in out["tiers"][t]["revenue_rate"]]
     return out
 
 
