@@ -366,6 +366,7 @@ def run(duration_s: float = 90, out_dir: str = "sluice-demo-report", bin_dir: st
                 keep_segment, approve, live)
     # SIGTERM ends the demo as Ctrl-C does: everything it started is stopped.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupted = False
     try:
         data = demo.run()
         paths = demo_report.write_report(data, demo.out_dir)
@@ -373,7 +374,8 @@ def run(duration_s: float = 90, out_dir: str = "sluice-demo-report", bin_dir: st
         print(f"report: {paths['html']}")
         return 0 if data["checks"]["clients_match_daemon"] else 1
     except KeyboardInterrupt:
-        print("\nsluice demo: interrupted; stopping every process it started", file=sys.stderr)
+        # Said after the live view has given the terminal back (see finally).
+        interrupted = True
         return 130
     except DemoError as e:
         print(f"sluice demo: {e}", file=sys.stderr)
@@ -381,3 +383,6 @@ def run(duration_s: float = 90, out_dir: str = "sluice-demo-report", bin_dir: st
     finally:
         demo.stop_all()
         demo.cleanup()
+        if interrupted:
+            print("\nsluice demo: interrupted; every process it started is stopped and its segment removed",
+                  file=sys.stderr)
