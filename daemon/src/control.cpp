@@ -77,7 +77,8 @@ void ControlServer::serve_pending(const Handler &handler) {
   }
 }
 
-bool control_request(const std::string &path, const std::string &line, std::string &reply, std::string &error) {
+bool control_request(const std::string &path, const std::string &line, std::string &reply, std::string &error,
+                     int timeout_ms) {
   sockaddr_un a;
   if (!fill_addr(path, a, error)) return false;
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -85,8 +86,9 @@ bool control_request(const std::string &path, const std::string &line, std::stri
     error = std::string("socket: ") + std::strerror(errno);
     return false;
   }
-  timeval tv{10, 0};
+  timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (::connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0) {
     error = "cannot reach sluiced at " + path + ": " + std::strerror(errno) + " (is sluiced running?)";
     ::close(fd);
@@ -100,12 +102,19 @@ bool control_request(const std::string &path, const std::string &line, std::stri
   }
   char buf[4096];
   reply.clear();
+  bool timed_out = false;
   for (;;) {
     const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    timed_out = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
     if (n <= 0) break;
     reply.append(buf, size_t(n));
   }
   ::close(fd);
+  if (timed_out) {
+    error = "sluiced did not answer within " + std::to_string(timeout_ms) + " ms (busy or hung?)";
+    return false;
+  }
   if (reply.empty()) {
     error = "sluiced closed the connection without a reply";
     return false;

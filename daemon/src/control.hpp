@@ -35,6 +35,8 @@ class ControlServer {
 };
 
 // Client side (sluicectl): sends one line, returns the reply.
-bool control_request(const std::string &path, const std::string &line, std::string &reply, std::string &error);
+// Gives up after timeout_ms without a whole reply (a hung daemon cannot hold the caller).
+bool control_request(const std::string &path, const std::string &line, std::string &reply, std::string &error,
+                     int timeout_ms = 10'000);
 
 }  // namespace sluice::daemon

@@ -599,7 +599,8 @@ TopFrame collect_frame(const TopOptions &opt, const Status *prev, double seconds
   f.status_ok = read_status(opt.segment, f.status, f.status_error);
   if (f.status_ok && prev) f.rates = compute_rates(*prev, f.status, seconds_since_prev);
   std::string reply, error;
-  if (!control_request(control_socket_path(opt.segment), "overview", reply, error)) {
+  // A hung daemon costs one second a frame, not the socket default (q stays responsive).
+  if (!control_request(control_socket_path(opt.segment), "overview", reply, error, 1000)) {
     f.overview_error = error;
     f.daemon_unreachable = true;
   } else {

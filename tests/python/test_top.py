@@ -323,3 +323,19 @@ def test_top_needs_a_terminal(daemon):
     assert out.stdout == ""
     # Top's options belong to top.
     assert daemon.ctl("status", "--once").returncode == 2
+
+
+def test_a_hung_daemon_costs_a_second_not_the_view(daemon):
+    """sluiced stopped (SIGSTOP) but alive: top gives up on the loop view after its
+    1 s control timeout and still shows the counters."""
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        out = daemon.ctl("top", "--once")
+        took = time.monotonic() - t0
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    assert out.returncode == 0, out.stderr
+    assert took < 5, took
+    assert "did not answer within 1000 ms" in out.stdout, out.stdout
+    assert tier_row(out.stdout.splitlines(), "pro"), out.stdout
