@@ -65,6 +65,19 @@ struct Reader {
   void boolean(const json::Value &obj, std::string_view key, bool &out, const std::string &where) {
     if (const auto *v = member(obj, key, json::Value::Type::boolean, where)) out = v->boolean;
   }
+  // Calls each(object) for every element of the array `key`; stops at a non-object.
+  template <class Each>
+  void objects(const json::Value &obj, std::string_view key, Each each) {
+    if (const auto *arr = member(obj, key, json::Value::Type::array, "")) {
+      for (const json::Value &e : arr->items) {
+        if (e.type != json::Value::Type::object) {
+          fail(std::string(key) + "[] holds a non-object");
+          return;
+        }
+        each(e);
+      }
+    }
+  }
 };
 
 }  // namespace
@@ -86,48 +99,36 @@ bool parse_overview(const std::string &text, Overview &out, std::string &error) 
   r.count(*doc, "tick", out.tick, "");
   r.str(*doc, "host_surge", out.host_surge, "");
   r.num(*doc, "capacity_rps", out.capacity_rps, "");
-  if (const auto *tiers = r.member(*doc, "tiers", T::array, "")) {
-    for (const json::Value &t : tiers->items) {
-      if (t.type != T::object) {
-        r.fail("tiers[] holds a non-object");
-        break;
-      }
-      Overview::Tier o;
-      const std::string w = "tiers[].";
-      r.str(t, "name", o.name, w);
-      r.count(t, "limit", o.limit, w);
-      r.count(t, "baseline", o.baseline, w);
-      r.count(t, "floor", o.floor, w);
-      r.count(t, "ceiling", o.ceiling, w);
-      r.num(t, "offered_rps", o.offered_rps, w);
-      r.num(t, "admitted_rps", o.admitted_rps, w);
-      r.num(t, "denied_rps", o.denied_rps, w);
-      r.num(t, "ewma_rps", o.ewma_rps, w);
-      r.num(t, "forecast_rps", o.forecast_rps, w);
-      r.str(t, "surge", o.surge, w);
-      out.tiers.push_back(std::move(o));
-    }
-  }
-  if (const auto *pending = r.member(*doc, "pending", T::array, "")) {
-    for (const json::Value &p : pending->items) {
-      if (p.type != T::object) {
-        r.fail("pending[] holds a non-object");
-        break;
-      }
-      Overview::Pending o;
-      const std::string w = "pending[].";
-      r.str(p, "id", o.id, w);
-      r.str(p, "tier", o.tier, w);
-      r.count(p, "old_limit", o.old_limit, w);
-      r.count(p, "new_limit", o.new_limit, w);
-      r.str(p, "actor", o.actor, w);
-      r.num(p, "confidence", o.confidence, w);
-      r.str(p, "reason", o.reason, w);
-      r.i64(p, "created_unix_ms", o.created_unix_ms, w);
-      r.i64(p, "expires_unix_ms", o.expires_unix_ms, w);
-      out.pending.push_back(std::move(o));
-    }
-  }
+  r.objects(*doc, "tiers", [&](const json::Value &t) {
+    Overview::Tier o;
+    const std::string w = "tiers[].";
+    r.str(t, "name", o.name, w);
+    r.count(t, "limit", o.limit, w);
+    r.count(t, "baseline", o.baseline, w);
+    r.count(t, "floor", o.floor, w);
+    r.count(t, "ceiling", o.ceiling, w);
+    r.num(t, "offered_rps", o.offered_rps, w);
+    r.num(t, "admitted_rps", o.admitted_rps, w);
+    r.num(t, "denied_rps", o.denied_rps, w);
+    r.num(t, "ewma_rps", o.ewma_rps, w);
+    r.num(t, "forecast_rps", o.forecast_rps, w);
+    r.str(t, "surge", o.surge, w);
+    out.tiers.push_back(std::move(o));
+  });
+  r.objects(*doc, "pending", [&](const json::Value &p) {
+    Overview::Pending o;
+    const std::string w = "pending[].";
+    r.str(p, "id", o.id, w);
+    r.str(p, "tier", o.tier, w);
+    r.count(p, "old_limit", o.old_limit, w);
+    r.count(p, "new_limit", o.new_limit, w);
+    r.str(p, "actor", o.actor, w);
+    r.num(p, "confidence", o.confidence, w);
+    r.str(p, "reason", o.reason, w);
+    r.i64(p, "created_unix_ms", o.created_unix_ms, w);
+    r.i64(p, "expires_unix_ms", o.expires_unix_ms, w);
+    out.pending.push_back(std::move(o));
+  });
   if (const auto *g = r.member(*doc, "governance", T::object, "")) {
     const std::string w = "governance.";
     r.count(*g, "requested", out.requested, w);

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -95,6 +101,72 @@ class Daemon:
                 os.unlink(f"/dev/shm/{self.segment}{suffix}")
             except FileNotFoundError:
                 pass
+
+
+def metrics_port(d: Daemon) -> int:
+    """The port a Daemon started with --metrics-addr ...:0 serves /metrics on (from its log)."""
+    m = re.search(r"metrics: serving http://127\.0\.0\.1:(\d+)/metrics", d.log_path.read_text())
+    assert m, d.log_path.read_text()
+    return int(m.group(1))
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Prometheus:
+    """A private Prometheus server on a free loopback port, scraping `target`
+    (HOST:PORT) every second; a context manager that stops it."""
+
+    def __init__(self, tmp: Path, target: str) -> None:
+        prom = shutil.which("prometheus")
+        assert prom, "prometheus is not installed (.ci/deps installs it)"
+        self.port = free_port()
+        self.log_path = tmp / "prometheus.log"
+        cfg = tmp / "prometheus.yml"
+        cfg.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                       "scrape_configs:\n"
+                       f"  - job_name: sluice\n    static_configs: [{{targets: ['{target}']}}]\n")
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([prom, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}"],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def api(self, path: str, **params: str) -> dict:
+        """GET /api/v1/<path>; a 4xx answer (a bad query) is returned as its JSON
+        error; OSError while it is not listening yet."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            return json.loads(fetch(url))
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read().decode())
+
+    def query(self, expr: str) -> dict:
+        return self.api("query", query=expr)
+
+    def check_alive(self) -> None:
+        assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+
+    def __enter__(self) -> "Prometheus":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
 
 
 @pytest.fixture

@@ -8,17 +8,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SLUICED, Daemon
+from conftest import ROOT, SLUICED, Daemon, Prometheus, fetch, metrics_port
 
 DASHBOARDS = ROOT / "dashboards"
 DASHBOARD = DASHBOARDS / "sluice.json"
@@ -232,17 +228,6 @@ def parse_exposition(page: str) -> dict[str, dict[str, set[str]]]:
         for lm in re.finditer(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""):
             labels.setdefault(lm.group(1), set()).add(lm.group(2))
     return series
-
-
-def metrics_port(d: Daemon) -> int:
-    m = re.search(r"metrics: serving http://127\.0\.0\.1:(\d+)/metrics", d.log_path.read_text())
-    assert m, d.log_path.read_text()
-    return int(m.group(1))
-
-
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return r.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -466,90 +451,59 @@ def test_substitution():
 
 # ------------------------------------------------------------------ a real Prometheus
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path):
     """Parsing is not enough: a label mismatch in a division or a wrong grouping
     returns nothing. A real Prometheus scrapes a real sluiced after traffic and
     every panel target must evaluate without error to at least one series."""
-    prom = shutil.which("prometheus")
-    if not prom:
+    if not shutil.which("prometheus"):
         pytest.skip("prometheus is not installed")
     import sluice
 
     d = Daemon(tmp_path, args=("--metrics-addr", "127.0.0.1:0", "--tick-ms", "200"))
-    p = None
-    log = open(tmp_path / "prometheus.log", "w")
     try:
         target = f"127.0.0.1:{metrics_port(d)}"
-        port = free_port()
-        cfg = tmp_path / "prometheus.yml"
-        cfg.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            f"  - job_name: sluice\n    static_configs: [{{targets: ['{target}']}}]\n")
-        p = subprocess.Popen([prom, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        with Prometheus(tmp_path, target) as prom:
+            query = prom.query
+            values = dict(TEST_VALUES, instance=target)
+            # Traffic over several scrapes, so rate() has samples on both sides.
+            deadline = time.monotonic() + 60
+            with sluice.Client(d.segment) as c:
+                while True:
+                    for i in range(20):
+                        c.acquire(f"k{i % 4}", "pro")
+                        c.acquire("e", "enterprise", cost=2)
+                        c.acquire("f", "free")
+                    try:
+                        r = query(f'count_over_time(sluice_tier_limit{{instance="{target}",tier="pro"}}[1m])')
+                        if r.get("status") == "success" and r["data"]["result"] and \
+                                float(r["data"]["result"][0]["value"][1]) >= 4:
+                            break
+                    except OSError:
+                        pass  # not listening yet
+                    prom.check_alive()
+                    assert time.monotonic() < deadline, prom.log_path.read_text()[-2000:]
+                    time.sleep(0.5)
 
-        def query(expr: str) -> dict:
-            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-            try:
-                return json.loads(fetch(url))
-            except urllib.error.HTTPError as e:  # 400/422: a bad query, with Prometheus' error
-                return json.loads(e.read().decode())
+            # The control: a query with a mismatched division returns no data, and is caught.
+            r = query(f'sluice_tier_limit{{instance="{target}"}} / sluice_host_surge_level{{instance="{target}"}}')
+            assert r["status"] == "success" and r["data"]["result"] == []
 
-        values = dict(TEST_VALUES, instance=target)
-        # Traffic over several scrapes, so rate() has samples on both sides.
-        deadline = time.monotonic() + 60
-        with sluice.Client(d.segment) as c:
-            while True:
-                for i in range(20):
-                    c.acquire(f"k{i % 4}", "pro")
-                    c.acquire("e", "enterprise", cost=2)
-                    c.acquire("f", "free")
-                try:
-                    r = query(f'count_over_time(sluice_tier_limit{{instance="{target}",tier="pro"}}[1m])')
-                    if r.get("status") == "success" and r["data"]["result"] and \
-                            float(r["data"]["result"][0]["value"][1]) >= 4:
-                        break
-                except OSError:
-                    pass  # not listening yet
-                assert p.poll() is None, (tmp_path / "prometheus.log").read_text()
-                assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-2000:]
-                time.sleep(0.5)
-
-        # The control: a query with a mismatched division returns no data, and is caught.
-        r = query(f'sluice_tier_limit{{instance="{target}"}} / sluice_host_surge_level{{instance="{target}"}}')
-        assert r["status"] == "success" and r["data"]["result"] == []
-
-        failures = []
-        for where, expr in panel_exprs(load_dashboard()):
-            r = query(substitute(expr, values))
-            if r.get("status") != "success":
-                failures.append(f"{where}: {r.get('error')} in {expr}")
-            elif not r["data"]["result"]:
-                failures.append(f"{where}: no data for {expr}")
-        for v in load_dashboard()["templating"]["list"]:
-            if v.get("type") == "query":
-                expr, label = split_label_values(variable_query(v))
+            failures = []
+            for where, expr in panel_exprs(load_dashboard()):
                 r = query(substitute(expr, values))
-                got = {s["metric"].get(label) for s in r["data"]["result"]} if r.get("status") == "success" else set()
-                if not got - {None}:
-                    failures.append(f"variable ${v['name']}: no {label} values from {expr}")
-        assert not failures, "\n".join(failures)
+                if r.get("status") != "success":
+                    failures.append(f"{where}: {r.get('error')} in {expr}")
+                elif not r["data"]["result"]:
+                    failures.append(f"{where}: no data for {expr}")
+            for v in load_dashboard()["templating"]["list"]:
+                if v.get("type") == "query":
+                    expr, label = split_label_values(variable_query(v))
+                    r = query(substitute(expr, values))
+                    got = {s["metric"].get(label) for s in r["data"]["result"]} if r.get("status") == "success" else set()
+                    if not got - {None}:
+                        failures.append(f"variable ${v['name']}: no {label} values from {expr}")
+            assert not failures, "\n".join(failures)
     finally:
-        if p is not None:
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        log.close()
         d.stop()
 
 

@@ -3,36 +3,13 @@ Prometheus server, and the flag's errors."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-import socket
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import SLUICED, Daemon
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metrics_port(d: Daemon) -> int:
-    m = re.search(r"metrics: serving http://127\.0\.0\.1:(\d+)/metrics", d.log_path.read_text())
-    assert m, d.log_path.read_text()
-    return int(m.group(1))
-
-
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return r.read().decode()
+from conftest import SLUICED, Daemon, Prometheus, fetch, metrics_port
 
 
 def sample(page: str, series: str) -> float:
@@ -77,55 +54,32 @@ def test_promtool_catches_a_broken_page():
 def test_a_real_prometheus_scrapes_the_admissions(metrics_daemon, tmp_path):
     import sluice
 
-    prom = shutil.which("prometheus")
-    assert prom, "prometheus is not installed (.ci/deps installs it)"
-    target = metrics_port(metrics_daemon)
-    port = free_port()
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: sluice\n    static_configs: [{{targets: ['127.0.0.1:{target}']}}]\n"
-    )
-    log = open(tmp_path / "prometheus.log", "w")
-    p = subprocess.Popen([prom, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                          f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with Prometheus(tmp_path, f"127.0.0.1:{metrics_port(metrics_daemon)}") as prom:
         with sluice.Client(metrics_daemon.segment) as c:
             allowed = sum(c.acquire(f"user-{i % 4}", "enterprise").allowed for i in range(57))
-        assert allowed == 57  # 4 keys x 20 per window
-        with sluice.Client(metrics_daemon.segment) as c:
             denied = sum(not c.acquire("one", "free").allowed for _ in range(9))
+        assert allowed == 57  # 4 keys x 20 per window
         assert denied == 7
         query = ('sum(sluice_admissions_total{tier="enterprise",decision="allowed"}) + '
                  'sum(sluice_admissions_total{tier="free",decision="denied"}) * 1000')
-        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
         want = 57 + 7 * 1000
         got = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                res = json.loads(fetch(url))
+                res = prom.query(query)
                 if res["status"] == "success" and res["data"]["result"]:
                     got = float(res["data"]["result"][0]["value"][1])
                     if got == want:
                         break
             except OSError:
                 pass  # not listening yet
-            assert p.poll() is None, (tmp_path / "prometheus.log").read_text()
+            prom.check_alive()
             time.sleep(0.5)
-        assert got == want, (got, (tmp_path / "prometheus.log").read_text()[-2000:])
+        assert got == want, (got, prom.log_path.read_text()[-2000:])
         # The target is healthy in Prometheus' own view.
-        targets = json.loads(fetch(f"http://127.0.0.1:{port}/api/v1/targets"))
+        targets = prom.api("targets")
         assert [t["health"] for t in targets["data"]["activeTargets"]] == ["up"]
-    finally:
-        p.terminate()
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.close()
 
 
 @pytest.mark.parametrize("bad", ["example.com:9", "127.0.0.1:70000", "127.0.0.1:x", ""])
