@@ -40,3 +40,11 @@ def test_cmake_install_gives_a_working_package(tmp_path):
     installed = subprocess.run([str(prefix / "bin" / "sluiced"), "--print-default-policy"],
                                capture_output=True, text=True, timeout=30)
     assert installed.returncode == 0 and "enterprise" in installed.stdout
+    # The `sluice` command runs the installed package and finds the installed binaries.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SLUICE_BIN_DIR", "LD_LIBRARY_PATH")}
+    launcher = prefix / "bin" / "sluice"
+    assert (prefix / "bin" / "sluice-trace").exists()
+    probe = subprocess.run([str(launcher), "demo", "--help"], capture_output=True, text=True, timeout=60, env=env,
+                           cwd=tmp_path)
+    assert probe.returncode == 0 and "--duration" in probe.stdout, probe.stderr
+    assert launcher.read_text().count(str(prefix)) == 2, launcher.read_text()  # PYTHONPATH, SLUICE_BIN_DIR
