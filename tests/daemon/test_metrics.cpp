@@ -11,6 +11,7 @@
 #include <limits>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "../support/fixture.hpp"
 #include "daemon.hpp"
@@ -172,4 +173,35 @@ TEST(MetricsPage, StopsServingWhenTheDaemonStops) {
   ASSERT_NE(http_get(port, "/metrics").find("sluice_build_info"), std::string::npos);
   g.d->stop();
   EXPECT_EQ(http_get(port, "/metrics"), "");
+}
+
+TEST(MetricsPage, ScrapesRaceTicksSafely) {
+  // The server's threads read the loop's state while the loop thread ticks
+  // (and hands over a new copy each time): run both at once (TSan checks this).
+  MetricsDaemon g;
+  ASSERT_TRUE(g.d);
+  std::unique_ptr<core::Ledger> l;
+  std::string det;
+  ASSERT_EQ(core::Ledger::open(g.name, l, det), core::Status::ok) << det;
+  std::atomic<bool> done{false};
+  std::atomic<int> pages{0};
+  std::thread scraper([&] {
+    while (!done.load())
+      if (http_get(g.d->metrics_port(), "/metrics").find("sluice_policy_ticks_total") != std::string::npos) ++pages;
+  });
+  int64_t now = core::mono_ns();
+  core::Decision d;
+  for (int tick = 0; tick < 200; ++tick) {
+    for (int i = 0; i < 5; ++i) l->acquire("pro", "race", 4, 1, d, det);
+    now += 100'000'000;
+    g.d->do_work(now);
+  }
+  while (pages.load() < 20) std::this_thread::yield();
+  done = true;
+  scraper.join();
+  const std::string page = http_get(g.d->metrics_port(), "/metrics");
+  EXPECT_GE(sample(page, "sluice_policy_ticks_total"), 20);
+  EXPECT_EQ(sample(page, "sluice_admissions_total{tier=\"pro\",decision=\"allowed\",reason=\"allowed\"}") +
+                sample(page, "sluice_admissions_total{tier=\"pro\",decision=\"denied\",reason=\"window_full\"}"),
+            1000);
 }
