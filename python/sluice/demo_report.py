@@ -820,6 +820,9 @@ def _totals_table(run: _Run) -> str:
 _GOV_ROWS = 200  # rows of the governance table; the rest is in report.json
 
 
+_ROUTINE_ROWS = 2000  # publications listed in the collapsed table (all in report.json)
+
+
 def _routine_summary(run: _Run) -> str:
     """One line per tier for the rules' routine publications (not marked on the
     charts, not in the table)."""
@@ -843,8 +846,18 @@ def _routine_summary(run: _Run) -> str:
             text += (f", limit between {_fmt_num(lo)} and {_fmt_num(hi)}" if lo != hi
                      else f", limit {_fmt_num(lo)}")
         items.append(f"<li>{_esc(text)}</li>")
+    rows = "".join(
+        f'<tr><td>{g["t"]:.1f} s</td><td>{_esc(g.get("tier"))}</td><td>{_esc(g.get("old_limit"))} -&gt; '
+        f'{_esc(g.get("new_limit"))}</td><td>{_esc(g.get("actor"))}</td><td class="reason">'
+        f'{_esc(g.get("reason"))}</td></tr>' for g in run.routine[:_ROUTINE_ROWS])
+    more = len(run.routine) - _ROUTINE_ROWS
     return ('<p class="muted">Routine limit changes published by the policy loop (not '
-            'marked on the charts):</p><ul id="routine">' + "".join(items) + "</ul>")
+            'marked on the charts):</p><ul id="routine">' + "".join(items) + "</ul>"
+            '<details id="routine-all"><summary>every publication</summary>'
+            '<table class="data"><thead><tr><th>time</th><th>tier</th><th>old -&gt; new</th>'
+            '<th>actor</th><th>reason</th></tr></thead><tbody>' + rows + "</tbody></table>"
+            + (f'<p class="muted">... and {more:,} more in report.json</p>' if more > 0 else "")
+            + "</details>")
 
 
 def _governance_table(run: _Run) -> str:

@@ -242,6 +242,9 @@ def test_full_report_has_every_chart_totals_and_headline():
         "enterprise: 2 publications by the rules, limit between 15 and 45",
         "free: 1 publication by the rules, limit 3"]
     assert html.index('id="routine"') < html.index('id="governance"')
+    # ... and every one of them in a collapsed table
+    every = re.search(r'<details id="routine-all">(.*?)</details>', html, re.S).group(1)
+    assert every.count("<tr>") == 1 + 3 and "15 -&gt; 22" in every
     # untrusted strings escaped, in the table and in the markers' titles
     assert "<script>alert(1)</script>" not in html
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot; "
