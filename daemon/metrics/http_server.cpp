@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <httplib.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <thread>
 
@@ -41,6 +43,7 @@ bool parse_listen_address(const std::string &text, ListenAddress &out, std::stri
 
 struct MetricsServer::Impl {
   httplib::Server server;
+  std::atomic<bool> done{false};  // listen_after_bind() has returned
   std::thread thread;
 };
 
@@ -50,9 +53,12 @@ std::unique_ptr<MetricsServer> MetricsServer::start(const ListenAddress &addr, R
   auto &srv = m->impl_->server;
   // Two workers: scrapes are rare, and a stuck client must not hold them all.
   srv.new_task_queue = [] { return new httplib::ThreadPool(2); };
-  srv.set_read_timeout(5, 0);
-  srv.set_write_timeout(5, 0);
-  srv.set_keep_alive_max_count(10);
+  // One request per connection and short timeouts: an idle or trickling client
+  // holds a worker (and a stopping daemon) for at most a second or two.
+  srv.set_read_timeout(2, 0);
+  srv.set_write_timeout(2, 0);
+  srv.set_keep_alive_max_count(1);
+  srv.set_keep_alive_timeout(1);
   // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a
   // second daemon share (and split the scrapes of) a port already in use.
   srv.set_socket_options([](socket_t sock) {
@@ -75,13 +81,25 @@ std::unique_ptr<MetricsServer> MetricsServer::start(const ListenAddress &addr, R
   }
   m->port_ = port;
   m->host_ = addr.host;
-  m->impl_->thread = std::thread([&srv] { srv.listen_after_bind(); });
+  m->impl_->thread = std::thread([impl = m->impl_.get()] {
+    impl->server.listen_after_bind();
+    impl->done.store(true);
+  });
   return m;
 }
 
 MetricsServer::~MetricsServer() {
-  if (!impl_) return;
-  impl_->server.stop();
+  if (!impl_ || !impl_->thread.joinable()) return;  // never started (bind failed)
+  // httplib's stop() is a no-op until the thread is inside its accept loop, so a
+  // stop right after start (a SIGTERM during startup) would be lost and the join
+  // would hang: wait until it is running (or has given up), then stop it once.
+  while (!impl_->done.load()) {
+    if (impl_->server.is_running()) {
+      impl_->server.stop();
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 

@@ -110,6 +110,8 @@ bool Daemon::open_services(std::string &error) {
     return false;
   }
   engine_ = std::make_unique<policy_loop::PolicyEngine>(policy_, *owner_, *store_, getuid());
+  for (uint32_t i = 0; i < owner_->tier_count(); ++i)
+    admitted_at_start_.push_back(core::sum_counters(owner_->state(), i).admitted);
   if (!attach_advisor(error)) return false;
   control_ = ControlServer::listen(control_socket_path(opt_.segment), error);
   if (!control_) return false;
@@ -182,6 +184,7 @@ LoopState Daemon::loop_state() {
   s.snapshot = engine_->snapshot();
   s.pending = store_->pending();
   s.governance = engine_->governance_counts();
+  s.admitted_at_start = admitted_at_start_;
   if (advisor_) {
     s.advisor_kind = policy_.advisor.kind;
     s.advisor_model = policy_.advisor.model;

@@ -74,6 +74,7 @@ class Daemon {
   bool stopped_ = false;
   int64_t next_tick_ns_ = 0;
   core::GcStats gc_totals_;
+  std::vector<uint64_t> admitted_at_start_;  // per tier (see LoopState)
   SharedLoopState shared_loop_;  // loop_state() as of the last tick or command, for the metrics thread
   std::unique_ptr<metrics::MetricsServer> metrics_;  // stopped in stop(), before what it reads
 };

@@ -21,6 +21,9 @@ struct LoopState {
   std::string advisor_kind = "none";  // "none": the built-in rules only
   std::string advisor_model;
   std::optional<advisor::AdvisorStats> advisor;  // set when an LLM advisor is configured
+  // Per tier, the admitted counter when this sluiced started: revenue is counted
+  // from there at this run's revenue per request (so it never goes down).
+  std::vector<uint64_t> admitted_at_start;
 };
 
 // A LoopState handed from the loop thread to readers; copies in and out.

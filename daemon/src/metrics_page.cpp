@@ -12,7 +12,7 @@ namespace {
 
 double level(policy_loop::Surge s) { return double(static_cast<int>(s)); }
 
-void tier_counters(Exposition &e, const Status &st) {
+void tier_counters(Exposition &e, const Status &st, const LoopState &loop) {
   e.family("sluice_admissions_total", "counter",
            "Admission decisions by tier, decision (allowed, denied) and reason, as clients recorded them in shared memory.");
   for (const TierStatus &t : st.tiers) {
@@ -28,9 +28,14 @@ void tier_counters(Exposition &e, const Status &st) {
   e.family("sluice_cost_units_total", "counter", "Cost units admitted, by tier.");
   for (const TierStatus &t : st.tiers) e.sample("sluice_cost_units_total", {{"tier", t.name}}, t.counters.cost_units);
   e.family("sluice_revenue_dollars_total", "counter",
-           "Revenue admitted, by tier: admitted requests times the tier's revenue per request.");
-  for (const TierStatus &t : st.tiers)
-    e.sample("sluice_revenue_dollars_total", {{"tier", t.name}}, double(t.counters.admitted) * t.revenue_per_request);
+           "Revenue admitted since this sluiced started, by tier: admissions times the tier's revenue per request "
+           "(a restart resets it, so a changed price never makes it go down).");
+  for (size_t i = 0; i < st.tiers.size(); ++i) {
+    const TierStatus &t = st.tiers[i];
+    const uint64_t base = i < loop.admitted_at_start.size() ? loop.admitted_at_start[i] : 0;
+    const uint64_t since = t.counters.admitted >= base ? t.counters.admitted - base : 0;
+    e.sample("sluice_revenue_dollars_total", {{"tier", t.name}}, double(since) * t.revenue_per_request);
+  }
 }
 
 void tier_table(Exposition &e, const Status &st) {
@@ -142,7 +147,7 @@ std::string render_metrics(const Status &st, const LoopState &loop) {
   e.sample("sluice_segment_bytes", {}, double(st.segment_bytes));
   e.family("sluice_policy_generation", "gauge", "Generation of the published tier table (one more per publication).");
   e.sample("sluice_policy_generation", {}, double(st.policy_generation));
-  tier_counters(e, st);
+  tier_counters(e, st, loop);
   tier_table(e, st);
   loop_view(e, loop);
   governance(e, loop);
