@@ -584,10 +584,13 @@ int64_t unix_ms_now() {
 
 std::string read_banner(const std::string &path) {
   if (path.empty()) return "";
-  std::ifstream in(path);
-  std::string line;
-  if (!in || !std::getline(in, line)) return "";
-  if (line.size() > 4096) line.resize(4096);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  // At most 4 KiB: a huge file, or /dev/zero, costs nothing more.
+  std::string line(4096, '\0');
+  in.read(line.data(), std::streamsize(line.size()));
+  line.resize(size_t(in.gcount()));
+  if (const auto nl = line.find('\n'); nl != std::string::npos) line.resize(nl);
   return line;
 }
 

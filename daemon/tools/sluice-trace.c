@@ -78,6 +78,7 @@ static int parse_plan(const char *text, struct step *out) {
           out[n].r1 <= 1e6))
       die("--plan (seconds 0..3600, rates 0..1e6)", text);
     n++;
+    if (*end == ',' && !end[1]) die("--plan (a trailing comma)", text);
     p = *end ? end + 1 : end;
   }
   if (n == 0) die("--plan", text);
@@ -142,8 +143,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sluice-trace: --tier and --plan are required\n");
     return 2;
   }
+  if (strlen(prefix) > 100) die("--prefix (at most 100 bytes)", prefix);
   struct step plan[MAX_STEPS];
   const int steps = parse_plan(plan_text, plan);
+  for (int i = 0; i < steps; i++) /* arrivals per 10 ms step stay far below INT_MAX */
+    if ((plan[i].r0 > plan[i].r1 ? plan[i].r0 : plan[i].r1) * (double)keys > 1e7)
+      die("--plan with --keys (at most 1e7 requests/s in all)", plan_text);
   g_rng ^= (uint64_t)seed * 0xD1B54A32D192ED03ULL;
   if (!g_rng) g_rng = 1;
 

@@ -82,6 +82,7 @@ class Demo:
         self.work = Path(tempfile.mkdtemp(prefix="sluice-demo-"))
         self.logs = out_dir / "logs"
         self.procs: list[subprocess.Popen] = []
+        self.files: list = []  # the processes' log files, closed by stop_all
         self.daemon: subprocess.Popen | None = None
         self.top: subprocess.Popen | None = None
         self.metrics_url = ""
@@ -100,6 +101,7 @@ class Demo:
         # Ticks scale with the run so a short demo still shows every reaction.
         tick_ms = 500 if self.duration >= 60 else 250
         log = open(self.work / "sluiced.log", "w")
+        self.files.append(log)
         self.daemon = subprocess.Popen(
             [self.bins["sluiced"], "--segment", self.segment, "--reset", "--state-dir", str(self.work),
              "--tick-ms", str(tick_ms), "--metrics-addr", "127.0.0.1:0"],
@@ -131,15 +133,22 @@ class Demo:
             cmd = [self.bins["sluice-trace"], *args] if c.language == "c" else \
                 [sys.executable, "-m", "sluice.demo_client", *args]
             out = open(self.logs / f"{c.name}.out", "w")
+            self.files.append(out)
             p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             self.procs.append(p)
             c.proc = p  # type: ignore[attr-defined]
 
     def start_top(self) -> None:
-        self.banner.write_text("sluice demo: starting\n")
+        self.set_banner("sluice demo: starting")
         self.top = subprocess.Popen([self.bins["sluicectl"], "--segment", self.segment, "top", "--banner",
                                      str(self.banner)])
         self.procs.append(self.top)
+
+    def set_banner(self, line: str) -> None:
+        """Replaces the live view's banner file at once (top never reads half of it)."""
+        tmp = self.banner.with_suffix(".new")
+        tmp.write_text(line + "\n")
+        os.replace(tmp, self.banner)
 
     def stop_all(self) -> None:
         """Every process this demo started: SIGTERM, then SIGKILL after 5 s."""
@@ -153,6 +162,8 @@ class Demo:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for f in self.files:
+            f.close()
 
     def cleanup(self) -> None:
         if not self.keep_segment:
@@ -168,8 +179,9 @@ class Demo:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             return parse_metrics(r.read().decode())
 
-    def sample(self, t_s: float, prev: dict | None) -> dict:
+    def sample(self, start_ns: int, prev: dict | None) -> dict:
         m = self.scrape()
+        t_s = (time.monotonic_ns() - start_ns) / 1e9  # when the counters were read
         s = {"t_s": round(t_s, 3), "host_surge": SURGE_LEVEL.get(int(metric(m, "sluice_host_surge_level")), "normal"),
              "pending": int(metric(m, "sluice_pending_approvals")),
              "generation": int(metric(m, "sluice_policy_generation")), "tiers": {}, "_m": m,
@@ -250,13 +262,15 @@ class Demo:
                 if c.proc.poll() not in (None, 0):  # type: ignore[attr-defined]
                     raise DemoError(f"client {c.name} failed: " + (self.logs / f"{c.name}.out").read_text()[-500:])
             if t_s >= next_at:
-                s = self.sample(t_s, prev)
+                s = self.sample(start_ns, prev)
                 if prev:
                     self.samples.append(s)
                 prev = s
-                next_at += interval
+                # After a stall, the next sample a full interval on: no burst of
+                # samples 50 ms apart (their rates would be noise).
+                next_at = max(next_at + interval, s["t_s"] + interval / 2)
                 if self.live_on():
-                    self.banner.write_text(self.progress(t_s, None) + "\n")
+                    self.set_banner(self.progress(t_s, None))
                 elif t_s - last_print >= 5 or not self.samples:
                     print(self.progress(t_s, s), flush=True)
                     last_print = t_s
@@ -265,7 +279,7 @@ class Demo:
             time.sleep(0.05)
         for c in self.cast:
             c.proc.wait(timeout=30)  # type: ignore[attr-defined]
-        final = self.sample((time.monotonic_ns() - start_ns) / 1e9, prev)
+        final = self.sample(start_ns, prev)
         self.samples.append(final)
         status = json.loads(self.ctl("status", "--json").stdout)
         audit = json.loads(self.ctl("audit", "--json").stdout or "[]")
@@ -349,11 +363,29 @@ class Demo:
         }
 
 
+MAX_DURATION_S = 600  # the report reads the whole audit trail in one reply
+SEGMENT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(duration_s: float = 90, out_dir: str = "sluice-demo-report", bin_dir: str | None = None,
         segment: str | None = None, keep_segment: bool = False, approve: bool = True,
         live: bool | None = None) -> int:
-    if not 10 <= duration_s <= 3600:
-        print("sluice demo: --duration must be 10..3600 seconds", file=sys.stderr)
+    if not 10 <= duration_s <= MAX_DURATION_S:
+        print(f"sluice demo: --duration must be 10..{MAX_DURATION_S} seconds", file=sys.stderr)
+        return 2
+    segment = segment or f"sluice-demo-{os.getpid()}"
+    if not SEGMENT_NAME.fullmatch(segment):
+        print(f"sluice demo: --segment '{segment}' is not a valid name (letters, digits, '_', '-', '.')",
+              file=sys.stderr)
+        return 2
+    if any(Path(f"/dev/shm/{segment}{sfx}").exists() for sfx in (".state", ".policy")):
+        # The demo resets and removes its segment: never someone else's.
+        print(f"sluice demo: segment '{segment}' already exists; the demo makes its own (pick another --segment)",
+              file=sys.stderr)
         return 2
     try:
         bins = find_binaries(bin_dir)
@@ -362,27 +394,34 @@ def run(duration_s: float = 90, out_dir: str = "sluice-demo-report", bin_dir: st
         return 2
     if live is None:
         live = sys.stdout.isatty() and sys.stdin.isatty()
-    demo = Demo(duration_s, Path(out_dir).resolve(), bins, segment or f"sluice-demo-{os.getpid()}",
-                keep_segment, approve, live)
-    # SIGTERM ends the demo as Ctrl-C does: everything it started is stopped.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    interrupted = False
+    demo = Demo(duration_s, Path(out_dir).resolve(), bins, segment, keep_segment, approve, live)
+    # SIGTERM and SIGHUP (a closed terminal) end the demo as Ctrl-C does.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    message, rc = "", 1
     try:
         data = demo.run()
         paths = demo_report.write_report(data, demo.out_dir)
         print(demo_report.render_summary(data))
         print(f"report: {paths['html']}")
-        return 0 if data["checks"]["clients_match_daemon"] else 1
+        rc = 0 if data["checks"]["clients_match_daemon"] else 1
     except KeyboardInterrupt:
-        # Said after the live view has given the terminal back (see finally).
-        interrupted = True
-        return 130
+        message, rc = "interrupted; every process it started is stopped and its segment removed", 130
     except DemoError as e:
-        print(f"sluice demo: {e}", file=sys.stderr)
-        return 1
+        message = str(e)
+    except (OSError, ValueError, subprocess.SubprocessError) as e:  # a scrape, a reply, a wait
+        message = f"failed: {type(e).__name__}: {e}"
     finally:
-        demo.stop_all()
-        demo.cleanup()
-        if interrupted:
-            print("\nsluice demo: interrupted; every process it started is stopped and its segment removed",
-                  file=sys.stderr)
+        # No second signal may cut the clean-up short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            demo.stop_all()
+        finally:
+            demo.cleanup()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    # Said once the live view has given the terminal back.
+    if message:
+        print(f"\nsluice demo: {message}", file=sys.stderr)
+    return rc

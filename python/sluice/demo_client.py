@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log")
     a = ap.parse_args(argv)
     plan = parse_plan(a.plan)
+    if not 1 <= a.keys <= 1_000_000:
+        raise SystemExit(f"demo_client: --keys must be 1..1000000, got {a.keys}")
+    if any(max(r0, r1) * a.keys > 1e7 for _, r0, r1 in plan):
+        raise SystemExit("demo_client: --plan with --keys: at most 1e7 requests/s in all")
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))

@@ -142,8 +142,14 @@ def test_ctrl_c_stops_every_process_and_leaves_nothing_behind(tmp_path):
         remove_segment(segment)
 
 
-def test_sigterm_stops_it_too(tmp_path):
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGHUP], [signal.SIGTERM, signal.SIGTERM]],
+                         ids=["sigterm", "sighup", "sigterm-twice"])
+def test_a_signal_to_the_demo_alone_stops_everything(signals, tmp_path):
+    """SIGTERM, SIGHUP (a closed terminal) or a second signal during the clean-up:
+    sent to the demo only (not its group), it still stops every process it started
+    and removes its segment and temporary files."""
     segment = f"sluicetest-demo-{uuid.uuid4().hex[:8]}"
+    before = set(Path("/tmp").glob("sluice-demo-*"))
     p = subprocess.Popen(demo_cmd("--duration", "60", "--out", str(tmp_path / "r"), "--segment", segment,
                                   "--no-live"),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -152,12 +158,16 @@ def test_sigterm_stops_it_too(tmp_path):
         while len(processes_in_group(p.pid)) < 8:
             assert p.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
-        p.send_signal(signal.SIGTERM)  # to the demo alone, not its group
+        for sig in signals:
+            p.send_signal(sig)
+            time.sleep(0.02)
         out, _ = p.communicate(timeout=30)
         assert p.returncode == 130, out
+        assert "Traceback" not in out, out
         time.sleep(0.2)
         assert processes_in_group(p.pid) == []
         assert list(Path("/dev/shm").glob(f"{segment}*")) == []
+        assert set(Path("/tmp").glob("sluice-demo-*")) - before == set()
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
@@ -165,7 +175,18 @@ def test_sigterm_stops_it_too(tmp_path):
         remove_segment(segment)
 
 
-@pytest.mark.parametrize("args,msg", [(["--duration", "5"], "--duration must be 10..3600"),
+def test_a_segment_that_exists_is_refused_and_left_alone(daemon, tmp_path):
+    r = subprocess.run(demo_cmd("--duration", "10", "--out", str(tmp_path / "r"), "--segment", daemon.segment,
+                                "--no-live"), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "already exists" in r.stderr, r.stderr
+    assert Path(f"/dev/shm/{daemon.segment}.state").exists()
+    assert daemon.status()["daemon_alive"] is True
+    bad = subprocess.run(demo_cmd("--segment", "../etc/x"), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a valid name" in bad.stderr
+
+
+@pytest.mark.parametrize("args,msg", [(["--duration", "5"], "--duration must be 10..600"),
+                                      (["--duration", "601"], "--duration must be 10..600"),
                                       (["--bin-dir", "/nonexistent", "--duration", "10"], None)])
 def test_bad_arguments_are_refused(args, msg, tmp_path):
     env = dict(os.environ, PATH="/usr/bin:/bin", SLUICE_BIN_DIR="/nonexistent")

@@ -339,3 +339,12 @@ def test_a_hung_daemon_costs_a_second_not_the_view(daemon):
     assert took < 5, took
     assert "did not answer within 1000 ms" in out.stdout, out.stdout
     assert tier_row(out.stdout.splitlines(), "pro"), out.stdout
+
+
+def test_a_banner_without_newlines_is_read_only_in_part(daemon, tmp_path):
+    out = daemon.ctl("top", "--once", "--banner", "/dev/zero")  # endless, no newline
+    assert out.returncode == 0, out.stderr
+    big = tmp_path / "big"
+    big.write_text("x" * 1_000_000)
+    out = daemon.ctl("top", "--once", "--banner", str(big))
+    assert out.returncode == 0 and "x" * 70 in out.stdout
