@@ -48,3 +48,15 @@ def test_cmake_install_gives_a_working_package(tmp_path):
                            cwd=tmp_path)
     assert probe.returncode == 0 and "--duration" in probe.stdout, probe.stderr
     assert launcher.read_text().count(str(prefix)) == 2, launcher.read_text()  # PYTHONPATH, SLUICE_BIN_DIR
+
+
+def test_a_staged_install_puts_the_launcher_under_destdir(tmp_path):
+    """DESTDIR (packaging): every file under the stage, the launcher naming the real prefix."""
+    stage = tmp_path / "stage"
+    env = dict(os.environ, DESTDIR=str(stage))
+    subprocess.run(["cmake", "--install", str(BUILD), "--prefix", "/opt/sluice-test"], check=True,
+                   capture_output=True, timeout=120, env=env)
+    launcher = stage / "opt" / "sluice-test" / "bin" / "sluice"
+    assert launcher.exists() and (stage / "opt" / "sluice-test" / "bin" / "sluiced").exists()
+    assert launcher.read_text().count("/opt/sluice-test/") == 2 and str(stage) not in launcher.read_text()
+    assert not os.path.exists("/opt/sluice-test")
