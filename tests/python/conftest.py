@@ -47,6 +47,20 @@ TEST_POLICY = {
 }
 
 
+def governance_policy(approval_ttl_s: int) -> dict:
+    """Two tiers, a 200 ms tick and approvals above 1.8x (the governance tests)."""
+    return {
+        "segment": {"max_keys": 1000},
+        "tiers": [
+            {"name": "enterprise", "limit": 10, "window_ms": 1000, "max_limit": 80, "revenue_per_request": 0.2},
+            {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9, "revenue_per_request": 0.01,
+             "adaptive": False},
+        ],
+        "tick_ms": 200,
+        "governance": {"approval_ratio": 1.8, "approval_ttl_s": approval_ttl_s},
+    }
+
+
 class Daemon:
     """A running sluiced on its own segment; stopped (SIGTERM) and removed after."""
 

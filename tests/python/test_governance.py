@@ -10,18 +10,9 @@ import time
 import pytest
 
 import sluice
-from conftest import Daemon
+from conftest import Daemon, governance_policy
 
-POLICY = {
-    "segment": {"max_keys": 1000},
-    "tiers": [
-        {"name": "enterprise", "limit": 10, "window_ms": 1000, "max_limit": 80, "revenue_per_request": 0.2},
-        {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9, "revenue_per_request": 0.01,
-         "adaptive": False},
-    ],
-    "tick_ms": 200,
-    "governance": {"approval_ratio": 1.8, "approval_ttl_s": 3},
-}
+POLICY = governance_policy(approval_ttl_s=3)
 
 
 @pytest.fixture

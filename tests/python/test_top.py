@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import sluice
-from conftest import SLUICECTL, Daemon
+from conftest import SLUICECTL, Daemon, governance_policy
 
 TMUX = shutil.which("tmux") or "/usr/bin/tmux"
 TIERS = ("enterprise", "pro", "free", "tiny")
@@ -258,16 +258,7 @@ def test_once_prints_one_plain_frame(daemon, client, tmp_path):
     assert daemon.ctl("top", "--once", "--banner", str(tmp_path / "missing")).returncode == 0
 
 
-GOV_POLICY = {
-    "segment": {"max_keys": 1000},
-    "tiers": [
-        {"name": "enterprise", "limit": 10, "window_ms": 1000, "max_limit": 80, "revenue_per_request": 0.2},
-        {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9, "revenue_per_request": 0.01,
-         "adaptive": False},
-    ],
-    "tick_ms": 200,
-    "governance": {"approval_ratio": 1.8, "approval_ttl_s": 30},
-}
+GOV_POLICY = governance_policy(approval_ttl_s=30)
 
 
 def test_once_shows_a_pending_approval(tmp_path):
