@@ -66,6 +66,13 @@ struct MetricsDaemon {
     d = daemon::Daemon::start(o, err);
     EXPECT_TRUE(d) << err;
   }
+  // A client of the daemon's segment (as a process on the host would open one).
+  std::unique_ptr<core::Ledger> client() const {
+    std::unique_ptr<core::Ledger> l;
+    std::string det;
+    EXPECT_EQ(core::Ledger::open(name, l, det), core::Status::ok) << det;
+    return l;
+  }
   ~MetricsDaemon() {
     d.reset();
     core::Owner::remove(name);
@@ -126,9 +133,9 @@ TEST(MetricsPage, CountsTheAdmissionsClientsMadeAndTheLoopsView) {
   MetricsDaemon g;
   ASSERT_TRUE(g.d);
   ASSERT_GT(g.d->metrics_port(), 0);
-  std::unique_ptr<core::Ledger> l;
+  auto l = g.client();
+  ASSERT_TRUE(l);
   std::string det;
-  ASSERT_EQ(core::Ledger::open(g.name, l, det), core::Status::ok) << det;
   core::Decision d;
   // free: 3 per second; 5 calls on one key within the window: 3 allowed, 2 denied.
   for (int i = 0; i < 5; ++i) ASSERT_EQ(l->acquire("free", "ip-1", 4, 1, d, det), core::Status::ok);
@@ -183,9 +190,9 @@ TEST(MetricsPage, ScrapesRaceTicksSafely) {
   // (and hands over a new copy each time): run both at once (TSan checks this).
   MetricsDaemon g;
   ASSERT_TRUE(g.d);
-  std::unique_ptr<core::Ledger> l;
+  auto l = g.client();
+  ASSERT_TRUE(l);
   std::string det;
-  ASSERT_EQ(core::Ledger::open(g.name, l, det), core::Status::ok) << det;
   std::atomic<bool> done{false};
   std::atomic<int> pages{0};
   std::thread scraper([&] {
@@ -229,9 +236,9 @@ TEST(MetricsPage, ARestartKeepsAdmissionsButCountsRevenueAfresh) {
   // from the restart at the new run's price, so the counter never goes down.
   MetricsDaemon g;
   ASSERT_TRUE(g.d);
-  std::unique_ptr<core::Ledger> l;
+  auto l = g.client();
+  ASSERT_TRUE(l);
   std::string det;
-  ASSERT_EQ(core::Ledger::open(g.name, l, det), core::Status::ok) << det;
   core::Decision d;
   for (int i = 0; i < 3; ++i) ASSERT_EQ(l->acquire("free", "k", 1, 1, d, det), core::Status::ok);
   EXPECT_DOUBLE_EQ(sample(http_get(g.d->metrics_port(), "/metrics"), "sluice_revenue_dollars_total{tier=\"free\"}"),
