@@ -38,9 +38,12 @@ int decide(sluice_client *client, const char *tier, const char *key, size_t key_
   if (!client || !tier || !key || !out) return SLUICE_ENULL;
   if (out->size != kDecisionV1Size) return SLUICE_ESIZE;
   try {
+    const Ledger &l = *client->ledger;
+    const int t = l.find_tier(tier);
+    if (t < 0) return SLUICE_ETIER;
     Decision d;
     std::string detail;
-    const Status s = client->ledger->decide(tier, key, key_len, cost, record, d, detail);
+    const Status s = client->ledger->decide_in(uint32_t(t), key, key_len, cost, record, d, detail);
     if (s != Status::ok) return int(s);
     out->allowed = d.allowed ? 1 : 0;
     out->limit = d.limit;

@@ -86,7 +86,7 @@ void admit_fresh(uint32_t cost, Limits lim, Outcome &out) {
 }
 
 Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, int64_t now_ns, bool record,
-           Outcome &out) {
+           Outcome &out, const TscClock &clock) {
   EntryHeader *e = t.entry(ref.slot);
   AtomicU64 *ring = t.ring(ref.slot);
   const uint32_t cap = t.capacity;
@@ -142,7 +142,7 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       // Units were recorded after our clock read (we were preempted or kept
       // losing the race): a denial judged by that stale clock would count them
       // against an instant they postdate. Read the clock again.
-      now_ns = mono_ns();
+      now_ns = clock.now_ns();
       now_us = uint64_t(now_ns + 999) / 1000;
       continue;
     }
@@ -174,11 +174,21 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     const uint64_t lead = rc.make(h, ts, cost);
     if (!ring[rc.base_idx].compare_exchange_strong(expect, lead, std::memory_order_acq_rel)) continue;
     SLUICE_FAULT();
-    complete_claim(e, ring, rc, h, lead);
+    if (cost == 1) {  // no followers to write: only head to move (complete_claim's last step)
+      uint64_t at = h;
+      e->head.compare_exchange_strong(at, h + 1, std::memory_order_acq_rel);
+    } else {
+      complete_claim(e, ring, rc, h, lead);
+    }
     const uint64_t end = h + cost;
     out.allowed = true;
     out.admitted_at_ns = int64_t(ts) * 1000;
-    out.remaining = limit - std::min(limit, units_in_window(ring, rc, end - std::min<uint64_t>(end, limit), end, now_ns, window));
+    // The unit before ours already outside the window (a key seen rarely): only
+    // ours are inside, no search needed.
+    const bool alone = window > 0 && (ring_ts_us(newest) == 0 || ts_ns(newest) + window <= now_ns);
+    out.remaining = alone ? limit - cost
+                          : limit - std::min(limit, units_in_window(ring, rc, end - std::min<uint64_t>(end, limit), end,
+                                                                    now_ns, window));
     out.reset_after_ns = std::clamp<int64_t>(out.admitted_at_ns + window - now_ns, 0, window);
     return Step::decided;
   }

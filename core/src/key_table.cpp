@@ -28,26 +28,24 @@ constexpr int kReclaimWaitSpins = 20000;  // ~ms; a reclaim touches one ring onl
 // bytes of a slot being refilled, and re-checks ctrl afterwards.
 uint64_t *key_words(EntryHeader *e) { return reinterpret_cast<uint64_t *>(reinterpret_cast<uint8_t *>(e) + kEntryKeyOffset); }
 
-uint64_t probe_word(const KeyProbe &k, uint32_t i) {
-  uint64_t w = 0;
-  const uint32_t off = i * 8;
-  std::memcpy(&w, static_cast<const uint8_t *>(k.bytes) + off, std::min<uint32_t>(8, k.len - off));
+uint64_t full_word(const KeyProbe &k, uint32_t i) {
+  uint64_t w;
+  std::memcpy(&w, static_cast<const uint8_t *>(k.bytes) + size_t(i) * 8, 8);
   return w;
 }
 
 bool key_equals(EntryHeader *e, const KeyProbe &k) {
   if (e->key_len.load(rlx) != k.len) return false;
   uint64_t *w = key_words(e);
-  const uint32_t n = (k.len + 7) / 8;
-  for (uint32_t i = 0; i < n; ++i)
-    if (std::atomic_ref<uint64_t>(w[i]).load(rlx) != probe_word(k, i)) return false;
-  return true;
+  const uint32_t full = k.full_words();
+  for (uint32_t i = 0; i < full; ++i)
+    if (std::atomic_ref<uint64_t>(w[i]).load(rlx) != full_word(k, i)) return false;
+  return full == k.words() || std::atomic_ref<uint64_t>(w[full]).load(rlx) == k.tail;
 }
 
 void store_key(EntryHeader *e, const KeyProbe &k) {
   uint64_t *w = key_words(e);
-  const uint32_t n = (k.len + 7) / 8;
-  for (uint32_t i = 0; i < n; ++i) std::atomic_ref<uint64_t>(w[i]).store(probe_word(k, i), rlx);
+  for (uint32_t i = 0; i < k.words(); ++i) std::atomic_ref<uint64_t>(w[i]).store(k.word(i), rlx);
   e->key_len.store(k.len, rlx);
 }
 
@@ -147,7 +145,7 @@ bool scan_once(const TierView &t, const KeyProbe &k, Scan &sc) {
 
 }  // namespace
 
-KeyProbe::KeyProbe(const void *b, uint32_t l) : bytes(b), len(l), hash(hash_key(b, l)) {}
+uint64_t KeyProbe::word(uint32_t i) const { return i < full_words() ? full_word(*this, i) : tail; }
 
 TierView TierView::of(StateHeader *h, uint32_t tier) {
   const TierInfo &ti = h->tiers[tier];

@@ -72,9 +72,10 @@ Status Ledger::open(const std::string &name, std::unique_ptr<Ledger> &out, std::
     return Status::corrupt_header;
   }
   l->tier_count_ = l->state_hdr_->tier_count;
+  l->clock_ = TscClock(&l->policy_hdr_->clock);
   for (uint32_t i = 0; i < l->tier_count_; ++i) {
     l->views_[i] = TierView::of(l->state_hdr_, i);
-    l->names_[i] = std::string_view(l->state_hdr_->tiers[i].name);
+    std::memcpy(l->names_[i], l->state_hdr_->tiers[i].name, kTierNameBytes - 1);
   }
   out = std::move(l);
   return Status::ok;
@@ -82,7 +83,18 @@ Status Ledger::open(const std::string &name, std::unique_ptr<Ledger> &out, std::
 
 int Ledger::find_tier(std::string_view name) const {
   for (uint32_t i = 0; i < tier_count_; ++i)
-    if (names_[i] == name) return int(i);
+    if (std::string_view(names_[i]) == name) return int(i);
+  return -1;
+}
+
+int Ledger::find_tier(const char *name) const {
+  // Compared in place (no strlen first): tier names usually differ in their first byte.
+  for (uint32_t i = 0; i < tier_count_; ++i) {
+    const char *n = names_[i];
+    size_t j = 0;
+    while (n[j] != 0 && n[j] == name[j]) ++j;
+    if (n[j] == 0 && name[j] == 0) return int(i);
+  }
   return -1;
 }
 
@@ -93,7 +105,13 @@ Status Ledger::decide(std::string_view tier_name, const void *key, size_t key_le
     detail = "unknown tier '" + std::string(tier_name.substr(0, 64)) + "'";
     return Status::unknown_tier;
   }
+  return decide_in(uint32_t(tier), key, key_len, cost, record, out, detail);
+}
+
+Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_t cost, bool record, Decision &out,
+                         std::string &detail) {
   const TierView &tv = views_[tier];
+  const char *tier_name = names_[tier];
   if (key_len == 0) return Status::empty_key;
   if (key_len > tv.max_key_bytes) {
     detail = "key is " + std::to_string(key_len) + " bytes, the segment allows " + std::to_string(tv.max_key_bytes);
@@ -129,7 +147,7 @@ Status Ledger::decide(std::string_view tier_name, const void *key, size_t key_le
     if (found == Lookup::absent) {
       admit_fresh(cost, limits, o);
     } else {
-      const Step st = admit(tv, ref, cost, limits, mono_ns(), record, o);
+      const Step st = admit(tv, ref, cost, limits, clock_.now_ns(), record, o, clock_);
       if (st == Step::stale) continue;  // the entry was reclaimed under us: look it up again
       if (st == Step::busy) return Status::busy;
     }

@@ -1,4 +1,5 @@
 #include "sluice/core/owner.hpp"
+#include "sluice/core/tsc_clock.hpp"
 
 #include <unistd.h>
 
@@ -84,7 +85,10 @@ void Owner::publish(std::span<const TierLimits> rows) {
   publish_tiers(*policy_, clamped, mono_ns());
 }
 
-void Owner::heartbeat() { state_->heartbeat_ns.store(mono_ns(), std::memory_order_release); }
+void Owner::heartbeat() {
+  recalibrate_clock(policy_->clock);
+  state_->heartbeat_ns.store(mono_ns(), std::memory_order_release);
+}
 void Owner::mark_stopped() { state_->heartbeat_ns.store(kHeartbeatStopped, std::memory_order_release); }
 
 GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {

@@ -1,4 +1,5 @@
 #include "sluice/core/segment.hpp"
+#include "sluice/core/tsc_clock.hpp"
 
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
@@ -283,6 +284,7 @@ void format_policy(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]
     r.flags.store(spec.tiers[i].adaptive ? kTierAdaptive : 0, std::memory_order_relaxed);
   }
   t.published_ns.store(mono_ns(), std::memory_order_relaxed);
+  calibrate_clock(h->clock);
   h->generation.store(1, std::memory_order_release);
   h->format.store(kPolicyFormat, std::memory_order_release);
 }

@@ -15,6 +15,7 @@
 
 #include "sluice/core/key_table.hpp"
 #include "sluice/core/status.hpp"
+#include "sluice/core/tsc_clock.hpp"
 
 namespace sluice::core {
 
@@ -35,8 +36,9 @@ struct Outcome {
 enum class Step { decided, stale, busy };
 
 // record=false is a peek: the same decision, nothing written.
+// `clock` is read again when the clock read `now_ns` proves stale.
 Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, int64_t now_ns, bool record,
-           Outcome &out);
+           Outcome &out, const TscClock &clock = TscClock());
 
 // The decision for a key that has no entry yet (peek on an unknown key).
 void admit_fresh(uint32_t cost, Limits lim, Outcome &out);

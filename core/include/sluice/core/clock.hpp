@@ -1,5 +1,6 @@
 // All windows use CLOCK_MONOTONIC: shared by every process on the host, immune to
-// wall-clock jumps (invariant 7). glibc serves it from the vDSO, no syscall.
+// wall-clock jumps (invariant 7). glibc serves it from the vDSO, no syscall. The
+// hot path reads the same clock through the TSC where it can (tsc_clock.hpp).
 #pragma once
 #include <cstdint>
 #include <ctime>

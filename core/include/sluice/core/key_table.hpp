@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sluice/core/hash.hpp"
 #include "sluice/core/layout.hpp"
 
 namespace sluice::core {
@@ -34,9 +35,17 @@ struct EntryRef {
 struct KeyProbe {  // a caller's key, hashed once
   const void *bytes;
   uint32_t len;
+  uint64_t tail;  // the last len % 8 bytes, zero-padded (what the stored key's last word holds)
   uint64_t hash;
-  KeyProbe(const void *b, uint32_t l);
+  KeyProbe(const void *b, uint32_t l)
+      : bytes(b),
+        len(l),
+        tail(load_tail(static_cast<const unsigned char *>(b) + (l & ~7u), l & 7u)),
+        hash(hash_key_with_tail(b, l, tail)) {}
   uint32_t tag() const { return uint32_t(hash >> 32); }
+  uint32_t full_words() const { return len / 8; }
+  uint32_t words() const { return (len + 7) / 8; }
+  uint64_t word(uint32_t i) const;  // the key as zero-padded little-endian words
 };
 
 enum class Lookup { found, absent, busy, full };

@@ -12,7 +12,7 @@
 namespace sluice::core {
 
 constexpr uint32_t kLayoutMajor = 1;
-constexpr uint32_t kLayoutMinor = 0;
+constexpr uint32_t kLayoutMinor = 1;  // 1: the TSC clock parameters in the policy segment
 constexpr uint64_t kStateMagic = 0x534C554943455354ULL;   // "SLUICEST"
 constexpr uint64_t kPolicyMagic = 0x534C55494345504FULL;  // "SLUICEPO"
 
@@ -167,6 +167,23 @@ struct TierTable {
   TierRow rows[kMaxTiers];
 };
 
+// The hot path's clock (tsc_clock.hpp): written by sluiced only, under `seq` (odd
+// while being rewritten).
+constexpr uint32_t kClockMonotonic = 0;  // clients call clock_gettime(CLOCK_MONOTONIC)
+constexpr uint32_t kClockTsc = 1;        // clients compute ns0 + (tsc - tsc0) * mult >> 32
+struct alignas(64) ClockParams {
+  AtomicU64 seq;
+  AtomicU64 tsc0;
+  AtomicI64 ns0;
+  AtomicU64 mult;         // CLOCK_MONOTONIC ns per TSC tick, times 2^32
+  AtomicU32 kind;
+  uint32_t reserved0;
+  AtomicU64 anchor_tsc;   // the first calibration's point: the long baseline of the rate
+  AtomicI64 anchor_ns;
+  uint64_t reserved1;
+};
+static_assert(sizeof(ClockParams) == 64);
+
 struct alignas(64) PolicyHeader {
   uint64_t magic;
   AtomicU64 format;
@@ -175,6 +192,7 @@ struct alignas(64) PolicyHeader {
   // the daemon fills the idle table, then bumps generation (LMDB's two metas).
   alignas(64) AtomicU64 generation;
   TierTable tables[2];
+  ClockParams clock;
 };
 
 // The format word folds the layout version with the sizes of every shared struct
@@ -194,7 +212,7 @@ constexpr uint64_t kStateFormat = fold_format(
 constexpr uint64_t kPolicyFormat = fold_format(
     kLayoutMajor, kLayoutMinor,
     shape_hash({sizeof(PolicyHeader), alignof(PolicyHeader), sizeof(TierRow), sizeof(TierTable),
-                sizeof(void *), kMaxTiers}));
+                sizeof(ClockParams), sizeof(void *), kMaxTiers}));
 constexpr uint32_t format_major(uint64_t f) { return uint32_t(f >> 48); }
 
 }  // namespace sluice::core

@@ -41,8 +41,12 @@ class Ledger {
   }
   Status decide(std::string_view tier, const void *key, size_t key_len, uint32_t cost, bool record, Decision &out,
                 std::string &detail);
+  // The same for a tier already looked up (find_tier); `tier` must be < tier_count().
+  Status decide_in(uint32_t tier, const void *key, size_t key_len, uint32_t cost, bool record, Decision &out,
+                   std::string &detail);
 
   int find_tier(std::string_view name) const;  // -1 if unknown
+  int find_tier(const char *name) const;       // a NUL-terminated name; -1 if unknown
   uint32_t tier_count() const { return tier_count_; }
   const TierView &tier_view(uint32_t i) const { return views_[i]; }
   StateHeader &state() const { return *state_hdr_; }
@@ -54,8 +58,11 @@ class Ledger {
   StateHeader *state_hdr_ = nullptr;
   const PolicyHeader *policy_hdr_ = nullptr;
   uint32_t tier_count_ = 0;
+  TscClock clock_;
   TierView views_[kMaxTiers];
-  std::string_view names_[kMaxTiers];
+  // Private, NUL-terminated copies: a lookup never reads a name a client could
+  // have overwritten in the (client-writable) state segment.
+  char names_[kMaxTiers][kTierNameBytes] = {};
 };
 
 // Per-tier counters, summed over stripes.

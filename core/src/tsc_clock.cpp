@@ -1,0 +1,143 @@
+#include "sluice/core/tsc_clock.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace sluice::core {
+
+namespace {
+
+constexpr auto rlx = std::memory_order_relaxed;
+constexpr int64_t kCalibrationNs = 10'000'000;  // first calibration: error ~ 2 x 30 ns / 10 ms, then refined
+constexpr int64_t kSlewNs = 2'000'000'000;      // an offset is removed over this much time
+constexpr int64_t kStepNs = 10'000'000;         // beyond this offset the clock steps instead
+constexpr double kMaxSlew = 1e-3;               // at most 1,000 ppm faster or slower while slewing
+
+std::string read_small_file(const char *path, size_t cap) {
+  std::string out;
+  if (FILE *f = std::fopen(path, "r")) {
+    char buf[4096];
+    size_t n;
+    while (out.size() < cap && (n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+    std::fclose(f);
+  }
+  return out;
+}
+
+bool cpu_flags_have(const std::string &cpuinfo, const char *flag) {
+  const std::string needle = std::string(" ") + flag;
+  for (size_t at = cpuinfo.find(needle); at != std::string::npos; at = cpuinfo.find(needle, at + 1)) {
+    const char next = at + needle.size() < cpuinfo.size() ? cpuinfo[at + needle.size()] : '\n';
+    if (next == ' ' || next == '\n') return true;
+  }
+  return false;
+}
+
+bool probe_tsc() {
+#if SLUICE_HAVE_TSC
+  const std::string src = read_small_file("/sys/devices/system/clocksource/clocksource0/current_clocksource", 64);
+  if (src != "tsc\n") return false;
+  const std::string cpuinfo = read_small_file("/proc/cpuinfo", 1 << 20);
+  return cpu_flags_have(cpuinfo, "constant_tsc") && cpu_flags_have(cpuinfo, "nonstop_tsc");
+#else
+  return false;
+#endif
+}
+
+// One (tsc, CLOCK_MONOTONIC) pair: the tightest bracket of a few tries.
+void measure(uint64_t &tsc, int64_t &ns) {
+  uint64_t best = ~0ull;
+  for (int i = 0; i < 7; ++i) {
+    const uint64_t a = read_tsc();
+    const int64_t n = mono_ns();
+    const uint64_t b = read_tsc();
+    if (b >= a && b - a < best) {
+      best = b - a;
+      tsc = a + (b - a) / 2;
+      ns = n;
+    }
+  }
+}
+
+uint64_t rate_between(uint64_t tsc_a, int64_t ns_a, uint64_t tsc_b, int64_t ns_b) {
+  if (tsc_b <= tsc_a || ns_b <= ns_a) return 0;
+  return uint64_t(UInt128(ns_b - ns_a) << 32) / (tsc_b - tsc_a);
+}
+
+struct Params {
+  uint32_t kind = kClockMonotonic;
+  uint64_t tsc0 = 0;
+  int64_t ns0 = 0;
+  uint64_t mult = 0;
+  uint64_t anchor_tsc = 0;
+  int64_t anchor_ns = 0;
+};
+
+// The seqlock's writer side. A writer killed half-way leaves seq odd; the next
+// one carries on from there (readers fall back to clock_gettime meanwhile).
+void publish(ClockParams &p, const Params &v) {
+  uint64_t s = p.seq.load(rlx);
+  if (!(s & 1)) p.seq.store(++s, rlx);
+  std::atomic_thread_fence(std::memory_order_release);
+  p.tsc0.store(v.tsc0, rlx);
+  p.ns0.store(v.ns0, rlx);
+  p.mult.store(v.mult, rlx);
+  p.anchor_tsc.store(v.anchor_tsc, rlx);
+  p.anchor_ns.store(v.anchor_ns, rlx);
+  p.kind.store(v.kind, rlx);
+  p.seq.store(s + 1, std::memory_order_release);
+}
+
+}  // namespace
+
+bool tsc_usable() {
+  static const bool hardware = probe_tsc();
+  // Read on every call (an open, a calibration: never the hot path), so a process
+  // can opt out after the library has been loaded.
+  const char *force = std::getenv("SLUICE_CLOCK");
+  return hardware && !(force && std::strcmp(force, "monotonic") == 0);
+}
+
+void calibrate_clock(ClockParams &p) {
+  Params v;
+  if (tsc_usable()) {
+    measure(v.anchor_tsc, v.anchor_ns);
+    while (mono_ns() < v.anchor_ns + kCalibrationNs) {
+    }
+    measure(v.tsc0, v.ns0);
+    v.mult = rate_between(v.anchor_tsc, v.anchor_ns, v.tsc0, v.ns0);
+    v.kind = v.mult ? kClockTsc : kClockMonotonic;
+  }
+  publish(p, v);
+}
+
+void recalibrate_clock(ClockParams &p) {
+  Params old{p.kind.load(rlx), p.tsc0.load(rlx), p.ns0.load(rlx), p.mult.load(rlx), p.anchor_tsc.load(rlx),
+             p.anchor_ns.load(rlx)};
+  // seq odd: a writer died half-way, so the parameters cannot be trusted to be continuous with.
+  if ((p.seq.load(rlx) & 1) || old.kind != kClockTsc || old.mult == 0 || old.anchor_tsc == 0 || !tsc_usable()) {
+    calibrate_clock(p);
+    return;
+  }
+  Params v = old;
+  int64_t now_ns;
+  measure(v.tsc0, now_ns);
+  const int64_t published = tsc_to_ns(v.tsc0, old.tsc0, old.ns0, old.mult);
+  const int64_t offset = published - now_ns;  // > 0: the published clock runs ahead
+  const uint64_t rate = rate_between(old.anchor_tsc, old.anchor_ns, v.tsc0, now_ns);
+  if (rate == 0 || offset > kStepNs || offset < -kStepNs) {
+    // Off by more than slewing should hide (or the TSC went backwards: a new
+    // host after a migration): step to CLOCK_MONOTONIC and start a new baseline.
+    calibrate_clock(p);
+    return;
+  }
+  double slew = -double(offset) / double(kSlewNs);
+  slew = slew > kMaxSlew ? kMaxSlew : slew < -kMaxSlew ? -kMaxSlew : slew;
+  v.ns0 = published;  // continuous at the switch
+  v.mult = uint64_t(double(rate) * (1.0 + slew));
+  publish(p, v);
+}
+
+}  // namespace sluice::core
