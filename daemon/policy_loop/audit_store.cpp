@@ -92,6 +92,18 @@ bool AuditStore::insert_record(const AuditRecord &r, std::string &error) {
 
 bool AuditStore::append(const AuditRecord &r, std::string &error) { return insert_record(r, error); }
 
+bool AuditStore::append_all(const std::vector<AuditRecord> &rs, std::string &error) {
+  if (!exec("BEGIN IMMEDIATE", error)) return false;
+  for (const AuditRecord &r : rs) {
+    if (!insert_record(r, error)) {
+      std::string ignored;
+      exec("ROLLBACK", ignored);
+      return false;
+    }
+  }
+  return exec("COMMIT", error);
+}
+
 bool AuditStore::put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error) {
   if (!exec("BEGIN IMMEDIATE", error)) return false;
   Stmt st(db_,

@@ -45,6 +45,8 @@ class AuditStore {
   ~AuditStore();
 
   bool append(const AuditRecord &r, std::string &error);
+  // All of them in one commit, or none.
+  bool append_all(const std::vector<AuditRecord> &rs, std::string &error);
   bool put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error);
   // Removes a pending approval and records what happened to it, in one commit.
   bool close_pending(const std::string &id, const AuditRecord &r, std::string &error);

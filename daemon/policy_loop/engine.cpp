@@ -45,9 +45,10 @@ uint64_t PolicyEngine::publish(int64_t) {
                                     t.adaptive ? core::kTierAdaptive : 0u, 0});
   }
   owner_.publish(rows);
-  ++counts_.published;
   return owner_.policy().generation.load();
 }
+
+uint64_t PolicyEngine::next_generation() const { return owner_.policy().generation.load() + 1; }
 
 bool PolicyEngine::has_pending(uint32_t tier) {
   for (const auto &p : store_.pending())
@@ -55,8 +56,8 @@ bool PolicyEngine::has_pending(uint32_t tier) {
   return false;
 }
 
-void PolicyEngine::audit(const std::string &event, const Proposal &p, const std::string &approval_id,
-                         uint64_t generation, int64_t unix_ms) {
+AuditRecord PolicyEngine::record(const std::string &event, const Proposal &p, const std::string &approval_id,
+                                 uint64_t generation, int64_t unix_ms) const {
   AuditRecord r;
   r.unix_ms = unix_ms;
   r.event = event;
@@ -68,8 +69,7 @@ void PolicyEngine::audit(const std::string &event, const Proposal &p, const std:
   r.confidence = p.confidence;
   r.approval_id = approval_id;
   r.generation = generation;
-  std::string err;
-  if (!store_.append(r, err)) spdlog::error("audit: {}", err);
+  return r;
 }
 
 TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
@@ -138,9 +138,21 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
     apply.push_back(p);
   }
   if (!apply.empty()) {
+    // The publication's records are committed first (one commit), then the table
+    // is published and counted: clients never see a change the trail lacks.
+    const uint64_t gen = next_generation();
+    std::vector<AuditRecord> rows;
+    for (const Proposal &p : apply) rows.push_back(record("published", p, "", gen, now_unix_ms));
+    std::string err;
+    if (!store_.append_all(rows, err)) {
+      spdlog::error("audit: {} (the loop's changes are not published; it tries again next tick)", err);
+      return rep;
+    }
     for (const Proposal &p : apply) limits_[p.tier] = p.new_limit;
     rep.generation = publish(now_unix_ms);
-    for (const Proposal &p : apply) audit("published", p, "", rep.generation, now_unix_ms);
+    if (rep.generation != gen)
+      spdlog::error("published generation {}, recorded as {}: another process publishes", rep.generation, gen);
+    ++counts_.published;
     rep.published = apply;
   }
   return rep;
@@ -155,13 +167,20 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid)
   const auto &t = spec_.tiers[p->tier];
   const uint32_t v = std::clamp(p->new_limit, t.floor, t.ceiling);
   const int64_t now = unix_ms_now();
-  limits_[p->tier] = v;
-  const uint64_t gen = publish(now);
+  // The approval is recorded (and the question closed) in one commit before the
+  // table is published; only then does it count.
+  const uint64_t gen = next_generation();
   AuditRecord r{0, now, "approved", "human:" + std::to_string(uid), p->tier_name, p->old_limit, v,
                 "approved: " + p->reason, p->confidence, id, gen};
   std::string err;
+  if (!store_.close_pending(id, r, err))
+    return {false, "not approved: the audit store failed (" + err + "); nothing was published and " + id +
+                       " is still pending"};
+  limits_[p->tier] = v;
+  if (const uint64_t published = publish(now); published != gen)
+    spdlog::error("published generation {}, recorded as {}: another process publishes", published, gen);
   ++counts_.approved;
-  if (!store_.close_pending(id, r, err)) return {false, "approved and published, but the audit failed: " + err};
+  ++counts_.published;
   return {true, "approved " + id + ": " + p->tier_name + " " + std::to_string(p->old_limit) + " -> " +
                     std::to_string(v) + " published (generation " + std::to_string(gen) + ")"};
 }

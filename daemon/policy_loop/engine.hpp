@@ -3,6 +3,9 @@
 //   advisor answer) -> governance (a change above approval_ratio waits for a
 //   human) -> publication of the whole tier table -> audit records.
 // Governance commands arrive with the caller's uid/gid (SO_PEERCRED).
+// A tier table is published only after its audit records are committed, and the
+// governance counts move only then: a failed audit write publishes and counts
+// nothing (the loop tries again next tick; an approval stays pending).
 #pragma once
 #include <sys/types.h>
 
@@ -62,10 +65,14 @@ class PolicyEngine {
   AuditStore &store() { return store_; }
 
  private:
+  // Publishes limits_ as the next generation and returns it. The caller has
+  // committed the publication's audit records first and counts it after.
   uint64_t publish(int64_t now_unix_ms);
+  // The generation the next publish() produces (the daemon is the only publisher).
+  uint64_t next_generation() const;
   bool has_pending(uint32_t tier);
-  void audit(const std::string &event, const Proposal &p, const std::string &approval_id, uint64_t generation,
-             int64_t unix_ms);
+  AuditRecord record(const std::string &event, const Proposal &p, const std::string &approval_id,
+                     uint64_t generation, int64_t unix_ms) const;
 
   policy::PolicySpec spec_;
   core::Owner &owner_;

@@ -1,10 +1,16 @@
 #include "control.hpp"
 
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -23,58 +29,244 @@ static bool fill_addr(const std::string &path, sockaddr_un &a, std::string &erro
   return true;
 }
 
-std::unique_ptr<ControlServer> ControlServer::listen(const std::string &path, std::string &error) {
+static int64_t now_ms() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return int64_t(t.tv_sec) * 1000 + t.tv_nsec / 1'000'000;
+}
+
+// One client, on the server's thread only: reading its line, waiting for the
+// loop's answer, then writing it.
+struct ControlServer::Conn {
+  enum Phase { reading, waiting, writing };
+  int fd = -1;
+  uint64_t id = 0;
+  Peer peer;
+  Phase phase = reading;
+  int64_t deadline_ms = 0;
+  std::string in;
+  std::string out;
+  size_t sent = 0;
+};
+
+void ControlServer::signal_fd(int fd) {
+  const uint64_t one = 1;
+  (void)!::write(fd, &one, sizeof one);
+}
+
+void ControlServer::drain_fd(int fd) {
+  uint64_t v;
+  (void)!::read(fd, &v, sizeof v);
+}
+
+std::unique_ptr<ControlServer> ControlServer::listen(const std::string &path, std::string &error,
+                                                     const ControlLimits &limits) {
   std::unique_ptr<ControlServer> s(new ControlServer());
+  s->limits_ = limits;
   sockaddr_un a;
   if (!fill_addr(path, a, error)) return nullptr;
+  s->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  s->ready_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s->wake_fd_ < 0 || s->ready_fd_ < 0) {
+    error = std::string("eventfd: ") + std::strerror(errno);
+    return nullptr;
+  }
   s->fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s->fd_ < 0) {
     error = std::string("socket: ") + std::strerror(errno);
     return nullptr;
   }
   ::unlink(path.c_str());  // we hold the segment lock: any old socket is stale
-  if (::bind(s->fd_, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || ::listen(s->fd_, 16) != 0) {
+  if (::bind(s->fd_, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || ::listen(s->fd_, 64) != 0) {
     error = "control socket " + path + ": " + std::strerror(errno);
     return nullptr;
   }
   // Anyone local may connect and read; governance checks SO_PEERCRED per command.
   ::chmod(path.c_str(), 0666);
   s->path_ = path;
+  // The server's thread takes no signals: SIGTERM/SIGINT go to the loop thread,
+  // whose poll they interrupt.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  try {
+    s->thread_ = std::thread([p = s.get()] { p->run(); });
+  } catch (const std::system_error &e) {
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    error = std::string("control socket thread: ") + e.what();
+    return nullptr;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return s;
 }
 
 ControlServer::~ControlServer() {
+  if (thread_.joinable()) {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    signal_fd(wake_fd_);
+    thread_.join();
+  }
   if (fd_ >= 0) ::close(fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+  if (ready_fd_ >= 0) ::close(ready_fd_);
   if (!path_.empty()) ::unlink(path_.c_str());
 }
 
-void ControlServer::serve_pending(const Handler &handler) {
+size_t ControlServer::connections() const {
+  std::lock_guard lock(mu_);
+  return open_;
+}
+
+size_t ControlServer::serve_pending(const Handler &handler, size_t max_requests) {
+  drain_fd(ready_fd_);
+  size_t served = 0;
+  for (; served < max_requests; ++served) {
+    Request r;
+    {
+      std::lock_guard lock(mu_);
+      if (requests_.empty()) break;
+      r = std::move(requests_.front());
+      requests_.pop_front();
+    }
+    std::string reply = handler(r.line, r.peer);
+    {
+      std::lock_guard lock(mu_);
+      replies_.push_back(Reply{r.conn, std::move(reply)});
+    }
+    signal_fd(wake_fd_);
+  }
+  std::lock_guard lock(mu_);
+  if (!requests_.empty()) signal_fd(ready_fd_);  // the rest on the next call, after the tick
+  return served;
+}
+
+void ControlServer::run() {
+  std::vector<Conn> conns;
+  uint64_t next_id = 1;
+  std::vector<pollfd> fds;
+
+  auto close_conn = [&](Conn &c) {
+    ::close(c.fd);
+    c.fd = -1;
+  };
+  // The request is what arrived up to the newline (or max_line bytes, or all of
+  // it at EOF or the read deadline), as before: the loop answers even an empty one.
+  auto dispatch = [&](Conn &c, int64_t now) {
+    std::string line = std::move(c.in);
+    if (const auto nl = line.find('\n'); nl != std::string::npos) line.resize(nl);
+    if (line.size() > limits_.max_line) line.resize(limits_.max_line);
+    c.in.clear();
+    c.in.shrink_to_fit();
+    c.phase = Conn::waiting;
+    c.deadline_ms = now + limits_.answer_timeout_ms;
+    {
+      std::lock_guard lock(mu_);
+      requests_.push_back(Request{c.id, std::move(line), c.peer});
+    }
+    signal_fd(ready_fd_);
+  };
+  auto read_some = [&](Conn &c, int64_t now) {
+    char buf[512];
+    for (;;) {
+      const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      if (n <= 0) return dispatch(c, now);  // EOF or error: answer what arrived
+      c.in.append(buf, size_t(n));
+      if (c.in.size() >= limits_.max_line || std::memchr(buf, '\n', size_t(n))) return dispatch(c, now);
+    }
+  };
+  auto write_some = [&](Conn &c) {
+    while (c.sent < c.out.size()) {
+      const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      if (n <= 0) return close_conn(c);
+      c.sent += size_t(n);
+    }
+    close_conn(c);  // the whole reply is written: done
+  };
+
   for (;;) {
-    const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (c < 0) return;  // EAGAIN: nothing waiting
-    ucred cred{};
-    socklen_t len = sizeof cred;
-    timeval tv{0, 200'000};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    std::string line;
-    if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-      char buf[512];
-      while (line.size() < 4096 && line.find('\n') == std::string::npos) {
-        const ssize_t n = ::read(c, buf, sizeof buf);
-        if (n <= 0) break;
-        line.append(buf, size_t(n));
+    int64_t now = now_ms();
+    fds.clear();
+    fds.push_back({wake_fd_, POLLIN, 0});
+    const bool accepting = conns.size() < limits_.max_connections;
+    fds.push_back({accepting ? fd_ : -1, POLLIN, 0});
+    int64_t first_deadline = now + 1000;
+    for (const Conn &c : conns) {
+      const short ev = c.phase == Conn::reading ? POLLIN : c.phase == Conn::writing ? POLLOUT : 0;
+      fds.push_back({c.phase == Conn::waiting ? -1 : c.fd, ev, 0});
+      first_deadline = std::min(first_deadline, c.deadline_ms);
+    }
+    const int rc = ::poll(fds.data(), fds.size(), int(std::clamp<int64_t>(first_deadline - now, 0, 1000)));
+    if (rc < 0 && errno != EINTR) break;  // cannot happen with valid fds; the destructor still joins
+    now = now_ms();
+
+    if (fds[0].revents & POLLIN) {
+      drain_fd(wake_fd_);
+      std::vector<Reply> replies;
+      {
+        std::lock_guard lock(mu_);
+        if (stop_) break;
+        replies.swap(replies_);
       }
-      if (const auto nl = line.find('\n'); nl != std::string::npos) line.resize(nl);
-      const std::string reply = handler(line, Peer{cred.pid, cred.uid, cred.gid});
-      for (size_t off = 0; off < reply.size();) {
-        const ssize_t n = ::write(c, reply.data() + off, reply.size() - off);
-        if (n <= 0) break;
-        off += size_t(n);
+      for (Reply &r : replies) {
+        // A connection given up on (answer deadline) has gone: its reply is dropped.
+        auto it = std::find_if(conns.begin(), conns.end(), [&](const Conn &c) { return c.id == r.conn; });
+        if (it == conns.end()) continue;
+        it->out = std::move(r.text);
+        it->phase = Conn::writing;
+        it->deadline_ms = now + limits_.write_timeout_ms;
+        write_some(*it);  // most replies fit the socket buffer at once
       }
     }
-    ::close(c);
+    // Poll results for connections are by position: handle them before accepting
+    // new ones or removing closed ones.
+    for (size_t i = 0; i < conns.size(); ++i) {
+      Conn &c = conns[i];
+      if (c.fd < 0) continue;
+      const short rev = fds[i + 2].revents;
+      if (c.phase == Conn::reading && rev) read_some(c, now);
+      else if (c.phase == Conn::writing && rev) {
+        if (rev & (POLLERR | POLLHUP | POLLNVAL)) close_conn(c);
+        else write_some(c);
+      }
+      if (c.fd >= 0 && now >= c.deadline_ms) {
+        if (c.phase == Conn::reading) dispatch(c, now);  // what arrived in time is the request
+        else close_conn(c);  // no answer from the loop, or a client that does not read
+      }
+    }
+    if (accepting && (fds[1].revents & POLLIN)) {
+      while (conns.size() < limits_.max_connections) {
+        const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c < 0) break;  // EAGAIN: nothing waiting
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+          ::close(c);
+          continue;
+        }
+        Conn conn;
+        conn.fd = c;
+        conn.id = next_id++;
+        conn.peer = Peer{cred.pid, cred.uid, cred.gid};
+        conn.deadline_ms = now + limits_.read_timeout_ms;
+        conns.push_back(std::move(conn));
+        read_some(conns.back(), now);  // the line is usually there already
+      }
+    }
+    std::erase_if(conns, [](const Conn &c) { return c.fd < 0; });
+    std::lock_guard lock(mu_);
+    open_ = conns.size();
   }
+  for (Conn &c : conns)
+    if (c.fd >= 0) ::close(c.fd);
+  std::lock_guard lock(mu_);
+  open_ = 0;
 }
 
 bool control_request(const std::string &path, const std::string &line, std::string &reply, std::string &error,

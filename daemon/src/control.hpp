@@ -1,12 +1,24 @@
 // The control socket: a Unix stream socket next to the segments. One request line
 // per connection, one reply. The caller's uid/gid come from SO_PEERCRED, never
 // from the request, so governance can check who is asking.
+//
+// Threads: the server's own thread accepts connections, reads request lines and
+// writes replies (non-blocking, each step with a deadline), so a silent or slow
+// client never holds the daemon's loop. A complete request is queued for the
+// loop thread, which runs it between ticks (serve_pending) and hands the reply
+// back: commands stay serialized with the tick, one at a time, on one thread.
 #pragma once
 #include <sys/types.h>
 
+#include <cstddef>
+#include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace sluice::daemon {
 
@@ -18,20 +30,60 @@ struct Peer {
   gid_t gid = 0;
 };
 
+// What one client may cost the server.
+struct ControlLimits {
+  size_t max_connections = 64;   // open at once; more wait in the listen backlog
+  size_t max_line = 4096;        // bytes of request kept (the rest of a longer line is ignored)
+  int read_timeout_ms = 1000;    // from accept to a whole line; then what arrived is the request
+  int answer_timeout_ms = 30'000;  // the loop's answer (only a hung loop takes this long)
+  int write_timeout_ms = 5000;   // to write the whole reply to a client that reads slowly
+};
+
 class ControlServer {
  public:
-  static std::unique_ptr<ControlServer> listen(const std::string &path, std::string &error);
+  // Binds the socket and starts the server's thread.
+  static std::unique_ptr<ControlServer> listen(const std::string &path, std::string &error,
+                                               const ControlLimits &limits = {});
+  // Stops the thread (it wakes at once), closes every connection, removes the socket.
   ~ControlServer();
-  int fd() const { return fd_; }
-  // Serves every connection already waiting; never blocks on accept. A client
-  // gets 200 ms to send its line.
+  // Readable while complete requests wait for serve_pending (the loop polls it).
+  int fd() const { return ready_fd_; }
+  // Loop thread only. Runs the handler for up to max_requests requests already
+  // read in full; never waits for a client. Returns how many it ran; if more
+  // wait, fd() stays readable.
   using Handler = std::function<std::string(const std::string &line, const Peer &peer)>;
-  void serve_pending(const Handler &handler);
+  size_t serve_pending(const Handler &handler, size_t max_requests = 32);
+  // Connections open now (any state); for tests.
+  size_t connections() const;
 
  private:
+  struct Request {
+    uint64_t conn = 0;
+    std::string line;
+    Peer peer;
+  };
+  struct Reply {
+    uint64_t conn = 0;
+    std::string text;
+  };
+  struct Conn;
+
   ControlServer() = default;
-  int fd_ = -1;
+  void run();  // the server's thread
+  static void signal_fd(int fd);
+  static void drain_fd(int fd);
+
+  ControlLimits limits_;
+  int fd_ = -1;        // listening socket
+  int wake_fd_ = -1;   // eventfd: replies or stop for the server's thread
+  int ready_fd_ = -1;  // eventfd: requests for the loop thread
   std::string path_;
+  mutable std::mutex mu_;
+  std::deque<Request> requests_;  // at most one per connection
+  std::vector<Reply> replies_;
+  bool stop_ = false;
+  size_t open_ = 0;  // connections, for connections()
+  std::thread thread_;
 };
 
 // Client side (sluicectl): sends one line, returns the reply.

@@ -200,7 +200,9 @@ Daemon::~Daemon() {
 
 int64_t Daemon::do_work(int64_t now_ns) {
   owner_->heartbeat();
-  control_->serve_pending([this](const std::string &line, const Peer &peer) {
+  // Requests the control socket's thread has read in full, run here between
+  // ticks (never waits for a client).
+  if (control_) control_->serve_pending([this](const std::string &line, const Peer &peer) {
     const std::string reply = line == "overview" ? "ok\n" + overview_json(loop_state()) + "\n"
                                                  : handle_command(*engine_, line, peer);
     shared_loop_.set(loop_state());
@@ -232,6 +234,7 @@ void Daemon::stop() {
   if (stopped_ || !owner_) return;
   stopped_ = true;
   metrics_.reset();
+  control_.reset();  // closes every control connection and removes the socket
   owner_->mark_stopped();
 }
 

@@ -37,13 +37,15 @@ class Daemon {
   static std::unique_ptr<Daemon> start(const Options &opt, std::string &error);
   ~Daemon();
 
-  // One step of work: heartbeat, control requests, and on each tick the policy
-  // loop and a slice of idle-key GC. Returns when it is next due (CLOCK_MONOTONIC ns).
+  // One step of work: heartbeat, the control requests already read in full by
+  // the control socket's thread, and on each tick the policy loop and a slice of
+  // idle-key GC. Returns when it is next due (CLOCK_MONOTONIC ns).
   int64_t do_work(int64_t now_ns);
+  // Readable while control requests wait for do_work (-1 after stop()).
   int control_fd() const { return control_ ? control_->fd() : -1; }
   policy_loop::PolicyEngine &engine() { return *engine_; }
   advisor::AsyncAdvisor *llm_advisor() { return advisor_.get(); }
-  // Writes the clean-shutdown heartbeat and releases the lock.
+  // Stops /metrics and the control socket, writes the clean-shutdown heartbeat.
   void stop();
 
   bool created() const { return created_; }

@@ -102,7 +102,8 @@ int main(int argc, char **argv) {
   spdlog::info("ready: segment '{}', pid {}", opt.segment, getpid());
   while (g_signal.load() == 0) {
     const int64_t next = d->do_work(core::mono_ns());
-    // Sleep until the next heartbeat/tick or a control request, whichever first.
+    // Sleep until the next heartbeat/tick or a control request read in full by the
+    // control socket's thread, whichever first.
     const int64_t wait_ms = std::clamp<int64_t>((next - core::mono_ns()) / 1'000'000, 1, 100);
     pollfd p{d->control_fd(), POLLIN, 0};
     ::poll(&p, 1, int(wait_ms));

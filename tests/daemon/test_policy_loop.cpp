@@ -1,7 +1,9 @@
 // The policy loop as a step, fed synthetic counters: surge levels and hysteresis,
 // the forecast's early warning, each business rule, floors and ceilings,
-// adaptive: false, governance (approve / reject / expiry / who may), the audit.
+// adaptive: false, governance (approve / reject / expiry / who may), the audit
+// (nothing is published or counted before its record is committed).
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -303,4 +305,78 @@ TEST_F(EngineFixture, NonAdaptiveTierIsNeverTouched) {
     for (const auto &p : tick().proposals) EXPECT_NE(p.tier, 1u);
   }
   EXPECT_EQ(published(1), 3u);
+}
+
+namespace {
+
+// Makes the audit store refuse rows of one event, as a full disk or a broken
+// store would: a trigger added through a second connection to the same file.
+struct AuditRefusal {
+  sqlite3 *db = nullptr;
+  AuditRefusal(const std::string &path, const std::string &event) {
+    EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    const std::string sql = "CREATE TRIGGER refuse BEFORE INSERT ON audit WHEN NEW.event = '" + event +
+                            "' BEGIN SELECT RAISE(ABORT, 'the audit store refused the row'); END;";
+    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  }
+  ~AuditRefusal() {
+    sqlite3_exec(db, "DROP TRIGGER refuse", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+  }
+};
+
+}  // namespace
+
+TEST_F(EngineFixture, AnApprovalCountsAndPublishesOnlyOnceItsAuditRowIsCommitted) {
+  traffic(0, 10, 500);
+  const auto r = tick();
+  ASSERT_EQ(r.new_pending.size(), 1u);
+  const std::string id = r.new_pending[0].id;
+  const GovernanceCounts before = engine->governance_counts();
+  const uint64_t gen_before = seg.owner->policy().generation.load();
+  {
+    AuditRefusal refuse(db, "approved");
+    const auto failed = engine->approve(id, getuid(), getgid());
+    EXPECT_FALSE(failed.ok) << "an approval whose audit row failed is reported as an error";
+    EXPECT_NE(failed.message.find("audit store failed"), std::string::npos) << failed.message;
+    EXPECT_EQ(engine->governance_counts().approved, before.approved) << "counted before its audit row was committed";
+    EXPECT_EQ(engine->governance_counts().published, before.published);
+    EXPECT_EQ(seg.owner->policy().generation.load(), gen_before) << "published without its audit row";
+    EXPECT_EQ(published(0), 10u);
+    ASSERT_EQ(store->pending().size(), 1u) << "the question stays open";
+  }
+  const auto ok = engine->approve(id, getuid(), getgid());
+  ASSERT_TRUE(ok.ok) << ok.message;
+  EXPECT_EQ(engine->governance_counts().approved, before.approved + 1);
+  EXPECT_EQ(engine->governance_counts().published, before.published + 1);
+  EXPECT_EQ(published(0), 80u);
+  uint64_t recorded_gen = 0;
+  for (const auto &a : store->since(0))
+    if (a.event == "approved" && a.approval_id == id) recorded_gen = a.generation;
+  EXPECT_EQ(recorded_gen, seg.owner->policy().generation.load()) << "the row names the generation it produced";
+}
+
+TEST_F(EngineFixture, ALoopPublicationCountsAndPublishesOnlyOnceItsAuditRowsAreCommitted) {
+  const uint64_t gen_before = seg.owner->policy().generation.load();
+  {
+    AuditRefusal refuse(db, "published");
+    traffic(0, 10, 5);  // wants 17 (1.7x): published without a human when the audit works
+    const auto r = tick();
+    EXPECT_TRUE(r.published.empty());
+    EXPECT_EQ(engine->governance_counts().published, 0u) << "counted before its audit rows were committed";
+    EXPECT_EQ(seg.owner->policy().generation.load(), gen_before) << "published without its audit rows";
+    EXPECT_EQ(published(0), 10u);
+  }
+  traffic(0, 10, 5);
+  const auto r = tick();
+  ASSERT_EQ(r.published.size(), 1u);
+  EXPECT_EQ(published(0), 17u);
+  EXPECT_EQ(engine->governance_counts().published, 1u);
+  size_t rows = 0;
+  for (const auto &a : store->since(0))
+    if (a.event == "published") {
+      ++rows;
+      EXPECT_EQ(a.generation, r.generation);
+    }
+  EXPECT_EQ(rows, 1u);
 }

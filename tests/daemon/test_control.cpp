@@ -1,0 +1,279 @@
+// The control socket's server: a silent, dribbling or slow client never holds
+// the loop thread (serve_pending only runs requests already read in full),
+// concurrent clients each get their own reply, every request runs on the loop
+// thread one at a time, resources stay bounded, and shutdown does not wait for
+// clients.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "control.hpp"
+
+using namespace sluice;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string socket_path() {
+  return "/tmp/sluicetest-ctl-" + std::to_string(getpid()) + "-" +
+         ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".sock";
+}
+
+// A client that connects and then does what the test says (nothing, by default).
+int connect_to(const std::string &path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (::connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string read_all(int fd) {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    out.append(buf, size_t(n));
+  }
+  return out;
+}
+
+// The daemon's loop as far as the control socket sees it: calls serve_pending
+// every few ms and records how long each call took.
+struct Loop {
+  daemon::ControlServer &server;
+  daemon::ControlServer::Handler handler;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> longest_us{0};
+  std::atomic<uint64_t> rounds{0};
+  std::thread thread;
+  Loop(daemon::ControlServer &s, daemon::ControlServer::Handler h) : server(s), handler(std::move(h)) {
+    thread = std::thread([this] {
+      while (!stop.load()) {
+        const auto t0 = Clock::now();
+        server.serve_pending(handler);
+        const int64_t us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+        if (us > longest_us.load()) longest_us.store(us);
+        rounds.fetch_add(1);
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  void halt() {
+    stop.store(true);
+    if (thread.joinable()) thread.join();
+  }
+  ~Loop() { halt(); }
+};
+
+std::string echo(const std::string &line, const daemon::Peer &peer) {
+  return "ok\n" + line + " from uid " + std::to_string(peer.uid) + " pid " + std::to_string(peer.pid) + "\n";
+}
+
+}  // namespace
+
+TEST(ControlServer, SilentClientsNeverHoldTheLoop) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  Loop loop(*server, echo);
+  std::vector<int> silent;
+  for (int i = 0; i < 20; ++i) silent.push_back(connect_to(path));
+  for (int fd : silent) ASSERT_GE(fd, 0);
+  const auto until = Clock::now() + std::chrono::milliseconds(1500);
+  // A well-behaved client is answered while the silent ones are held open.
+  std::string reply;
+  ASSERT_TRUE(daemon::control_request(path, "snapshot", reply, err, 5000)) << err;
+  EXPECT_EQ(reply, "ok\nsnapshot from uid " + std::to_string(getuid()) + " pid " + std::to_string(getpid()) + "\n");
+  std::this_thread::sleep_until(until);
+  // 20 silent clients used to cost the loop 200 ms each, in one serve_pending call.
+  EXPECT_LT(loop.longest_us.load(), 100'000) << "a serve_pending call waited for a client";
+  EXPECT_GT(loop.rounds.load(), 50u) << "the loop thread kept turning";
+  for (int fd : silent) ::close(fd);
+}
+
+TEST(ControlServer, ADribblingClientNeverHoldsTheLoop) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  Loop loop(*server, echo);
+  // Three clients each send one byte every 100 ms and never a newline.
+  std::vector<std::thread> dribblers;
+  std::vector<std::string> replies(3);
+  for (int i = 0; i < 3; ++i)
+    dribblers.emplace_back([&, i] {
+      const int fd = connect_to(path);
+      if (fd < 0) return;
+      for (int k = 0; k < 15; ++k) {
+        if (::send(fd, "x", 1, MSG_NOSIGNAL) != 1) break;  // the server may have given up
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      ::shutdown(fd, SHUT_WR);
+      replies[size_t(i)] = read_all(fd);
+      ::close(fd);
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::string reply;
+  const auto t0 = Clock::now();
+  ASSERT_TRUE(daemon::control_request(path, "pending", reply, err, 5000)) << err;
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(1000)) << "a dribbler delayed another client";
+  for (auto &t : dribblers) t.join();
+  EXPECT_LT(loop.longest_us.load(), 100'000) << "a serve_pending call waited for a dribbling client";
+  for (const auto &r : replies) {
+    // The request is what arrived before the read deadline: some x's, answered.
+    EXPECT_TRUE(r.starts_with("ok\nx")) << r;
+  }
+}
+
+TEST(ControlServer, ConcurrentClientsEachGetTheirOwnReplyAndRequestsRunOnTheLoopThread) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  std::vector<std::string> seen;  // touched by the loop thread only
+  std::thread::id loop_id;
+  std::atomic<bool> off_thread{false};
+  std::atomic<int> inside{0};
+  std::atomic<bool> overlapped{false};
+  Loop loop(*server, [&](const std::string &line, const daemon::Peer &peer) {
+    if (loop_id == std::thread::id()) loop_id = std::this_thread::get_id();
+    if (loop_id != std::this_thread::get_id()) off_thread = true;
+    if (inside.fetch_add(1) != 0) overlapped = true;
+    seen.push_back(line);
+    std::string r = echo(line, peer);
+    inside.fetch_sub(1);
+    return r;
+  });
+  std::vector<int> silent;
+  for (int i = 0; i < 10; ++i) silent.push_back(connect_to(path));
+  constexpr int kThreads = 12, kEach = 15;
+  std::atomic<int> good{0};
+  std::vector<std::string> bad;
+  std::mutex bad_mu;
+  std::vector<std::thread> clients;
+  for (int t = 0; t < kThreads; ++t)
+    clients.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        const std::string line = "audit " + std::to_string(t) + " " + std::to_string(i);
+        std::string reply, e;
+        const bool ok = daemon::control_request(path, line, reply, e, 10'000);
+        const std::string want =
+            "ok\n" + line + " from uid " + std::to_string(getuid()) + " pid " + std::to_string(getpid()) + "\n";
+        if (ok && reply == want) {
+          good.fetch_add(1);
+        } else {
+          std::lock_guard lock(bad_mu);
+          bad.push_back(line + " -> " + (ok ? reply : e));
+        }
+      }
+    });
+  for (auto &c : clients) c.join();
+  EXPECT_EQ(good.load(), kThreads * kEach);
+  for (const auto &b : bad) ADD_FAILURE() << b;
+  for (int fd : silent) ::close(fd);
+  loop.halt();
+  size_t asked = 0;
+  for (const auto &s : seen) asked += s.starts_with("audit ");
+  EXPECT_EQ(asked, size_t(kThreads * kEach)) << "each request ran once";
+  EXPECT_FALSE(off_thread.load()) << "a request ran off the loop thread";
+  EXPECT_FALSE(overlapped.load()) << "two requests ran at once";
+}
+
+TEST(ControlServer, ConnectionsAreBoundedAndEveryClientIsAnsweredOrClosed) {
+  const std::string path = socket_path();
+  std::string err;
+  daemon::ControlLimits lim;
+  lim.max_connections = 4;
+  lim.read_timeout_ms = 200;
+  auto server = daemon::ControlServer::listen(path, err, lim);
+  ASSERT_TRUE(server) << err;
+  Loop loop(*server, echo);
+  std::atomic<size_t> most{0};
+  std::atomic<bool> watching{true};
+  std::thread watch([&] {
+    while (watching.load()) {
+      most.store(std::max(most.load(), server->connections()));
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  std::vector<int> silent;
+  for (int i = 0; i < 12; ++i) silent.push_back(connect_to(path));  // 4 open, the rest in the backlog
+  // Each silent client is answered (an empty request) after the read deadline, in
+  // turns of four.
+  int answered = 0;
+  for (int fd : silent) {
+    ASSERT_GE(fd, 0);
+    answered += read_all(fd).starts_with("ok\n from uid");
+    ::close(fd);
+  }
+  watching.store(false);
+  watch.join();
+  EXPECT_EQ(answered, 12);
+  EXPECT_LE(most.load(), 4u);
+  EXPECT_GE(most.load(), 1u);
+  // A line longer than max_line is cut there; the rest is not read.
+  const std::string huge(10'000, 'y');
+  std::string reply;
+  ASSERT_TRUE(daemon::control_request(path, huge, reply, err, 5000)) << err;
+  EXPECT_EQ(reply, "ok\n" + huge.substr(0, lim.max_line) + " from uid " + std::to_string(getuid()) + " pid " +
+                       std::to_string(getpid()) + "\n");
+}
+
+TEST(ControlServer, ALargeReplyReachesASlowReader) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  const std::string big(3'000'000, 'z');
+  Loop loop(*server, [&](const std::string &, const daemon::Peer &) { return big; });
+  const int fd = connect_to(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, "audit 0 json\n", 13), 13);
+  std::string got;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    got.append(buf, size_t(n));
+    if (got.size() < 1'000'000) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // ~0.8 s
+  }
+  ::close(fd);
+  EXPECT_EQ(got.size(), big.size());
+  EXPECT_LT(loop.longest_us.load(), 100'000) << "the loop waited for a slow reader";
+}
+
+TEST(ControlServer, ShutdownDoesNotWaitForClientsAndRemovesTheSocket) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  std::vector<int> silent;
+  for (int i = 0; i < 8; ++i) silent.push_back(connect_to(path));
+  const int asked = connect_to(path);  // a request the loop never gets to
+  ASSERT_EQ(::write(asked, "pending\n", 8), 8);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto t0 = Clock::now();
+  server.reset();
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500));
+  EXPECT_NE(::access(path.c_str(), F_OK), 0) << "socket file removed";
+  EXPECT_EQ(read_all(asked), "") << "closed without a reply";
+  ::close(asked);
+  for (int fd : silent) ::close(fd);
+}
