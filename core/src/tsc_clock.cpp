@@ -48,6 +48,8 @@ bool probe_tsc() {
 
 // One (tsc, CLOCK_MONOTONIC) pair: the tightest bracket of a few tries.
 void measure(uint64_t &tsc, int64_t &ns) {
+  tsc = read_tsc();
+  ns = mono_ns();
   uint64_t best = ~0ull;
   for (int i = 0; i < 7; ++i) {
     const uint64_t a = read_tsc();
