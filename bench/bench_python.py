@@ -22,14 +22,13 @@ order each repetition. Windows are 1 ms with limits no caller here can reach, so
 keys; ns per call from its throughput loop, i.e. a batch mean like ours), or from
 bench/results/latest.json with --no-c-bench. The raw ctypes call on libsluice.so is
 shown too: ctypes' own overhead (its no-op call, a bad struct size that returns at
-the library's first check) is several times the library's work. The ctypes
-difference is not used as "C alone": libsluice makes a getpid() syscall per call and
-the code running after a syscall is slower on this VM, which inflates it.
+the library's first check) is several times the library's work, so the ctypes
+difference is not used as "C alone".
 
---diag-cached-getpid (diagnostic, never for the aims) re-runs everything with
-getpid() cached per process (an LD_PRELOAD shim built with cc; bench_sluice gets its
-own flag of that name): what the Python path would cost once libsluice stops making
-that syscall.
+Each workload runs twice: with long-lived key objects (`hot` is one str object,
+the 100k keys a shuffled list of the same 100k objects), and with a new str object
+per call, allocated in call order, as a server that parses each request's key
+makes them (and as the C harness reads its keys: sequentially).
 """
 
 from __future__ import annotations
@@ -164,11 +163,11 @@ class Sluiced:
         (tmp / "policy.json").write_text(json.dumps(policy))
         self.log_path = tmp / "sluiced.log"
         argv = [str(exe), "--segment", self.segment, "--policy", str(tmp / "policy.json"), "--reset"]
-        usage = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=10, env=clean_env())
+        usage = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=10)
         if "--state-dir" in usage.stdout + usage.stderr:  # the audit store stays in our temp dir
             argv += ["--state-dir", str(tmp)]
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while "ready:" not in self.log_path.read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -198,7 +197,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(tmp), "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
         deadline = time.monotonic() + 10
@@ -305,37 +304,7 @@ def run_field(d, keys):
         d.allowed
 
 
-SHIM_C = r"""
-#define _GNU_SOURCE
-#include <pthread.h>
-#include <sys/syscall.h>
-#include <sys/types.h>
-#include <unistd.h>
-static pid_t cached;
-static void refresh(void) { cached = (pid_t)syscall(SYS_getpid); }
-__attribute__((constructor)) static void init(void) { refresh(); pthread_atfork(0, 0, refresh); }
-pid_t getpid(void) { return cached; }
-"""
-
-
-def reexec_with_cached_getpid() -> None:
-    """--diag-cached-getpid: build the shim and run this script again under it."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        sys.exit("--diag-cached-getpid needs a C compiler (cc)")
-    d = Path(tempfile.mkdtemp(prefix="sluicebench-shim-"))
-    (d / "shim.c").write_text(SHIM_C)
-    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(d / "cached_getpid.so"), str(d / "shim.c")], check=True)
-    env = {**os.environ, "LD_PRELOAD": str(d / "cached_getpid.so"), "SLUICE_BENCH_SHIM_DIR": str(d)}
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
-def clean_env() -> dict:
-    """Our children (sluiced, redis-server, bench_sluice) never run under the shim."""
-    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "SLUICE_BENCH_SHIM_DIR")}
-
-
-def c_reference(use_c_bench: bool, diag: bool, tmp: Path) -> dict:
+def c_reference(use_c_bench: bool, tmp: Path) -> dict:
     """ns per call of libsluice alone for workloads a1 (1 hot key) and c (100k random keys):
     {"a1": {...}, "c": {...}, "source": ...}. mean_ns is 1e9 / throughput (a batch mean)."""
     exe = BUILD / "bench" / "bench_sluice"
@@ -343,16 +312,14 @@ def c_reference(use_c_bench: bool, diag: bool, tmp: Path) -> dict:
     if use_c_bench and exe.exists():
         out = tmp / "bench_sluice.json"
         argv = [str(exe), "--quick", "--no-redis", "--only", "ac", "--reps", "3", "--json", str(out)]
-        if diag:
-            argv.append("--diag-cached-getpid")
         try:
-            subprocess.run(argv, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
                            check=True)
             data = json.loads(out.read_text())
-            source = f"{exe.relative_to(ROOT)} --quick --only ac --reps 3" + (" --diag-cached-getpid" if diag else "")
+            source = f"{exe.relative_to(ROOT)} --quick --only ac --reps 3"
         except (subprocess.SubprocessError, OSError, ValueError) as e:
             print(f"bench_sluice failed ({e}); using bench/results/latest.json", file=sys.stderr)
-    if data is None and not diag:
+    if data is None:
         latest = ROOT / "bench" / "results" / "latest.json"
         if latest.exists():
             data, source = json.loads(latest.read_text()), str(latest.relative_to(ROOT))
@@ -372,27 +339,26 @@ def main() -> int:
     ap.add_argument("--no-redis", action="store_true", help="skip redis-py + Lua")
     ap.add_argument("--no-c-bench", action="store_true",
                     help="do not run bench_sluice for the C figures (use bench/results/latest.json)")
-    ap.add_argument("--diag-cached-getpid", action="store_true",
-                    help="diagnostic: getpid() cached per process (LD_PRELOAD shim); not for the aims")
     ap.add_argument("--budget", type=float, default=100.0, help="seconds before remaining repetitions are skipped")
     args = ap.parse_args()
-    if args.diag_cached_getpid and "SLUICE_BENCH_SHIM_DIR" not in os.environ:
-        reexec_with_cached_getpid()
-    shim_dir = os.environ.get("SLUICE_BENCH_SHIM_DIR")
-    diag = bool(shim_dir)
 
     t_start = time.monotonic()
     hot_calls = 50_000 if args.quick else 300_000
     wide_calls = N_KEYS  # one pass over the 100k keys per repetition
     redis_calls = 500 if args.quick else 3000
     rng = random.Random(42)
-    keys = [f"key-{i:08d}-{rng.getrandbits(32):08x}" for i in range(N_KEYS)]
+    parts = [(i, rng.getrandbits(32)) for i in range(N_KEYS)]
+    keys = [f"key-{i:08d}-{r:08x}" for i, r in parts]
     hot = ["api-key-hot-0001"] * hot_calls
+    # A server parses each request's key into a new str: these are distinct objects,
+    # allocated in call order (like the C harness's keys, read sequentially), hash
+    # not yet computed. `hot` and `order` instead reuse a few long-lived objects.
+    hot_fresh = ["api-key-hot-%04d" % 1 for _ in range(hot_calls)]
 
     tmp = Path(tempfile.mkdtemp(prefix="sluicebench-py-"))
     daemon = redis_srv = None
     try:
-        cref = c_reference(not args.no_c_bench, diag, tmp)
+        cref = c_reference(not args.no_c_bench, tmp)
         daemon = Sluiced(tmp)
         client = sluice.Client(daemon.segment)
         acq = client.acquire
@@ -434,6 +400,10 @@ def main() -> int:
                 break
             order = keys[:]
             rng.shuffle(order)
+            shuffled = parts[:]
+            rng.shuffle(shuffled)
+            order_fresh = [f"key-{i:08d}-{r:08x}" for i, r in shuffled]
+            hot_fresh = ["api-key-hot-%04d" % 1 for _ in range(hot_calls)]
             order_b = [k.encode() for k in order]
             lens_ = [len(k) for k in order_b]
 
@@ -441,6 +411,10 @@ def main() -> int:
             add("python/1key", timed(run_py, pyl_hot.acquire, hot), hot_calls)
             add("sluice/100k", timed(run_sluice, acq, order, "wide"), wide_calls)
             add("python/100k", timed(run_py, pyl_wide.acquire, order), wide_calls)
+            add("sluice/1key-fresh", timed(run_sluice, acq, hot_fresh, "hot"), hot_calls)
+            add("python/1key-fresh", timed(run_py, pyl_hot.acquire, hot_fresh), hot_calls)
+            add("sluice/100k-fresh", timed(run_sluice, acq, order_fresh, "wide"), wide_calls)
+            add("python/100k-fresh", timed(run_py, pyl_wide.acquire, order_fresh), wide_calls)
             add("ctypes/1key", timed(run_ctypes, ct.lib.sluice_acquire, ct.handle, b"hot", ct_hot[:n], hot_lens, d_ok), n)
             add("ctypes/100k", timed(run_ctypes, ct.lib.sluice_acquire, ct.handle, b"wide", order_b, lens_, d_ok),
                 wide_calls)
@@ -455,6 +429,8 @@ def main() -> int:
             if redis_srv:
                 add("redis/1key", timed(run_py, rl_hot.acquire, hot[:redis_calls]), redis_calls)
                 add("redis/100k", timed(run_py, rl_wide.acquire, order[:redis_calls]), redis_calls)
+                add("redis/1key-fresh", timed(run_py, rl_hot.acquire, hot_fresh[:redis_calls]), redis_calls)
+                add("redis/100k-fresh", timed(run_py, rl_wide.acquire, order_fresh[:redis_calls]), redis_calls)
             reps_done += 1
 
         # Admitted fractions (untimed): the workloads must really be admissions.
@@ -469,7 +445,9 @@ def main() -> int:
 
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows = []
-        for w, cid, label in (("1key", "a1", "1 key"), ("100k", "c", "100k keys, random order")):
+        for w, cid, label in (("1key", "a1", "1 key"), ("100k", "c", "100k keys, random order"),
+                              ("1key-fresh", "a1", "1 key, new str per call"),
+                              ("100k-fresh", "c", "100k keys, new str per call")):
             s_ns, py = med[f"sluice/{w}"], med[f"python/{w}"]
             c_ns = (cref.get(cid) or {}).get("mean_ns")
             rows.append({
@@ -479,38 +457,34 @@ def main() -> int:
                 "redis_lua_ns": med.get(f"redis/{w}"),
                 "c_alone_ns": c_ns,
                 "c_alone_median_ns": (cref.get(cid) or {}).get("median_ns"),
-                "ctypes_call_ns": med[f"ctypes/{w}"],
+                "ctypes_call_ns": med.get(f"ctypes/{w}"),
                 "sluice_above_c_ns": (s_ns - c_ns) if c_ns else None,
                 "x_vs_pure_python": py / s_ns,
                 "x_vs_redis_lua": (med[f"redis/{w}"] / s_ns) if f"redis/{w}" in med else None,
             })
 
         aims: dict = {}
-        for r, tag in zip(rows, ("1 key", "100k")):
+        tags = ("1 key", "100k", "1 key, new str", "100k, new str")
+        for r, tag in zip(rows, tags):
             if r["sluice_above_c_ns"] is not None:
                 aims[f"sluice - C <= {AIMS['above_c_ns']} ns ({tag})"] = r["sluice_above_c_ns"] <= AIMS["above_c_ns"]
-        aims[f"x pure-Python >= {AIMS['vs_pure_python_1key']} (1 key)"] = \
-            rows[0]["x_vs_pure_python"] >= AIMS["vs_pure_python_1key"]
-        aims[f"x pure-Python >= {AIMS['vs_pure_python_100k']} (100k)"] = \
-            rows[1]["x_vs_pure_python"] >= AIMS["vs_pure_python_100k"]
-        if redis_srv:
-            for r, tag in zip(rows, ("1 key", "100k")):
+            want = AIMS["vs_pure_python_1key"] if tag.startswith("1 key") else AIMS["vs_pure_python_100k"]
+            aims[f"x pure-Python >= {want} ({tag})"] = r["x_vs_pure_python"] >= want
+            if redis_srv:
                 aims[f"x redis+Lua >= {AIMS['vs_redis_lua']:.0f} ({tag})"] = r["x_vs_redis_lua"] >= AIMS["vs_redis_lua"]
 
         # --- print -------------------------------------------------------------------------------
         def f(x, fmt="{:,.0f}"):
             return "-" if x is None else fmt.format(x)
 
-        if diag:
-            print("DIAGNOSTIC RUN: getpid() cached per process (LD_PRELOAD shim); not the shipped library.")
         print(f"sluice Python benchmark: {reps_done} reps, medians of ns per call (batch means, loop included), "
               f"/usr/bin/python3 {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
-        hdr = f"{'workload':<25}{'sluice':>8}{'pure-Py':>9}{'redis+Lua':>11}{'C alone':>9}{'sluice-C':>10}" \
+        hdr = f"{'workload':<31}{'sluice':>8}{'pure-Py':>9}{'redis+Lua':>11}{'C alone':>9}{'sluice-C':>10}" \
               f"{'ctypes':>8}{'x pure-Py':>11}{'x redis':>9}"
         print(hdr)
         print("-" * len(hdr))
         for r in rows:
-            print(f"{r['workload']:<25}{f(r['sluice_ns']):>8}{f(r['pure_python_ns']):>9}{f(r['redis_lua_ns']):>11}"
+            print(f"{r['workload']:<31}{f(r['sluice_ns']):>8}{f(r['pure_python_ns']):>9}{f(r['redis_lua_ns']):>11}"
                   f"{f(r['c_alone_ns']):>9}{f(r['sluice_above_c_ns']):>10}{f(r['ctypes_call_ns']):>8}"
                   f"{f(r['x_vs_pure_python'], '{:.2f}'):>11}{f(r['x_vs_redis_lua'], '{:,.0f}'):>9}")
         print(f"\nC alone: {cref.get('source') or 'not available'}; ns per call = 1e9 / its throughput "
@@ -527,7 +501,6 @@ def main() -> int:
               ", ".join(f"{k} {min(v):,.0f}..{max(v):,.0f}" for k, v in samples.items()))
 
         results = {
-            "diagnostic_cached_getpid": diag,
             "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
                         "loadavg_end": os.getloadavg(), "redis_version": redis_srv.version if redis_srv else None},
             "config": {"reps": reps_done, "hot_calls": hot_calls, "keys": N_KEYS, "redis_calls_per_rep": redis_calls,
@@ -548,8 +521,6 @@ def main() -> int:
         if daemon:
             daemon.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-        if shim_dir:
-            shutil.rmtree(shim_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
