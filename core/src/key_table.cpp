@@ -143,6 +143,19 @@ bool scan_once(const TierView &t, const KeyProbe &k, Scan &sc) {
   return true;
 }
 
+// The common case, the key LIVE in its home slot, without a scan: exactly what
+// scan_once concludes when its first slot holds the key LIVE.
+bool live_at_home(const TierView &t, const KeyProbe &k, EntryRef &out) {
+  const uint32_t s = home_of(t, k);
+  EntryHeader *e = t.entry(s);
+  const uint64_t c = e->ctrl.load(acq);
+  if (ctrl_state(c) != EntryState::live || ctrl_tag(c) != k.tag() || !key_equals(e, k)) return false;
+  std::atomic_thread_fence(acq);  // order the relaxed key reads before the re-check
+  if (e->ctrl.load(rlx) != c) return false;
+  out = EntryRef{s, c};
+  return true;
+}
+
 }  // namespace
 
 uint64_t KeyProbe::word(uint32_t i) const { return i < full_words() ? full_word(*this, i) : tail; }
@@ -169,6 +182,7 @@ void prefetch_home(const TierView &t, const KeyProbe &k) {
 }
 
 Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out) {
+  if (live_at_home(t, k, out)) return Lookup::found;
   for (int attempt = 0; attempt < 1000; ++attempt) {
     Scan sc;
     if (!scan_once(t, k, sc)) continue;
@@ -179,6 +193,7 @@ Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out) {
 }
 
 Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, EntryRef &out) {
+  if (live_at_home(t, k, out)) return Lookup::found;
   for (int attempt = 0; attempt < 1000; ++attempt) {
     Scan sc;
     if (!scan_once(t, k, sc)) continue;

@@ -1,5 +1,6 @@
 #include "sluice/core/tsc_clock.hpp"
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -100,6 +101,15 @@ bool tsc_usable() {
   // can opt out after the library has been loaded.
   const char *force = std::getenv("SLUICE_CLOCK");
   return hardware && !(force && std::strcmp(force, "monotonic") == 0);
+}
+
+int64_t offset_from_monotonic(const TscClock &c) {
+  int64_t best = INT64_MAX, off = 0;
+  for (int i = 0; i < 9; ++i) {
+    const int64_t a = mono_ns(), t = c.now_ns(), b = mono_ns();
+    if (b - a < best) best = b - a, off = t - (a + (b - a) / 2);
+  }
+  return off;
 }
 
 void calibrate_clock(ClockParams &p) {

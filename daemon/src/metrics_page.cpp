@@ -139,6 +139,12 @@ std::string render_metrics(const Status &st, const LoopState &loop) {
   e.family("sluice_heartbeat_age_seconds", "gauge",
            "Age of sluiced's heartbeat in the segment, as clients see it (-1 after a clean stop).");
   e.sample("sluice_heartbeat_age_seconds", {}, st.heartbeat_age_ns < 0 ? -1.0 : double(st.heartbeat_age_ns) / 1e9);
+  e.family("sluice_clock_tsc", "gauge",
+           "1 if clients read time through the TSC with sluiced's calibration, 0 if through clock_gettime.");
+  e.sample("sluice_clock_tsc", {}, st.clock_tsc ? 1.0 : 0.0);
+  e.family("sluice_clock_offset_seconds", "gauge",
+           "The TSC clock minus CLOCK_MONOTONIC at this scrape (0 when clients call clock_gettime).");
+  e.sample("sluice_clock_offset_seconds", {}, double(st.clock_offset_ns) / 1e9);
   e.family("sluice_daemon_starts_total", "counter", "Times a sluiced has created or re-attached this segment.");
   e.sample("sluice_daemon_starts_total", {}, st.daemon_starts);
   e.family("sluice_keys_reclaimed_total", "counter", "Idle keys reclaimed by sluiced's garbage collection.");

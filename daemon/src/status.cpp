@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "sluice/core/clock.hpp"
+#include "sluice/core/tsc_clock.hpp"
 
 namespace sluice::daemon {
 
@@ -21,6 +22,9 @@ Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const 
   out.daemon_starts = h.daemon_starts.load();
   out.keys_reclaimed = h.keys_reclaimed.load();
   out.segment_bytes = h.segment_bytes;
+  const TscClock clock(&p.clock);
+  out.clock_tsc = clock.uses_tsc();
+  out.clock_offset_ns = out.clock_tsc ? offset_from_monotonic(clock) : 0;
   for (uint32_t i = 0; i < h.tier_count; ++i) {
     TierStatus t;
     TierLimits lim;
@@ -83,9 +87,11 @@ std::string render_status_text(const Status &s) {
                   (unsigned long long)t.counters.denied_closed, revenue);
     o += line;
   }
-  std::snprintf(line, sizeof line, "daemon starts %llu, idle keys reclaimed %llu, segment %.1f MiB\n",
+  std::snprintf(line, sizeof line, "daemon starts %llu, idle keys reclaimed %llu, segment %.1f MiB, clock %s\n",
                 (unsigned long long)s.daemon_starts, (unsigned long long)s.keys_reclaimed,
-                double(s.segment_bytes) / (1 << 20));
+                double(s.segment_bytes) / (1 << 20),
+                s.clock_tsc ? ("tsc (" + std::to_string(s.clock_offset_ns / 1000) + " us from CLOCK_MONOTONIC)").c_str()
+                            : "clock_gettime");
   o += line;
   return o;
 }
@@ -111,7 +117,9 @@ std::string render_status_json(const Status &s) {
                   ",\"heartbeat_age_ns\":" + std::to_string(s.heartbeat_age_ns) +
                   ",\"policy_generation\":" + std::to_string(s.policy_generation) +
                   ",\"daemon_starts\":" + std::to_string(s.daemon_starts) +
-                  ",\"keys_reclaimed\":" + std::to_string(s.keys_reclaimed) + ",\"tiers\":[";
+                  ",\"keys_reclaimed\":" + std::to_string(s.keys_reclaimed) +
+                  ",\"clock\":" + (s.clock_tsc ? "\"tsc\"" : "\"clock_gettime\"") +
+                  ",\"clock_offset_ns\":" + std::to_string(s.clock_offset_ns) + ",\"tiers\":[";
   for (size_t i = 0; i < s.tiers.size(); ++i) {
     const TierStatus &t = s.tiers[i];
     char rev[64];

@@ -27,6 +27,8 @@ struct Status {
   uint64_t policy_generation = 0;
   uint64_t daemon_starts = 0, keys_reclaimed = 0;
   uint64_t segment_bytes = 0;
+  bool clock_tsc = false;       // clients read time through the TSC (tsc_clock.hpp)
+  int64_t clock_offset_ns = 0;  // that clock minus CLOCK_MONOTONIC, as this process reads it
   std::vector<TierStatus> tiers;
 };
 

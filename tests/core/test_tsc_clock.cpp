@@ -16,16 +16,6 @@ namespace {
 constexpr int64_t kUs = 1000;
 constexpr int64_t kMs = 1000 * kUs;
 
-int64_t offset_from_mono(const TscClock &c) {
-  // The tightest of a few brackets, so a preemption does not read as an offset.
-  int64_t best = INT64_MAX, off = 0;
-  for (int i = 0; i < 9; ++i) {
-    const int64_t a = mono_ns(), t = c.now_ns(), b = mono_ns();
-    if (b - a < best) best = b - a, off = t - (a + (b - a) / 2);
-  }
-  return off;
-}
-
 // Rewrites ns0 as a buggy or stale writer would: the clock then reads `by` ahead.
 void shift(ClockParams &p, int64_t by) {
   p.seq.fetch_add(1);
@@ -45,7 +35,7 @@ TEST(TscClock, TicksToNanosecondsHandleATscJustBehindTheAnchor) {
 TEST(TscClock, WithoutParametersItIsClockGettime) {
   const TscClock c;
   EXPECT_FALSE(c.uses_tsc());
-  EXPECT_LT(std::llabs(offset_from_mono(c)), 50 * kUs);
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
 }
 
 TEST(TscClock, ACalibratedClockTracksMonotonic) {
@@ -61,11 +51,11 @@ TEST(TscClock, ACalibratedClockTracksMonotonic) {
   ASSERT_EQ(p.kind.load(), kClockTsc);
   ASSERT_TRUE(c.uses_tsc());
   EXPECT_EQ(p.seq.load() % 2, 0u);
-  EXPECT_LT(std::llabs(offset_from_mono(c)), 50 * kUs);
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   // A rate error of e ppm shows as e x 0.2 us after 200 ms; 10 ms of calibration
   // leaves a few ppm.
-  EXPECT_LT(std::llabs(offset_from_mono(c)), 50 * kUs);
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
 }
 
 TEST(TscClock, ReanchoringIsContinuousAndSlewsAnOffsetAway) {
@@ -74,16 +64,16 @@ TEST(TscClock, ReanchoringIsContinuousAndSlewsAnOffsetAway) {
   calibrate_clock(p);
   const TscClock c(&p);
   shift(p, 2 * kMs);  // now 2 ms ahead: under the step threshold, so it must slew
-  const int64_t before = offset_from_mono(c);
+  const int64_t before = offset_from_monotonic(c);
   ASSERT_GT(before, 1900 * kUs);
   recalibrate_clock(p);
-  const int64_t after = offset_from_mono(c);
+  const int64_t after = offset_from_monotonic(c);
   EXPECT_LT(std::llabs(after - before), 20 * kUs) << "a re-anchor must not jump the clock";
   int64_t last = after;
   for (int i = 0; i < 6; ++i) {  // 600 ms at 1,000 ppm at most: 0.6 ms removed at most
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     recalibrate_clock(p);
-    const int64_t now = offset_from_mono(c);
+    const int64_t now = offset_from_monotonic(c);
     EXPECT_LT(now, last + 10 * kUs) << "the offset shrinks, step after step";
     EXPECT_GT(now, last - 150 * kUs) << "slewed, never stepped";
     last = now;
@@ -97,9 +87,9 @@ TEST(TscClock, AFarOffClockSteps) {
   calibrate_clock(p);
   const TscClock c(&p);
   shift(p, -50 * kMs);
-  ASSERT_LT(offset_from_mono(c), -49 * kMs);
+  ASSERT_LT(offset_from_monotonic(c), -49 * kMs);
   recalibrate_clock(p);
-  EXPECT_LT(std::llabs(offset_from_mono(c)), 50 * kUs);
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
 }
 
 TEST(TscClock, AWriterKilledMidUpdateLeavesReadersOnClockGettime) {
@@ -109,10 +99,10 @@ TEST(TscClock, AWriterKilledMidUpdateLeavesReadersOnClockGettime) {
   const TscClock c(&p);
   p.seq.fetch_add(1);     // odd: a writer started and never finished
   p.ns0.fetch_add(kMs);   // with half-written parameters a reader would be 1 ms off
-  EXPECT_LT(std::llabs(offset_from_mono(c)), 50 * kUs);
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
   recalibrate_clock(p);  // the next sluiced finishes the update
   EXPECT_EQ(p.seq.load() % 2, 0u);
-  EXPECT_LT(std::llabs(offset_from_mono(c)), 50 * kUs);
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
 }
 
 TEST(TscClock, TheEnvironmentCanTurnItOff) {

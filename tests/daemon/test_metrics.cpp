@@ -18,6 +18,7 @@
 #include "metrics/exposition.hpp"
 #include "metrics/http_server.hpp"
 #include "sluice/core/clock.hpp"
+#include "sluice/core/tsc_clock.hpp"
 
 using namespace sluice;
 
@@ -162,6 +163,10 @@ TEST(MetricsPage, CountsTheAdmissionsClientsMadeAndTheLoopsView) {
   const double age = sample(page, "sluice_heartbeat_age_seconds");
   EXPECT_GE(age, 0);
   EXPECT_LT(age, 60);
+  // The clock the clients read: the TSC wherever the kernel keeps time with it,
+  // within a millisecond (in practice microseconds) of CLOCK_MONOTONIC.
+  EXPECT_EQ(sample(page, "sluice_clock_tsc"), core::tsc_usable() ? 1 : 0);
+  EXPECT_LT(std::abs(sample(page, "sluice_clock_offset_seconds")), 1e-3);
   // Every sample belongs to a family announced with HELP and TYPE before it.
   std::set<std::string> typed;
   std::istringstream in(page.substr(page.find("\r\n\r\n") + 4));

@@ -84,6 +84,10 @@ class TscClock {
   const ClockParams *p_ = nullptr;
 };
 
+// How far `c` reads from clock_gettime(CLOCK_MONOTONIC) now (> 0: ahead), from the
+// tightest of a few brackets so a preemption does not read as an offset.
+int64_t offset_from_monotonic(const TscClock &c);
+
 // ---- owner side -------------------------------------------------------------
 // Writes the first calibration (a ~10 ms spin against CLOCK_MONOTONIC), or marks
 // the parameters kClockMonotonic where the TSC is not usable.
