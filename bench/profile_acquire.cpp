@@ -2,7 +2,9 @@
 // sluice_acquire (valgrind --tool=callgrind counts instructions, not seconds, so
 // the figure does not move with the other load on a shared machine).
 //   valgrind --tool=callgrind --toggle-collect=sluice_acquire
-//            build/release/bench/profile_acquire [hot|10k|deny] [calls]
+//            build/release/bench/profile_acquire [hot|10k|deny|busy] [calls]
+// busy: one key with thousands of units inside its window (limit 4096, 10 ms), so
+// every `remaining` is a real search for the window's edge.
 // Keys are inserted before the measured calls, so insertion is not counted.
 #include <unistd.h>
 
@@ -33,12 +35,13 @@ sluice::core::TierSpec tier(const char *name, uint32_t capacity, uint32_t limit,
 int main(int argc, char **argv) {
   const std::string mode = argc > 1 ? argv[1] : "10k";
   const long calls = argc > 2 ? std::atol(argv[2]) : 100'000;
-  if (mode != "hot" && mode != "10k" && mode != "deny") {
-    std::fprintf(stderr, "usage: profile_acquire [hot|10k|deny] [calls]\n");
+  if (mode != "hot" && mode != "10k" && mode != "deny" && mode != "busy") {
+    std::fprintf(stderr, "usage: profile_acquire [hot|10k|deny|busy] [calls]\n");
     return 2;
   }
   sluice::core::LayoutSpec spec;
-  spec.tiers = {tier("k16", 16, 16, 1000), tier("hot", 1024, 1024, 1000), tier("deny", 16, 15, 1'000'000'000)};
+  spec.tiers = {tier("k16", 16, 16, 1000), tier("hot", 1024, 1024, 1000), tier("deny", 16, 15, 1'000'000'000),
+                tier("busy", 4096, 4096, 10'000'000)};
   const std::string name = "sluiceprof-" + std::to_string(getpid());
   std::unique_ptr<sluice::core::Owner> owner;
   bool created = false;

@@ -42,32 +42,59 @@ void complete_claim(EntryHeader *e, AtomicU64 *ring, const RingCursor &rc, uint6
 
 int64_t ts_ns(uint64_t v) { return int64_t(ring_ts_us(v)) * 1000; }
 
-// Units among positions [lo, hi) still inside the window at now. Timestamps are
-// monotone in position, so the ones inside are a suffix: gallop back from the
-// newest (a key far below its limit has few inside), then binary search. A full
-// window is answered by its oldest unit alone.
-uint32_t units_in_window(AtomicU64 *ring, const RingCursor &rc, uint64_t lo, uint64_t hi, int64_t now_ns,
-                         int64_t window_ns) {
-  auto inside = [&](uint64_t pos) {
-    const uint64_t v = ring[rc.idx(pos)].load(rlx);
-    return ring_ts_us(v) != 0 && ts_ns(v) + window_ns > now_ns;
-  };
-  if (lo >= hi) return 0;
-  if (inside(lo)) return uint32_t(hi - lo);
-  uint64_t a = lo + 1, b = hi;  // the first inside is in [a, b]; lo is outside
-  for (uint64_t step = 1; hi - a > step; step *= 2) {
-    if (!inside(hi - step)) {
-      a = hi - step + 1;
-      break;
+// The first position in [lo + 1, hi] whose unit is inside the window (hi: none),
+// for `inside` monotone on [lo, hi) with lo outside. Gallops from `from`, a guess
+// (where an earlier call found the boundary; hi when there is none): a window that
+// moved a few units since costs two or three reads, not a search from the newest.
+template <class Inside>
+uint64_t first_inside(const Inside &inside, uint64_t lo, uint64_t hi, uint64_t from) {
+  uint64_t a = lo + 1, b = hi;  // the answer is in [a, b]
+  if (from <= lo || from > hi) from = hi;
+  if (from < hi && !inside(from)) {  // the answer is above `from`
+    a = from + 1;
+    for (uint64_t step = 1; from + step < b; step *= 2) {
+      if (inside(from + step)) {
+        b = from + step;
+        break;
+      }
+      a = from + step + 1;
     }
-    b = hi - step;
+  } else {  // the answer is at or below `from`
+    b = from;
+    for (uint64_t step = 1; step <= from - a; step *= 2) {
+      if (!inside(from - step)) {
+        a = from - step + 1;
+        break;
+      }
+      b = from - step;
+    }
   }
   while (a < b) {
     const uint64_t mid = a + (b - a) / 2;
     if (inside(mid)) b = mid;
     else a = mid + 1;
   }
-  return uint32_t(hi - a);
+  return a;
+}
+
+// Units among positions [lo, hi) still inside the window at now. Timestamps are
+// monotone in position, so the ones inside are a suffix. A full window is answered
+// by its oldest unit alone; otherwise the boundary is searched from the entry's
+// window hint (the low 32 bits of the last boundary found, a guess any client may
+// overwrite: only `remaining` depends on this count, never a decision).
+uint32_t units_in_window(EntryHeader *e, AtomicU64 *ring, const RingCursor &rc, uint64_t lo, uint64_t hi,
+                         int64_t now_ns, int64_t window_ns) {
+  auto inside = [&](uint64_t pos) {
+    const uint64_t v = ring[rc.idx(pos)].load(rlx);
+    return ring_ts_us(v) != 0 && ts_ns(v) + window_ns > now_ns;
+  };
+  if (lo >= hi) return 0;
+  if (inside(lo)) return uint32_t(hi - lo);
+  const uint32_t hint = e->window_hint.load(rlx);
+  const uint64_t back = uint32_t(uint32_t(hi) - hint);  // hi - hint, if the hint is recent
+  const uint64_t first = first_inside(inside, lo, hi, back <= hi - lo ? hi - back : hi);
+  if (uint32_t(first) != hint) e->window_hint.store(uint32_t(first), rlx);
+  return uint32_t(hi - first);
 }
 
 }  // namespace
@@ -124,7 +151,7 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     if (limit == 0 || cost > limit) {
       if (moved()) continue;
       out.reason = limit == 0 ? Reason::tier_closed : Reason::cost_above_limit;
-      out.remaining = limit ? limit - std::min(limit, units_in_window(ring, rc, h >= limit ? h - limit : 0, h, now_ns, window)) : 0;
+      out.remaining = limit ? limit - std::min(limit, units_in_window(e, ring, rc, h >= limit ? h - limit : 0, h, now_ns, window)) : 0;
       out.retry_after_ns = window;
       out.reset_after_ns = ring_ts_us(newest) ? std::max<int64_t>(0, ts_ns(newest) + window - now_ns) : 0;
       return Step::decided;
@@ -147,7 +174,7 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       continue;
     }
     if (full || !record) {
-      const uint32_t used = units_in_window(ring, rc, h >= limit ? h - limit : 0, h, now_ns, window);
+      const uint32_t used = units_in_window(e, ring, rc, h >= limit ? h - limit : 0, h, now_ns, window);
       if (moved()) continue;
       const int64_t newest_ns = ring_ts_us(newest) ? ts_ns(newest) : 0;
       if (full) {
@@ -187,7 +214,7 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     // ours are inside, no search needed.
     const bool alone = window > 0 && (ring_ts_us(newest) == 0 || ts_ns(newest) + window <= now_ns);
     out.remaining = alone ? limit - cost
-                          : limit - std::min(limit, units_in_window(ring, rc, end - std::min<uint64_t>(end, limit), end,
+                          : limit - std::min(limit, units_in_window(e, ring, rc, end - std::min<uint64_t>(end, limit), end,
                                                                     now_ns, window));
     out.reset_after_ns = std::clamp<int64_t>(out.admitted_at_ns + window - now_ns, 0, window);
     return Step::decided;

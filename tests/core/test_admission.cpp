@@ -156,3 +156,47 @@ TEST_F(OneKey, MatchesAReferenceSlidingWindowLogOnRandomTraffic) {
     ASSERT_EQ(o.remaining, lim - std::min(lim, after)) << "call " << i;
   }
 }
+
+TEST(WindowHint, RemainingIsExactWhateverTheHintSays) {
+  // `remaining` searches the in-window boundary from the entry's hint, which any
+  // client may overwrite. A reference log checks every decision and `remaining`
+  // on a large ring (long searches), with the hint left alone, or set to a random
+  // value, a value just off the boundary, or one from another lap before some calls.
+  test::SegmentGuard seg{"hint", test::spec_with({test::tier("t", 256, 1000, 256)})};
+  const TierView tv = seg.owner->tier_view(0);
+  EntryRef ref;
+  ASSERT_EQ(find_or_insert_key(tv, KeyProbe("k", 1), seg.owner->state().insert_seq, ref), Lookup::found);
+  EntryHeader *e = tv.entry(ref.slot);
+  std::mt19937 rng(5);
+  std::vector<int64_t> log;  // admitted unit times (us), in order
+  const int64_t window_us = 10'000;
+  const int64_t t0 = mono_ns() / 1000 * 1000;  // whole microseconds, as the ring stores them
+  int64_t t_us = 0;
+  uint32_t searched = 0;
+  for (int i = 0; i < 20000; ++i) {
+    t_us += (i / 400) % 2 ? int64_t(rng() % 200) : int64_t(rng() % 20);  // bursts and calm
+    const uint32_t cost = 1 + rng() % 3;
+    const uint32_t lim = (i / 1000) % 3 == 0 ? 256 : (i / 1000) % 3 == 1 ? 100 : 7;
+    switch (rng() % 4) {
+      case 0: e->window_hint.store(uint32_t(rng())); break;
+      case 1: e->window_hint.store(e->window_hint.load() + 1 - rng() % 3); break;
+      case 2: e->window_hint.store(uint32_t(e->head.load() - 256 - rng() % 512)); break;
+      default: break;
+    }
+    uint32_t inside = 0;
+    const size_t from = log.size() > lim ? log.size() - lim : 0;  // the last `lim` units
+    for (size_t k = from; k < log.size(); ++k) inside += log[k] + window_us > t_us;
+    const bool want = inside + cost <= lim;
+    Outcome o;
+    ASSERT_EQ(admit(tv, ref, cost, Limits{lim, window_us * 1000}, t0 + t_us * 1000, true, o), Step::decided);
+    ASSERT_EQ(o.allowed, want) << "call " << i;
+    if (want)
+      for (uint32_t k = 0; k < cost; ++k) log.push_back(t_us);
+    uint32_t after = 0;
+    const size_t from2 = log.size() > lim ? log.size() - lim : 0;
+    for (size_t k = from2; k < log.size(); ++k) after += log[k] + window_us > t_us;
+    ASSERT_EQ(o.remaining, lim - std::min(lim, after)) << "call " << i;
+    searched += after > cost && after < lim;  // the boundary was inside the ring: a real search
+  }
+  EXPECT_GT(searched, 1000u) << "the test must exercise the search";
+}

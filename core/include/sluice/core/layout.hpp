@@ -42,7 +42,7 @@ struct EntryHeader {
   AtomicU64 head;       // admission position: units ever admitted to this slot
   AtomicU64 seq;        // insertion order; the oldest pending entry for a key wins
   AtomicU64 reserved;   // room for a per-key limit (roadmap: limits given per call)
-  AtomicU32 flags;      // reserved, 0
+  AtomicU32 window_hint; // low 32 bits of the last in-window boundary found (a guess: admission.cpp)
   AtomicU32 key_len;
   // key bytes follow, 8-aligned, read and written as relaxed 64-bit words
 };
