@@ -68,20 +68,28 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
   if (seen == Surge::normal && offered >= s.last_offered && s.trend > 0 && forecast / base >= spec_.surge_ratio)
     seen = Surge::surge;
   s.last_offered = offered;
+  // Leaving a surge takes exit_ticks, so traffic hovering near the threshold
+  // does not flap; but once the offered rate is clearly back (at or below
+  // fast_exit_ratio x the baseline) for fast_exit_ticks in a row, the surge is
+  // over and is not reported for seconds more. A DDoS always holds for
+  // exit_ticks: pulsing attacks pause to get their mitigation switched off.
+  const bool back = spec_.fast_exit_ratio > 0 && offered <= spec_.fast_exit_ratio * base;
   if (seen > s.surge) {
-    s.below = 0;
+    s.below = s.back = 0;
     if (++s.above >= spec_.enter_ticks) {
       s.surge = seen;
       s.above = 0;
     }
   } else if (seen < s.surge) {
     s.above = 0;
-    if (++s.below >= spec_.exit_ticks) {
+    s.back = back ? s.back + 1 : 0;
+    const bool over = s.surge == Surge::surge && s.back >= std::min(spec_.fast_exit_ticks, spec_.exit_ticks);
+    if (++s.below >= spec_.exit_ticks || over) {
       s.surge = seen;
-      s.below = 0;
+      s.below = s.back = 0;
     }
   } else {
-    s.above = s.below = 0;
+    s.above = s.below = s.back = 0;
   }
   // The baseline learns only calm traffic.
   if (s.surge == Surge::normal && seen == Surge::normal)

@@ -1,7 +1,8 @@
 // Per-tier traffic model, fed the shared counters once per tick: offered rate,
 // an EWMA baseline learned only while the tier is calm (so a surge never becomes
 // the new normal), Holt's linear-trend forecast, and the surge level with
-// hysteresis (enter after N ticks above a threshold, leave after M below).
+// hysteresis (enter after N ticks above a threshold, leave after M below; a surge
+// whose traffic is clearly back at its baseline leaves after fewer).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -35,6 +36,7 @@ class TrafficModel {
     double last_offered = 0;
     Surge surge = Surge::normal;
     uint32_t above = 0, below = 0;
+    uint32_t back = 0;  // ticks in a row at or below fast_exit_ratio (while leaving)
     uint32_t warm = 0;  // ticks with traffic seen, up to kWarmupTicks
   };
   Surge candidate(double ratio) const;

@@ -60,6 +60,41 @@ TEST(Traffic, SurgeAndDdosWithHysteresis) {
   EXPECT_LT(ticks, 20);
 }
 
+TEST(Traffic, ASurgeEndsPromptlyOnceTrafficIsBackAtItsBaseline) {
+  // A flash surge that stops: 5 more ticks of "surge" (exit_ticks) after the
+  // traffic is back at its baseline were the eval's hysteresis tail.
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  for (int i = 0; i < 6; ++i) f.feed(40);
+  ASSERT_EQ(f.v.surge, Surge::surge);
+  EXPECT_EQ(f.feed(11), Surge::surge) << "one calm tick could be a dip";
+  EXPECT_EQ(f.feed(12), Surge::normal) << "fast_exit_ticks (2) at or below fast_exit_ratio (1.25) x baseline";
+  // With the fast exit off, leaving takes exit_ticks as before.
+  policy::SurgeSpec off;
+  off.fast_exit_ratio = 0;
+  Feeder g(off);
+  for (int i = 0; i < 20; ++i) g.feed(10);
+  for (int i = 0; i < 6; ++i) g.feed(40);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(g.feed(10), Surge::surge);
+  EXPECT_EQ(g.feed(10), Surge::normal);
+}
+
+TEST(Traffic, NearTheThresholdLeavingASurgeStillTakesExitTicks) {
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  for (int i = 0; i < 6; ++i) f.feed(40);
+  // Under surge_ratio (2) but not back at the baseline: the full exit_ticks.
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(f.feed(17), Surge::surge) << "tick " << i;
+  EXPECT_EQ(f.feed(17), Surge::normal);
+  // A surge that dips to its baseline for single ticks does not flap.
+  for (int i = 0; i < 4; ++i) f.feed(40);
+  ASSERT_EQ(f.v.surge, Surge::surge);
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(f.feed(i % 2 ? 40 : 10), Surge::surge) << "tick " << i;
+  // Nor does one hovering around the threshold, with dips to the baseline among them.
+  const double hover[] = {18, 10, 22, 17, 11, 19, 24, 10, 18, 21};
+  for (double rps : hover) EXPECT_EQ(f.feed(rps), Surge::surge) << rps;
+}
+
 TEST(Traffic, APartialFirstTickDoesNotSeedTheBaseline) {
   // Traffic starts mid-tick after a (re)start: 3 rps seen, then the steady 24.
   // Seeding the baseline from that tick alone made 24 rps look like 8x (ddos).
