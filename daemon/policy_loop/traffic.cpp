@@ -1,6 +1,7 @@
 #include "policy_loop/traffic.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace sluice::policy_loop {
 
@@ -54,7 +55,9 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
     out.surge = s.surge;
   };
   if (s.warm < kWarmupTicks && (offered > 0 || s.warm > 0)) {
-    s.ewma += (offered - s.ewma) / double(++s.warm);  // the mean of the warm-up ticks
+    const double d = offered - s.ewma;  // the mean and variance of the warm-up ticks
+    s.ewma += d / double(++s.warm);
+    s.var += (d * (offered - s.ewma) - s.var) / double(s.warm);
     s.last_offered = offered;
     report();
     return;
@@ -63,9 +66,16 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
   const double base = std::max(s.ewma, spec_.min_baseline_rps);
   // DDoS is judged on traffic that is here; a surge may be flagged early from
   // the forecast, but only while traffic keeps rising (a lone spike's trend
-  // would otherwise overshoot).
+  // would otherwise overshoot), and only once the rise is real: both this
+  // tick's rate and the smoothed level above the baseline by more than the
+  // tier's own noise (2 standard deviations of its calm ticks) or by half the
+  // way to surge_ratio, whichever is less. Five ticks of a trend fitted to a few
+  // noisy ticks near the baseline, or the trend's rebound after traffic falls
+  // back, otherwise forecast surges that are not there.
   Surge seen = candidate(offered / base);
-  if (seen == Surge::normal && offered >= s.last_offered && s.trend > 0 && forecast / base >= spec_.surge_ratio)
+  const double excess = std::min((spec_.surge_ratio - 1) / 2 * base, 2 * std::sqrt(s.var));
+  if (seen == Surge::normal && offered >= s.last_offered && s.trend > 0 && forecast / base >= spec_.surge_ratio &&
+      offered - base > excess && s.level - base > excess)
     seen = Surge::surge;
   s.last_offered = offered;
   // Leaving a surge takes exit_ticks, so traffic hovering near the threshold
@@ -92,8 +102,11 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
     s.above = s.below = s.back = 0;
   }
   // The baseline learns only calm traffic.
-  if (s.surge == Surge::normal && seen == Surge::normal)
-    s.ewma = spec_.ewma_alpha * offered + (1 - spec_.ewma_alpha) * s.ewma;
+  if (s.surge == Surge::normal && seen == Surge::normal) {
+    const double d = offered - s.ewma;
+    s.ewma += spec_.ewma_alpha * d;
+    s.var = (1 - spec_.ewma_alpha) * (s.var + spec_.ewma_alpha * d * d);
+  }
   report();
 }
 

@@ -32,6 +32,7 @@ class TrafficModel {
     bool primed = false;
     core::TierCounters last;
     double ewma = 0;
+    double var = 0;  // variance of calm offered rates around ewma (the tick-to-tick noise)
     double level = 0, trend = 0;  // Holt
     double last_offered = 0;
     Surge surge = Surge::normal;

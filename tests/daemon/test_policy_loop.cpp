@@ -128,6 +128,32 @@ TEST(Traffic, TheForecastFlagsARampBeforeItCrossesTheThreshold) {
   EXPECT_LT(offered_when_flagged, 2.0 * 10) << "flagged while offered/baseline was still under surge_ratio";
 }
 
+TEST(Traffic, TrafficReturningToItsBaselineIsNotForecastAsASurge) {
+  // Holt's trend rebounds when traffic comes back after a fall: its forecast
+  // (level + 5 ticks of trend) crossed surge_ratio while the offered rate sat
+  // at the baseline, and a surge was flagged with no more traffic than normal.
+  {
+    Feeder f;  // a DDoS ends and traffic is flat at its baseline again
+    for (int i = 0; i < 20; ++i) f.feed(10);
+    for (int i = 0; i < 6; ++i) f.feed(100);
+    ASSERT_EQ(f.v.surge, Surge::ddos);
+    for (int i = 0; i < 20; ++i) {
+      const Surge s = f.feed(10);
+      if (i >= 4) {
+        EXPECT_EQ(s, Surge::normal) << "tick " << i << " forecast " << f.v.forecast_rps;
+      }
+    }
+  }
+  {
+    Feeder f;  // noisy traffic (mean 10), a lull at half of it, then the mean again
+    const double usual[] = {7, 13, 10, 6, 14, 9, 11, 8, 12, 10};
+    for (int i = 0; i < 40; ++i) f.feed(usual[i % 10]);
+    for (int i = 0; i < 5; ++i) ASSERT_EQ(f.feed(5), Surge::normal);
+    for (int i = 0; i < 10; ++i)
+      EXPECT_EQ(f.feed(10), Surge::normal) << "tick " << i << " forecast " << f.v.forecast_rps;
+  }
+}
+
 TEST(Rules, SpareCapacityRaisesHighValueTiersWithinCeilings) {
   Snapshot s;
   s.capacity_rps = 0;  // unbounded
