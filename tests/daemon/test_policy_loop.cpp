@@ -365,3 +365,25 @@ TEST_F(EngineFixture, NonAdaptiveTierIsNeverTouched) {
   }
   EXPECT_EQ(published(1), 3u);
 }
+
+TEST_F(EngineFixture, TheSurgeLevelFollowsTheOfferedLoadIncludingDenials) {
+  // A flood that the limits deny is still a flood: the level is judged on
+  // arrivals (admitted + denied for any reason), not on what got through.
+  for (int i = 0; i < 10; ++i) {
+    traffic(1, 10, 0);
+    tick();
+  }
+  ASSERT_EQ(engine->snapshot().tiers[1].surge, Surge::normal);
+  auto &c = seg.owner->state().counters[1][0];
+  for (int i = 0; i < 10; ++i) {
+    traffic(1, 10, 60);  // admitted stays at its baseline of 10/s
+    c.denied_cost += 20;
+    c.denied_closed += 20;
+    tick();
+  }
+  const TierView &v = engine->snapshot().tiers[1];
+  EXPECT_EQ(v.surge, Surge::ddos) << "offered " << v.offered_rps << " admitted " << v.admitted_rps;
+  EXPECT_EQ(engine->snapshot().host_surge, Surge::ddos);
+  EXPECT_NEAR(v.offered_rps, 110, 1e-6);
+  EXPECT_NEAR(v.denied_rps, 100, 1e-6);
+}
