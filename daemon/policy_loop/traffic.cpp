@@ -64,18 +64,19 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
   }
 
   const double base = std::max(s.ewma, spec_.min_baseline_rps);
+  // A rise is under way when the trend is up and both this tick's rate and the
+  // smoothed level are above the baseline by more than the tier's own noise
+  // (2 standard deviations of its calm ticks) or by half the way to
+  // surge_ratio, whichever is less.
+  const double excess = std::min((spec_.surge_ratio - 1) / 2 * base, 2 * std::sqrt(s.var));
+  const bool rising = s.trend > 0 && offered - base > excess && s.level - base > excess;
   // DDoS is judged on traffic that is here; a surge may be flagged early from
   // the forecast, but only while traffic keeps rising (a lone spike's trend
-  // would otherwise overshoot), and only once the rise is real: both this
-  // tick's rate and the smoothed level above the baseline by more than the
-  // tier's own noise (2 standard deviations of its calm ticks) or by half the
-  // way to surge_ratio, whichever is less. Five ticks of a trend fitted to a few
-  // noisy ticks near the baseline, or the trend's rebound after traffic falls
-  // back, otherwise forecast surges that are not there.
+  // would otherwise overshoot) and a rise is under way: five ticks of a trend
+  // fitted to a few noisy ticks near the baseline, or the trend's rebound after
+  // traffic falls back, otherwise forecast surges that are not there.
   Surge seen = candidate(offered / base);
-  const double excess = std::min((spec_.surge_ratio - 1) / 2 * base, 2 * std::sqrt(s.var));
-  if (seen == Surge::normal && offered >= s.last_offered && s.trend > 0 && forecast / base >= spec_.surge_ratio &&
-      offered - base > excess && s.level - base > excess)
+  if (seen == Surge::normal && offered >= s.last_offered && forecast / base >= spec_.surge_ratio && rising)
     seen = Surge::surge;
   s.last_offered = offered;
   // Leaving a surge takes exit_ticks, so traffic hovering near the threshold
@@ -101,8 +102,11 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
   } else {
     s.above = s.below = s.back = 0;
   }
-  // The baseline learns only calm traffic.
-  if (s.surge == Surge::normal && seen == Surge::normal) {
+  // The baseline learns only calm traffic: not a surge, and not a rise under
+  // way (a ramp learned tick by tick never reaches surge_ratio: a 5x ramp went
+  // unflagged). Once a step has levelled off, the trend stops being up on
+  // every tick and the baseline learns the new level.
+  if (s.surge == Surge::normal && seen == Surge::normal && !rising) {
     const double d = offered - s.ewma;
     s.ewma += spec_.ewma_alpha * d;
     s.var = (1 - spec_.ewma_alpha) * (s.var + spec_.ewma_alpha * d * d);

@@ -1,6 +1,7 @@
 // Per-tier traffic model, fed the shared counters once per tick: offered rate,
-// an EWMA baseline learned only while the tier is calm (so a surge never becomes
-// the new normal), Holt's linear-trend forecast, and the surge level with
+// an EWMA baseline (and the variance of calm ticks) learned only while the tier
+// is calm, neither in a surge nor in a rise under way (so a surge, or a ramp,
+// never becomes the new normal), Holt's linear-trend forecast, and the surge level with
 // hysteresis (enter after N ticks above a threshold, leave after M below; a surge
 // whose traffic is clearly back at its baseline leaves after fewer).
 #pragma once

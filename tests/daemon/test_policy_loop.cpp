@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "../support/fixture.hpp"
@@ -126,6 +127,32 @@ TEST(Traffic, TheForecastFlagsARampBeforeItCrossesTheThreshold) {
   }
   ASSERT_GT(offered_when_flagged, 0);
   EXPECT_LT(offered_when_flagged, 2.0 * 10) << "flagged while offered/baseline was still under surge_ratio";
+}
+
+TEST(Traffic, ARiseInStepsIsNotLearnedAsTheBaseline) {
+  // +20% every 4 ticks: each step is under surge_ratio of a baseline that
+  // learned the steps before it, so traffic reached 5x and was never flagged.
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  double rps = 10, flagged_at = 0;
+  while (rps < 50 && flagged_at == 0) {
+    rps *= 1.2;
+    for (int k = 0; k < 4 && flagged_at == 0; ++k)
+      if (f.feed(std::round(rps)) != Surge::normal) flagged_at = std::round(rps);
+  }
+  EXPECT_GT(flagged_at, 0) << "never flagged; baseline " << f.v.ewma_rps;
+  EXPECT_LE(flagged_at, 2.5 * 10);
+}
+
+TEST(Traffic, AStepThatLevelsOffBecomesTheBaseline) {
+  // A lasting shift under surge_ratio is learned, not held off for ever.
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  for (int i = 0; i < 60; ++i) f.feed(16);
+  EXPECT_NEAR(f.v.ewma_rps, 16, 0.5);
+  EXPECT_EQ(f.v.surge, Surge::normal);
+  f.feed(40);
+  EXPECT_EQ(f.feed(40), Surge::surge) << "a surge over the new level is still flagged";
 }
 
 TEST(Traffic, TrafficReturningToItsBaselineIsNotForecastAsASurge) {
