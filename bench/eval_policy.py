@@ -143,16 +143,19 @@ def run_once(adaptive: bool, seconds: float, tmp: Path) -> dict:
         for p in procs:
             p.start()
         flags = []  # (trace time, host surge level, per-tier levels)
+        samples = []  # raw snapshots for --dump: request/return times and the loop's view
         while time.time() < start_at:
             time.sleep(0.005)
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
+            asked = time.monotonic() - t0
             out = subprocess.run([str(BUILD / "daemon" / "sluicectl"), "--segment", segment, "snapshot"],
                                  capture_output=True, text=True)
             if out.returncode == 0:
                 snap = json.loads(out.stdout)
                 flags.append((time.monotonic() - t0, snap["host_surge"],
                               {t["name"]: (t["surge"], t["limit"]) for t in snap["tiers"]}))
+                samples.append({"asked": round(asked, 4), "returned": round(flags[-1][0], 4), "snapshot": snap})
             time.sleep(0.25)
         results = [q.get(timeout=60) for _ in procs]
         for p in procs:
@@ -173,7 +176,7 @@ def run_once(adaptive: bool, seconds: float, tmp: Path) -> dict:
             acc = per.setdefault((int(sec), tier), [0, 0])
             acc[0] += v[0]
             acc[1] += v[1]
-    return {"per_second": per, "flags": flags}
+    return {"per_second": per, "flags": flags, "samples": samples}
 
 
 def summarize(run: dict, seconds: float) -> dict:
@@ -217,10 +220,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=80)
     ap.add_argument("--json")
+    ap.add_argument("--dump", help="write every poll's snapshot and the per-second counts of both runs here")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        adaptive = summarize(run_once(True, a.seconds, Path(tmp)), a.seconds)
-        static = summarize(run_once(False, a.seconds, Path(tmp)), a.seconds)
+        runs = {"adaptive": run_once(True, a.seconds, Path(tmp)), "static": run_once(False, a.seconds, Path(tmp))}
+    adaptive = summarize(runs["adaptive"], a.seconds)
+    static = summarize(runs["static"], a.seconds)
+    if a.dump:
+        Path(a.dump).write_text(json.dumps({
+            name: {"samples": r["samples"],
+                   "per_second": [{"second": s, "tier": t, "offered": v[0], "admitted": v[1]}
+                                  for (s, t), v in sorted(r["per_second"].items())]}
+            for name, r in runs.items()}))
     ratio = adaptive["revenue_surge_phase"] / static["revenue_surge_phase"] if static["revenue_surge_phase"] else None
     report = {"seconds": a.seconds, "capacity_rps": CAPACITY_RPS, "adaptive": adaptive, "static": static,
               "surge_phase_revenue_ratio": None if ratio is None else round(ratio, 2),

@@ -353,7 +353,7 @@ PolicySpec to_spec(std::string_view source,
   require_range(source, "tick_ms", spec.tick_ms, 10u, 600000u);
   if (const auto* sg = p.surge()) {
     spec.surge = {sg->surge_ratio(), sg->ddos_ratio(), sg->enter_ticks(), sg->exit_ticks(),
-                  sg->ewma_alpha(), sg->min_baseline_rps()};
+                  sg->ewma_alpha(), sg->min_baseline_rps(), sg->fast_exit_ratio(), sg->fast_exit_ticks()};
   }
   require_real(source, "surge.surge_ratio", spec.surge.surge_ratio, 1.0, 1e6);
   require_real(source, "surge.ddos_ratio", spec.surge.ddos_ratio, spec.surge.surge_ratio, 1e6);
@@ -361,6 +361,11 @@ PolicySpec to_spec(std::string_view source,
   require_range(source, "surge.exit_ticks", spec.surge.exit_ticks, 1u, 1000u);
   require_real(source, "surge.ewma_alpha", spec.surge.ewma_alpha, 1e-6, 1.0);
   require_real(source, "surge.min_baseline_rps", spec.surge.min_baseline_rps, 1e-6, 1e12);
+  // Below surge_ratio: between the two, leaving a surge still takes exit_ticks.
+  if (const double r = spec.surge.fast_exit_ratio; !std::isfinite(r) || r < 0 || r >= spec.surge.surge_ratio)
+    fail(source, "surge.fast_exit_ratio",
+         num(r) + " is not allowed (must be 0 (off) or below surge.surge_ratio " + num(spec.surge.surge_ratio) + ")");
+  require_range(source, "surge.fast_exit_ticks", spec.surge.fast_exit_ticks, 1u, 1000u);
   if (const auto* g = p.governance()) {
     spec.governance.approval_ratio = g->approval_ratio();
     spec.governance.min_confidence = g->min_confidence();
@@ -498,6 +503,7 @@ std::string to_json(const PolicySpec& spec) {
          ",\n  \"surge\": {\"surge_ratio\": " + num(sg.surge_ratio) + ", \"ddos_ratio\": " + num(sg.ddos_ratio) +
          ", \"enter_ticks\": " + num(sg.enter_ticks) + ", \"exit_ticks\": " + num(sg.exit_ticks) +
          ", \"ewma_alpha\": " + num(sg.ewma_alpha) + ", \"min_baseline_rps\": " + num(sg.min_baseline_rps) +
+         ", \"fast_exit_ratio\": " + num(sg.fast_exit_ratio) + ", \"fast_exit_ticks\": " + num(sg.fast_exit_ticks) +
          "},\n  \"governance\": {\"approval_ratio\": " + num(g.approval_ratio) +
          ", \"min_confidence\": " + num(g.min_confidence) + ", \"approval_ttl_s\": " + num(g.approval_ttl_s) +
          ", \"approvers\": " + list(g.approvers) + ", \"approver_gids\": " + list(g.approver_gids) +

@@ -32,6 +32,10 @@ struct SurgeSpec {
   uint32_t exit_ticks = 5;
   double ewma_alpha = 0.1;
   double min_baseline_rps = 1.0;
+  // A surge (not a DDoS) ends after fast_exit_ticks ticks at or below this ratio
+  // to the baseline, instead of exit_ticks: traffic is clearly back. 0: off.
+  double fast_exit_ratio = 1.25;
+  uint32_t fast_exit_ticks = 2;
   bool operator==(const SurgeSpec&) const = default;
 };
 

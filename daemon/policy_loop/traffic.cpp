@@ -1,6 +1,7 @@
 #include "policy_loop/traffic.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace sluice::policy_loop {
 
@@ -54,38 +55,62 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
     out.surge = s.surge;
   };
   if (s.warm < kWarmupTicks && (offered > 0 || s.warm > 0)) {
-    s.ewma += (offered - s.ewma) / double(++s.warm);  // the mean of the warm-up ticks
+    const double d = offered - s.ewma;  // the mean and variance of the warm-up ticks
+    s.ewma += d / double(++s.warm);
+    s.var += (d * (offered - s.ewma) - s.var) / double(s.warm);
     s.last_offered = offered;
     report();
     return;
   }
 
   const double base = std::max(s.ewma, spec_.min_baseline_rps);
+  // A rise is under way when the trend is up and both this tick's rate and the
+  // smoothed level are above the baseline by more than the tier's own noise
+  // (2 standard deviations of its calm ticks) or by half the way to
+  // surge_ratio, whichever is less.
+  const double excess = std::min((spec_.surge_ratio - 1) / 2 * base, 2 * std::sqrt(s.var));
+  const bool rising = s.trend > 0 && offered - base > excess && s.level - base > excess;
   // DDoS is judged on traffic that is here; a surge may be flagged early from
   // the forecast, but only while traffic keeps rising (a lone spike's trend
-  // would otherwise overshoot).
+  // would otherwise overshoot) and a rise is under way: five ticks of a trend
+  // fitted to a few noisy ticks near the baseline, or the trend's rebound after
+  // traffic falls back, otherwise forecast surges that are not there.
   Surge seen = candidate(offered / base);
-  if (seen == Surge::normal && offered >= s.last_offered && s.trend > 0 && forecast / base >= spec_.surge_ratio)
+  if (seen == Surge::normal && offered >= s.last_offered && forecast / base >= spec_.surge_ratio && rising)
     seen = Surge::surge;
   s.last_offered = offered;
+  // Leaving a surge takes exit_ticks, so traffic hovering near the threshold
+  // does not flap; but once the offered rate is clearly back (at or below
+  // fast_exit_ratio x the baseline) for fast_exit_ticks in a row, the surge is
+  // over and is not reported for seconds more. A DDoS always holds for
+  // exit_ticks: pulsing attacks pause to get their mitigation switched off.
+  const bool back = spec_.fast_exit_ratio > 0 && offered <= spec_.fast_exit_ratio * base;
   if (seen > s.surge) {
-    s.below = 0;
+    s.below = s.back = 0;
     if (++s.above >= spec_.enter_ticks) {
       s.surge = seen;
       s.above = 0;
     }
   } else if (seen < s.surge) {
     s.above = 0;
-    if (++s.below >= spec_.exit_ticks) {
+    s.back = back ? s.back + 1 : 0;
+    const bool over = s.surge == Surge::surge && s.back >= std::min(spec_.fast_exit_ticks, spec_.exit_ticks);
+    if (++s.below >= spec_.exit_ticks || over) {
       s.surge = seen;
-      s.below = 0;
+      s.below = s.back = 0;
     }
   } else {
-    s.above = s.below = 0;
+    s.above = s.below = s.back = 0;
   }
-  // The baseline learns only calm traffic.
-  if (s.surge == Surge::normal && seen == Surge::normal)
-    s.ewma = spec_.ewma_alpha * offered + (1 - spec_.ewma_alpha) * s.ewma;
+  // The baseline learns only calm traffic: not a surge, and not a rise under
+  // way (a ramp learned tick by tick never reaches surge_ratio: a 5x ramp went
+  // unflagged). Once a step has levelled off, the trend stops being up on
+  // every tick and the baseline learns the new level.
+  if (s.surge == Surge::normal && seen == Surge::normal && !rising) {
+    const double d = offered - s.ewma;
+    s.ewma += spec_.ewma_alpha * d;
+    s.var = (1 - spec_.ewma_alpha) * (s.var + spec_.ewma_alpha * d * d);
+  }
   report();
 }
 

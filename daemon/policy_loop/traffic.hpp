@@ -1,7 +1,9 @@
 // Per-tier traffic model, fed the shared counters once per tick: offered rate,
-// an EWMA baseline learned only while the tier is calm (so a surge never becomes
-// the new normal), Holt's linear-trend forecast, and the surge level with
-// hysteresis (enter after N ticks above a threshold, leave after M below).
+// an EWMA baseline (and the variance of calm ticks) learned only while the tier
+// is calm, neither in a surge nor in a rise under way (so a surge, or a ramp,
+// never becomes the new normal), Holt's linear-trend forecast, and the surge level with
+// hysteresis (enter after N ticks above a threshold, leave after M below; a surge
+// whose traffic is clearly back at its baseline leaves after fewer).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -31,10 +33,12 @@ class TrafficModel {
     bool primed = false;
     core::TierCounters last;
     double ewma = 0;
+    double var = 0;  // variance of calm offered rates around ewma (the tick-to-tick noise)
     double level = 0, trend = 0;  // Holt
     double last_offered = 0;
     Surge surge = Surge::normal;
     uint32_t above = 0, below = 0;
+    uint32_t back = 0;  // ticks in a row at or below fast_exit_ratio (while leaving)
     uint32_t warm = 0;  // ticks with traffic seen, up to kWarmupTicks
   };
   Surge candidate(double ratio) const;

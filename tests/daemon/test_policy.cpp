@@ -109,6 +109,12 @@ TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
   EXPECT_EQ(p.capacity_rps, 250.5);
   EXPECT_EQ(p.tick_ms, 500u);
   EXPECT_EQ(p.surge.ddos_ratio, 8);
+  EXPECT_EQ(p.surge.fast_exit_ratio, 1.25) << "the schema's default and SurgeSpec's agree";
+  EXPECT_EQ(p.surge.fast_exit_ticks, 2u);
+  EXPECT_EQ(parse_policy_json(R"({"tiers": [{"name": "a", "limit": 4, "window_ms": 1000, "max_limit": 16}],
+      "surge": {"fast_exit_ratio": 0, "fast_exit_ticks": 3}})")
+                .surge.fast_exit_ticks,
+            3u);
   EXPECT_EQ(p.governance.approvers, (std::vector<uint32_t>{1000, 0}));
   EXPECT_EQ(p.advisor.kind, "ollama");
   EXPECT_EQ(p.audit_db, "/tmp/x.db");
@@ -120,6 +126,9 @@ TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
       {tier + R"(, "ceiling": 3}]})", "tiers[0].ceiling"},
       {tier + R"(}], "capacity_rps": -1})", "capacity_rps"},
       {tier + R"(}], "surge": {"surge_ratio": 4, "ddos_ratio": 3}})", "surge.ddos_ratio"},
+      {tier + R"(}], "surge": {"fast_exit_ratio": 2}})", "surge.fast_exit_ratio"},
+      {tier + R"(}], "surge": {"fast_exit_ratio": -1}})", "surge.fast_exit_ratio"},
+      {tier + R"(}], "surge": {"fast_exit_ticks": 0}})", "surge.fast_exit_ticks"},
       {tier + R"(}], "governance": {"approval_ratio": 0.5}})", "governance.approval_ratio"},
       {tier + R"(}], "governance": {"min_confidence": 1.5}})", "governance.min_confidence"},
       {tier + R"(}], "advisor": {"kind": "gpt"}})", "advisor.kind"},

@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "../support/fixture.hpp"
@@ -62,6 +63,41 @@ TEST(Traffic, SurgeAndDdosWithHysteresis) {
   EXPECT_LT(ticks, 20);
 }
 
+TEST(Traffic, ASurgeEndsPromptlyOnceTrafficIsBackAtItsBaseline) {
+  // A flash surge that stops: 5 more ticks of "surge" (exit_ticks) after the
+  // traffic is back at its baseline were the eval's hysteresis tail.
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  for (int i = 0; i < 6; ++i) f.feed(40);
+  ASSERT_EQ(f.v.surge, Surge::surge);
+  EXPECT_EQ(f.feed(11), Surge::surge) << "one calm tick could be a dip";
+  EXPECT_EQ(f.feed(12), Surge::normal) << "fast_exit_ticks (2) at or below fast_exit_ratio (1.25) x baseline";
+  // With the fast exit off, leaving takes exit_ticks as before.
+  policy::SurgeSpec off;
+  off.fast_exit_ratio = 0;
+  Feeder g(off);
+  for (int i = 0; i < 20; ++i) g.feed(10);
+  for (int i = 0; i < 6; ++i) g.feed(40);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(g.feed(10), Surge::surge);
+  EXPECT_EQ(g.feed(10), Surge::normal);
+}
+
+TEST(Traffic, NearTheThresholdLeavingASurgeStillTakesExitTicks) {
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  for (int i = 0; i < 6; ++i) f.feed(40);
+  // Under surge_ratio (2) but not back at the baseline: the full exit_ticks.
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(f.feed(17), Surge::surge) << "tick " << i;
+  EXPECT_EQ(f.feed(17), Surge::normal);
+  // A surge that dips to its baseline for single ticks does not flap.
+  for (int i = 0; i < 4; ++i) f.feed(40);
+  ASSERT_EQ(f.v.surge, Surge::surge);
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(f.feed(i % 2 ? 40 : 10), Surge::surge) << "tick " << i;
+  // Nor does one hovering around the threshold, with dips to the baseline among them.
+  const double hover[] = {18, 10, 22, 17, 11, 19, 24, 10, 18, 21};
+  for (double rps : hover) EXPECT_EQ(f.feed(rps), Surge::surge) << rps;
+}
+
 TEST(Traffic, APartialFirstTickDoesNotSeedTheBaseline) {
   // Traffic starts mid-tick after a (re)start: 3 rps seen, then the steady 24.
   // Seeding the baseline from that tick alone made 24 rps look like 8x (ddos).
@@ -93,6 +129,58 @@ TEST(Traffic, TheForecastFlagsARampBeforeItCrossesTheThreshold) {
   }
   ASSERT_GT(offered_when_flagged, 0);
   EXPECT_LT(offered_when_flagged, 2.0 * 10) << "flagged while offered/baseline was still under surge_ratio";
+}
+
+TEST(Traffic, ARiseInStepsIsNotLearnedAsTheBaseline) {
+  // +20% every 4 ticks: each step is under surge_ratio of a baseline that
+  // learned the steps before it, so traffic reached 5x and was never flagged.
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  double rps = 10, flagged_at = 0;
+  while (rps < 50 && flagged_at == 0) {
+    rps *= 1.2;
+    for (int k = 0; k < 4 && flagged_at == 0; ++k)
+      if (f.feed(std::round(rps)) != Surge::normal) flagged_at = std::round(rps);
+  }
+  EXPECT_GT(flagged_at, 0) << "never flagged; baseline " << f.v.ewma_rps;
+  EXPECT_LE(flagged_at, 2.5 * 10);
+}
+
+TEST(Traffic, AStepThatLevelsOffBecomesTheBaseline) {
+  // A lasting shift under surge_ratio is learned, not held off for ever.
+  Feeder f;
+  for (int i = 0; i < 20; ++i) f.feed(10);
+  for (int i = 0; i < 60; ++i) f.feed(16);
+  EXPECT_NEAR(f.v.ewma_rps, 16, 0.5);
+  EXPECT_EQ(f.v.surge, Surge::normal);
+  f.feed(40);
+  EXPECT_EQ(f.feed(40), Surge::surge) << "a surge over the new level is still flagged";
+}
+
+TEST(Traffic, TrafficReturningToItsBaselineIsNotForecastAsASurge) {
+  // Holt's trend rebounds when traffic comes back after a fall: its forecast
+  // (level + 5 ticks of trend) crossed surge_ratio while the offered rate sat
+  // at the baseline, and a surge was flagged with no more traffic than normal.
+  {
+    Feeder f;  // a DDoS ends and traffic is flat at its baseline again
+    for (int i = 0; i < 20; ++i) f.feed(10);
+    for (int i = 0; i < 6; ++i) f.feed(100);
+    ASSERT_EQ(f.v.surge, Surge::ddos);
+    for (int i = 0; i < 20; ++i) {
+      const Surge s = f.feed(10);
+      if (i >= 4) {
+        EXPECT_EQ(s, Surge::normal) << "tick " << i << " forecast " << f.v.forecast_rps;
+      }
+    }
+  }
+  {
+    Feeder f;  // noisy traffic (mean 10), a lull at half of it, then the mean again
+    const double usual[] = {7, 13, 10, 6, 14, 9, 11, 8, 12, 10};
+    for (int i = 0; i < 40; ++i) f.feed(usual[i % 10]);
+    for (int i = 0; i < 5; ++i) ASSERT_EQ(f.feed(5), Surge::normal);
+    for (int i = 0; i < 10; ++i)
+      EXPECT_EQ(f.feed(10), Surge::normal) << "tick " << i << " forecast " << f.v.forecast_rps;
+  }
 }
 
 TEST(Rules, SpareCapacityRaisesHighValueTiersWithinCeilings) {
@@ -379,4 +467,26 @@ TEST_F(EngineFixture, ALoopPublicationCountsAndPublishesOnlyOnceItsAuditRowsAreC
       EXPECT_EQ(a.generation, r.generation);
     }
   EXPECT_EQ(rows, 1u);
+}
+
+TEST_F(EngineFixture, TheSurgeLevelFollowsTheOfferedLoadIncludingDenials) {
+  // A flood that the limits deny is still a flood: the level is judged on
+  // arrivals (admitted + denied for any reason), not on what got through.
+  for (int i = 0; i < 10; ++i) {
+    traffic(1, 10, 0);
+    tick();
+  }
+  ASSERT_EQ(engine->snapshot().tiers[1].surge, Surge::normal);
+  auto &c = seg.owner->state().counters[1][0];
+  for (int i = 0; i < 10; ++i) {
+    traffic(1, 10, 60);  // admitted stays at its baseline of 10/s
+    c.denied_cost += 20;
+    c.denied_closed += 20;
+    tick();
+  }
+  const TierView &v = engine->snapshot().tiers[1];
+  EXPECT_EQ(v.surge, Surge::ddos) << "offered " << v.offered_rps << " admitted " << v.admitted_rps;
+  EXPECT_EQ(engine->snapshot().host_surge, Surge::ddos);
+  EXPECT_NEAR(v.offered_rps, 110, 1e-6);
+  EXPECT_NEAR(v.denied_rps, 100, 1e-6);
 }
