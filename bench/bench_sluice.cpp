@@ -1385,6 +1385,14 @@ int main(int argc, char **argv) {
       const std::vector<KeyRec> hot{make_key("hot-", 0)}, deny{make_key("deny-", 0)};
       add_result(run_single("a1", "1 thread, 1 hot key, admit (1024/1us)", c, kTierHot, hot));
       add_result(run_single("a2", "1 thread, 1 hot key, deny (15/1s)", c, kTierDeny, deny));
+      // The Python benchmark's hot tier: thousands of units inside the window, so
+      // `remaining` is a real search (its "C alone" for one key).
+      LayoutSpec py;
+      py.tiers = {tier("hot16k", 16384, 16384, 1'000'000)};
+      py.max_keys = 16;
+      auto pyseg = make_segment("py", py);
+      add_result(run_single("a3", "1 thread, 1 hot key, admit (16384/1ms)", pyseg->client, "hot16k", hot));
+      drop_segment(pyseg);
     }
     if (g_cfg.want('b')) {
       warm_parent(c, kTierK16, all10k, all10k.size());
