@@ -56,6 +56,7 @@
 
 #include "sluice.h"
 #include "sluice/core/owner.hpp"
+#include "tier_spec.hpp"
 #include "sluice/core/segment.hpp"
 
 namespace {
@@ -432,15 +433,6 @@ void drop_segment(std::unique_ptr<Segment> &seg) {
   seg.reset();
 }
 
-sluice::core::TierSpec tier(const char *name, uint32_t capacity, uint32_t limit, int64_t window_ns) {
-  sluice::core::TierSpec t;
-  t.name = name;
-  t.capacity = capacity;
-  t.limit = limit;
-  t.window_ns = window_ns;
-  t.adaptive = false;
-  return t;
-}
 
 // Tiers of the main segment (workloads a, b, d, e); max_keys and max_key_bytes are the
 // daemon's defaults (100,000 and 64).
@@ -1374,8 +1366,8 @@ int main(int argc, char **argv) {
   // ---- main segment: a, b, d, e ------------------------------------------------
   if (g_cfg.want('a') || g_cfg.want('b') || g_cfg.want('d') || g_cfg.want('e')) {
     LayoutSpec spec;
-    spec.tiers = {tier(kTierHot, 1024, 1024, 1000), tier(kTierDeny, 16, 15, 1'000'000'000),
-                  tier(kTierK16, 16, 16, 1000), tier(kTierK1024, 1024, 1024, 1000)};
+    spec.tiers = {bench_tier(kTierHot, 1024, 1024, 1000), bench_tier(kTierDeny, 16, 15, 1'000'000'000),
+                  bench_tier(kTierK16, 16, 16, 1000), bench_tier(kTierK1024, 1024, 1024, 1000)};
     spec.max_keys = 100'000;
     spec.max_key_bytes = 64;
     auto seg = make_segment("main", spec);
@@ -1388,7 +1380,7 @@ int main(int argc, char **argv) {
       // The Python benchmark's hot tier: thousands of units inside the window, so
       // `remaining` is a real search (its "C alone" for one key).
       LayoutSpec py;
-      py.tiers = {tier("hot16k", 16384, 16384, 1'000'000)};
+      py.tiers = {bench_tier("hot16k", 16384, 16384, 1'000'000)};
       py.max_keys = 16;
       auto pyseg = make_segment("py", py);
       add_result(run_single("a3", "1 thread, 1 hot key, admit (16384/1ms)", pyseg->client, "hot16k", hot));
@@ -1469,7 +1461,7 @@ int main(int argc, char **argv) {
   // ---- c: 1M keys -------------------------------------------------------------
   if (g_cfg.want('c')) {
     LayoutSpec spec;
-    spec.tiers = {tier("big", 16, 16, 1000)};
+    spec.tiers = {bench_tier("big", 16, 16, 1000)};
     spec.max_keys = g_cfg.big_keys;
     spec.max_key_bytes = 24;
     auto seg = make_segment("big", spec);

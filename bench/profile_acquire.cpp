@@ -17,20 +17,7 @@
 
 #include "sluice.h"
 #include "sluice/core/owner.hpp"
-
-namespace {
-
-sluice::core::TierSpec tier(const char *name, uint32_t capacity, uint32_t limit, int64_t window_ns) {
-  sluice::core::TierSpec t;
-  t.name = name;
-  t.capacity = capacity;
-  t.limit = limit;
-  t.window_ns = window_ns;
-  t.adaptive = false;
-  return t;
-}
-
-}  // namespace
+#include "tier_spec.hpp"
 
 int main(int argc, char **argv) {
   const std::string mode = argc > 1 ? argv[1] : "10k";
@@ -40,8 +27,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   sluice::core::LayoutSpec spec;
-  spec.tiers = {tier("k16", 16, 16, 1000), tier("hot", 1024, 1024, 1000), tier("deny", 16, 15, 1'000'000'000),
-                tier("busy", 4096, 4096, 10'000'000)};
+  spec.tiers = {bench_tier("k16", 16, 16, 1000), bench_tier("hot", 1024, 1024, 1000),
+                bench_tier("deny", 16, 15, 1'000'000'000), bench_tier("busy", 4096, 4096, 10'000'000)};
   const std::string name = "sluiceprof-" + std::to_string(getpid());
   std::unique_ptr<sluice::core::Owner> owner;
   bool created = false;

@@ -119,7 +119,10 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
   const uint32_t cap = t.capacity;
   const uint32_t limit = std::min(lim.limit, cap);  // the daemon never publishes more; be safe
   const int64_t window = lim.window_ns;
+  // A recorded time of 0 means "never written": no clock read may give one.
+  now_ns = std::max<int64_t>(now_ns, 1);
   uint64_t now_us = uint64_t(now_ns + 999) / 1000;  // rounded up: never earlier than now
+  int rereads = 0;
   out = Outcome{};
 
   for (int spins = 0;; ++spins) {
@@ -168,8 +171,11 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     if (full && ring_ts_us(newest) > now_us) {
       // Units were recorded after our clock read (we were preempted or kept
       // losing the race): a denial judged by that stale clock would count them
-      // against an instant they postdate. Read the clock again.
-      now_ns = clock.now_ns();
+      // against an instant they postdate. Read the clock again; if it still
+      // reads earlier (another client's clock runs ahead of ours, as two clocks
+      // may by their calibration error), judge at the newest recorded time: the
+      // exactness argument holds for any clock read up to it (docs/ADMISSION.md).
+      now_ns = ++rereads <= 2 ? std::max<int64_t>(clock.now_ns(), 1) : ts_ns(newest);
       now_us = uint64_t(now_ns + 999) / 1000;
       continue;
     }

@@ -30,6 +30,19 @@ struct OneKey : ::testing::Test {
   }
 };
 
+// An independent model of the sliding-window log: every admitted unit's time.
+struct ReferenceLog {
+  std::vector<int64_t> us;
+  // Units among the newest `lim` still inside the window at `now_us` (older ones
+  // never count: a limit lowered below what is inside leaves 0 remaining either way).
+  uint32_t inside(uint32_t lim, int64_t window_us, int64_t now_us) const {
+    uint32_t n = 0;
+    for (size_t k = us.size() > lim ? us.size() - lim : 0; k < us.size(); ++k) n += us[k] + window_us > now_us;
+    return n;
+  }
+  void add(int64_t now_us, uint32_t cost) { us.insert(us.end(), cost, now_us); }
+};
+
 }  // namespace
 
 TEST_F(OneKey, AdmitsLimitThenDeniesUntilTheOldestLeavesTheWindow) {
@@ -136,7 +149,7 @@ TEST_F(OneKey, MatchesAReferenceSlidingWindowLogOnRandomTraffic) {
   // An independent model (a plain list of admission times) decides the same
   // sequence of calls; every decision and every `remaining` must agree.
   std::mt19937 rng(11);
-  std::vector<int64_t> log;  // admitted unit times (us)
+  ReferenceLog log;
   const uint32_t limit = 3;  // the fixture's tier: capacity 8
   const int64_t window_us = 1'000'000;
   int64_t t_us = 0;
@@ -144,16 +157,12 @@ TEST_F(OneKey, MatchesAReferenceSlidingWindowLogOnRandomTraffic) {
     t_us += int64_t(rng() % 700'000) + 1;
     const uint32_t cost = 1 + rng() % 2;
     const uint32_t lim = (i / 500) % 2 ? limit : 8;  // the limit moves now and then
-    uint32_t inside = 0;
-    for (int64_t x : log) inside += x + window_us > t_us;
-    const bool want = inside + cost <= lim;
+    const bool want = log.inside(lim, window_us, t_us) + cost <= lim;
     Outcome o;
     ASSERT_EQ(admit(tv, ref, cost, Limits{lim, window_us * 1000}, t0 + t_us * 1000, true, o), Step::decided);
     ASSERT_EQ(o.allowed, want) << "call " << i;
-    if (want)
-      for (uint32_t k = 0; k < cost; ++k) log.push_back(t_us);
-    const uint32_t after = inside + (want ? cost : 0);
-    ASSERT_EQ(o.remaining, lim - std::min(lim, after)) << "call " << i;
+    if (want) log.add(t_us, cost);
+    ASSERT_EQ(o.remaining, lim - std::min(lim, log.inside(lim, window_us, t_us))) << "call " << i;
   }
 }
 
@@ -168,7 +177,7 @@ TEST(WindowHint, RemainingIsExactWhateverTheHintSays) {
   ASSERT_EQ(find_or_insert_key(tv, KeyProbe("k", 1), seg.owner->state().insert_seq, ref), Lookup::found);
   EntryHeader *e = tv.entry(ref.slot);
   std::mt19937 rng(5);
-  std::vector<int64_t> log;  // admitted unit times (us), in order
+  ReferenceLog log;
   const int64_t window_us = 10'000;
   const int64_t t0 = mono_ns() / 1000 * 1000;  // whole microseconds, as the ring stores them
   int64_t t_us = 0;
@@ -183,20 +192,33 @@ TEST(WindowHint, RemainingIsExactWhateverTheHintSays) {
       case 2: e->window_hint.store(uint32_t(e->head.load() - 256 - rng() % 512)); break;
       default: break;
     }
-    uint32_t inside = 0;
-    const size_t from = log.size() > lim ? log.size() - lim : 0;  // the last `lim` units
-    for (size_t k = from; k < log.size(); ++k) inside += log[k] + window_us > t_us;
-    const bool want = inside + cost <= lim;
+    const bool want = log.inside(lim, window_us, t_us) + cost <= lim;
     Outcome o;
     ASSERT_EQ(admit(tv, ref, cost, Limits{lim, window_us * 1000}, t0 + t_us * 1000, true, o), Step::decided);
     ASSERT_EQ(o.allowed, want) << "call " << i;
-    if (want)
-      for (uint32_t k = 0; k < cost; ++k) log.push_back(t_us);
-    uint32_t after = 0;
-    const size_t from2 = log.size() > lim ? log.size() - lim : 0;
-    for (size_t k = from2; k < log.size(); ++k) after += log[k] + window_us > t_us;
+    if (want) log.add(t_us, cost);
+    const uint32_t after = log.inside(lim, window_us, t_us);
     ASSERT_EQ(o.remaining, lim - std::min(lim, after)) << "call " << i;
     searched += after > cost && after < lim;  // the boundary was inside the ring: a real search
   }
   EXPECT_GT(searched, 1000u) << "the test must exercise the search";
+}
+
+TEST_F(OneKey, AClockBehindTheNewestAdmissionIsJudgedAtItWithoutWaitingForIt) {
+  // Another client's clock ran 500 ms ahead of ours (two clocks may differ by
+  // their calibration error). Re-reading ours until it passes those times would
+  // stall this call for 500 ms; it is judged at the newest recorded time instead.
+  const int64_t ahead = mono_ns() + 500 * kMs;
+  for (int i = 0; i < 3; ++i) {
+    Outcome o;
+    ASSERT_EQ(admit(tv, ref, 1, Limits{3, 1000 * kMs}, ahead, true, o), Step::decided);
+    ASSERT_TRUE(o.allowed);
+  }
+  const int64_t t = mono_ns();
+  Outcome o;
+  ASSERT_EQ(admit(tv, ref, 1, Limits{3, 1000 * kMs}, mono_ns(), true, o), Step::decided);
+  EXPECT_LT(mono_ns() - t, 100 * kMs) << "waited for our clock to reach the other's";
+  EXPECT_FALSE(o.allowed);
+  EXPECT_EQ(o.reason, Reason::window_full);
+  EXPECT_EQ(o.remaining, 0u);
 }

@@ -116,3 +116,32 @@ TEST(TscClock, TheEnvironmentCanTurnItOff) {
   EXPECT_EQ(q.kind.load(), kClockMonotonic);
   unsetenv("SLUICE_CLOCK");
 }
+
+TEST(TscClock, AnOpenClientFollowsSluicedOffTheTsc) {
+  if (!tsc_usable()) GTEST_SKIP() << "the TSC is not this host's clocksource";
+  ClockParams p{};
+  calibrate_clock(p);
+  const TscClock c(&p);  // opened while the TSC is on
+  ASSERT_TRUE(c.uses_tsc());
+  ASSERT_EQ(setenv("SLUICE_CLOCK", "monotonic", 1), 0);  // sluiced restarted with the TSC off
+  recalibrate_clock(p);
+  unsetenv("SLUICE_CLOCK");
+  ASSERT_EQ(p.kind.load(), kClockMonotonic);
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs) << "the client must not compute from zeroed parameters";
+}
+
+TEST(TscClock, FarFromTheAnchorItIsClockGettime) {
+  if (!tsc_usable()) GTEST_SKIP() << "the TSC is not this host's clocksource";
+  ClockParams p{};
+  calibrate_clock(p);
+  const TscClock c(&p);
+  shift(p, 1'000 * kMs);  // were the TSC path taken below, the clock would read 1 s ahead
+  ASSERT_GT(offset_from_monotonic(c), 999 * kMs);
+  const uint64_t anchor = p.tsc0.load();
+  p.tsc0.store(read_tsc() + (uint64_t(1) << 32));  // the TSC reads far behind the anchor (a reset, a new host)
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
+  p.tsc0.store(read_tsc() - p.valid_ticks.load() - 1);  // the last anchor is too old (sluiced stopped)
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
+  p.tsc0.store(anchor);
+  EXPECT_GT(offset_from_monotonic(c), 999 * kMs);
+}

@@ -61,6 +61,19 @@ def governance_policy(approval_ttl_s: int) -> dict:
     }
 
 
+def governance_pressure(segment: str, seconds: float) -> None:
+    """Offers far more than governance_policy's enterprise 10/s on three keys: the
+    rules want ~8x, which waits for approval."""
+    import sluice  # on sys.path once this module has run
+
+    with sluice.Client(segment) as c:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for k in range(3):
+                c.acquire(f"cust-{k}", "enterprise")
+            time.sleep(0.001)
+
+
 class Daemon:
     """A running sluiced on its own segment; stopped (SIGTERM) and removed after."""
 

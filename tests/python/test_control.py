@@ -13,7 +13,7 @@ import time
 import pytest
 
 import sluice
-from conftest import Daemon, fetch, governance_policy, metrics_port
+from conftest import Daemon, fetch, governance_policy, governance_pressure, metrics_port
 
 TICK_MS = 50
 UNKNOWN = "error\nunknown command 'bogus' (pending, approve, reject, audit, snapshot, overview)\n"
@@ -202,23 +202,13 @@ def test_concurrent_clients_all_get_correct_replies(fast):
     assert counts["n"] == 8 * 12
 
 
-def pressure(segment: str, seconds: float) -> None:
-    """Far more than enterprise's 10/s: the rules want ~8x, which waits for approval."""
-    with sluice.Client(segment) as c:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            for k in range(3):
-                c.acquire(f"cust-{k}", "enterprise")
-            time.sleep(0.001)
-
-
 def test_concurrent_approvals_of_one_id_are_serialized(fast):
     """8 approvers race on one pending id: exactly one approves it, the others are
     told it is gone, and the trail and the counters say one approval."""
     deadline = time.monotonic() + 15
     items: list[dict] = []
     while not items and time.monotonic() < deadline:
-        pressure(fast.segment, 0.3)
+        governance_pressure(fast.segment, 0.3)
         items = json.loads(request(fast, "pending json").split("\n", 1)[1])
     assert items, "no approval was requested"
     pid = items[0]["id"]

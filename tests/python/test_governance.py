@@ -10,7 +10,7 @@ import time
 import pytest
 
 import sluice
-from conftest import Daemon, governance_policy
+from conftest import Daemon, governance_policy, governance_pressure
 
 POLICY = governance_policy(approval_ttl_s=3)
 
@@ -22,20 +22,10 @@ def gov(tmp_path):
     d.stop()
 
 
-def pressure(segment: str, seconds: float = 0.6) -> None:
-    """Offers far more than enterprise's 10/s on a few keys: the rules want ~8x."""
-    with sluice.Client(segment) as c:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            for k in range(3):
-                c.acquire(f"cust-{k}", "enterprise")
-            time.sleep(0.001)
-
-
 def wait_pending(d: Daemon, timeout: float = 10.0) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pressure(d.segment, 0.3)
+        governance_pressure(d.segment, 0.3)
         out = d.ctl("pending", "--json")
         assert out.returncode == 0, out.stderr
         items = json.loads(out.stdout)
@@ -139,7 +129,7 @@ def test_sluicectl_errors_are_clear(gov, tmp_path):
 
 
 def test_snapshot_shows_the_loop_view(gov):
-    pressure(gov.segment, 0.8)
+    governance_pressure(gov.segment, 0.8)
     snap = json.loads(gov.ctl("snapshot").stdout)
     assert snap["tick"] > 0 and snap["host_surge"] in ("normal", "surge", "ddos")
     ent = snap["tiers"][0]

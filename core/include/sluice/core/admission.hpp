@@ -35,7 +35,8 @@ struct Outcome {
 
 enum class Step { decided, stale, busy };
 
-// record=false is a peek: the same decision, nothing written.
+// record=false is a peek: the same decision, no unit recorded (it may refresh the
+// entry's window hint, which only `remaining` reads).
 // `clock` is read again when the clock read `now_ns` proves stale.
 Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, int64_t now_ns, bool record,
            Outcome &out, const TscClock &clock = TscClock());

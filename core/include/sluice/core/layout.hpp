@@ -178,9 +178,9 @@ struct alignas(64) ClockParams {
   AtomicU64 mult;         // CLOCK_MONOTONIC ns per TSC tick, times 2^32
   AtomicU32 kind;
   uint32_t reserved0;
-  AtomicU64 anchor_tsc;   // the first calibration's point: the long baseline of the rate
+  AtomicU64 anchor_tsc;   // where the rate's baseline starts (owner only)
   AtomicI64 anchor_ns;
-  uint64_t reserved1;
+  AtomicU64 valid_ticks;  // clients use the TSC only up to this many ticks after tsc0
 };
 static_assert(sizeof(ClockParams) == 64);
 

@@ -8,10 +8,12 @@
 // continuous at the switch, slewing the rate so the two clocks stay within
 // microseconds (invariant 7: every process reads one monotonic host clock).
 //
-// The TSC is used only when the kernel itself uses it as its clocksource (so it is
-// invariant and synchronised across CPUs) and the CPU says constant_tsc and
-// nonstop_tsc; otherwise, and whenever the parameters are being rewritten for too
-// long (a sluiced killed mid-write), the clock is clock_gettime(CLOCK_MONOTONIC).
+// The TSC is used only while sluiced says so (it checks that the kernel itself
+// keeps time with the TSC, so it is invariant and synchronised across CPUs, and
+// that the CPU says constant_tsc and nonstop_tsc), only within a few seconds after
+// the last anchor (a stopped sluiced, a suspend or a TSC reset never yields a wild
+// time) and never while the parameters are being rewritten (or a writer died
+// half-way). Otherwise the clock is clock_gettime(CLOCK_MONOTONIC).
 // Recorded ring times are max(now, previous), so clocks that differ by the
 // calibration error cannot break exactness (docs/ADMISSION.md), only move a
 // window's edge by that error.
@@ -21,7 +23,7 @@
 #include "sluice/core/clock.hpp"
 #include "sluice/core/layout.hpp"
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
 #include <x86intrin.h>
 #define SLUICE_HAVE_TSC 1
 #else
@@ -30,8 +32,10 @@
 
 namespace sluice::core {
 
+#if defined(__SIZEOF_INT128__)
 __extension__ using Int128 = __int128;
 __extension__ using UInt128 = unsigned __int128;
+#endif
 
 inline uint64_t read_tsc() noexcept {
 #if SLUICE_HAVE_TSC
@@ -44,13 +48,18 @@ inline uint64_t read_tsc() noexcept {
 // ns0 + (tsc - tsc0) * mult >> 32, with a TSC read on another CPU a few ticks
 // behind tsc0 giving a time just before ns0 rather than ~2^64 ticks later.
 inline int64_t tsc_to_ns(uint64_t tsc, uint64_t tsc0, int64_t ns0, uint64_t mult) noexcept {
+#if defined(__SIZEOF_INT128__)
   const Int128 d = Int128(int64_t(tsc - tsc0)) * Int128(mult);
   return ns0 + int64_t(d >> 32);
+#else
+  return ns0 + int64_t(double(int64_t(tsc - tsc0)) * double(mult) / 4294967296.0);
+#endif
 }
 
-// True if this process may read time from the TSC: the kernel's clocksource is
+// True if this process may read time from the TSC: the kernel's clocksource was
 // "tsc" and /proc/cpuinfo has constant_tsc and nonstop_tsc (read once per process),
-// and $SLUICE_CLOCK is not "monotonic" (read on every call).
+// and $SLUICE_CLOCK is not "monotonic" (read on every call). sluiced re-reads the
+// clocksource every second and publishes kClockMonotonic when it changes.
 bool tsc_usable();
 
 class TscClock {
@@ -66,21 +75,28 @@ class TscClock {
     if (!p_) return mono_ns();
     constexpr auto acq = std::memory_order_acquire;
     constexpr auto rlx = std::memory_order_relaxed;
-    for (int spin = 0; spin < kMaxSpins; ++spin) {
+    for (int attempt = 0; attempt < 4; ++attempt) {
       const uint64_t s = p_->seq.load(acq);
-      if (s & 1) continue;  // being rewritten
+      if (s & 1) break;  // being rewritten, or the writer died half-way
+      const uint32_t kind = p_->kind.load(rlx);
       const uint64_t tsc0 = p_->tsc0.load(rlx);
       const int64_t ns0 = p_->ns0.load(rlx);
       const uint64_t mult = p_->mult.load(rlx);
+      const uint64_t valid = p_->valid_ticks.load(rlx);
       const uint64_t tsc = read_tsc();
       std::atomic_thread_fence(acq);
-      if (p_->seq.load(rlx) == s) return tsc_to_ns(tsc, tsc0, ns0, mult);
+      if (p_->seq.load(rlx) != s) continue;
+      const int64_t d = int64_t(tsc - tsc0);
+      if (kind != kClockTsc || mult == 0 || d < -kMaxTicksBehind || d > int64_t(valid & (~0ull >> 1))) break;
+      return tsc_to_ns(tsc, tsc0, ns0, mult);
     }
-    return mono_ns();  // a writer that died mid-update: the parameters stay odd until sluiced returns
+    return mono_ns();
   }
 
+  // Another CPU's TSC may read a little behind the one that took the anchor.
+  static constexpr int64_t kMaxTicksBehind = int64_t(1) << 20;
+
  private:
-  static constexpr int kMaxSpins = 1000;
   const ClockParams *p_ = nullptr;
 };
 
