@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cmath>
 #include <cstdarg>
@@ -407,6 +408,22 @@ struct Segment {
   std::unique_ptr<sluice::core::Owner> owner;
   sluice_client *client = nullptr;
   uint64_t bytes = 0;
+  // Heartbeats every 100 ms as sluiced does: clients read the TSC clock only
+  // while its calibration is fresh (tsc_clock.hpp).
+  std::atomic<bool> stop{false};
+  std::thread heart;
+  void start_heartbeat() {
+    heart = std::thread([this] {
+      while (!stop.load()) {
+        owner->heartbeat();
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+  ~Segment() {
+    stop = true;
+    if (heart.joinable()) heart.join();
+  }
 };
 
 std::unique_ptr<Segment> make_segment(const std::string &tag, const sluice::core::LayoutSpec &spec) {
@@ -419,6 +436,7 @@ std::unique_ptr<Segment> make_segment(const std::string &tag, const sluice::core
   const auto s = sluice::core::Owner::create_or_attach(seg->name, spec, true, seg->owner, created, detail);
   if (s != sluice::core::Status::ok) die("cannot create segment %s: %s", seg->name.c_str(), detail.c_str());
   seg->bytes = seg->owner->state().segment_bytes;
+  seg->start_heartbeat();
   const int rc = sluice_open(seg->name.c_str(), &seg->client);
   if (rc != SLUICE_OK) die("sluice_open(%s): %s", seg->name.c_str(), sluice_strerror(rc));
   return seg;
@@ -427,6 +445,8 @@ std::unique_ptr<Segment> make_segment(const std::string &tag, const sluice::core
 void drop_segment(std::unique_ptr<Segment> &seg) {
   if (!seg) return;
   sluice_close(seg->client);
+  seg->stop = true;
+  if (seg->heart.joinable()) seg->heart.join();
   seg->owner.reset();
   sluice::core::Owner::remove(seg->name);
   g_segments.erase(std::remove(g_segments.begin(), g_segments.end(), seg->name), g_segments.end());
