@@ -14,6 +14,7 @@ namespace {
 constexpr auto acq = std::memory_order_acquire;
 constexpr auto rlx = std::memory_order_relaxed;
 constexpr int kPoisonWaitSpins = 20000;
+constexpr int kMaxClockRereads = 64;  // ~2 us of clock reads before judging at the newest unit
 
 // Writes the followers of a cost-N claim at h and advances head past it. Any
 // process may run it for any claim it sees at head.
@@ -171,11 +172,13 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     if (full && ring_ts_us(newest) > now_us) {
       // Units were recorded after our clock read (we were preempted or kept
       // losing the race): a denial judged by that stale clock would count them
-      // against an instant they postdate. Read the clock again; if it still
-      // reads earlier (another client's clock runs ahead of ours, as two clocks
+      // against an instant they postdate. Read the clock again. If it keeps
+      // reading earlier (another client's clock runs ahead of ours, as two clocks
       // may by their calibration error), judge at the newest recorded time: the
       // exactness argument holds for any clock read up to it (docs/ADMISSION.md).
-      now_ns = ++rereads <= 2 ? std::max<int64_t>(clock.now_ns(), 1) : ts_ns(newest);
+      // Not sooner: judged there, units are stamped with that time, and a time
+      // that only ever copies itself lets the window fill with equal stamps.
+      now_ns = ++rereads <= kMaxClockRereads ? std::max<int64_t>(clock.now_ns(), 1) : ts_ns(newest);
       now_us = uint64_t(now_ns + 999) / 1000;
       continue;
     }

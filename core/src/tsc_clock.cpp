@@ -91,7 +91,7 @@ void measure(uint64_t &tsc, int64_t &ns) {
 uint64_t rate_between(uint64_t tsc_a, int64_t ns_a, uint64_t tsc_b, int64_t ns_b) {
   if (tsc_b <= tsc_a || ns_b <= ns_a) return 0;
 #if defined(__SIZEOF_INT128__)
-  return uint64_t(UInt128(ns_b - ns_a) << 32) / (tsc_b - tsc_a);
+  return uint64_t((UInt128(ns_b - ns_a) << 32) / (tsc_b - tsc_a));  // divide before narrowing: a baseline over 2^32 ns
 #else
   return uint64_t(double(ns_b - ns_a) * 4294967296.0 / double(tsc_b - tsc_a));
 #endif

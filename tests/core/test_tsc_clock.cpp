@@ -145,3 +145,22 @@ TEST(TscClock, FarFromTheAnchorItIsClockGettime) {
   p.tsc0.store(anchor);
   EXPECT_GT(offset_from_monotonic(c), 999 * kMs);
 }
+
+TEST(TscClock, ABaselineOfManySecondsKeepsItsRate) {
+  // The rate is measured from an anchor seconds old: (ns << 32) / ticks must be
+  // divided before it is narrowed, or every re-anchor after 2^32 ns (4.3 s) sees
+  // a wild rate and steps (a 10 ms recalibration, and a jump for the clients).
+  if (!tsc_usable()) GTEST_SKIP() << "the TSC is not this host's clocksource";
+  ClockParams p{};
+  calibrate_clock(p);
+  const TscClock c(&p);
+  const uint64_t mult = p.mult.load();
+  const int64_t back_ns = 10'000 * kMs;
+  p.anchor_tsc.fetch_sub(uint64_t(double(back_ns) * 4294967296.0 / double(mult)));
+  p.anchor_ns.fetch_sub(back_ns);  // as if calibrated 10 s ago, at the same rate
+  const int64_t anchor = p.anchor_ns.load();
+  recalibrate_clock(p);
+  EXPECT_EQ(p.anchor_ns.load(), anchor) << "re-anchoring stepped instead of slewing";
+  EXPECT_NEAR(double(p.mult.load()), double(mult), double(mult) * 2e-3);
+  EXPECT_LT(std::llabs(offset_from_monotonic(c)), 50 * kUs);
+}
