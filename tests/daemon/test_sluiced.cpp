@@ -7,12 +7,14 @@
 
 #include <fcntl.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
 #include "../support/fixture.hpp"
 #include "sluice.h"
 #include "sluice/core/clock.hpp"
+#include "sluice/core/tsc_clock.hpp"
 
 extern char **environ;
 
@@ -227,6 +229,16 @@ TEST(Sluiced, ResetWipesAndAMismatchedPolicyIsRefused) {
   EXPECT_EQ(wait_exit(ctl), 0);
   EXPECT_NE(ctl.output().find("\"admitted\":0"), std::string::npos) << ctl.output();
   EXPECT_NE(ctl.output().find("\"max_limit\":20"), std::string::npos) << ctl.output();
+  // The clock clients read, and how far it is from CLOCK_MONOTONIC.
+  const bool tsc = sluice::core::tsc_usable();
+  EXPECT_NE(ctl.output().find(tsc ? "\"clock\":\"tsc\"" : "\"clock\":\"clock_gettime\""), std::string::npos)
+      << ctl.output();
+  const size_t at = ctl.output().find("\"clock_offset_ns\":");
+  ASSERT_NE(at, std::string::npos) << ctl.output();
+  EXPECT_LT(std::llabs(std::stoll(ctl.output().substr(at + 18))), 1'000'000) << ctl.output();
+  Proc text = spawn({SLUICECTL_PATH, "--segment", seg.name, "status"});
+  EXPECT_EQ(wait_exit(text), 0);
+  EXPECT_NE(text.output().find(tsc ? "clock tsc (" : "clock clock_gettime"), std::string::npos) << text.output();
   kill(reset.pid, SIGTERM);
   EXPECT_EQ(wait_exit(reset), 0);
   std::remove(policy.c_str());
