@@ -13,7 +13,8 @@
 //    sluiced) under a unique name and removed at exit.
 //
 // Flags: --quick (CI smoke test, < 20 s), --no-redis, --json FILE, --reps N,
-//        --only a,b,c,d,e,f, --redis-server PATH, --source TEXT (recorded in the JSON).
+//        --only a,b,c,d,e,f, --redis-server PATH, --source TEXT (recorded in the JSON),
+//        --pin (child i of workloads d and e runs on CPU i only).
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -161,6 +162,7 @@ struct Config {
   size_t warmup = 200'000;
   uint32_t big_keys = 1'000'000;
   double mp_secs = 1.0;          // multi-process throughput phase, per rep
+  bool pin = false;              // --pin: child i of a multi-process workload runs on CPU i only
   size_t redis_calls = 40'000;   // per rep; 5 reps -> 200k calls, <= ~10 s per mode
   double redis_secs = 2.0;
   int redis_conns = 50;
@@ -658,6 +660,15 @@ struct MpSpec {
   bool latency_phase;
 };
 
+// The guest scheduler may put both children on one vCPU for a while, which turns a
+// contention benchmark into a time-slicing one; --pin rules that out.
+void pin_to_cpu(int i) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(i % std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)), &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) _exit(4);
+}
+
 void child_main(const MpSpec &spec, int idx, MpShared *sh, uint32_t *lat) {
   ChildOut &o = sh->out[idx];
   sluice_client *c = nullptr;
@@ -740,7 +751,10 @@ MpRun run_mp(const MpSpec &spec) {
   for (int i = 0; i < spec.nprocs; ++i) {
     const pid_t p = fork();
     if (p < 0) die("fork: %s", std::strerror(errno));
-    if (p == 0) child_main(spec, i, sh, lat + size_t(i) * g_cfg.lat_calls);
+    if (p == 0) {
+      if (g_cfg.pin) pin_to_cpu(i);
+      child_main(spec, i, sh, lat + size_t(i) * g_cfg.lat_calls);
+    }
     pids.push_back(p);
   }
   MpRun r;
@@ -1221,7 +1235,8 @@ void print_table() {
 void write_json(const std::string &path) {
   FILE *f = std::fopen(path.c_str(), "w");
   if (!f) die("cannot write %s: %s", path.c_str(), std::strerror(errno));
-  std::fprintf(f, "{\n  \"source\": \"%s\",\n", json_escape(g_cfg.source).c_str());
+  std::fprintf(f, "{\n  \"source\": \"%s\",\n  \"pinned_children\": %s,\n", json_escape(g_cfg.source).c_str(),
+               g_cfg.pin ? "true" : "false");
   std::fprintf(f, "  \"machine\": {\"nproc\": %ld, \"cpu\": \"%s\", \"kernel\": \"%s\", \"clocksource\": \"%s\", ",
                g_machine.nproc, json_escape(g_machine.cpu).c_str(), json_escape(g_machine.kernel).c_str(),
                json_escape(g_machine.clocksource).c_str());
@@ -1292,7 +1307,7 @@ std::string fmt(const char *f, ...) {
 void usage() {
   std::fprintf(stderr,
                "usage: bench_sluice [--quick] [--no-redis] [--json FILE] [--reps N] [--only abcdef]\n"
-               "                    [--redis-server PATH] [--source TEXT]\n");
+               "                    [--redis-server PATH] [--source TEXT] [--pin]\n");
   std::exit(2);
 }
 
@@ -1313,6 +1328,7 @@ int main(int argc, char **argv) {
     else if (a == "--only") g_cfg.only = next();
     else if (a == "--redis-server") g_cfg.redis_server = next();
     else if (a == "--source") g_cfg.source = next();
+    else if (a == "--pin") g_cfg.pin = true;
     else usage();
   }
   if (g_cfg.quick) {
@@ -1374,8 +1390,9 @@ int main(int argc, char **argv) {
               "percentiles are quantised to that step\n",
               (unsigned long long)g_timer.resolution_ticks, g_timer.ns(double(g_timer.resolution_ticks)));
   std::printf("per workload: %d repetitions x (latency loop <= %zu calls / %.1f s, untimed throughput loop <= %zu "
-              "calls / %.1f s)\n\n",
-              g_cfg.reps, g_cfg.lat_calls, g_cfg.lat_secs, g_cfg.tp_calls, g_cfg.tp_secs);
+              "calls / %.1f s)\n%s\n",
+              g_cfg.reps, g_cfg.lat_calls, g_cfg.lat_secs, g_cfg.tp_calls, g_cfg.tp_secs,
+              g_cfg.pin ? "multi-process children pinned: child i on CPU i (--pin)\n" : "");
 
   using sluice::core::LayoutSpec;
   const size_t seq_len = 1u << 20;  // pre-generated call order, reused cyclically

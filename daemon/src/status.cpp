@@ -25,6 +25,7 @@ Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const 
   const TscClock clock(&p.clock);
   out.clock_tsc = clock.uses_tsc();
   out.clock_offset_ns = out.clock_tsc ? offset_from_monotonic(clock) : 0;
+  out.shm_huge = shm_huge_mode();
   for (uint32_t i = 0; i < h.tier_count; ++i) {
     TierStatus t;
     TierLimits lim;
@@ -87,11 +88,14 @@ std::string render_status_text(const Status &s) {
                   (unsigned long long)t.counters.denied_closed, revenue);
     o += line;
   }
-  std::snprintf(line, sizeof line, "daemon starts %llu, idle keys reclaimed %llu, segment %.1f MiB, clock %s\n",
+  const bool huge = s.shm_huge == "advise" || s.shm_huge == "within_size" || s.shm_huge == "always";
+  std::snprintf(line, sizeof line, "daemon starts %llu, idle keys reclaimed %llu, segment %.1f MiB, clock %s, pages %s\n",
                 (unsigned long long)s.daemon_starts, (unsigned long long)s.keys_reclaimed,
                 double(s.segment_bytes) / (1 << 20),
                 s.clock_tsc ? ("tsc (" + std::to_string(s.clock_offset_ns / 1000) + " us from CLOCK_MONOTONIC)").c_str()
-                            : "clock_gettime");
+                            : "clock_gettime",
+                huge ? ("huge (/dev/shm huge=" + s.shm_huge + ")").c_str()
+                     : ("4 KiB (/dev/shm huge=" + s.shm_huge + "; remount it huge=advise for huge pages)").c_str());
   o += line;
   return o;
 }
@@ -119,7 +123,8 @@ std::string render_status_json(const Status &s) {
                   ",\"daemon_starts\":" + std::to_string(s.daemon_starts) +
                   ",\"keys_reclaimed\":" + std::to_string(s.keys_reclaimed) +
                   ",\"clock\":" + (s.clock_tsc ? "\"tsc\"" : "\"clock_gettime\"") +
-                  ",\"clock_offset_ns\":" + std::to_string(s.clock_offset_ns) + ",\"tiers\":[";
+                  ",\"clock_offset_ns\":" + std::to_string(s.clock_offset_ns) +
+                  ",\"shm_huge\":" + json_str(s.shm_huge) + ",\"tiers\":[";
   for (size_t i = 0; i < s.tiers.size(); ++i) {
     const TierStatus &t = s.tiers[i];
     char rev[64];

@@ -29,6 +29,7 @@ struct Status {
   uint64_t segment_bytes = 0;
   bool clock_tsc = false;       // clients read time through the TSC (tsc_clock.hpp)
   int64_t clock_offset_ns = 0;  // that clock minus CLOCK_MONOTONIC, as this process reads it
+  std::string shm_huge;         // /dev/shm's huge= mount option (core::shm_huge_mode)
   std::vector<TierStatus> tiers;
 };
 

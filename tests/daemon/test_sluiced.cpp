@@ -239,6 +239,11 @@ TEST(Sluiced, ResetWipesAndAMismatchedPolicyIsRefused) {
   Proc text = spawn({SLUICECTL_PATH, "--segment", seg.name, "status"});
   EXPECT_EQ(wait_exit(text), 0);
   EXPECT_NE(text.output().find(tsc ? "clock tsc (" : "clock clock_gettime"), std::string::npos) << text.output();
+  // Whether the segment can be on huge pages: /dev/shm's huge= option, as mounted.
+  const std::string huge = sluice::core::shm_huge_mode();
+  ASSERT_FALSE(huge.empty());
+  EXPECT_NE(ctl.output().find("\"shm_huge\":\"" + huge + "\""), std::string::npos) << ctl.output();
+  EXPECT_NE(text.output().find("/dev/shm huge=" + huge), std::string::npos) << text.output();
   kill(reset.pid, SIGTERM);
   EXPECT_EQ(wait_exit(reset), 0);
   std::remove(policy.c_str());

@@ -32,6 +32,10 @@ std::string policy_segment_name(const std::string &name);
 // The segment name from an argument, else $SLUICE_SEGMENT, else "sluice".
 std::string resolve_segment_name(const char *name);
 bool valid_segment_name(const std::string &name);
+// The huge= option /dev/shm is mounted with ("never" when absent, "" when /dev/shm
+// is not in /proc/mounts). Mappings always advise huge pages; only "advise",
+// "within_size" and "always" let the kernel use them.
+std::string shm_huge_mode();
 // Bytes a state segment for this spec takes (sparse on tmpfs until touched).
 uint64_t state_segment_bytes(const LayoutSpec &spec);
 bool read_boot_id(uint8_t out[16]);
