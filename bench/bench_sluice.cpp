@@ -1187,7 +1187,7 @@ std::vector<std::pair<std::string, double>> g_ratios;
 struct MachineInfo {
   long nproc = 0;
   double clock_gettime_ns = NAN, getpid_syscall_ns = NAN;
-  std::string cpu, kernel, clocksource, load_start, load_end, redis_version;
+  std::string cpu, kernel, clocksource, shm_huge, load_start, load_end, redis_version;
 } g_machine;
 
 void print_table() {
@@ -1240,6 +1240,7 @@ void write_json(const std::string &path) {
   std::fprintf(f, "  \"machine\": {\"nproc\": %ld, \"cpu\": \"%s\", \"kernel\": \"%s\", \"clocksource\": \"%s\", ",
                g_machine.nproc, json_escape(g_machine.cpu).c_str(), json_escape(g_machine.kernel).c_str(),
                json_escape(g_machine.clocksource).c_str());
+  std::fprintf(f, "\"shm_huge\": \"%s\", ", json_escape(g_machine.shm_huge).c_str());
   std::fprintf(f, "\"clock_gettime_ns\": %s, \"getpid_syscall_ns\": %s, ", jnum(g_machine.clock_gettime_ns).c_str(),
                jnum(g_machine.getpid_syscall_ns).c_str());
   std::fprintf(f, "\"loadavg_start\": \"%s\", \"loadavg_end\": \"%s\", \"redis_version\": \"%s\"},\n",
@@ -1358,6 +1359,7 @@ int main(int argc, char **argv) {
   uname(&u);
   g_machine.kernel = std::string(u.sysname) + " " + u.release + " " + u.machine;
   g_machine.clocksource = read_first_line("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+  g_machine.shm_huge = sluice::core::shm_huge_mode();  // huge pages for the segments only if advise/within_size/always
   g_machine.load_start = read_first_line("/proc/loadavg");
   calibrate_timer(200);
   {  // two costs every sluice_acquire pays on this machine (see BENCHMARKS.md)
@@ -1375,8 +1377,8 @@ int main(int argc, char **argv) {
   }
   watch_begin();
   std::printf("Sluice benchmark%s\n", g_cfg.quick ? " (--quick: small counts, smoke test only)" : "");
-  std::printf("machine: nproc=%ld, cpu=\"%s\", kernel=%s, clocksource=%s\n", g_machine.nproc, g_machine.cpu.c_str(),
-              g_machine.kernel.c_str(), g_machine.clocksource.c_str());
+  std::printf("machine: nproc=%ld, cpu=\"%s\", kernel=%s, clocksource=%s, /dev/shm huge=%s\n", g_machine.nproc,
+              g_machine.cpu.c_str(), g_machine.kernel.c_str(), g_machine.clocksource.c_str(), g_machine.shm_huge.c_str());
   std::printf("loadavg at start: %s\n", g_machine.load_start.c_str());
   std::printf("costs on this machine: clock_gettime(CLOCK_MONOTONIC) %.1f ns/call (vDSO), getpid() syscall %.1f "
               "ns/call\n",

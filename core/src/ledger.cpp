@@ -26,7 +26,10 @@ uint32_t my_stripe(StateHeader &h) {
     uint32_t gen = ~0u;
     uint32_t stripe = 0;
   };
-  thread_local Assigned a;
+  // initial-exec: libsluice is one small library, so its TLS fits the static
+  // surplus even when dlopen'ed (the Python extension); the general-dynamic
+  // default costs a __tls_get_addr call on every decision.
+  [[gnu::tls_model("initial-exec")]] thread_local Assigned a;
   const uint32_t gen = g_fork_gen.load(std::memory_order_relaxed);
   if (a.gen != gen) {
     a.gen = gen;
