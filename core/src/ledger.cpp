@@ -130,6 +130,11 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
   const KeyProbe probe(key, uint32_t(key_len));
   prefetch_home(tv, probe);
   for (int attempt = 0; attempt < 64; ++attempt) {
+    // Everything that does not need the key's entry comes before the lookup, so it
+    // runs while the prefetched lines are on their way (on many keys the entry is a
+    // cache miss). Reading the clock before the lookup is as if the caller were
+    // preempted after reading it, which admit allows for (docs/ADMISSION.md).
+    const int64_t now_ns = clock_.now_ns();
     TierLimits lim;
     read_tier(*policy_hdr_, uint32_t(tier), lim);
     const Limits limits{std::min(lim.limit, tv.capacity), lim.window_ns};
@@ -150,7 +155,7 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     if (found == Lookup::absent) {
       admit_fresh(cost, limits, o);
     } else {
-      const Step st = admit(tv, ref, cost, limits, clock_.now_ns(), record, o, clock_);
+      const Step st = admit(tv, ref, cost, limits, now_ns, record, o, clock_);
       if (st == Step::stale) continue;  // the entry was reclaimed under us: look it up again
       if (st == Step::busy) return Status::busy;
     }
