@@ -55,7 +55,7 @@ from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD = Path(os.environ.get("SLUICE_BUILD_DIR", ROOT / "build" / "default"))
+BUILD = Path(os.environ.get("SLUICE_BUILD_DIR", ROOT / "build" / "default")).resolve()
 for p in (str(ROOT / "python"), str(BUILD / "bindings")):
     if p not in sys.path:
         sys.path.insert(0, p)
