@@ -246,6 +246,9 @@ TEST(Sluiced, ResetWipesAndAMismatchedPolicyIsRefused) {
   EXPECT_NE(text.output().find("/dev/shm huge=" + huge), std::string::npos) << text.output();
   kill(reset.pid, SIGTERM);
   EXPECT_EQ(wait_exit(reset), 0);
+  // sluiced says at start whether the segment can be on huge pages.
+  EXPECT_NE(reset.output().find("segment pages: "), std::string::npos) << reset.output();
+  EXPECT_NE(reset.output().find("(/dev/shm huge=" + huge), std::string::npos) << reset.output();
   std::remove(policy.c_str());
   std::remove(policy2.c_str());
 }
