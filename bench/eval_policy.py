@@ -187,11 +187,17 @@ def summarize(run: dict, seconds: float) -> dict:
         a, b = p[name]
         return a <= sec < b
 
-    def admitted_revenue(pred) -> float:
-        return sum(v[1] * rev[t] for (s, t), v in run["per_second"].items() if pred(s))
+    def revenue(pred, column: int) -> float:  # column 0: offered, 1: admitted
+        return sum(v[column] * rev[t] for (s, t), v in run["per_second"].items() if pred(s))
 
-    total_rev = admitted_revenue(lambda s: True)
-    surge_rev = admitted_revenue(lambda s: in_phase(s, "ramp") or in_phase(s, "surge"))
+    def in_surge(s: int) -> bool:
+        return in_phase(s, "ramp") or in_phase(s, "surge")
+
+    total_rev = revenue(lambda s: True, 1)
+    surge_rev = revenue(in_surge, 1)
+    # What admitting every request of the phase would have earned: no limiter can
+    # exceed it, so it bounds the adaptive / static ratio the trace allows.
+    surge_offered = revenue(in_surge, 0)
     ent = [v for (s, t), v in run["per_second"].items() if t == "enterprise" and in_phase(s, "ddos")]
     offered = sum(v[0] for v in ent)
     denied = sum(v[0] - v[1] for v in ent)
@@ -206,6 +212,8 @@ def summarize(run: dict, seconds: float) -> dict:
         "revenue_total": round(total_rev, 2),
         "revenue_per_trace_hour": round(total_rev * 3600 / seconds, 2),
         "revenue_surge_phase": round(surge_rev, 2),
+        "revenue_offered_surge_phase": round(surge_offered, 2),
+        "share_of_offered_surge_revenue": round(surge_rev / surge_offered, 4) if surge_offered else None,
         "enterprise_denial_rate_ddos": round(denied / offered, 4) if offered else None,
         "surge_flag_time_s": None if first is None else round(first, 2),
         "lead_before_peak_s": None if first is None else round(peak - first, 2),
@@ -233,8 +241,12 @@ def main() -> None:
                                   for (s, t), v in sorted(r["per_second"].items())]}
             for name, r in runs.items()}))
     ratio = adaptive["revenue_surge_phase"] / static["revenue_surge_phase"] if static["revenue_surge_phase"] else None
+    # The most any limiter could reach on this trace: every offered request admitted.
+    ceiling = (adaptive["revenue_offered_surge_phase"] / static["revenue_surge_phase"]
+               if static["revenue_surge_phase"] else None)
     report = {"seconds": a.seconds, "capacity_rps": CAPACITY_RPS, "adaptive": adaptive, "static": static,
               "surge_phase_revenue_ratio": None if ratio is None else round(ratio, 2),
+              "surge_phase_ratio_ceiling": None if ceiling is None else round(ceiling, 2),
               "machine": {"nproc": os.cpu_count(), "load": os.getloadavg()}}
     print(json.dumps(report, indent=2))
     if a.json:
