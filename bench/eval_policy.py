@@ -8,7 +8,7 @@ Reports: surge detection lead time before the peak, precision and recall of the
 surge flag against the labelled surge/DDoS windows, revenue admitted (per trace
 hour and on the surge phase), and the enterprise denial rate during the DDoS.
 
-    /usr/bin/python3 bench/eval_policy.py [--seconds 80] [--json FILE]
+    /usr/bin/python3 bench/eval_policy.py [--seconds 80] [--json FILE] [--surge-peak 5]
 
 Time compression: one trace second is one wall second; the trace is the seeds'
 five phases squeezed into --seconds. Revenue per hour scales admitted revenue by
@@ -51,8 +51,9 @@ def phases(total: float) -> dict[str, tuple[float, float]]:
             "ddos": (45 * f, 60 * f), "recovery": (60 * f, 80 * f)}
 
 
-def rate(tier: str, t: float, total: float, rng: random.Random) -> float:
-    """Requests/s offered by ONE key of `tier` at trace time t."""
+def rate(tier: str, t: float, total: float, rng: random.Random, surge_peak: float = 5.0) -> float:
+    """Requests/s offered by ONE key of `tier` at trace time t. The flash surge builds
+    to `surge_peak` times the normal rate (5 unless --surge-peak says otherwise)."""
     p = phases(total)
     diurnal = 1.0 + 0.15 * math.sin(2 * math.pi * t / total) + rng.uniform(-0.05, 0.05)
     base = {"enterprise": 8.0, "pro": 4.0, "free": 1.5}[tier] * diurnal
@@ -60,14 +61,15 @@ def rate(tier: str, t: float, total: float, rng: random.Random) -> float:
     s0, s1 = p["surge"]
     if tier in ("enterprise", "pro"):
         if r0 <= t < r1:
-            base *= 1 + 4.0 * (t - r0) / (r1 - r0)     # flash surge builds to 5x
+            base *= 1 + (surge_peak - 1) * (t - r0) / (r1 - r0)  # flash surge builds to surge_peak x
         elif s0 <= t < s1:
             peak = (s0 + s1) / 2
-            base *= 5.0 - 1.5 * abs(t - peak) / (s1 - s0)
+            base *= surge_peak * (1 - 0.3 * abs(t - peak) / (s1 - s0))
     return base
 
 
-def worker(segment: str, tiers: list[str], seconds: float, seed: int, start_at: float, q) -> None:
+def worker(segment: str, tiers: list[str], seconds: float, seed: int, start_at: float, q,
+           surge_peak: float = 5.0) -> None:
     import sluice
 
     rng = random.Random(seed)
@@ -93,7 +95,7 @@ def worker(segment: str, tiers: list[str], seconds: float, seed: int, start_at: 
                 if tier == "free" and p["ddos"][0] <= t < p["ddos"][1]:
                     keys += [f"bot-{seed}-{k}" for k in range(DDOS_KEYS // 2)]
                 for key in keys:
-                    per_key = rate(tier, t, seconds, rng) if not key.startswith("bot") else 0.6
+                    per_key = rate(tier, t, seconds, rng, surge_peak) if not key.startswith("bot") else 0.6
                     # Poisson arrivals in this slot.
                     n = 0
                     lam = per_key * slot
@@ -112,7 +114,7 @@ def worker(segment: str, tiers: list[str], seconds: float, seed: int, start_at: 
     q.put({f"{k[0]}|{k[1]}": v for k, v in stats.items()})
 
 
-def run_once(adaptive: bool, seconds: float, tmp: Path) -> dict:
+def run_once(adaptive: bool, seconds: float, tmp: Path, surge_peak: float = 5.0) -> dict:
     segment = f"sluice-eval-{os.getpid()}-{'adaptive' if adaptive else 'static'}"
     policy = {
         "segment": {"max_keys": 20000, "max_key_bytes": 32},
@@ -138,7 +140,7 @@ def run_once(adaptive: bool, seconds: float, tmp: Path) -> dict:
         q = ctx.Queue()
         start_at = time.time() + 1.0
         groups = [["enterprise"], ["pro"], ["free"], ["free"]]
-        procs = [ctx.Process(target=worker, args=(segment, g, seconds, 17 + i, start_at, q))
+        procs = [ctx.Process(target=worker, args=(segment, g, seconds, 17 + i, start_at, q, surge_peak))
                  for i, g in enumerate(groups)]
         for p in procs:
             p.start()
@@ -229,9 +231,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=80)
     ap.add_argument("--json")
     ap.add_argument("--dump", help="write every poll's snapshot and the per-second counts of both runs here")
+    ap.add_argument("--surge-peak", type=float, default=5.0,
+                    help="the flash surge's peak, times the normal per-key rate of enterprise and pro (5)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"adaptive": run_once(True, a.seconds, Path(tmp)), "static": run_once(False, a.seconds, Path(tmp))}
+        runs = {"adaptive": run_once(True, a.seconds, Path(tmp), a.surge_peak),
+                "static": run_once(False, a.seconds, Path(tmp), a.surge_peak)}
     adaptive = summarize(runs["adaptive"], a.seconds)
     static = summarize(runs["static"], a.seconds)
     if a.dump:
@@ -244,7 +249,8 @@ def main() -> None:
     # The most any limiter could reach on this trace: every offered request admitted.
     ceiling = (adaptive["revenue_offered_surge_phase"] / static["revenue_surge_phase"]
                if static["revenue_surge_phase"] else None)
-    report = {"seconds": a.seconds, "capacity_rps": CAPACITY_RPS, "adaptive": adaptive, "static": static,
+    report = {"seconds": a.seconds, "surge_peak": a.surge_peak, "capacity_rps": CAPACITY_RPS,
+              "adaptive": adaptive, "static": static,
               "surge_phase_revenue_ratio": None if ratio is None else round(ratio, 2),
               "surge_phase_ratio_ceiling": None if ceiling is None else round(ceiling, 2),
               "machine": {"nproc": os.cpu_count(), "load": os.getloadavg()}}

@@ -47,3 +47,17 @@ def test_a_run_that_admits_everything_has_all_of_the_offered_revenue():
     per = {(s, "enterprise"): (40, 40) for s in range(20, 40)}
     s = eval_policy.summarize(_run(per), 80)
     assert s["share_of_offered_surge_revenue"] == 1.0
+
+
+def test_the_surge_peak_scales_paying_tiers_only_and_defaults_to_five():
+    import random
+    p = eval_policy.phases(80)
+    peak = (p["surge"][0] + p["surge"][1]) / 2
+    for tier in ("enterprise", "pro"):
+        calm = eval_policy.rate(tier, 5.0, 80, random.Random(1))
+        at5 = eval_policy.rate(tier, peak, 80, random.Random(1))
+        at10 = eval_policy.rate(tier, peak, 80, random.Random(1), surge_peak=10.0)
+        assert at5 / calm == pytest.approx(5.0, rel=0.2)
+        assert at10 == pytest.approx(2 * at5)
+    assert eval_policy.rate("free", peak, 80, random.Random(1), surge_peak=10.0) == \
+        eval_policy.rate("free", peak, 80, random.Random(1))
