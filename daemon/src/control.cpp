@@ -206,12 +206,13 @@ void ControlServer::run() {
     if (rc < 0 && errno != EINTR) break;  // cannot happen with valid fds; the destructor still joins
     now = now_ms();
 
+    bool stopping = false;
     if (fds[0].revents & POLLIN) {
       drain_fd(wake_fd_);
       std::vector<Reply> replies;
       {
         std::lock_guard lock(mu_);
-        if (stop_) break;
+        stopping = stop_;
         replies.swap(replies_);
       }
       for (Reply &r : replies) {
@@ -223,6 +224,9 @@ void ControlServer::run() {
         it->deadline_ms = now + limits_.write_timeout_ms;
         write_some(*it);  // most replies fit the socket buffer at once
       }
+      // On stop, the replies the loop has made are still delivered (above and
+      // below): each is the outcome of a command that ran (an approval published).
+      if (stopping) break;
     }
     // Poll results for connections are by position: handle them before accepting
     // new ones or removing closed ones.
@@ -262,6 +266,27 @@ void ControlServer::run() {
     std::erase_if(conns, [](const Conn &c) { return c.fd < 0; });
     std::lock_guard lock(mu_);
     open_ = conns.size();
+  }
+  // Stopping: finish writing the replies already made, for at most
+  // stop_flush_ms (a client that does not read loses the rest); requests the
+  // loop never ran are closed without a reply.
+  const int64_t flush_until = now_ms() + limits_.stop_flush_ms;
+  for (;;) {
+    fds.clear();
+    std::vector<Conn *> writing;
+    for (Conn &c : conns)
+      if (c.fd >= 0 && c.phase == Conn::writing) {
+        fds.push_back({c.fd, POLLOUT, 0});
+        writing.push_back(&c);
+      }
+    const int64_t left = flush_until - now_ms();
+    if (writing.empty() || left <= 0) break;
+    if (::poll(fds.data(), fds.size(), int(left)) < 0 && errno != EINTR) break;
+    for (size_t i = 0; i < writing.size(); ++i) {
+      if (!fds[i].revents) continue;
+      if (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL)) close_conn(*writing[i]);
+      else write_some(*writing[i]);
+    }
   }
   for (Conn &c : conns)
     if (c.fd >= 0) ::close(c.fd);

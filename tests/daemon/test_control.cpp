@@ -5,12 +5,17 @@
 // clients.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -277,3 +282,37 @@ TEST(ControlServer, ShutdownDoesNotWaitForClientsAndRemovesTheSocket) {
   ::close(asked);
   for (int fd : silent) ::close(fd);
 }
+
+
+// sluiced runs do_work (serve_pending) and, on SIGTERM, stop() right after it on
+// the same thread: a command the loop has run (an approval published and
+// recorded) must still be answered, or the caller is told it failed while it
+// took effect.
+TEST(ControlServer, AReplyTheLoopHasMadeIsSentWhenTheServerStopsRightAfter) {
+  int lost = 0;
+  constexpr int kRounds = 20;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string path = socket_path();
+    std::string err;
+    auto server = daemon::ControlServer::listen(path, err);
+    ASSERT_TRUE(server) << err;
+    const int fd = connect_to(path);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, "approve a-1\n", 12), 12);
+    pollfd p{server->fd(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 2000), 1) << "the request was never queued";
+    int ran = 0;
+    EXPECT_EQ(server->serve_pending([&](const std::string &, const daemon::Peer &) {
+      ++ran;
+      return std::string("ok\napproved a-1\n");
+    }),
+              1u);
+    server.reset();  // SIGTERM: Daemon::stop() right after do_work
+    EXPECT_EQ(ran, 1);
+    const std::string got = read_all(fd);
+    if (got != "ok\napproved a-1\n") ++lost;
+    ::close(fd);
+  }
+  EXPECT_EQ(lost, 0) << "of " << kRounds << " commands that ran, " << lost << " were closed without their reply";
+}
+
