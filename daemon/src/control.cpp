@@ -147,6 +147,10 @@ void ControlServer::run() {
   std::vector<Conn> conns;
   uint64_t next_id = 1;
   std::vector<pollfd> fds;
+  // accept4 failed for want of a descriptor or memory (EMFILE, ENFILE, ENOBUFS,
+  // ENOMEM): the connection stays in the backlog and the listening socket stays
+  // readable, so it is not polled again until then (else this thread spins).
+  int64_t accept_paused_until = 0;
 
   auto close_conn = [&](Conn &c) {
     ::close(c.fd);
@@ -194,9 +198,10 @@ void ControlServer::run() {
     int64_t now = now_ms();
     fds.clear();
     fds.push_back({wake_fd_, POLLIN, 0});
-    const bool accepting = conns.size() < limits_.max_connections;
+    const bool accepting = conns.size() < limits_.max_connections && now >= accept_paused_until;
     fds.push_back({accepting ? fd_ : -1, POLLIN, 0});
     int64_t first_deadline = now + 1000;
+    if (now < accept_paused_until) first_deadline = std::min(first_deadline, accept_paused_until);
     for (const Conn &c : conns) {
       const short ev = c.phase == Conn::reading ? POLLIN : c.phase == Conn::writing ? POLLOUT : 0;
       fds.push_back({c.phase == Conn::waiting ? -1 : c.fd, ev, 0});
@@ -247,7 +252,11 @@ void ControlServer::run() {
     if (accepting && (fds[1].revents & POLLIN)) {
       while (conns.size() < limits_.max_connections) {
         const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (c < 0) break;  // EAGAIN: nothing waiting
+        if (c < 0) {
+          if (errno == EINTR || errno == ECONNABORTED) continue;
+          if (errno != EAGAIN && errno != EWOULDBLOCK) accept_paused_until = now + 100;
+          break;  // EAGAIN: nothing waiting
+        }
         ucred cred{};
         socklen_t len = sizeof cred;
         if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {

@@ -316,3 +316,54 @@ TEST(ControlServer, AReplyTheLoopHasMadeIsSentWhenTheServerStopsRightAfter) {
   EXPECT_EQ(lost, 0) << "of " << kRounds << " commands that ran, " << lost << " were closed without their reply";
 }
 
+// With no file descriptor left (EMFILE from accept4), a waiting connection keeps
+// the listening socket readable: the server's thread must back off instead of
+// polling it again at once for as long as the shortage lasts.
+TEST(ControlServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  const int client = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(client, 0);
+  // Fill every free descriptor below the highest one in use, then cap the
+  // process there: the server's accept4 can only fail with EMFILE.
+  int highest = 0;
+  for (const auto &e : std::filesystem::directory_iterator("/proc/self/fd"))
+    highest = std::max(highest, std::stoi(e.path().filename().string()));
+  std::vector<int> fillers;
+  for (;;) {
+    const int f = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(f, 0);
+    if (f > highest) {
+      ::close(f);
+      break;
+    }
+    fillers.push_back(f);
+  }
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  rlimit cap = old;
+  cap.rlim_cur = rlim_t(highest + 1);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &cap), 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  const int rc = ::connect(client, reinterpret_cast<sockaddr *>(&a), sizeof a);
+  const int connect_errno = errno;
+  timespec c0{}, c1{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+  for (int f : fillers) ::close(f);
+  ASSERT_EQ(rc, 0) << std::strerror(connect_errno);
+  const int64_t cpu_ms = (int64_t(c1.tv_sec - c0.tv_sec) * 1'000'000'000 + (c1.tv_nsec - c0.tv_nsec)) / 1'000'000;
+  EXPECT_LT(cpu_ms, 100) << "the server's thread spun on accept4 (EMFILE) for 500 ms";
+  // Once descriptors are free again the waiting client is served.
+  Loop loop(*server, echo);
+  ASSERT_EQ(::write(client, "pending\n", 8), 8);
+  EXPECT_TRUE(read_all(client).starts_with("ok\npending from uid")) << "not served after the shortage";
+  ::close(client);
+}
+
