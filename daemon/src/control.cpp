@@ -320,9 +320,21 @@ bool control_request(const std::string &path, const std::string &line, std::stri
     ::close(fd);
     return false;
   }
+  // The server reads at most max_line bytes, runs that and closes: the rest of a
+  // line longer than the socket buffer then fails to send (EPIPE/ECONNRESET),
+  // while the reply is already here to read. MSG_NOSIGNAL: no SIGPIPE for the caller.
   const std::string msg = line + "\n";
-  if (::write(fd, msg.data(), msg.size()) != ssize_t(msg.size())) {
-    error = std::string("write: ") + std::strerror(errno);
+  for (size_t sent = 0; sent < msg.size();) {
+    const ssize_t n = ::send(fd, msg.data() + sent, msg.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += size_t(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) break;  // answered what it read, or closed: read on
+    error = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+                ? "sluiced did not take the request within " + std::to_string(timeout_ms) + " ms (busy or hung?)"
+                : std::string("write: ") + std::strerror(errno);
     ::close(fd);
     return false;
   }

@@ -367,3 +367,28 @@ TEST(ControlServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
   ::close(client);
 }
 
+// A request longer than the socket buffer: the server reads max_line bytes, runs
+// that, replies and closes, so the client's write of the rest fails. The command
+// ran, and the client must report its reply, not "write: ..." (sluicectl then
+// says it failed while, say, a reject took effect).
+TEST(ControlServer, ARequestLongerThanTheSocketBufferIsAnsweredNotReportedAsFailed) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  std::atomic<int> ran{0};
+  Loop loop(*server, [&](const std::string &line, const daemon::Peer &) {
+    ran.fetch_add(1);
+    return "ok\nran " + std::to_string(line.size()) + "\n";
+  });
+  for (size_t n : {300'000ul, 4'000'000ul}) {
+    const std::string line = "reject p-1 " + std::string(n, 'y');
+    std::string reply;
+    err.clear();
+    const int before = ran.load();
+    const bool ok = daemon::control_request(path, line, reply, err, 5000);
+    EXPECT_EQ(ran.load(), before + 1) << n;
+    EXPECT_TRUE(ok) << n << " bytes: the command ran but the client said: " << err;
+    EXPECT_EQ(reply, "ok\nran 4096\n") << n;
+  }
+}
