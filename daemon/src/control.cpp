@@ -147,6 +147,10 @@ void ControlServer::run() {
   std::vector<Conn> conns;
   uint64_t next_id = 1;
   std::vector<pollfd> fds;
+  // accept4 failed for want of a descriptor or memory (EMFILE, ENFILE, ENOBUFS,
+  // ENOMEM): the connection stays in the backlog and the listening socket stays
+  // readable, so it is not polled again until then (else this thread spins).
+  int64_t accept_paused_until = 0;
 
   auto close_conn = [&](Conn &c) {
     ::close(c.fd);
@@ -194,9 +198,10 @@ void ControlServer::run() {
     int64_t now = now_ms();
     fds.clear();
     fds.push_back({wake_fd_, POLLIN, 0});
-    const bool accepting = conns.size() < limits_.max_connections;
+    const bool accepting = conns.size() < limits_.max_connections && now >= accept_paused_until;
     fds.push_back({accepting ? fd_ : -1, POLLIN, 0});
     int64_t first_deadline = now + 1000;
+    if (now < accept_paused_until) first_deadline = std::min(first_deadline, accept_paused_until);
     for (const Conn &c : conns) {
       const short ev = c.phase == Conn::reading ? POLLIN : c.phase == Conn::writing ? POLLOUT : 0;
       fds.push_back({c.phase == Conn::waiting ? -1 : c.fd, ev, 0});
@@ -206,12 +211,13 @@ void ControlServer::run() {
     if (rc < 0 && errno != EINTR) break;  // cannot happen with valid fds; the destructor still joins
     now = now_ms();
 
+    bool stopping = false;
     if (fds[0].revents & POLLIN) {
       drain_fd(wake_fd_);
       std::vector<Reply> replies;
       {
         std::lock_guard lock(mu_);
-        if (stop_) break;
+        stopping = stop_;
         replies.swap(replies_);
       }
       for (Reply &r : replies) {
@@ -223,6 +229,9 @@ void ControlServer::run() {
         it->deadline_ms = now + limits_.write_timeout_ms;
         write_some(*it);  // most replies fit the socket buffer at once
       }
+      // On stop, the replies the loop has made are still delivered (above and
+      // below): each is the outcome of a command that ran (an approval published).
+      if (stopping) break;
     }
     // Poll results for connections are by position: handle them before accepting
     // new ones or removing closed ones.
@@ -243,7 +252,11 @@ void ControlServer::run() {
     if (accepting && (fds[1].revents & POLLIN)) {
       while (conns.size() < limits_.max_connections) {
         const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (c < 0) break;  // EAGAIN: nothing waiting
+        if (c < 0) {
+          if (errno == EINTR || errno == ECONNABORTED) continue;
+          if (errno != EAGAIN && errno != EWOULDBLOCK) accept_paused_until = now + 100;
+          break;  // EAGAIN: nothing waiting
+        }
         ucred cred{};
         socklen_t len = sizeof cred;
         if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
@@ -262,6 +275,27 @@ void ControlServer::run() {
     std::erase_if(conns, [](const Conn &c) { return c.fd < 0; });
     std::lock_guard lock(mu_);
     open_ = conns.size();
+  }
+  // Stopping: finish writing the replies already made, for at most
+  // stop_flush_ms (a client that does not read loses the rest); requests the
+  // loop never ran are closed without a reply.
+  const int64_t flush_until = now_ms() + limits_.stop_flush_ms;
+  for (;;) {
+    fds.clear();
+    std::vector<Conn *> writing;
+    for (Conn &c : conns)
+      if (c.fd >= 0 && c.phase == Conn::writing) {
+        fds.push_back({c.fd, POLLOUT, 0});
+        writing.push_back(&c);
+      }
+    const int64_t left = flush_until - now_ms();
+    if (writing.empty() || left <= 0) break;
+    if (::poll(fds.data(), fds.size(), int(left)) < 0 && errno != EINTR) break;
+    for (size_t i = 0; i < writing.size(); ++i) {
+      if (!fds[i].revents) continue;
+      if (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL)) close_conn(*writing[i]);
+      else write_some(*writing[i]);
+    }
   }
   for (Conn &c : conns)
     if (c.fd >= 0) ::close(c.fd);
@@ -286,9 +320,21 @@ bool control_request(const std::string &path, const std::string &line, std::stri
     ::close(fd);
     return false;
   }
+  // The server reads at most max_line bytes, runs that and closes: the rest of a
+  // line longer than the socket buffer then fails to send (EPIPE/ECONNRESET),
+  // while the reply is already here to read. MSG_NOSIGNAL: no SIGPIPE for the caller.
   const std::string msg = line + "\n";
-  if (::write(fd, msg.data(), msg.size()) != ssize_t(msg.size())) {
-    error = std::string("write: ") + std::strerror(errno);
+  for (size_t sent = 0; sent < msg.size();) {
+    const ssize_t n = ::send(fd, msg.data() + sent, msg.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += size_t(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) break;  // answered what it read, or closed: read on
+    error = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+                ? "sluiced did not take the request within " + std::to_string(timeout_ms) + " ms (busy or hung?)"
+                : std::string("write: ") + std::strerror(errno);
     ::close(fd);
     return false;
   }

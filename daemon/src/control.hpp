@@ -37,6 +37,7 @@ struct ControlLimits {
   int read_timeout_ms = 1000;    // from accept to a whole line; then what arrived is the request
   int answer_timeout_ms = 30'000;  // the loop's answer (only a hung loop takes this long)
   int write_timeout_ms = 5000;   // to write the whole reply to a client that reads slowly
+  int stop_flush_ms = 200;       // at stop, to finish writing replies the loop has already made
 };
 
 class ControlServer {
@@ -45,6 +46,8 @@ class ControlServer {
   static std::unique_ptr<ControlServer> listen(const std::string &path, std::string &error,
                                                const ControlLimits &limits = {});
   // Stops the thread (it wakes at once), closes every connection, removes the socket.
+  // Replies already made are written first (at most stop_flush_ms); requests the
+  // loop has not run are closed without a reply.
   ~ControlServer();
   // Readable while complete requests wait for serve_pending (the loop polls it).
   int fd() const { return ready_fd_; }

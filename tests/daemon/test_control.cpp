@@ -5,12 +5,17 @@
 // clients.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -276,4 +281,114 @@ TEST(ControlServer, ShutdownDoesNotWaitForClientsAndRemovesTheSocket) {
   EXPECT_EQ(read_all(asked), "") << "closed without a reply";
   ::close(asked);
   for (int fd : silent) ::close(fd);
+}
+
+
+// sluiced runs do_work (serve_pending) and, on SIGTERM, stop() right after it on
+// the same thread: a command the loop has run (an approval published and
+// recorded) must still be answered, or the caller is told it failed while it
+// took effect.
+TEST(ControlServer, AReplyTheLoopHasMadeIsSentWhenTheServerStopsRightAfter) {
+  int lost = 0;
+  constexpr int kRounds = 20;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string path = socket_path();
+    std::string err;
+    auto server = daemon::ControlServer::listen(path, err);
+    ASSERT_TRUE(server) << err;
+    const int fd = connect_to(path);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, "approve a-1\n", 12), 12);
+    pollfd p{server->fd(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 2000), 1) << "the request was never queued";
+    int ran = 0;
+    EXPECT_EQ(server->serve_pending([&](const std::string &, const daemon::Peer &) {
+      ++ran;
+      return std::string("ok\napproved a-1\n");
+    }),
+              1u);
+    server.reset();  // SIGTERM: Daemon::stop() right after do_work
+    EXPECT_EQ(ran, 1);
+    const std::string got = read_all(fd);
+    if (got != "ok\napproved a-1\n") ++lost;
+    ::close(fd);
+  }
+  EXPECT_EQ(lost, 0) << "of " << kRounds << " commands that ran, " << lost << " were closed without their reply";
+}
+
+// With no file descriptor left (EMFILE from accept4), a waiting connection keeps
+// the listening socket readable: the server's thread must back off instead of
+// polling it again at once for as long as the shortage lasts.
+TEST(ControlServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  const int client = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(client, 0);
+  // Fill every free descriptor below the highest one in use, then cap the
+  // process there: the server's accept4 can only fail with EMFILE.
+  int highest = 0;
+  for (const auto &e : std::filesystem::directory_iterator("/proc/self/fd"))
+    highest = std::max(highest, std::stoi(e.path().filename().string()));
+  std::vector<int> fillers;
+  for (;;) {
+    const int f = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(f, 0);
+    if (f > highest) {
+      ::close(f);
+      break;
+    }
+    fillers.push_back(f);
+  }
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  rlimit cap = old;
+  cap.rlim_cur = rlim_t(highest + 1);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &cap), 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  const int rc = ::connect(client, reinterpret_cast<sockaddr *>(&a), sizeof a);
+  const int connect_errno = errno;
+  timespec c0{}, c1{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+  for (int f : fillers) ::close(f);
+  ASSERT_EQ(rc, 0) << std::strerror(connect_errno);
+  const int64_t cpu_ms = (int64_t(c1.tv_sec - c0.tv_sec) * 1'000'000'000 + (c1.tv_nsec - c0.tv_nsec)) / 1'000'000;
+  EXPECT_LT(cpu_ms, 100) << "the server's thread spun on accept4 (EMFILE) for 500 ms";
+  // Once descriptors are free again the waiting client is served.
+  Loop loop(*server, echo);
+  ASSERT_EQ(::write(client, "pending\n", 8), 8);
+  EXPECT_TRUE(read_all(client).starts_with("ok\npending from uid")) << "not served after the shortage";
+  ::close(client);
+}
+
+// A request longer than the socket buffer: the server reads max_line bytes, runs
+// that, replies and closes, so the client's write of the rest fails. The command
+// ran, and the client must report its reply, not "write: ..." (sluicectl then
+// says it failed while, say, a reject took effect).
+TEST(ControlServer, ARequestLongerThanTheSocketBufferIsAnsweredNotReportedAsFailed) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  std::atomic<int> ran{0};
+  Loop loop(*server, [&](const std::string &line, const daemon::Peer &) {
+    ran.fetch_add(1);
+    return "ok\nran " + std::to_string(line.size()) + "\n";
+  });
+  for (size_t n : {300'000ul, 4'000'000ul}) {
+    const std::string line = "reject p-1 " + std::string(n, 'y');
+    std::string reply;
+    err.clear();
+    const int before = ran.load();
+    const bool ok = daemon::control_request(path, line, reply, err, 5000);
+    EXPECT_EQ(ran.load(), before + 1) << n;
+    EXPECT_TRUE(ok) << n << " bytes: the command ran but the client said: " << err;
+    EXPECT_EQ(reply, "ok\nran 4096\n") << n;
+  }
 }
