@@ -263,6 +263,17 @@ void ControlServer::run() {
           ::close(c);
           continue;
         }
+        const auto same_uid = size_t(std::count_if(conns.begin(), conns.end(), [&](const Conn &o) {
+          return o.fd >= 0 && o.peer.uid == cred.uid;
+        }));
+        if (same_uid >= limits_.max_per_uid) {
+          // Best effort, never waits: the reply fits an empty socket buffer.
+          const std::string msg = "error\ntoo many control connections from uid " + std::to_string(cred.uid) +
+                                  " (at most " + std::to_string(limits_.max_per_uid) + " at once)\n";
+          (void)!::send(c, msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+          ::close(c);
+          continue;
+        }
         Conn conn;
         conn.fd = c;
         conn.id = next_id++;

@@ -33,6 +33,9 @@ struct Peer {
 // What one client may cost the server.
 struct ControlLimits {
   size_t max_connections = 64;   // open at once; more wait in the listen backlog
+  // Open at once from one uid; more are answered "error" at once and closed, so one
+  // local user holding connections cannot keep an approver waiting in the backlog.
+  size_t max_per_uid = 32;
   size_t max_line = 4096;        // bytes of request kept (the rest of a longer line is ignored)
   int read_timeout_ms = 1000;    // from accept to a whole line; then what arrived is the request
   int answer_timeout_ms = 30'000;  // the loop's answer (only a hung loop takes this long)

@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -391,4 +393,76 @@ TEST(ControlServer, ARequestLongerThanTheSocketBufferIsAnsweredNotReportedAsFail
     EXPECT_TRUE(ok) << n << " bytes: the command ran but the client said: " << err;
     EXPECT_EQ(reply, "ok\nran 4096\n") << n;
   }
+}
+
+// One local user holding connections open cannot keep another (an approver)
+// waiting: past max_per_uid, a uid's connections are refused at once, so the
+// others always find a free slot. The holder runs as `nobody` in a child.
+TEST(ControlServer, OneUidHoldingConnectionsCannotCrowdOutAnother) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client as nobody";
+  const std::string path = socket_path();
+  std::string err;
+  daemon::ControlLimits lim;
+  lim.max_connections = 8;
+  lim.max_per_uid = 4;
+  lim.read_timeout_ms = 10'000;  // held connections stay for the whole test
+  auto server = daemon::ControlServer::listen(path, err, lim);
+  ASSERT_TRUE(server) << err;
+  ASSERT_EQ(::chmod(path.c_str(), 0666), 0);
+  Loop loop(*server, echo);
+
+  int ready[2], done[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(done), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // nobody: 8 silent connections; report what the last 4 were told
+    ::close(ready[0]);
+    ::close(done[1]);
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(2);
+    std::vector<int> held;
+    for (int i = 0; i < 8; ++i) {
+      held.push_back(connect_to(path));
+      if (held.back() < 0) ::_exit(3);
+      ::usleep(20'000);  // in order: the first 4 are the ones held
+    }
+    std::string told;
+    for (int i = 4; i < 8; ++i) {
+      pollfd p{held[i], POLLIN, 0};
+      if (::poll(&p, 1, 3000) != 1) ::_exit(4);  // refused at once, not at the 10 s read deadline
+      told += read_all(held[i]);
+    }
+    const char verdict = told.find("too many control connections from uid 65534") != std::string::npos ? 'y' : 'n';
+    (void)!::write(ready[1], &verdict, 1);
+    char c;
+    (void)!::read(done[0], &c, 1);
+    ::_exit(0);
+  }
+  ::close(ready[1]);  // so a child that fails gives EOF here, not a hang
+  ::close(done[0]);
+  char verdict = 0;
+  const ssize_t got = ::read(ready[0], &verdict, 1);
+  if (got != 1) {
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    FAIL() << "the nobody client failed (exit status " << (WIFEXITED(st) ? WEXITSTATUS(st) : -1)
+           << "; 4: a connection past the cap was not answered within 3 s)";
+  }
+  EXPECT_EQ(verdict, 'y') << "nobody's connections past the cap were not refused with a reason";
+  EXPECT_EQ(server->connections(), 4u);
+  // root is answered at once, while nobody still holds its 4.
+  const int fd = connect_to(path);
+  ASSERT_GE(fd, 0);
+  const auto t0 = Clock::now();
+  ASSERT_EQ(::write(fd, "status\n", 7), 7);
+  const std::string reply = read_all(fd);
+  ::close(fd);
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3));
+  EXPECT_NE(reply.find("ok\nstatus from uid 0"), std::string::npos) << reply;
+  (void)!::write(done[1], "x", 1);
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child status " << st;
+  ::close(ready[0]);
+  ::close(done[1]);
 }
