@@ -5,10 +5,72 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 namespace sluice::metrics {
+
+namespace {
+
+// httplib's ThreadPool queues every accepted connection without bound, each
+// holding a descriptor until a worker gets to it: 600 idle connections from a local
+// user gave sluiced 600 more open files, on the way to its limit (then the control
+// socket and the audit store cannot open theirs). Here at most `max_queued`
+// connections wait; past that the acceptor serves the next one itself, so it stops
+// accepting and the rest wait in the kernel's backlog, holding no descriptor of ours.
+class BoundedPool : public httplib::TaskQueue {
+ public:
+  BoundedPool(size_t workers, size_t max_queued) : max_queued_(max_queued) {
+    for (size_t i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+  }
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard lock(mu_);
+      if (jobs_.size() < max_queued_) {
+        jobs_.push_back(std::move(fn));
+        cv_.notify_one();
+        return;
+      }
+    }
+    fn();  // the acceptor's thread: bounded by the read and write timeouts
+  }
+  void shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto &t : threads_) t.join();
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;  // stopping, and nothing left: every queued socket was served
+        fn = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      fn();
+    }
+  }
+  const size_t max_queued_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace
 
 bool parse_listen_address(const std::string &text, ListenAddress &out, std::string &error) {
   std::string host = "127.0.0.1", port = text;
@@ -51,8 +113,9 @@ std::unique_ptr<MetricsServer> MetricsServer::start(const ListenAddress &addr, R
   std::unique_ptr<MetricsServer> m(new MetricsServer());
   m->impl_ = std::make_unique<Impl>();
   auto &srv = m->impl_->server;
-  // Two workers: scrapes are rare, and a stuck client must not hold them all.
-  srv.new_task_queue = [] { return new httplib::ThreadPool(2); };
+  // Two workers: scrapes are rare, and a stuck client must not hold them all. At
+  // most kMaxQueuedConnections accepted connections wait for them (BoundedPool).
+  srv.new_task_queue = [] { return new BoundedPool(2, kMaxQueuedConnections); };
   // One request per connection and short timeouts: an idle or trickling client
   // holds a worker (and a stopping daemon) for at most a second or two.
   srv.set_read_timeout(2, 0);

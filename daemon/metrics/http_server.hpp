@@ -1,6 +1,7 @@
 // A small HTTP server for /metrics on its own thread (cpp-httplib), so a slow or
 // stuck scraper never delays the policy loop. Serves GET /metrics and GET /.
 #pragma once
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -15,6 +16,10 @@ struct ListenAddress {
 // "PORT" (loopback), "HOST:PORT" or "[V6]:PORT"; HOST must be a numeric address
 // or "localhost". Returns false with a message naming what is wrong.
 bool parse_listen_address(const std::string &text, ListenAddress &out, std::string &error);
+
+// Accepted connections that may wait for a worker; past that the server stops
+// accepting until one is free (the rest wait in the kernel's backlog).
+constexpr size_t kMaxQueuedConnections = 16;
 
 class MetricsServer {
  public:

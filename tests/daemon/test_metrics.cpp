@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
+#include <vector>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -260,4 +262,45 @@ TEST(MetricsPage, ARestartKeepsAdmissionsButCountsRevenueAfresh) {
   const std::string page = http_get(g.d->metrics_port(), "/metrics");
   EXPECT_EQ(sample(page, "sluice_admissions_total{tier=\"free\",decision=\"allowed\",reason=\"allowed\"}"), 4);
   EXPECT_DOUBLE_EQ(sample(page, "sluice_revenue_dollars_total{tier=\"free\"}"), 0.01);
+}
+
+// Idle connections cost the daemon a bounded number of descriptors: past
+// kMaxQueuedConnections waiting ones, the server stops accepting, and the rest
+// wait in the kernel's backlog. (httplib's own pool took one descriptor per
+// connection, without bound: 600 idle connections, 600 more open files.) Once the
+// idle ones time out, a scrape is served.
+TEST(MetricsServer, IdleConnectionsHoldABoundedNumberOfDescriptors) {
+  auto open_fds = [] { return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                            std::filesystem::directory_iterator()); };
+  std::string err;
+  auto server = metrics::MetricsServer::start({"127.0.0.1", 0}, [] { return std::string("a 1\n"); }, err);
+  ASSERT_TRUE(server) << err;
+  const auto before = open_fds();
+  constexpr int kIdle = 200;
+  std::vector<int> idle;
+  for (int i = 0; i < kIdle; ++i) {
+    // Non-blocking: past the listen backlog a connect waits for SYN retries.
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(server->port()));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const int rc = ::connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
+    ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
+    idle.push_back(fd);
+  }
+  // Let the server accept what it will: connects past the listen backlog are
+  // retried by the kernel after 1 s and 3 s.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3500));
+  const auto server_side = open_fds() - before - kIdle;
+  // The workers' 2, the queue's 16 and the one the acceptor serves itself, with room.
+  EXPECT_LE(server_side, long(metrics::kMaxQueuedConnections) + 8) << "descriptors the server took";
+  for (int fd : idle) ::close(fd);
+  // Closed, they are served at once (EOF); then a scrape is answered.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  std::string got;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (got = http_get(server->port(), "/metrics")).find("\r\n\r\na 1\n") == std::string::npos)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_NE(got.find("\r\n\r\na 1\n"), std::string::npos) << got;
 }
