@@ -29,11 +29,14 @@ PolicyEngine::PolicyEngine(const policy::PolicySpec &spec, core::Owner &owner, A
   snap_.capacity_rps = spec.capacity_rps;
 }
 
-bool PolicyEngine::may_govern(uid_t uid, gid_t gid) const {
+bool PolicyEngine::may_govern(uid_t uid, gid_t gid, const std::vector<gid_t> &groups) const {
   const auto &g = spec_.governance;
   if (g.approvers.empty() && g.approver_gids.empty()) return uid == 0 || uid == daemon_uid_;
-  return std::find(g.approvers.begin(), g.approvers.end(), uid) != g.approvers.end() ||
-         std::find(g.approver_gids.begin(), g.approver_gids.end(), gid) != g.approver_gids.end();
+  auto approver_gid = [&](gid_t x) {
+    return std::find(g.approver_gids.begin(), g.approver_gids.end(), x) != g.approver_gids.end();
+  };
+  return std::find(g.approvers.begin(), g.approvers.end(), uid) != g.approvers.end() || approver_gid(gid) ||
+         std::any_of(groups.begin(), groups.end(), approver_gid);
 }
 
 uint64_t PolicyEngine::publish(int64_t) {
@@ -158,8 +161,8 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   return rep;
 }
 
-CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid) {
-  if (!may_govern(uid, gid))
+CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid, const std::vector<gid_t> &groups) {
+  if (!may_govern(uid, gid, groups))
     return {false, "uid " + std::to_string(uid) + " (gid " + std::to_string(gid) +
                        ") is not an approver (governance.approvers)"};
   const auto p = store_.find_pending(id);
@@ -185,8 +188,9 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid)
                     std::to_string(v) + " published (generation " + std::to_string(gen) + ")"};
 }
 
-CommandResult PolicyEngine::reject(const std::string &id, const std::string &reason, uid_t uid, gid_t gid) {
-  if (!may_govern(uid, gid))
+CommandResult PolicyEngine::reject(const std::string &id, const std::string &reason, uid_t uid, gid_t gid,
+                                   const std::vector<gid_t> &groups) {
+  if (!may_govern(uid, gid, groups))
     return {false, "uid " + std::to_string(uid) + " (gid " + std::to_string(gid) +
                        ") is not an approver (governance.approvers)"};
   const auto p = store_.find_pending(id);

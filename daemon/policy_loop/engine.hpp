@@ -55,9 +55,11 @@ class PolicyEngine {
   TickReport tick(int64_t now_ns, int64_t now_unix_ms);
   void set_advice_source(AdviceSource src) { advice_ = std::move(src); }
 
-  CommandResult approve(const std::string &id, uid_t uid, gid_t gid);
-  CommandResult reject(const std::string &id, const std::string &reason, uid_t uid, gid_t gid);
-  bool may_govern(uid_t uid, gid_t gid) const;
+  // `groups`: the caller's supplementary groups; any of them in approver_gids counts.
+  CommandResult approve(const std::string &id, uid_t uid, gid_t gid, const std::vector<gid_t> &groups = {});
+  CommandResult reject(const std::string &id, const std::string &reason, uid_t uid, gid_t gid,
+                       const std::vector<gid_t> &groups = {});
+  bool may_govern(uid_t uid, gid_t gid, const std::vector<gid_t> &groups = {}) const;
 
   const Snapshot &snapshot() const { return snap_; }
   const std::vector<uint32_t> &limits() const { return limits_; }

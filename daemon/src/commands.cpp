@@ -152,8 +152,8 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     if (const auto s = reason.find_first_not_of(' '); s != std::string::npos) reason = reason.substr(s);
     else reason.clear();
     if (id.empty()) return "error\nusage: " + cmd + " ID\n";
-    const auto r = cmd == "approve" ? engine.approve(id, peer.uid, peer.gid)
-                                    : engine.reject(id, reason, peer.uid, peer.gid);
+    const auto r = cmd == "approve" ? engine.approve(id, peer.uid, peer.gid, peer.groups)
+                                    : engine.reject(id, reason, peer.uid, peer.gid, peer.groups);
     return (r.ok ? "ok\n" : "error\n") + r.message + "\n";
   }
   if (cmd == "audit") {

@@ -16,6 +16,26 @@
 
 namespace sluice::daemon {
 
+namespace {
+
+// The peer's supplementary groups, as the kernel recorded them at connect (Linux
+// 4.13+). Empty when it cannot tell: governance then goes by uid and primary gid.
+std::vector<gid_t> peer_groups(int fd) {
+  std::vector<gid_t> g(16);
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    socklen_t len = socklen_t(g.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g.data(), &len) == 0) {
+      g.resize(len / sizeof(gid_t));
+      return g;
+    }
+    if (errno != ERANGE) break;
+    g.resize(len / sizeof(gid_t) + 1);  // len says how much is needed
+  }
+  return {};
+}
+
+}  // namespace
+
 std::string control_socket_path(const std::string &segment) { return "/dev/shm/" + segment + ".sock"; }
 
 static bool fill_addr(const std::string &path, sockaddr_un &a, std::string &error) {
@@ -277,7 +297,7 @@ void ControlServer::run() {
         Conn conn;
         conn.fd = c;
         conn.id = next_id++;
-        conn.peer = Peer{cred.pid, cred.uid, cred.gid};
+        conn.peer = Peer{cred.pid, cred.uid, cred.gid, peer_groups(c)};
         conn.deadline_ms = now + limits_.read_timeout_ms;
         conns.push_back(std::move(conn));
         read_some(conns.back(), now);  // the line is usually there already

@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -465,4 +466,44 @@ TEST(ControlServer, OneUidHoldingConnectionsCannotCrowdOutAnother) {
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child status " << st;
   ::close(ready[0]);
   ::close(done[1]);
+}
+
+// The server hands governance the caller's supplementary groups as the kernel
+// recorded them at connect (SO_PEERGROUPS), so an approver group need not be the
+// caller's primary one.
+TEST(ControlServer, APeersSupplementaryGroupsReachTheHandler) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client with chosen groups";
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  ASSERT_EQ(::chmod(path.c_str(), 0666), 0);
+  Loop loop(*server, [](const std::string &, const daemon::Peer &peer) {
+    std::string out = "ok\nuid " + std::to_string(peer.uid) + " gid " + std::to_string(peer.gid) + " groups";
+    for (gid_t g : peer.groups) out += " " + std::to_string(g);
+    return out + "\n";
+  });
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(out[0]);
+    const gid_t groups[] = {4242, 4343};
+    if (::setgroups(2, groups) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(2);
+    const int fd = connect_to(path);
+    if (fd < 0 || ::write(fd, "whoami\n", 7) != 7) ::_exit(3);
+    const std::string reply = read_all(fd);
+    (void)!::write(out[1], reply.data(), reply.size());
+    ::_exit(0);
+  }
+  ::close(out[1]);
+  const std::string reply = read_all(out[0]);
+  ::close(out[0]);
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child status " << st;
+  EXPECT_NE(reply.find("uid 65534 gid 65534 groups"), std::string::npos) << reply;
+  EXPECT_NE(reply.find(" 4242"), std::string::npos) << reply;
+  EXPECT_NE(reply.find(" 4343"), std::string::npos) << reply;
 }

@@ -387,6 +387,24 @@ TEST_F(EngineFixture, PendingApprovalsSurviveARestartOfTheEngine) {
   EXPECT_TRUE(engine->approve(r.new_pending[0].id, 0, 0).ok) << "root may always approve by default";
 }
 
+TEST_F(EngineFixture, AnApproverGidCountsAsASupplementaryGroupToo) {
+  spec.governance.approver_gids = {4242};
+  engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());
+  std::string id;
+  for (int i = 0; i < 10 && id.empty(); ++i) {  // a new engine first learns the traffic
+    traffic(0, 10, 500);
+    const auto r = tick();
+    if (!r.new_pending.empty()) id = r.new_pending[0].id;
+  }
+  ASSERT_FALSE(id.empty()) << "a 50x demand never asked for approval";
+  EXPECT_FALSE(engine->approve(id, 1234, 1234).ok) << "neither uid, primary gid nor a group";
+  EXPECT_FALSE(engine->approve(id, 1234, 1234, {7, 8}).ok);
+  EXPECT_FALSE(engine->reject(id, "no", 1234, 1234, {7, 8}).ok);
+  const auto ok = engine->approve(id, 1234, 1234, {7, 4242});
+  EXPECT_TRUE(ok.ok) << ok.message;
+  EXPECT_FALSE(engine->approve(id, 1234, 4242).ok) << "answered once";
+}
+
 TEST_F(EngineFixture, NonAdaptiveTierIsNeverTouched) {
   for (int i = 0; i < 5; ++i) {
     traffic(1, 3, 1000);
