@@ -234,6 +234,8 @@ def main() -> None:
     ap.add_argument("--surge-peak", type=float, default=5.0,
                     help="the flash surge's peak, times the normal per-key rate of enterprise and pro (5)")
     a = ap.parse_args()
+    if not (1.0 <= a.surge_peak <= 50.0):
+        ap.error(f"--surge-peak {a.surge_peak:g}: a surge's peak is 1 to 50 times the normal rate")
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"adaptive": run_once(True, a.seconds, Path(tmp), a.surge_peak),
                 "static": run_once(False, a.seconds, Path(tmp), a.surge_peak)}

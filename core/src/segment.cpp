@@ -130,6 +130,10 @@ std::string shm_huge_mode() {
   return mode;
 }
 
+bool shm_huge_pages_allowed(const std::string &mode) {
+  return mode == "advise" || mode == "within_size" || mode == "always" || mode == "force";
+}
+
 Status Mapping::open(const std::string &shm_name, bool writable, Mapping &out, std::string &detail) {
   try {
     const auto mode = writable ? bip::read_write : bip::read_only;

@@ -123,7 +123,7 @@ bool Daemon::open_services(std::string &error) {
   spdlog::info("{} segment '{}' ({} tiers, {} keys per tier, {} MiB mapped)", created_ ? "created" : "re-attached",
                opt_.segment, policy_.tiers.size(), policy_.segment.max_keys, owner_->state().segment_bytes >> 20);
   const std::string huge = core::shm_huge_mode();
-  if (huge == "advise" || huge == "within_size" || huge == "always")
+  if (core::shm_huge_pages_allowed(huge))
     spdlog::info("segment pages: transparent huge pages (/dev/shm huge={})", huge);
   else
     spdlog::info("segment pages: 4 KiB (/dev/shm huge={}); with many keys, mount /dev/shm huge=advise for fewer "

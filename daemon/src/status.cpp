@@ -88,7 +88,7 @@ std::string render_status_text(const Status &s) {
                   (unsigned long long)t.counters.denied_closed, revenue);
     o += line;
   }
-  const bool huge = s.shm_huge == "advise" || s.shm_huge == "within_size" || s.shm_huge == "always";
+  const bool huge = core::shm_huge_pages_allowed(s.shm_huge);
   std::snprintf(line, sizeof line, "daemon starts %llu, idle keys reclaimed %llu, segment %.1f MiB, clock %s, pages %s\n",
                 (unsigned long long)s.daemon_starts, (unsigned long long)s.keys_reclaimed,
                 double(s.segment_bytes) / (1 << 20),

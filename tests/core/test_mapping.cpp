@@ -80,5 +80,10 @@ TEST(Mapping, TheHugePageModeIsReadFromTheMountOfDevShm) {
       << "'" << m << "'";
 }
 
+TEST(Mapping, OnlyTheModesThatGrantAdvisedHugePagesCountAsAllowingThem) {
+  for (const char *m : {"advise", "within_size", "always", "force"}) EXPECT_TRUE(shm_huge_pages_allowed(m)) << m;
+  for (const char *m : {"never", "deny", "", "unknown"}) EXPECT_FALSE(shm_huge_pages_allowed(m)) << m;
+}
+
 }  // namespace
 }  // namespace sluice::core

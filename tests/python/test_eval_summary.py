@@ -61,3 +61,12 @@ def test_the_surge_peak_scales_paying_tiers_only_and_defaults_to_five():
         assert at10 == pytest.approx(2 * at5)
     assert eval_policy.rate("free", peak, 80, random.Random(1), surge_peak=10.0) == \
         eval_policy.rate("free", peak, 80, random.Random(1))
+
+
+@pytest.mark.parametrize("peak", ["0", "-3", "0.5", "1000", "nan"])
+def test_a_surge_peak_outside_1_to_50_is_refused_with_the_reason(peak):
+    import subprocess
+    r = subprocess.run([sys.executable, eval_policy.__file__, "--surge-peak", peak],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "--surge-peak" in r.stderr and "1 to 50" in r.stderr
