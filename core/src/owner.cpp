@@ -11,6 +11,9 @@ namespace sluice::core {
 
 namespace {
 constexpr int64_t kDeadClaimGraceNs = 2'000'000'000;  // a live inserter fills a slot in microseconds
+// Clients' group reads and writes the state and reads the policy; no one else gets anything.
+constexpr unsigned kStateMode = 0660, kPolicyMode = 0640;
+constexpr uint32_t kStateForbidden = 0007, kPolicyForbidden = 0027;
 
 std::vector<TierLimits> rows_of(const LayoutSpec &spec) {
   std::vector<TierLimits> rows;
@@ -38,10 +41,17 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   uint8_t boot[16];
   read_boot_id(boot);
 
-  Status s = Mapping::open(state_segment_name(name), true, o->state_map_, detail);
+  // Existing segments are adopted only if they are this daemon's uid's own, with no
+  // more access than create gives: /dev/shm is world-writable, and a segment another
+  // user made first would leave that user able to rewrite the limits.
+  const uint32_t me = uint32_t(::geteuid());
+  Mapping::FileOwner fo;
+  Status s = Mapping::open(state_segment_name(name), true, o->state_map_, detail, &fo);
   if (s == Status::ok) {
+    if ((s = check_adoptable(state_segment_name(name), fo, me, kStateForbidden, detail)) != Status::ok) return s;
     if ((s = validate_state(o->state_map_, 1000, detail)) != Status::ok) return s;
-    if ((s = Mapping::open(policy_segment_name(name), true, o->policy_map_, detail)) != Status::ok) return s;
+    if ((s = Mapping::open(policy_segment_name(name), true, o->policy_map_, detail, &fo)) != Status::ok) return s;
+    if ((s = check_adoptable(policy_segment_name(name), fo, me, kPolicyForbidden, detail)) != Status::ok) return s;
     if ((s = validate_policy(o->policy_map_, 1000, detail)) != Status::ok) return s;
     o->state_ = static_cast<StateHeader *>(o->state_map_.base());
     o->policy_ = static_cast<PolicyHeader *>(o->policy_map_.base());
@@ -53,12 +63,14 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
     created = false;
   } else if (s == Status::no_segment) {
     remove(name);  // a policy segment without its state segment is an orphan
-    if ((s = Mapping::create(state_segment_name(name), state_segment_bytes(spec), 0660, o->state_map_, detail)) !=
-        Status::ok)
+    if ((s = Mapping::create(state_segment_name(name), state_segment_bytes(spec), kStateMode, o->state_map_,
+                             detail)) != Status::ok)
       return s;
-    if ((s = Mapping::create(policy_segment_name(name), sizeof(PolicyHeader), 0640, o->policy_map_, detail)) !=
-        Status::ok)
+    if ((s = Mapping::create(policy_segment_name(name), sizeof(PolicyHeader), kPolicyMode, o->policy_map_, detail)) !=
+        Status::ok) {
+      Mapping::remove(state_segment_name(name));  // never leave a state segment without its policy
       return s;
+    }
     // Policy first: a client that sees the state segment ready finds its policy too.
     format_policy(o->policy_map_, spec, boot);
     format_state(o->state_map_, spec, boot);

@@ -2,6 +2,7 @@
 #include "sluice/core/tsc_clock.hpp"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
@@ -134,10 +135,17 @@ bool shm_huge_pages_allowed(const std::string &mode) {
   return mode == "advise" || mode == "within_size" || mode == "always" || mode == "force";
 }
 
-Status Mapping::open(const std::string &shm_name, bool writable, Mapping &out, std::string &detail) {
+Status Mapping::open(const std::string &shm_name, bool writable, Mapping &out, std::string &detail,
+                     FileOwner *owner) {
   try {
     const auto mode = writable ? bip::read_write : bip::read_only;
     bip::shared_memory_object shm(bip::open_only, shm_name.c_str(), mode);
+    if (owner) {
+      struct stat st {};
+      if (::fstat(shm.get_mapping_handle().handle, &st) != 0)
+        return from_errno(errno, "stat /dev/shm/" + shm_name, detail);
+      *owner = FileOwner{uint32_t(st.st_uid), uint32_t(st.st_mode & 07777)};
+    }
     bip::offset_t size = 0;
     if (!shm.get_size(size) || size <= 0) {
       detail = "segment /dev/shm/" + shm_name + " is empty";
@@ -172,11 +180,35 @@ Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mod
     out.impl_ = std::move(impl);
     return Status::ok;
   } catch (const bip::interprocess_exception &e) {
-    return from_errno(e.get_native_error() ? e.get_native_error() : EIO, "create /dev/shm/" + shm_name, detail);
+    const int err = e.get_native_error() ? e.get_native_error() : EIO;
+    if (err == EEXIST) {  // it was there and could not be removed: someone else's
+      detail = "/dev/shm/" + shm_name + " already exists and is not this daemon's to remove (another user created "
+               "it); remove it as that user or root, or use another --segment";
+      return Status::permission;
+    }
+    return from_errno(err, "create /dev/shm/" + shm_name, detail);
   } catch (const std::bad_alloc &) {
     detail = "out of memory";
     return Status::internal;
   }
+}
+
+Status check_adoptable(const std::string &shm_name, const Mapping::FileOwner &o, uint32_t uid, uint32_t forbidden,
+                       std::string &detail) {
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", o.mode);
+  if (o.uid != uid) {
+    detail = "/dev/shm/" + shm_name + " belongs to uid " + std::to_string(o.uid) + ", not to this daemon's uid " +
+             std::to_string(uid) + "; another user created it first. Remove it (as that user or root) or use "
+             "another --segment";
+    return Status::permission;
+  }
+  if (o.mode & forbidden) {
+    detail = "/dev/shm/" + shm_name + " has mode " + mode + ", open to users the daemon never grants it to; someone " +
+             "changed it. Check who, then remove it or use --reset";
+    return Status::permission;
+  }
+  return Status::ok;
 }
 
 bool Mapping::remove(const std::string &shm_name) { return bip::shared_memory_object::remove(shm_name.c_str()); }

@@ -14,6 +14,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "sluice/core/segment.hpp"
+
 namespace sluice::daemon {
 
 namespace {
@@ -96,7 +98,18 @@ std::unique_ptr<ControlServer> ControlServer::listen(const std::string &path, st
     error = std::string("socket: ") + std::strerror(errno);
     return nullptr;
   }
-  ::unlink(path.c_str());  // we hold the segment lock: any old socket is stale
+  // We hold the segment lock, so a socket left here is stale, unless it is another
+  // user's, which we cannot remove (/dev/shm is sticky): say whose.
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    const int err = errno;
+    struct stat st {};
+    const bool known = ::lstat(path.c_str(), &st) == 0;
+    error = "control socket " + path + " cannot be replaced: " + std::strerror(err) +
+            (known ? " (it belongs to uid " + std::to_string(st.st_uid) + "; remove it as that user or root, or use "
+                     "another --segment)"
+                   : "");
+    return nullptr;
+  }
   if (::bind(s->fd_, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || ::listen(s->fd_, 64) != 0) {
     error = "control socket " + path + ": " + std::strerror(errno);
     return nullptr;
@@ -335,7 +348,7 @@ void ControlServer::run() {
 }
 
 bool control_request(const std::string &path, const std::string &line, std::string &reply, std::string &error,
-                     int timeout_ms) {
+                     int timeout_ms, const uid_t *server_uid) {
   sockaddr_un a;
   if (!fill_addr(path, a, error)) return false;
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -350,6 +363,16 @@ bool control_request(const std::string &path, const std::string &line, std::stri
     error = "cannot reach sluiced at " + path + ": " + std::strerror(errno) + " (is sluiced running?)";
     ::close(fd);
     return false;
+  }
+  if (server_uid) {
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != *server_uid) {
+      error = "control socket " + path + " is served by uid " + std::to_string(cred.uid) + ", but the segment " +
+              "belongs to uid " + std::to_string(*server_uid) + ": not sending it anything (another user's socket?)";
+      ::close(fd);
+      return false;
+    }
   }
   // The server reads at most max_line bytes, runs that and closes: the rest of a
   // line longer than the socket buffer then fails to send (EPIPE/ECONNRESET),
@@ -389,6 +412,18 @@ bool control_request(const std::string &path, const std::string &line, std::stri
     return false;
   }
   return true;
+}
+
+bool daemon_request(const std::string &segment, const std::string &line, std::string &reply, std::string &error,
+                    int timeout_ms) {
+  struct stat st {};
+  const std::string state = "/dev/shm/" + core::state_segment_name(segment);
+  if (::stat(state.c_str(), &st) != 0) {
+    error = "no segment '" + segment + "' (" + state + ": " + std::strerror(errno) + "; is sluiced running?)";
+    return false;
+  }
+  const uid_t owner = st.st_uid;
+  return control_request(control_socket_path(segment), line, reply, error, timeout_ms, &owner);
 }
 
 }  // namespace sluice::daemon

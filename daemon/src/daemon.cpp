@@ -36,9 +36,21 @@ core::LayoutSpec layout_of(const policy::PolicySpec &p) {
 
 int take_segment_lock(const std::string &segment, std::string &error) {
   const std::string path = "/dev/shm/" + segment + ".lock";
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0660);
+  // /dev/shm is world-writable: the name may be another user's file (which would
+  // let them hold our lock) or a symlink (which O_CREAT would follow). Neither is used.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0660);
   if (fd < 0) {
-    error = "cannot open lock file " + path + ": " + std::strerror(errno);
+    const int err = errno;
+    error = "cannot open lock file " + path + ": " + std::strerror(err);
+    if (err == ELOOP) error += " (it is a symlink; remove it)";
+    if (err == EACCES) error += " (another user's file; remove it as that user or root, or use another --segment)";
+    return -1;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid()) {
+    error = "lock file " + path + " belongs to uid " + std::to_string(st.st_uid) + ", not to this daemon's uid " +
+            std::to_string(::geteuid()) + "; remove it (as that user or root) or use another --segment";
+    ::close(fd);
     return -1;
   }
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {

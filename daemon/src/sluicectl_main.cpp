@@ -49,7 +49,7 @@ long long parse_duration_ms(const std::string &s) {
 
 int remote(const std::string &segment, const std::string &line) {
   std::string reply, error;
-  if (!sluice::daemon::control_request(sluice::daemon::control_socket_path(segment), line, reply, error)) {
+  if (!sluice::daemon::daemon_request(segment, line, reply, error)) {
     std::cerr << "sluicectl: " << error << "\n";
     return 1;
   }

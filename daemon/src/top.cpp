@@ -604,7 +604,7 @@ TopFrame collect_frame(const TopOptions &opt, const Status *prev, double seconds
   if (f.status_ok && prev) f.rates = compute_rates(*prev, f.status, seconds_since_prev);
   std::string reply, error;
   // A hung daemon costs one second a frame, not the socket default (q stays responsive).
-  if (!control_request(control_socket_path(opt.segment), "overview", reply, error, 1000)) {
+  if (!daemon_request(opt.segment, "overview", reply, error, 1000)) {
     f.overview_error = error;
     f.daemon_unreachable = true;
   } else {

@@ -6,9 +6,14 @@
 #include <sys/wait.h>
 
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "../support/fixture.hpp"
@@ -31,13 +36,24 @@ struct Proc {
   }
 };
 
-Proc spawn(const std::vector<std::string> &args) {
+// Runs args[0] with stdout and stderr to a file; as `as_uid` (root only) if given.
+Proc spawn(const std::vector<std::string> &args, std::optional<uid_t> as_uid = {}) {
   static int n = 0;
   Proc p;
   p.out_path = "/tmp/sluicetest-out-" + std::to_string(getpid()) + "-" + std::to_string(n++);
   std::vector<char *> argv;
   for (const auto &a : args) argv.push_back(const_cast<char *>(a.c_str()));
   argv.push_back(nullptr);
+  if (as_uid) {
+    p.pid = fork();
+    if (p.pid == 0) {
+      const int fd = ::open(p.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0 || setgid(*as_uid) != 0 || setuid(*as_uid) != 0) _exit(127);
+      execve(argv[0], argv.data(), environ);
+      _exit(127);
+    }
+    return p;
+  }
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 1, p.out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -259,4 +275,136 @@ TEST(Sluicectl, ErrorsAreClear) {
   EXPECT_NE(none.output().find("does not exist"), std::string::npos) << none.output();
   Proc bad = spawn({SLUICECTL_PATH, "frobnicate"});
   EXPECT_EQ(wait_exit(bad), 2);
+}
+
+// ---- another local user got to a name in /dev/shm first ---------------------------
+// /dev/shm is world-writable and sticky: anyone may create the lock, the socket or
+// the segments before sluiced does, and only root may remove them then. sluiced
+// must neither use what it finds nor fail without saying whose it is, and
+// sluicectl must not talk to a socket the segment's owner does not serve.
+namespace {
+
+constexpr uid_t kNobody = 65534;
+constexpr uid_t kDaemonUser = 1;
+
+// A socket at `path` bound by nobody, answering every connection with `answer`,
+// until the object goes (bounded: the child exits after 20 s whatever happens).
+struct SquattedSocket {
+  pid_t pid = -1;
+  std::string path;
+  SquattedSocket(const std::string &p, const std::string &answer) : path(p) {
+    int ready[2];
+    if (pipe(ready) != 0) return;
+    pid = fork();
+    if (pid == 0) {
+      alarm(20);
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+      const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+      if (setgid(kNobody) != 0 || setuid(kNobody) != 0 || fd < 0 ||
+          bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || listen(fd, 8) != 0)
+        _exit(1);
+      chmod(path.c_str(), 0666);
+      (void)!write(ready[1], "r", 1);
+      for (;;) {
+        const int c = accept(fd, nullptr, nullptr);
+        if (c < 0) continue;
+        char buf[512];
+        (void)!read(c, buf, sizeof buf);
+        (void)!write(c, answer.data(), answer.size());
+        close(c);
+      }
+    }
+    close(ready[1]);
+    char r = 0;
+    (void)!read(ready[0], &r, 1);
+    close(ready[0]);
+    if (r != 'r') pid = -1;
+  }
+  ~SquattedSocket() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    unlink(path.c_str());
+  }
+};
+
+// The exit status, or -1 after SIGKILLing a process still running after `ms`
+// (a daemon that wrongly starts must fail the test, not hang it).
+int exit_within(const Proc &p, int ms = 5000) {
+  for (int i = 0; i < ms / 10; ++i) {
+    int st = 0;
+    if (waitpid(p.pid, &st, WNOHANG) == p.pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(p.pid, SIGKILL);
+  waitpid(p.pid, nullptr, 0);
+  return -1;
+}
+
+std::string file_text(const std::string &path) {
+  std::ifstream f(path);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+}  // namespace
+
+TEST(Sluiced, ALockFileAnotherUserMadeIsRefusedNamingItsOwner) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to make a file another user's";
+  Segment seg;
+  const std::string lock = "/dev/shm/" + seg.name + ".lock";
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_EXCL, 0666);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fchown(fd, kNobody, kNobody), 0);
+  close(fd);
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name});
+  EXPECT_EQ(exit_within(d), 1);
+  EXPECT_NE(d.output().find("belongs to uid 65534"), std::string::npos) << d.output();
+  sluice_client *c = nullptr;
+  EXPECT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_ENOSEGMENT) << "it made a segment anyway";
+  sluice_close(c);
+}
+
+TEST(Sluiced, ALockFileThatIsASymlinkIsNeverFollowed) {
+  Segment seg;
+  const std::string target = "/tmp/sluicetest-victim-" + std::to_string(getpid());
+  std::ofstream(target) << "keep me";
+  const std::string lock = "/dev/shm/" + seg.name + ".lock";
+  ASSERT_EQ(symlink(target.c_str(), lock.c_str()), 0);
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name});
+  EXPECT_EQ(exit_within(d), 1);
+  EXPECT_NE(d.output().find("symlink"), std::string::npos) << d.output();
+  EXPECT_EQ(file_text(target), "keep me") << "the daemon truncated and wrote the symlink's target";
+  unlink(lock.c_str());
+  std::remove(target.c_str());
+}
+
+TEST(Sluiced, AControlSocketAnotherUserBoundIsReportedNamingItsOwner) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run two users";
+  Segment seg;
+  SquattedSocket squat("/dev/shm/" + seg.name + ".sock", "ok\n");
+  ASSERT_GT(squat.pid, 0);
+  // A non-root daemon (root could remove the socket): its own state directory.
+  const std::string dir = "/tmp/sluicetest-state-uid1-" + std::to_string(getpid());
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  ASSERT_EQ(chown(dir.c_str(), kDaemonUser, kDaemonUser), 0);
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--state-dir", dir}, kDaemonUser);
+  EXPECT_EQ(exit_within(d), 1);
+  EXPECT_NE(d.output().find("belongs to uid 65534"), std::string::npos) << d.output();
+  // A failed start leaves no segment it made behind.
+  EXPECT_NE(access(("/dev/shm/" + core::state_segment_name(seg.name)).c_str(), F_OK), 0);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Sluicectl, TalksOnlyToASocketServedByTheSegmentsOwner) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run the impostor as nobody";
+  test::SegmentGuard g("ctl", test::spec_with({test::tier("t", 4, 1000, 8)}, 64, 32));  // root's segment, no daemon
+  SquattedSocket squat("/dev/shm/" + g.name + ".sock", "ok\nno approvals pending (impostor)\n");
+  ASSERT_GT(squat.pid, 0);
+  Proc ctl = spawn({SLUICECTL_PATH, "--segment", g.name, "approve", "7"});
+  EXPECT_EQ(exit_within(ctl), 1);
+  EXPECT_NE(ctl.output().find("served by uid 65534"), std::string::npos) << ctl.output();
+  EXPECT_EQ(ctl.output().find("impostor"), std::string::npos) << ctl.output();
 }

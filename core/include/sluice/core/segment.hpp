@@ -53,7 +53,14 @@ class Mapping {
   uint64_t size() const { return size_; }
   explicit operator bool() const { return base_ != nullptr; }
 
-  static Status open(const std::string &shm_name, bool writable, Mapping &out, std::string &detail);
+  // `owner`, when given, gets the object's owner uid and mode bits, from the same
+  // descriptor that was mapped (no window for a swap between check and use).
+  struct FileOwner {
+    uint32_t uid = 0;
+    uint32_t mode = 0;
+  };
+  static Status open(const std::string &shm_name, bool writable, Mapping &out, std::string &detail,
+                     FileOwner *owner = nullptr);
   static Status create(const std::string &shm_name, uint64_t bytes, unsigned mode, Mapping &out,
                        std::string &detail);
   static bool remove(const std::string &shm_name);
@@ -74,6 +81,12 @@ Status validate_policy(const Mapping &m, int wait_ms, std::string &detail);
 // word last. The policy segment gets the spec's limits as generation 1.
 void format_state(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]);
 void format_policy(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]);
+
+// Is a mapped object safe for a daemon running as `uid` to adopt? It must be that
+// uid's own and writable by no one it did not mean to (`forbidden` mode bits).
+// /dev/shm is world-writable: another local user can create the names first.
+Status check_adoptable(const std::string &shm_name, const Mapping::FileOwner &o, uint32_t uid, uint32_t forbidden,
+                       std::string &detail);
 
 // Does an existing state segment have exactly these tiers and sizes? (re-attach)
 bool state_matches(const StateHeader &h, const LayoutSpec &spec, std::string &why);

@@ -1,0 +1,111 @@
+// A daemon adopts only segments that are its own uid's and no more open than it
+// made them. /dev/shm is world-writable: another local user can create the names
+// first (and keep write access to the limits), or change a segment's mode.
+// These run the other user as `nobody` (65534) and a non-root daemon as uid 1, so
+// they need root.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <functional>
+#include <string>
+
+#include "../support/fixture.hpp"
+
+namespace sluice::core {
+namespace {
+
+constexpr uid_t kNobody = 65534;
+constexpr uid_t kDaemonUser = 1;  // Debian's "daemon": a non-root uid that is not nobody
+
+LayoutSpec small_spec() { return test::spec_with({test::tier("t", 4, 1000, 8)}, 64, 32); }
+
+// Runs `body` in a child as `uid`; returns its exit status (0 = body returned true).
+int run_as(uid_t uid, const std::function<bool()> &body) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (setgid(uid) != 0 || setuid(uid) != 0) _exit(3);
+    _exit(body() ? 0 : 1);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+bool exists(const std::string &shm_name) { return access(("/dev/shm/" + shm_name).c_str(), F_OK) == 0; }
+
+struct Names {  // removes both objects whoever made them (the test runs as root)
+  std::string name = test::unique_segment("adopt");
+  ~Names() { Owner::remove(name); }
+};
+
+Status attach(const std::string &name, bool reset, std::string &detail) {
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  return Owner::create_or_attach(name, small_spec(), reset, o, created, detail);
+}
+
+TEST(Adoption, ASegmentPairAnotherUserMadeFirstIsRefusedNamingItsOwner) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  Names n;
+  // nobody starts a daemon of its own on the name first, and opens it to everyone.
+  ASSERT_EQ(run_as(kNobody, [&] {
+              std::string d;
+              if (attach(n.name, false, d) != Status::ok) return false;
+              return chmod(("/dev/shm/" + state_segment_name(n.name)).c_str(), 0666) == 0 &&
+                     chmod(("/dev/shm/" + policy_segment_name(n.name)).c_str(), 0666) == 0;
+            }),
+            0);
+  std::string detail;
+  EXPECT_EQ(attach(n.name, false, detail), Status::permission);
+  EXPECT_NE(detail.find("belongs to uid 65534"), std::string::npos) << detail;
+  // A non-root daemon cannot remove them either; --reset must not make it adopt them.
+  EXPECT_EQ(run_as(kDaemonUser, [&] {
+              std::string d;
+              return attach(n.name, true, d) == Status::permission && d.find("uid 65534") != std::string::npos;
+            }),
+            0);
+  // Root's --reset removes another user's names and starts afresh, its own.
+  ASSERT_EQ(attach(n.name, true, detail), Status::ok) << detail;
+  struct stat st {};
+  ASSERT_EQ(stat(("/dev/shm/" + policy_segment_name(n.name)).c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u);
+}
+
+TEST(Adoption, APolicySegmentOpenedToOthersIsRefusedNamingItsMode) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root for a segment of known ownership";
+  Names n;
+  std::string detail;
+  ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;
+  ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;  // as made: adopted
+  ASSERT_EQ(chmod(("/dev/shm/" + policy_segment_name(n.name)).c_str(), 0662), 0);
+  EXPECT_EQ(attach(n.name, false, detail), Status::permission);
+  EXPECT_NE(detail.find("mode 0662"), std::string::npos) << detail;
+  ASSERT_EQ(chmod(("/dev/shm/" + policy_segment_name(n.name)).c_str(), 0640), 0);
+  ASSERT_EQ(chmod(("/dev/shm/" + state_segment_name(n.name)).c_str(), 0666), 0);
+  EXPECT_EQ(attach(n.name, false, detail), Status::permission);
+  EXPECT_NE(detail.find("mode 0666"), std::string::npos) << detail;
+}
+
+TEST(Adoption, AnotherUsersPolicyNameLeavesNoHalfMadePairBehind) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to act as two users";
+  Names n;
+  // nobody squats only the policy name; the (non-root) daemon then finds no state.
+  ASSERT_EQ(run_as(kNobody, [&] {
+              const int fd = shm_open(("/" + policy_segment_name(n.name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0644);
+              return fd >= 0 && close(fd) == 0;
+            }),
+            0);
+  EXPECT_EQ(run_as(kDaemonUser, [&] {
+              std::string d;
+              return attach(n.name, false, d) == Status::permission && d.find("already exists") != std::string::npos;
+            }),
+            0);
+  // A state segment without its policy would make every later start wait and fail.
+  EXPECT_FALSE(exists(state_segment_name(n.name)));
+}
+
+}  // namespace
+}  // namespace sluice::core
