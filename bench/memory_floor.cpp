@@ -30,6 +30,7 @@ namespace {
 struct Layout {
   const char *what;
   size_t slots, keys, entry_stride, ring_stride;
+  bool ring_inline = false;  // each ring right after its entry, in one slot (one page, adjacent lines)
 };
 
 char *map(size_t bytes, bool huge) {
@@ -42,8 +43,10 @@ char *map(size_t bytes, bool huge) {
 
 // Median over 5 passes of ns per step.
 double ns_per_step(const Layout &l, bool huge) {
-  char *entries = map(l.slots * l.entry_stride, huge);
-  char *rings = map(l.slots * l.ring_stride, huge);
+  const size_t slot_stride = l.ring_inline ? l.entry_stride + l.ring_stride : l.entry_stride;
+  char *entries = map(l.slots * slot_stride, huge);
+  char *rings = l.ring_inline ? entries + l.entry_stride : map(l.slots * l.ring_stride, huge);
+  const size_t ring_stride = l.ring_inline ? slot_stride : l.ring_stride;
   std::mt19937_64 rng(l.keys);
   std::vector<uint32_t> chosen(l.keys), seq(1u << 20);
   for (auto &c : chosen) c = uint32_t(rng() % l.slots);
@@ -54,8 +57,8 @@ double ns_per_step(const Layout &l, bool huge) {
     const auto t0 = std::chrono::steady_clock::now();
     for (const uint32_t s0 : seq) {
       const size_t s = s0 + size_t(dep >> 63);  // always s0; the CPU cannot know that
-      auto *e = reinterpret_cast<std::atomic<uint64_t> *>(entries + s * l.entry_stride);
-      auto *r = reinterpret_cast<std::atomic<uint64_t> *>(rings + s * l.ring_stride);
+      auto *e = reinterpret_cast<std::atomic<uint64_t> *>(entries + s * slot_stride);
+      auto *r = reinterpret_cast<std::atomic<uint64_t> *>(rings + s * ring_stride);
       const uint64_t t = sluice::core::read_tsc() & 0xFFFF;
       const uint64_t v = r->load(std::memory_order_acquire);
       uint64_t x = e->load(std::memory_order_relaxed);
@@ -65,8 +68,8 @@ double ns_per_step(const Layout &l, bool huge) {
     passes.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() /
                      double(seq.size()));
   }
-  munmap(entries, l.slots * l.entry_stride);
-  munmap(rings, l.slots * l.ring_stride);
+  munmap(entries, l.slots * slot_stride);
+  if (!l.ring_inline) munmap(rings, l.slots * l.ring_stride);
   std::sort(passes.begin(), passes.end());
   return passes[passes.size() / 2];
 }
@@ -80,6 +83,10 @@ int main() {
       {"10,000 keys of a 125k-slot table (b1, g10000)", 125'000, 10'000, 128, 128},
       {"10,000 keys of a 12.5k-slot table (b3)", 12'500, 10'000, 128, 128},
       {"1M keys of a 1.25M-slot table, 64 B entries (c)", 1'250'000, 1'000'000, 64, 128},
+      {"10,000 keys of 125k slots, ring inline after entry", 125'000, 10'000, 128, 128, true},
+      {"100,000 keys of 125k slots, separate rings", 125'000, 100'000, 128, 128},
+      {"100,000 keys of 125k slots, ring inline after entry", 125'000, 100'000, 128, 128, true},
+      {"1M keys of 1.25M slots, 64 B entries, ring inline", 1'250'000, 1'000'000, 64, 128, true},
   };
   std::printf("%-52s %12s %12s\n", "lines of (entry, ring) per step", "4 KiB ns", "THP ns");
   for (const Layout &l : layouts)
