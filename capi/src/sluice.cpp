@@ -6,14 +6,14 @@
 #include <new>
 #include <string>
 
-#include "sluice/core/ledger.hpp"
+#include "sluice/core/ledger_handle.hpp"
 
 using sluice::core::Decision;
-using sluice::core::Ledger;
+using sluice::core::LedgerHandle;
 using sluice::core::Status;
 
 struct sluice_client {
-  std::unique_ptr<Ledger> ledger;
+  std::unique_ptr<LedgerHandle> handle;  // follows the segment name across a sluiced --reset
 };
 
 static_assert(int(Status::null_argument) == SLUICE_ENULL && int(Status::bad_struct_size) == SLUICE_ESIZE &&
@@ -38,12 +38,9 @@ int decide(sluice_client *client, const char *tier, const char *key, size_t key_
   if (!client || !tier || !key || !out) return SLUICE_ENULL;
   if (out->size != kDecisionV1Size) return SLUICE_ESIZE;
   try {
-    const Ledger &l = *client->ledger;
-    const int t = l.find_tier(tier);
-    if (t < 0) return SLUICE_ETIER;
     Decision d;
     std::string detail;
-    const Status s = client->ledger->decide_in(uint32_t(t), key, key_len, cost, record, d, detail);
+    const Status s = client->handle->decide(tier, key, key_len, cost, record, d, detail);
     if (s != Status::ok) return int(s);
     out->allowed = d.allowed ? 1 : 0;
     out->limit = d.limit;
@@ -70,7 +67,7 @@ int sluice_open(const char *segment, sluice_client **out) {
     auto *c = new (std::nothrow) sluice_client();
     if (!c) return SLUICE_EINTERNAL;
     std::string detail;
-    const Status s = Ledger::open(sluice::core::resolve_segment_name(segment), c->ledger, detail);
+    const Status s = LedgerHandle::open(sluice::core::resolve_segment_name(segment), c->handle, detail);
     if (s != Status::ok) {
       delete c;
       return int(s);

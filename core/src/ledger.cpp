@@ -137,6 +137,7 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     const int64_t now_ns = clock_.now_ns();
     TierLimits lim;
     read_tier(*policy_hdr_, uint32_t(tier), lim);
+    if (retired(lim.generation)) return Status::retired;
     const Limits limits{std::min(lim.limit, tv.capacity), lim.window_ns};
     out = Decision{};
     out.tier = uint32_t(tier);
@@ -165,6 +166,11 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     out.retry_after_ns = o.retry_after_ns;
     out.reset_after_ns = o.reset_after_ns;
     out.admitted_at_ns = o.admitted_at_ns;
+    // Units recorded after sluiced retired this pair are in a ledger no one else
+    // counts: decide again in the new one. (Units recorded before it belong to the
+    // ledger a reset wipes.) The CAS that recorded them is ordered before this load.
+    if (o.allowed && record && retired(policy_hdr_->generation.load(std::memory_order_acquire)))
+      return Status::retired;
     if (record) count(*state_hdr_, uint32_t(tier), o, cost);
     return Status::ok;
   }

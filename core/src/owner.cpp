@@ -24,7 +24,19 @@ std::vector<TierLimits> rows_of(const LayoutSpec &spec) {
 }
 }  // namespace
 
+void Owner::retire(const std::string &name) {
+  Mapping m;
+  std::string detail;
+  Mapping::FileOwner fo;
+  // Only a pair this uid made (and so could remove): another user's is left alone.
+  if (Mapping::open(policy_segment_name(name), true, m, detail, &fo) != Status::ok || fo.uid != uint32_t(::geteuid()) ||
+      validate_policy(m, 0, detail) != Status::ok)
+    return;
+  retire_tiers(*static_cast<PolicyHeader *>(m.base()));
+}
+
 void Owner::remove(const std::string &name) {
+  retire(name);  // first: a client still mapping the pair reopens the name instead of counting alone
   Mapping::remove(state_segment_name(name));
   Mapping::remove(policy_segment_name(name));
 }
@@ -55,6 +67,20 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
     if ((s = validate_policy(o->policy_map_, 1000, detail)) != Status::ok) return s;
     o->state_ = static_cast<StateHeader *>(o->state_map_.base());
     o->policy_ = static_cast<PolicyHeader *>(o->policy_map_.base());
+    if (retired(o->policy_->generation.load(std::memory_order_acquire))) {
+      // A reset stopped between retiring and removing the pair: finish it.
+      o->state_map_ = Mapping();
+      o->policy_map_ = Mapping();
+      o->state_ = nullptr;
+      o->policy_ = nullptr;
+      remove(name);
+      Mapping still;
+      if (Mapping::open(state_segment_name(name), false, still, detail) == Status::ok) {
+        detail = "segment '" + name + "' is retired and could not be removed";
+        return Status::permission;
+      }
+      return create_or_attach(name, spec, false, out, created, detail);
+    }
     if (!state_matches(*o->state_, spec, detail)) {
       detail = "existing segment does not match the policy: " + detail + " (use --reset to recreate it)";
       return Status::version_mismatch;

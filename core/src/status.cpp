@@ -20,6 +20,7 @@ const char *status_message(Status s) noexcept {
     case Status::permission: return "permission denied opening the segment";
     case Status::not_ready: return "the segment exists but its creator has not finished initialising it";
     case Status::internal: return "internal error";
+    case Status::retired: return "the segment was retired by sluiced (--reset) and must be reopened";
   }
   return "unknown status code";
 }

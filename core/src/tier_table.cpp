@@ -42,4 +42,6 @@ void publish_tiers(PolicyHeader &p, std::span<const TierLimits> rows, int64_t no
   p.generation.store(g + 1, std::memory_order_release);
 }
 
+void retire_tiers(PolicyHeader &p) { p.generation.fetch_or(kGenerationRetired, std::memory_order_seq_cst); }
+
 }  // namespace sluice::core

@@ -196,3 +196,109 @@ TEST_F(Api, AHandleKeepsWorkingInAForkedChild) {
   ASSERT_EQ(sluice_acquire(c, "pro", "forked", 6, 1, &d), SLUICE_OK);
   EXPECT_EQ(d.allowed, 0u) << "the child's admission is in the shared ledger";
 }
+
+// ---- a reset under running clients ------------------------------------------------
+// sluiced --reset removes the pair and makes a new one. A handle opened before must
+// count in the new ledger (not keep a private one that the rest of the host no
+// longer sees), find tiers the new policy added, and fail with a reason, never
+// allow, while no pair can be opened.
+namespace {
+
+core::LayoutSpec one_per_minute(bool with_gold = false) {
+  std::vector<core::TierSpec> t{test::tier("free", 1, 60000, 3)};
+  if (with_gold) t.push_back(test::tier("gold", 5, 60000, 10));
+  return test::spec_with(t, 64, 16);
+}
+
+void reset_pair(const std::string &name, const core::LayoutSpec &spec) {
+  std::unique_ptr<core::Owner> o;
+  bool created = false;
+  std::string detail;
+  ASSERT_EQ(core::Owner::create_or_attach(name, spec, true, o, created, detail), core::Status::ok) << detail;
+  ASSERT_TRUE(created);
+}
+
+uint32_t acquire_allowed(sluice_client *c, const char *tier, const char *key, int *rc = nullptr) {
+  sluice_decision d{};
+  d.size = sizeof d;
+  d.allowed = 0x55;
+  const int s = sluice_acquire(c, tier, key, std::strlen(key), 1, &d);
+  if (rc) *rc = s;
+  return s == SLUICE_OK ? d.allowed : 0x55;
+}
+
+}  // namespace
+
+TEST(ApiReset, AHandleOpenBeforeAResetCountsInTheNewLedger) {
+  test::SegmentGuard seg("reset", one_per_minute());
+  sluice_client *before = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &before), SLUICE_OK);
+  EXPECT_EQ(acquire_allowed(before, "free", "k"), 1u);
+  EXPECT_EQ(acquire_allowed(before, "free", "k"), 0u);
+  reset_pair(seg.name, one_per_minute());
+  EXPECT_EQ(acquire_allowed(before, "free", "k"), 1u) << "a reset wipes the ledger";
+  sluice_client *after = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &after), SLUICE_OK);
+  EXPECT_EQ(acquire_allowed(after, "free", "k"), 0u) << "the old handle's unit is not in the new ledger";
+  EXPECT_EQ(acquire_allowed(before, "free", "k"), 0u);
+  sluice_close(after);
+  sluice_close(before);
+}
+
+TEST(ApiReset, ATierTheResetAddedIsFoundByAHandleOpenBefore) {
+  test::SegmentGuard seg("reset", one_per_minute());
+  sluice_client *c = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+  int rc = 0;
+  acquire_allowed(c, "gold", "k", &rc);
+  EXPECT_EQ(rc, SLUICE_ETIER);
+  reset_pair(seg.name, one_per_minute(true));
+  EXPECT_EQ(acquire_allowed(c, "gold", "k", &rc), 1u);
+  EXPECT_EQ(rc, SLUICE_OK);
+  sluice_close(c);
+}
+
+TEST(ApiReset, ARemovedPairIsAnErrorUntilANewOneExists) {
+  test::SegmentGuard seg("reset", one_per_minute());
+  sluice_client *c = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+  EXPECT_EQ(acquire_allowed(c, "free", "k"), 1u);
+  core::Owner::remove(seg.name);
+  for (int i = 0; i < 3; ++i) {  // the first reopens and fails; the next fail fast
+    int rc = 0;
+    EXPECT_EQ(acquire_allowed(c, "free", "k", &rc), 0x55u) << "no decision may come from a removed ledger";
+    EXPECT_EQ(rc, SLUICE_ENOSEGMENT);
+  }
+  sluice_decision d{};
+  d.size = sizeof d;
+  EXPECT_EQ(sluice_peek(c, "free", "k", 1, 1, &d), SLUICE_ENOSEGMENT);
+  reset_pair(seg.name, one_per_minute());
+  int rc = SLUICE_ENOSEGMENT;
+  for (int i = 0; i < 200 && rc == SLUICE_ENOSEGMENT; ++i) {  // retried at most every 20 ms
+    acquire_allowed(c, "free", "k", &rc);
+    if (rc == SLUICE_ENOSEGMENT) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(rc, SLUICE_OK);
+  sluice_close(c);
+}
+
+TEST(ApiReset, AResetStoppedBetweenRetiringAndRemovingIsFinishedAtTheNextStart) {
+  test::SegmentGuard seg("reset", one_per_minute());
+  sluice_client *c = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+  EXPECT_EQ(acquire_allowed(c, "free", "k"), 1u);
+  core::Owner::retire(seg.name);  // the daemon died here
+  int rc = 0;
+  acquire_allowed(c, "free", "k", &rc);
+  EXPECT_EQ(rc, SLUICE_ENOSEGMENT) << "a retired pair with no successor gives no decisions";
+  std::unique_ptr<core::Owner> o;
+  bool created = false;
+  std::string detail;
+  ASSERT_EQ(core::Owner::create_or_attach(seg.name, one_per_minute(), false, o, created, detail), core::Status::ok)
+      << detail;
+  EXPECT_TRUE(created) << "the retired pair was adopted instead of replaced";
+  std::this_thread::sleep_for(std::chrono::milliseconds(25));  // past the reopen back-off
+  EXPECT_EQ(acquire_allowed(c, "free", "k", &rc), 1u);
+  EXPECT_EQ(rc, SLUICE_OK);
+  sluice_close(c);
+}

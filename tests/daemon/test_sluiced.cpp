@@ -269,6 +269,44 @@ TEST(Sluiced, ResetWipesAndAMismatchedPolicyIsRefused) {
   std::remove(policy2.c_str());
 }
 
+// A worker keeps its handle while sluiced is restarted with --reset (say, for a new
+// tier). Its admissions must land in the new segment, where every other worker
+// counts, not in the removed one.
+TEST(Sluiced, AClientOpenAcrossAResetCountsInTheNewSegment) {
+  Segment seg;
+  const std::string policy = write_policy(R"({"segment": {"max_keys": 100, "max_key_bytes": 16},
+    "tiers": [{"name": "gold", "limit": 2, "window_ms": 60000, "max_limit": 4, "revenue_per_request": 0.2,
+               "adaptive": false}]})");
+  auto allowed = [](sluice_client *c) {
+    sluice_decision d{};
+    d.size = sizeof d;
+    d.allowed = 7;
+    return sluice_acquire(c, "gold", "x", 1, 1, &d) == SLUICE_OK ? int(d.allowed) : -1;
+  };
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset"});
+  ASSERT_TRUE(wait_ready(d, seg.name)) << d.output();
+  sluice_client *worker = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &worker), SLUICE_OK);
+  EXPECT_EQ(allowed(worker), 1);
+  EXPECT_EQ(allowed(worker), 1);
+  EXPECT_EQ(allowed(worker), 0);
+  kill(d.pid, SIGTERM);
+  ASSERT_EQ(wait_exit(d), 0);
+  Proc again = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset"});
+  ASSERT_TRUE(wait_ready(again, seg.name)) << again.output();
+  EXPECT_EQ(allowed(worker), 1) << "the reset wiped the window";
+  sluice_client *other = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &other), SLUICE_OK);
+  EXPECT_EQ(allowed(other), 1);
+  EXPECT_EQ(allowed(other), 0) << "the worker's admission after the reset is not in the new segment";
+  EXPECT_EQ(allowed(worker), 0);
+  sluice_close(other);
+  sluice_close(worker);
+  kill(again.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(again), 0);
+  std::remove(policy.c_str());
+}
+
 TEST(Sluicectl, ErrorsAreClear) {
   Proc none = spawn({SLUICECTL_PATH, "--segment", "sluicetest-absent", "status"});
   EXPECT_EQ(wait_exit(none), 1);

@@ -10,6 +10,7 @@
 #include "../support/fixture.hpp"
 #include "sluice/core/admission.hpp"
 #include "sluice/core/fault.hpp"
+#include "sluice/core/ledger_handle.hpp"
 
 using namespace sluice;
 using namespace sluice::core;
@@ -167,4 +168,59 @@ TEST(FaultPoints, ACallerOvertakenByALapAndAStaleWriterClaimsNoWrongLap) {
   // (No exactness check on synthetic times after this: a denial judged against units
   // newer than the caller's clock re-reads the real clock, so later decisions here
   // would mix the scene's microseconds with real time.)
+}
+
+// A reset (retire, unlink, make a new pair) run at each fault point of one acquire
+// in turn, through the handle a client holds. Whatever the point, an admission the
+// caller is told about must be in the ledger everyone now shares: units recorded
+// after the retirement are in a ledger no one else counts, so the handle must have
+// decided again in the new one.
+namespace {
+struct ResetScene {
+  std::string name;
+  LayoutSpec spec;
+  long at = 0;       // the fault point (1-based) to reset at
+  bool done = false;
+};
+ResetScene g_reset;
+
+void reset_at_point(long k) {
+  if (g_reset.done || k != g_reset.at) return;
+  g_reset.done = true;  // before: the owner's own steps reach fault points too
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  std::string detail;
+  if (Owner::create_or_attach(g_reset.name, g_reset.spec, true, o, created, detail) != Status::ok) std::abort();
+}
+}  // namespace
+
+TEST(FaultPoints, AResetAtAnyStepOfAnAcquireLosesNoAdmissionTheCallerWasTold) {
+  g_reset.spec = test::spec_with({test::tier("t", 1, 60000, 2)}, 64);
+  int points_seen = 0;
+  for (long at = 1; at <= 40; ++at) {
+    test::SegmentGuard seg("rst", g_reset.spec);
+    g_reset.name = seg.name;
+    g_reset.at = at;
+    g_reset.done = false;
+    std::unique_ptr<LedgerHandle> h;
+    std::string detail;
+    ASSERT_EQ(LedgerHandle::open(seg.name, h, detail), Status::ok) << detail;
+    Decision d;
+    ASSERT_EQ(h->decide("t", "warm", 4, 1, true, d, detail), Status::ok);  // the key "k" is new; "warm" maps pages
+    set_fault_hook(reset_at_point);
+    const Status s = h->decide("t", "k", 1, 1, true, d, detail);
+    set_fault_hook(nullptr);
+    if (!g_reset.done) break;  // the acquire reached fewer than `at` points: all covered
+    ++points_seen;
+    ASSERT_EQ(s, Status::ok) << "reset at point " << at << ": " << detail;
+    ASSERT_TRUE(d.allowed) << "reset at point " << at;
+    // The new ledger must hold the unit: with limit 1 a second caller is refused.
+    std::unique_ptr<Ledger> fresh;
+    ASSERT_EQ(Ledger::open(seg.name, fresh, detail), Status::ok) << detail;
+    Decision peek;
+    ASSERT_EQ(fresh->peek("t", "k", 1, 1, peek, detail), Status::ok);
+    EXPECT_FALSE(peek.allowed) << "reset at point " << at << ": the caller was told 'allowed' for a unit in the "
+                               << "retired ledger";
+  }
+  EXPECT_GE(points_seen, 3) << "the acquire of a new key passes insert, claim and head points";
 }

@@ -159,6 +159,9 @@ struct TierRow {
   AtomicU64 revenue_micros; // revenue per request in millionths of a dollar
 };
 constexpr uint32_t kTierAdaptive = 1;
+// Set in PolicyHeader::generation, once and for good, before sluiced unlinks a pair:
+// a client that still maps it must not count in a ledger no one else sees.
+constexpr uint64_t kGenerationRetired = 1ULL << 63;
 
 struct TierTable {
   AtomicU32 count;
@@ -190,6 +193,7 @@ struct alignas(64) PolicyHeader {
   uint8_t boot_id[16];
   // Readers use tables[generation & 1] and re-check generation after reading;
   // the daemon fills the idle table, then bumps generation (LMDB's two metas).
+  // kGenerationRetired set: the pair is being removed (--reset); clients reopen by name.
   alignas(64) AtomicU64 generation;
   TierTable tables[2];
   ClockParams clock;

@@ -51,9 +51,13 @@ class Ledger {
   const TierView &tier_view(uint32_t i) const { return views_[i]; }
   StateHeader &state() const { return *state_hdr_; }
   const PolicyHeader &policy() const { return *policy_hdr_; }
+  // sluiced has retired this pair (--reset): decisions return Status::retired.
+  bool is_retired() const { return retired(policy_hdr_->generation.load(std::memory_order_acquire)); }
 
  private:
+  friend class LedgerHandle;
   Ledger() = default;
+  std::unique_ptr<Ledger> replaced_;  // the retired ledger this one took over from (LedgerHandle)
   Mapping state_map_, policy_map_;
   StateHeader *state_hdr_ = nullptr;
   const PolicyHeader *policy_hdr_ = nullptr;

@@ -28,7 +28,10 @@ class Owner {
   // match is refused with the reason; --reset is the way past it.
   static Status create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
                                  std::unique_ptr<Owner> &out, bool &created, std::string &detail);
+  // Retires the pair (clients that map it reopen the name), then unlinks it.
   static void remove(const std::string &name);
+  // Marks the pair retired without unlinking it (remove's first step; for tests).
+  static void retire(const std::string &name);
 
   StateHeader &state() const { return *state_; }
   PolicyHeader &policy() const { return *policy_; }

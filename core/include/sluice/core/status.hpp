@@ -22,6 +22,9 @@ enum class Status : int {
   permission = -13,
   not_ready = -14,     // segment exists but its creator has not published it yet
   internal = -15,
+  // Not a C ABI code: the segment pair was retired (sluiced --reset removed it).
+  // Ledger returns it; LedgerHandle reopens the name and decides again.
+  retired = -16,
 };
 
 enum class Reason : int32_t {

@@ -22,5 +22,8 @@ struct TierLimits {
 bool read_tier(const PolicyHeader &p, uint32_t tier, TierLimits &out);
 // Daemon only: publishes a whole new table. rows.size() must equal the tier count.
 void publish_tiers(PolicyHeader &p, std::span<const TierLimits> rows, int64_t now_ns);
+// Daemon only, before unlinking the pair: marks it retired for every client.
+void retire_tiers(PolicyHeader &p);
+inline bool retired(uint64_t generation) { return (generation & kGenerationRetired) != 0; }
 
 }  // namespace sluice::core

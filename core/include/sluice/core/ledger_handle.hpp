@@ -1,0 +1,47 @@
+// What a client holds (the C ABI's sluice_client): the ledger of a segment name,
+// followed across a reset. When sluiced retires the pair it maps (--reset removes
+// it and makes a new one), the next decision reopens the name and is made in the
+// new ledger, so no process keeps counting in a ledger no one else sees.
+//
+// Lock-free and fork-safe: the current ledger is one atomic pointer; a reopen
+// builds the new ledger aside and installs it with a CAS (a loser drops its own).
+// A replaced ledger stays mapped until the handle is destroyed (a thread may still
+// be inside a call on it); each reset costs the handle one old mapping.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "sluice/core/ledger.hpp"
+
+namespace sluice::core {
+
+class LedgerHandle {
+ public:
+  static Status open(const std::string &name, std::unique_ptr<LedgerHandle> &out, std::string &detail);
+  ~LedgerHandle();
+  LedgerHandle(const LedgerHandle &) = delete;
+  LedgerHandle &operator=(const LedgerHandle &) = delete;
+
+  // Looks the tier up by name and decides in the current ledger; on a retired one,
+  // reopens and decides again. While the name cannot be reopened (no segment yet)
+  // every call fails with the reason, never an answer from the retired ledger.
+  Status decide(const char *tier, const void *key, size_t key_len, uint32_t cost, bool record, Decision &out,
+                std::string &detail);
+  Ledger &current() const { return *cur_.load(std::memory_order_acquire); }
+  uint64_t reopens() const { return reopens_.load(std::memory_order_relaxed); }
+
+ private:
+  LedgerHandle() = default;
+  // The ledger that replaced `seen`, or nullptr with the reason.
+  Ledger *reopen(Ledger *seen, Status &why, std::string &detail);
+
+  std::string name_;
+  std::atomic<Ledger *> cur_{nullptr};  // owns the chain of the ledgers it replaced
+  std::atomic<int64_t> next_try_ns_{0};  // after a failed reopen, fail fast until then
+  std::atomic<int> last_failure_{0};
+  std::atomic<uint64_t> reopens_{0};
+};
+
+}  // namespace sluice::core

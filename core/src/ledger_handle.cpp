@@ -1,0 +1,79 @@
+#include "sluice/core/ledger_handle.hpp"
+
+#include <new>
+
+#include "sluice/core/clock.hpp"
+
+namespace sluice::core {
+
+namespace {
+// A failed reopen (sluiced is still making the new pair, or removed it for good)
+// is retried at most this often per handle; calls in between fail at once.
+constexpr int64_t kReopenRetryNs = 20'000'000;
+constexpr int kMaxReopensPerCall = 4;  // resets back to back; then report busy
+}  // namespace
+
+Status LedgerHandle::open(const std::string &name, std::unique_ptr<LedgerHandle> &out, std::string &detail) {
+  std::unique_ptr<Ledger> l;
+  if (Status s = Ledger::open(name, l, detail); s != Status::ok) return s;
+  std::unique_ptr<LedgerHandle> h(new (std::nothrow) LedgerHandle());
+  if (!h) return Status::internal;
+  h->name_ = name;
+  h->cur_.store(l.release(), std::memory_order_release);
+  out = std::move(h);
+  return Status::ok;
+}
+
+LedgerHandle::~LedgerHandle() { delete cur_.load(std::memory_order_acquire); }
+
+Ledger *LedgerHandle::reopen(Ledger *seen, Status &why, std::string &detail) {
+  if (Ledger *now = cur_.load(std::memory_order_acquire); now != seen) return now;  // another thread did it
+  const int64_t t = mono_ns();
+  if (t < next_try_ns_.load(std::memory_order_relaxed)) {
+    why = Status(last_failure_.load(std::memory_order_relaxed));
+    if (why == Status::ok) why = Status::no_segment;  // the store of the failure is not visible yet
+    detail = "segment '" + name_ + "' was reset by sluiced and cannot be reopened yet";
+    return nullptr;
+  }
+  std::unique_ptr<Ledger> fresh;
+  const Status s = Ledger::open(name_, fresh, detail);
+  if (s == Status::ok && fresh->is_retired()) {  // an interrupted reset: sluiced finishes it at its next start
+    why = Status::no_segment;
+    detail = "segment '" + name_ + "' is retired and no new one has been made (restart sluiced)";
+  } else if (s != Status::ok) {
+    why = s;
+    detail = "segment '" + name_ + "' was reset by sluiced and cannot be reopened: " + detail;
+  } else {
+    Ledger *expect = seen;
+    fresh->replaced_.reset(seen);  // the chain keeps `seen` mapped for threads still in it
+    Ledger *raw = fresh.release();
+    if (cur_.compare_exchange_strong(expect, raw, std::memory_order_acq_rel)) {
+      reopens_.fetch_add(1, std::memory_order_relaxed);
+      return raw;
+    }
+    (void)raw->replaced_.release();  // lost to another thread: `seen` is in its chain now
+    delete raw;
+    return expect;
+  }
+  last_failure_.store(int(why), std::memory_order_relaxed);
+  next_try_ns_.store(t + kReopenRetryNs, std::memory_order_relaxed);
+  return nullptr;
+}
+
+Status LedgerHandle::decide(const char *tier, const void *key, size_t key_len, uint32_t cost, bool record,
+                            Decision &out, std::string &detail) {
+  Ledger *l = cur_.load(std::memory_order_acquire);
+  for (int round = 0;; ++round) {
+    const int t = l->find_tier(tier);
+    // A tier the old pair lacks may be in the new one: unknown only if not retired.
+    const Status s = t >= 0 ? l->decide_in(uint32_t(t), key, key_len, cost, record, out, detail)
+                            : l->is_retired() ? Status::retired : Status::unknown_tier;
+    if (s != Status::retired) return s;
+    out = Decision{};  // nothing decided in a retired ledger reaches the caller
+    if (round == kMaxReopensPerCall) return Status::busy;
+    Status why = Status::ok;
+    if (!(l = reopen(l, why, detail))) return why;
+  }
+}
+
+}  // namespace sluice::core
