@@ -12,6 +12,9 @@
  *    sets to sizeof(struct) and only ever grow at the end;
  *  - no C++ exception ever crosses this boundary.
  *
+ * Reset: a handle follows its segment name. When sluiced removes the pair
+ * (--reset), the next call reopens the name and decides in the new pair; while
+ * none exists, calls fail with SLUICE_ENOSEGMENT (never an answer from the old).
  * Threads: a sluice_client may be shared by any number of threads. Fork: a child
  * inherits the mappings (MAP_SHARED), so a handle opened before fork() keeps working
  * in both processes; each process calls sluice_close() on its own copy once.
