@@ -60,19 +60,19 @@ Ledger *LedgerHandle::reopen(Ledger *seen, Status &why, std::string &detail) {
   return nullptr;
 }
 
-Status LedgerHandle::decide(const char *tier, const void *key, size_t key_len, uint32_t cost, bool record,
-                            Decision &out, std::string &detail) {
-  Ledger *l = cur_.load(std::memory_order_acquire);
+Status LedgerHandle::decide_after_miss(Ledger *l, int t, const char *tier, const void *key, size_t key_len,
+                                       uint32_t cost, bool record, Decision &out, std::string &detail) {
+  // Here the tier was not found (t < 0) or the ledger was retired under the decision.
   for (int round = 0;; ++round) {
-    const int t = l->find_tier(tier);
-    // A tier the old pair lacks may be in the new one: unknown only if not retired.
-    const Status s = t >= 0 ? l->decide_in(uint32_t(t), key, key_len, cost, record, out, detail)
-                            : l->is_retired() ? Status::retired : Status::unknown_tier;
-    if (s != Status::retired) return s;
+    if (t < 0 && !l->is_retired()) return Status::unknown_tier;  // else it may be a tier the new pair added
     out = Decision{};  // nothing decided in a retired ledger reaches the caller
     if (round == kMaxReopensPerCall) return Status::busy;
     Status why = Status::ok;
     if (!(l = reopen(l, why, detail))) return why;
+    if ((t = l->find_tier(tier)) >= 0) {
+      const Status s = l->decide_in(uint32_t(t), key, key_len, cost, record, out, detail);
+      if (s != Status::retired) return s;
+    }
   }
 }
 

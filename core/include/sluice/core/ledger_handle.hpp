@@ -28,12 +28,23 @@ class LedgerHandle {
   // reopens and decides again. While the name cannot be reopened (no segment yet)
   // every call fails with the reason, never an answer from the retired ledger.
   Status decide(const char *tier, const void *key, size_t key_len, uint32_t cost, bool record, Decision &out,
-                std::string &detail);
+                std::string &detail) {
+    Ledger *l = cur_.load(std::memory_order_acquire);
+    const int t = l->find_tier(tier);
+    if (t >= 0) {  // inline: the common case costs a load and a compare more than Ledger
+      const Status s = l->decide_in(uint32_t(t), key, key_len, cost, record, out, detail);
+      if (s != Status::retired) return s;
+    }
+    return decide_after_miss(l, t, tier, key, key_len, cost, record, out, detail);
+  }
   Ledger &current() const { return *cur_.load(std::memory_order_acquire); }
   uint64_t reopens() const { return reopens_.load(std::memory_order_relaxed); }
 
  private:
   LedgerHandle() = default;
+  // decide() when the tier was not found (t < 0) or the ledger was retired.
+  Status decide_after_miss(Ledger *l, int t, const char *tier, const void *key, size_t key_len, uint32_t cost,
+                           bool record, Decision &out, std::string &detail);
   // The ledger that replaced `seen`, or nullptr with the reason.
   Ledger *reopen(Ledger *seen, Status &why, std::string &detail);
 
