@@ -200,3 +200,29 @@ def test_eight_processes_share_one_exact_limit(daemon):
         assert sum(counts) == 20, counts  # a per-process limiter would admit 8 x 20
         time.sleep(max(0.0, start + 2.9 - time.monotonic()))  # every unit of this phase has left
     assert daemon.status()["tiers"][0]["admitted"] == 40
+
+
+def test_a_client_follows_its_segment_across_a_reset(daemon):
+    """sluiced restarted with --reset and a new tier: a Client opened before counts
+    in the new segment (with every other worker) and finds the new tier."""
+    import json
+    import signal
+
+    old = sluice.Client(daemon.segment)
+    assert old.acquire("k", "tiny").allowed
+    assert not old.acquire("k", "tiny").allowed
+    with pytest.raises(errors.UnknownTierError):
+        old.acquire("k", "gold")
+    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.proc.wait(timeout=10)
+    policy = json.loads(daemon.policy_path.read_text())
+    policy["tiers"].append({"name": "gold", "limit": 3, "window_ms": 60000, "max_limit": 3,
+                            "revenue_per_request": 0.3})
+    daemon.policy_path.write_text(json.dumps(policy))
+    daemon.start(reset=True)
+    assert old.acquire("k", "tiny").allowed, "the reset wipes the window"
+    with sluice.Client(daemon.segment) as new:
+        assert not new.acquire("k", "tiny").allowed, "the old client's unit is in the new segment"
+        assert old.acquire("g", "gold").allowed
+        assert new.acquire("g", "gold").remaining == 1
+    old.close()
