@@ -106,6 +106,7 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   } else {
     return s;
   }
+  o->name_ = name;
   const auto rows = rows_of(spec);
   o->publish(rows);
   o->state_->daemon_pid.store(getpid(), std::memory_order_relaxed);
@@ -113,6 +114,10 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   o->heartbeat();
   out = std::move(o);
   return Status::ok;
+}
+
+bool Owner::still_named() const {
+  return state_map_.still_named(state_segment_name(name_)) && policy_map_.still_named(policy_segment_name(name_));
 }
 
 void Owner::publish(std::span<const TierLimits> rows) {

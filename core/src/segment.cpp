@@ -83,7 +83,8 @@ struct Mapping::Impl {
 
 Mapping::Mapping() = default;
 Mapping::~Mapping() = default;
-Mapping::Mapping(Mapping &&o) noexcept : impl_(std::move(o.impl_)), base_(o.base_), size_(o.size_) {
+Mapping::Mapping(Mapping &&o) noexcept
+    : impl_(std::move(o.impl_)), base_(o.base_), size_(o.size_), dev_(o.dev_), ino_(o.ino_) {
   o.base_ = nullptr;
   o.size_ = 0;
 }
@@ -91,6 +92,8 @@ Mapping &Mapping::operator=(Mapping &&o) noexcept {
   impl_ = std::move(o.impl_);
   base_ = o.base_;
   size_ = o.size_;
+  dev_ = o.dev_;
+  ino_ = o.ino_;
   o.base_ = nullptr;
   o.size_ = 0;
   return *this;
@@ -140,12 +143,10 @@ Status Mapping::open(const std::string &shm_name, bool writable, Mapping &out, s
   try {
     const auto mode = writable ? bip::read_write : bip::read_only;
     bip::shared_memory_object shm(bip::open_only, shm_name.c_str(), mode);
-    if (owner) {
-      struct stat st {};
-      if (::fstat(shm.get_mapping_handle().handle, &st) != 0)
-        return from_errno(errno, "stat /dev/shm/" + shm_name, detail);
-      *owner = FileOwner{uint32_t(st.st_uid), uint32_t(st.st_mode & 07777)};
-    }
+    struct stat st {};
+    if (::fstat(shm.get_mapping_handle().handle, &st) != 0)
+      return from_errno(errno, "stat /dev/shm/" + shm_name, detail);
+    if (owner) *owner = FileOwner{uint32_t(st.st_uid), uint32_t(st.st_mode & 07777)};
     bip::offset_t size = 0;
     if (!shm.get_size(size) || size <= 0) {
       detail = "segment /dev/shm/" + shm_name + " is empty";
@@ -156,6 +157,8 @@ Status Mapping::open(const std::string &shm_name, bool writable, Mapping &out, s
     out.base_ = impl->region.get_address();
     out.size_ = impl->region.get_size();
     advise_huge_pages(out.base_, out.size_);
+    out.dev_ = uint64_t(st.st_dev);
+    out.ino_ = uint64_t(st.st_ino);
     out.impl_ = std::move(impl);
     return Status::ok;
   } catch (const bip::interprocess_exception &e) {
@@ -177,6 +180,11 @@ Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mod
     out.base_ = impl->region.get_address();
     out.size_ = impl->region.get_size();
     advise_huge_pages(out.base_, out.size_);
+    struct stat st {};
+    if (::fstat(shm.get_mapping_handle().handle, &st) == 0) {
+      out.dev_ = uint64_t(st.st_dev);
+      out.ino_ = uint64_t(st.st_ino);
+    }
     out.impl_ = std::move(impl);
     return Status::ok;
   } catch (const bip::interprocess_exception &e) {
@@ -209,6 +217,12 @@ Status check_adoptable(const std::string &shm_name, const Mapping::FileOwner &o,
     return Status::permission;
   }
   return Status::ok;
+}
+
+bool Mapping::still_named(const std::string &shm_name) const {
+  struct stat st {};
+  if (::stat(("/dev/shm/" + shm_name).c_str(), &st) != 0) return errno != ENOENT;  // cannot tell: assume so
+  return uint64_t(st.st_dev) == dev_ && uint64_t(st.st_ino) == ino_;
 }
 
 bool Mapping::remove(const std::string &shm_name) { return bip::shared_memory_object::remove(shm_name.c_str()); }

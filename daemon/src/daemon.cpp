@@ -231,6 +231,15 @@ int64_t Daemon::do_work(int64_t now_ns) {
   });
   if (now_ns >= next_tick_ns_) {
     next_tick_ns_ = now_ns + tick_ns_;
+    if (!segment_lost_ && !owner_->still_named()) {
+      segment_lost_ = true;
+      owner_->retire_mapped();
+      spdlog::error("segment '{}' is no longer in /dev/shm (removed by hand, or by systemd-logind's RemoveIPC when "
+                    "its user logged out): retired it so clients reopen the name; stopping, restart sluiced to "
+                    "make a new one",
+                    opt_.segment);
+      return now_ns;
+    }
     const auto rep = engine_->tick(now_ns, policy_loop::unix_ms_now());
     for (const auto &p : rep.published) spdlog::info("published: {}", p.reason);
     for (const auto &p : rep.new_pending)

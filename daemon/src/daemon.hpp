@@ -49,6 +49,10 @@ class Daemon {
   void stop();
 
   bool created() const { return created_; }
+  // The segment was unlinked (or replaced) under the running daemon. It has then
+  // been retired, so clients reopen the name; sluiced exits with an error, and its
+  // next start makes a new pair that every client moves to.
+  bool segment_lost() const { return segment_lost_; }
   core::Owner &owner() { return *owner_; }
   const policy::PolicySpec &policy() const { return policy_; }
   const core::GcStats &gc_totals() const { return gc_totals_; }
@@ -74,6 +78,7 @@ class Daemon {
   int lock_fd_ = -1;
   bool created_ = false;
   bool stopped_ = false;
+  bool segment_lost_ = false;
   int64_t next_tick_ns_ = 0;
   core::GcStats gc_totals_;
   std::vector<uint64_t> admitted_at_start_;  // per tier (see LoopState)

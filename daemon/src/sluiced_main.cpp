@@ -100,13 +100,17 @@ int main(int argc, char **argv) {
                  t.max_limit, t.revenue_per_request, t.adaptive ? "" : ", fixed");
   }
   spdlog::info("ready: segment '{}', pid {}", opt.segment, getpid());
-  while (g_signal.load() == 0) {
+  while (g_signal.load() == 0 && !d->segment_lost()) {
     const int64_t next = d->do_work(core::mono_ns());
     // Sleep until the next heartbeat/tick or a control request read in full by the
     // control socket's thread, whichever first.
     const int64_t wait_ms = std::clamp<int64_t>((next - core::mono_ns()) / 1'000'000, 1, 100);
     pollfd p{d->control_fd(), POLLIN, 0};
     ::poll(&p, 1, int(wait_ms));
+  }
+  if (d->segment_lost()) {
+    d->stop();
+    return 1;
   }
   spdlog::info("signal {} received: stopping (segment kept for clients and the next start)",
                strsignal(g_signal.load()));

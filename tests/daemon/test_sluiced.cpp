@@ -446,3 +446,48 @@ TEST(Sluicectl, TalksOnlyToASocketServedByTheSegmentsOwner) {
   EXPECT_NE(ctl.output().find("served by uid 65534"), std::string::npos) << ctl.output();
   EXPECT_EQ(ctl.output().find("impostor"), std::string::npos) << ctl.output();
 }
+
+// Someone unlinks the segment under a running daemon (rm, or systemd-logind's
+// RemoveIPC when the daemon's user logs out). Clients must not keep counting in
+// the orphan: sluiced retires it and stops with the reason; its next start makes a
+// new pair, and a client that held a handle all along moves to it.
+TEST(Sluiced, ASegmentUnlinkedUnderTheDaemonIsRetiredAndTheDaemonStops) {
+  Segment seg;
+  const std::string policy = write_policy(R"({"segment": {"max_keys": 100, "max_key_bytes": 16},
+    "tiers": [{"name": "gold", "limit": 1, "window_ms": 60000, "max_limit": 2, "revenue_per_request": 0.2,
+               "adaptive": false}]})");
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset", "--tick-ms", "50"});
+  ASSERT_TRUE(wait_ready(d, seg.name)) << d.output();
+  sluice_client *worker = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &worker), SLUICE_OK);
+  auto acquire = [](sluice_client *c, int *allowed) {
+    sluice_decision dec{};
+    dec.size = sizeof dec;
+    const int rc = sluice_acquire(c, "gold", "x", 1, 1, &dec);
+    *allowed = int(dec.allowed);
+    return rc;
+  };
+  int allowed = 0;
+  ASSERT_EQ(acquire(worker, &allowed), SLUICE_OK);
+  EXPECT_EQ(allowed, 1);
+  ASSERT_EQ(unlink(("/dev/shm/" + core::state_segment_name(seg.name)).c_str()), 0);
+  ASSERT_EQ(unlink(("/dev/shm/" + core::policy_segment_name(seg.name)).c_str()), 0);
+  EXPECT_EQ(exit_within(d, 5000), 1);
+  EXPECT_NE(d.output().find("no longer in /dev/shm"), std::string::npos) << d.output();
+  EXPECT_EQ(acquire(worker, &allowed), SLUICE_ENOSEGMENT) << "an answer came from the orphaned ledger";
+  Proc again = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy});
+  ASSERT_TRUE(wait_ready(again, seg.name)) << again.output();
+  std::this_thread::sleep_for(std::chrono::milliseconds(25));  // past the handle's reopen back-off
+  ASSERT_EQ(acquire(worker, &allowed), SLUICE_OK);
+  EXPECT_EQ(allowed, 1) << "the new segment starts empty";
+  sluice_client *other = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &other), SLUICE_OK);
+  ASSERT_EQ(acquire(other, &allowed), SLUICE_OK);
+  EXPECT_EQ(allowed, 0) << "the worker's admission is not in the new segment";
+  sluice_close(other);
+  sluice_close(worker);
+  kill(again.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(again), 0);
+  std::remove(policy.c_str());
+}
+

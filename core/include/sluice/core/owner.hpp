@@ -38,6 +38,12 @@ class Owner {
   uint32_t tier_count() const { return state_->tier_count; }
   TierView tier_view(uint32_t i) const { return TierView::of(state_, i); }
 
+  // Are both objects still under their names in /dev/shm? Someone may unlink them
+  // under a running daemon (rm, or systemd-logind's RemoveIPC when a user logs out).
+  bool still_named() const;
+  // Marks this pair retired, so clients reopen the name (see LedgerHandle).
+  void retire_mapped() { retire_tiers(*policy_); }
+
   void publish(std::span<const TierLimits> rows);
   void heartbeat();
   void mark_stopped();
@@ -46,6 +52,7 @@ class Owner {
 
  private:
   Owner() = default;
+  std::string name_;
   Mapping state_map_, policy_map_;
   StateHeader *state_ = nullptr;
   PolicyHeader *policy_ = nullptr;

@@ -52,6 +52,9 @@ class Mapping {
   void *base() const { return base_; }
   uint64_t size() const { return size_; }
   explicit operator bool() const { return base_ != nullptr; }
+  // Is /dev/shm/<shm_name> still the object this maps? (false once it was unlinked,
+  // or replaced by another object of that name)
+  bool still_named(const std::string &shm_name) const;
 
   // `owner`, when given, gets the object's owner uid and mode bits, from the same
   // descriptor that was mapped (no window for a swap between check and use).
@@ -70,6 +73,7 @@ class Mapping {
   std::unique_ptr<Impl> impl_;
   void *base_ = nullptr;
   uint64_t size_ = 0;
+  uint64_t dev_ = 0, ino_ = 0;  // the object mapped, from fstat at open/create
 };
 
 // Checks magic, format, size and every offset of a mapped state segment. Waits up to
