@@ -28,8 +28,9 @@ void Owner::retire(const std::string &name) {
   Mapping m;
   std::string detail;
   Mapping::FileOwner fo;
-  // Only a pair this uid made (and so could remove): another user's is left alone.
-  if (Mapping::open(policy_segment_name(name), true, m, detail, &fo) != Status::ok || fo.uid != uint32_t(::geteuid()) ||
+  // Only a pair this uid may remove (its own; any, for root): another user's is left alone.
+  const uint32_t me = uint32_t(::geteuid());
+  if (Mapping::open(policy_segment_name(name), true, m, detail, &fo) != Status::ok || (fo.uid != me && me != 0) ||
       validate_policy(m, 0, detail) != Status::ok)
     return;
   retire_tiers(*static_cast<PolicyHeader *>(m.base()));
