@@ -227,12 +227,18 @@ uint32_t acquire_allowed(sluice_client *c, const char *tier, const char *key, in
   return s == SLUICE_OK ? d.allowed : 0x55;
 }
 
+// A pair (tier "free": 1 per minute) and a handle opened on it before anything else.
+struct ApiReset : ::testing::Test {
+  test::SegmentGuard seg{"reset", one_per_minute()};
+  sluice_client *c = nullptr;
+  void SetUp() override { ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK); }
+  void TearDown() override { sluice_close(c); }
+};
+
 }  // namespace
 
-TEST(ApiReset, AHandleOpenBeforeAResetCountsInTheNewLedger) {
-  test::SegmentGuard seg("reset", one_per_minute());
-  sluice_client *before = nullptr;
-  ASSERT_EQ(sluice_open(seg.name.c_str(), &before), SLUICE_OK);
+TEST_F(ApiReset, AHandleOpenBeforeAResetCountsInTheNewLedger) {
+  sluice_client *before = c;
   EXPECT_EQ(acquire_allowed(before, "free", "k"), 1u);
   EXPECT_EQ(acquire_allowed(before, "free", "k"), 0u);
   reset_pair(seg.name, one_per_minute());
@@ -242,26 +248,18 @@ TEST(ApiReset, AHandleOpenBeforeAResetCountsInTheNewLedger) {
   EXPECT_EQ(acquire_allowed(after, "free", "k"), 0u) << "the old handle's unit is not in the new ledger";
   EXPECT_EQ(acquire_allowed(before, "free", "k"), 0u);
   sluice_close(after);
-  sluice_close(before);
 }
 
-TEST(ApiReset, ATierTheResetAddedIsFoundByAHandleOpenBefore) {
-  test::SegmentGuard seg("reset", one_per_minute());
-  sluice_client *c = nullptr;
-  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+TEST_F(ApiReset, ATierTheResetAddedIsFoundByAHandleOpenBefore) {
   int rc = 0;
   acquire_allowed(c, "gold", "k", &rc);
   EXPECT_EQ(rc, SLUICE_ETIER);
   reset_pair(seg.name, one_per_minute(true));
   EXPECT_EQ(acquire_allowed(c, "gold", "k", &rc), 1u);
   EXPECT_EQ(rc, SLUICE_OK);
-  sluice_close(c);
 }
 
-TEST(ApiReset, ARemovedPairIsAnErrorUntilANewOneExists) {
-  test::SegmentGuard seg("reset", one_per_minute());
-  sluice_client *c = nullptr;
-  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+TEST_F(ApiReset, ARemovedPairIsAnErrorUntilANewOneExists) {
   EXPECT_EQ(acquire_allowed(c, "free", "k"), 1u);
   core::Owner::remove(seg.name);
   for (int i = 0; i < 3; ++i) {  // the first reopens and fails; the next fail fast
@@ -279,13 +277,9 @@ TEST(ApiReset, ARemovedPairIsAnErrorUntilANewOneExists) {
     if (rc == SLUICE_ENOSEGMENT) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(rc, SLUICE_OK);
-  sluice_close(c);
 }
 
-TEST(ApiReset, AResetStoppedBetweenRetiringAndRemovingIsFinishedAtTheNextStart) {
-  test::SegmentGuard seg("reset", one_per_minute());
-  sluice_client *c = nullptr;
-  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+TEST_F(ApiReset, AResetStoppedBetweenRetiringAndRemovingIsFinishedAtTheNextStart) {
   EXPECT_EQ(acquire_allowed(c, "free", "k"), 1u);
   core::Owner::retire(seg.name);  // the daemon died here
   int rc = 0;
@@ -300,13 +294,9 @@ TEST(ApiReset, AResetStoppedBetweenRetiringAndRemovingIsFinishedAtTheNextStart) 
   std::this_thread::sleep_for(std::chrono::milliseconds(25));  // past the reopen back-off
   EXPECT_EQ(acquire_allowed(c, "free", "k", &rc), 1u);
   EXPECT_EQ(rc, SLUICE_OK);
-  sluice_close(c);
 }
 
-TEST(ApiReset, ThreadsSharingAHandleThroughResetsAllEndInTheNewLedger) {
-  test::SegmentGuard seg("reset", one_per_minute());
-  sluice_client *c = nullptr;
-  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+TEST_F(ApiReset, ThreadsSharingAHandleThroughResetsAllEndInTheNewLedger) {
   std::atomic<bool> stop{false};
   std::atomic<int> bad{0};
   std::vector<std::thread> threads;
@@ -336,5 +326,4 @@ TEST(ApiReset, ThreadsSharingAHandleThroughResetsAllEndInTheNewLedger) {
     EXPECT_EQ(acquire_allowed(fresh, "free", key.c_str()), 0u) << key << " was admitted only in a retired ledger";
   }
   sluice_close(fresh);
-  sluice_close(c);
 }
