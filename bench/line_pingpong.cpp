@@ -44,15 +44,20 @@ void pin(int cpu) {
 
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
+// Pins this child to CPU `me` and spins until the parent says go (both are ready).
+void start_together(Shared *s, int me) {
+  pin(me);
+  s->ready.fetch_add(1);
+  while (s->go.load() == 0) {
+  }
+}
+
 constexpr uint64_t kHandoffs = 2'000'000;  // bounded in count...
 constexpr double kMaxSeconds = 2.0;        // ...and in time
 
 // Process `me` (0 or 1) writes when the word's parity is its own.
 void handoff_child(Shared *s, int me) {
-  pin(me);
-  s->ready.fetch_add(1);
-  while (s->go.load() == 0) {
-  }
+  start_together(s, me);
   const double t0 = now_s();
   uint64_t n = 0;
   for (uint64_t v = uint64_t(me); v < kHandoffs; v += 2) {
@@ -65,10 +70,7 @@ void handoff_child(Shared *s, int me) {
 }
 
 void contended_child(Shared *s, int me) {
-  pin(me);
-  s->ready.fetch_add(1);
-  while (s->go.load() == 0) {
-  }
+  start_together(s, me);
   const double t0 = now_s();
   uint64_t mine = 0;
   for (;;) {
