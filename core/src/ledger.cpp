@@ -8,6 +8,7 @@
 #include <new>
 
 #include "sluice/core/clock.hpp"
+#include "sluice/core/fault.hpp"
 
 namespace sluice::core {
 
@@ -55,19 +56,40 @@ void count(StateHeader &h, uint32_t tier, const Outcome &o, uint32_t cost) {
 
 }  // namespace
 
-Status Ledger::open(const std::string &name, std::unique_ptr<Ledger> &out, std::string &detail) {
+Status Ledger::open(const std::string &name, std::unique_ptr<Ledger> &out, std::string &detail, int wait_ms) {
   if (!valid_segment_name(name)) {
     detail = "segment name '" + name + "' is not valid (letters, digits, '_', '-', '.')";
     return Status::no_segment;
   }
   static std::once_flag fork_hook;
   std::call_once(fork_hook, [] { pthread_atfork(nullptr, nullptr, bump_fork_gen); });
-  std::unique_ptr<Ledger> l(new (std::nothrow) Ledger());
-  if (!l) return Status::internal;
-  if (Status s = Mapping::open(state_segment_name(name), true, l->state_map_, detail); s != Status::ok) return s;
-  if (Status s = validate_state(l->state_map_, 1000, detail); s != Status::ok) return s;
-  if (Status s = Mapping::open(policy_segment_name(name), false, l->policy_map_, detail); s != Status::ok) return s;
-  if (Status s = validate_policy(l->policy_map_, 1000, detail); s != Status::ok) return s;
+  std::unique_ptr<Ledger> l;
+  // The two objects are opened one after the other, so a reset between the opens
+  // could pair the old state with the new policy. sluiced unlinks the state before
+  // the policy and creates it before the policy (owner.cpp): if the state is still
+  // the linked one after the policy was opened, the policy is its partner.
+  for (int attempt = 0;; ++attempt) {
+    l.reset(new (std::nothrow) Ledger());
+    if (!l) return Status::internal;
+    Mapping::FileOwner so, po;
+    if (Status s = Mapping::open(state_segment_name(name), true, l->state_map_, detail, &so); s != Status::ok) return s;
+    if (Status s = validate_state(l->state_map_, wait_ms, detail); s != Status::ok) return s;
+    SLUICE_FAULT();
+    if (Status s = Mapping::open(policy_segment_name(name), false, l->policy_map_, detail, &po); s != Status::ok)
+      return s;
+    if (Status s = validate_policy(l->policy_map_, wait_ms, detail); s != Status::ok) return s;
+    if (so.uid != po.uid) {
+      detail = "state and policy segments belong to different users (uid " + std::to_string(so.uid) + " and " +
+               std::to_string(po.uid) + ")";
+      return Status::permission;
+    }
+    l->owner_uid_ = so.uid;
+    if (l->state_map_.still_named(state_segment_name(name))) break;
+    if (attempt == 8) {
+      detail = "segment '" + name + "' kept being replaced while it was opened";
+      return Status::not_ready;
+    }
+  }
   l->state_hdr_ = static_cast<StateHeader *>(l->state_map_.base());
   l->policy_hdr_ = static_cast<const PolicyHeader *>(l->policy_map_.base());
   if (std::memcmp(l->state_hdr_->boot_id, l->policy_hdr_->boot_id, 16) != 0) {
@@ -169,6 +191,11 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     // Units recorded after sluiced retired this pair are in a ledger no one else
     // counts: decide again in the new one. (Units recorded before it belong to the
     // ledger a reset wipes.) The CAS that recorded them is ordered before this load.
+#if !defined(__x86_64__)
+    // x86 orders the recording CAS (a locked instruction) before this load; the C++
+    // model needs the fence (the daemon's fetch_or is seq_cst).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
     if (o.allowed && record && retired(policy_hdr_->generation.load(std::memory_order_acquire)))
       return Status::retired;
     if (record) count(*state_hdr_, uint32_t(tier), o, cost);

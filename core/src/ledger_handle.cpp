@@ -16,6 +16,10 @@ constexpr int kMaxReopensPerCall = 4;  // resets back to back; then report busy
 Status LedgerHandle::open(const std::string &name, std::unique_ptr<LedgerHandle> &out, std::string &detail) {
   std::unique_ptr<Ledger> l;
   if (Status s = Ledger::open(name, l, detail); s != Status::ok) return s;
+  if (l->is_retired()) {  // sluiced is replacing it, or died doing so: nothing to decide in
+    detail = "segment '" + name + "' is retired (sluiced is resetting it, or must be restarted)";
+    return Status::no_segment;
+  }
   std::unique_ptr<LedgerHandle> h(new (std::nothrow) LedgerHandle());
   if (!h) return Status::internal;
   h->name_ = name;
@@ -28,16 +32,22 @@ LedgerHandle::~LedgerHandle() { delete cur_.load(std::memory_order_acquire); }
 
 Ledger *LedgerHandle::reopen(Ledger *seen, Status &why, std::string &detail) {
   if (Ledger *now = cur_.load(std::memory_order_acquire); now != seen) return now;  // another thread did it
-  const int64_t t = mono_ns();
-  if (t < next_try_ns_.load(std::memory_order_relaxed)) {
+  if (mono_ns() < next_try_ns_.load(std::memory_order_relaxed)) {
     why = Status(last_failure_.load(std::memory_order_relaxed));
     if (why == Status::ok) why = Status::no_segment;  // the store of the failure is not visible yet
     detail = "segment '" + name_ + "' was reset by sluiced and cannot be reopened yet";
     return nullptr;
   }
   std::unique_ptr<Ledger> fresh;
-  const Status s = Ledger::open(name_, fresh, detail);
-  if (s == Status::ok && fresh->is_retired()) {  // an interrupted reset: sluiced finishes it at its next start
+  // No wait for a creator still formatting: fail now, retry after the back-off.
+  const Status s = Ledger::open(name_, fresh, detail, 0);
+  if (s == Status::ok && fresh->owner_uid() != seen->owner_uid()) {
+    // /dev/shm is world-writable: anyone may create the name between the unlink
+    // and sluiced's new pair. Follow only a pair of the same owner.
+    why = Status::permission;
+    detail = "segment '" + name_ + "' was replaced by one owned by uid " + std::to_string(fresh->owner_uid()) +
+             ", not uid " + std::to_string(seen->owner_uid()) + " as before: not following it (reopen by hand)";
+  } else if (s == Status::ok && fresh->is_retired()) {  // an interrupted reset: sluiced finishes it at its next start
     why = Status::no_segment;
     detail = "segment '" + name_ + "' is retired and no new one has been made (restart sluiced)";
   } else if (s != Status::ok) {
@@ -56,7 +66,7 @@ Ledger *LedgerHandle::reopen(Ledger *seen, Status &why, std::string &detail) {
     return expect;
   }
   last_failure_.store(int(why), std::memory_order_relaxed);
-  next_try_ns_.store(t + kReopenRetryNs, std::memory_order_relaxed);
+  next_try_ns_.store(mono_ns() + kReopenRetryNs, std::memory_order_relaxed);  // from now: the open may have waited
   return nullptr;
 }
 

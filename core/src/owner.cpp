@@ -62,7 +62,13 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   Status s = Mapping::open(state_segment_name(name), true, o->state_map_, detail, &fo);
   if (s == Status::ok) {
     if ((s = check_adoptable(state_segment_name(name), fo, me, kStateForbidden, detail)) != Status::ok) return s;
-    if ((s = validate_state(o->state_map_, 1000, detail)) != Status::ok) return s;
+    if ((s = validate_state(o->state_map_, 1000, detail)) == Status::not_ready && !reset) {
+      // Never formatted: its creator died between create and format (the caller
+      // holds the segment lock, so no creator is alive). Start afresh.
+      o->state_map_ = Mapping();
+      return create_or_attach(name, spec, true, out, created, detail);
+    }
+    if (s != Status::ok) return s;
     if ((s = Mapping::open(policy_segment_name(name), true, o->policy_map_, detail, &fo)) != Status::ok) return s;
     if ((s = check_adoptable(policy_segment_name(name), fo, me, kPolicyForbidden, detail)) != Status::ok) return s;
     if ((s = validate_policy(o->policy_map_, 1000, detail)) != Status::ok) return s;

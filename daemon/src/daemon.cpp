@@ -43,7 +43,10 @@ int take_segment_lock(const std::string &segment, std::string &error) {
     const int err = errno;
     error = "cannot open lock file " + path + ": " + std::strerror(err);
     if (err == ELOOP) error += " (it is a symlink; remove it)";
-    if (err == EACCES) error += " (another user's file; remove it as that user or root, or use another --segment)";
+    struct stat st {};
+    if (err == EACCES && ::lstat(path.c_str(), &st) == 0)  // fs.protected_regular refuses even root here
+      error = "lock file " + path + " belongs to uid " + std::to_string(st.st_uid) + ", not to this daemon's uid " +
+              std::to_string(::geteuid()) + "; remove it (as that user or root) or use another --segment";
     return -1;
   }
   struct stat st {};

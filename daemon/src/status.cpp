@@ -30,7 +30,8 @@ Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const 
     TierStatus t;
     TierLimits lim;
     read_tier(p, i, lim);
-    out.policy_generation = lim.generation;
+    out.policy_generation = lim.generation & ~kGenerationRetired;
+    out.retired = core::retired(lim.generation);
     t.name = h.tiers[i].name;
     t.limit = lim.limit;
     t.capacity = h.tiers[i].capacity;
@@ -69,8 +70,9 @@ bool read_status(const std::string &segment, Status &out, std::string &error) {
 std::string render_status_text(const Status &s) {
   std::string o;
   char line[512];
-  std::snprintf(line, sizeof line, "segment %s: %s, daemon pid %lld, %s, policy generation %llu\n",
-                s.segment.c_str(), s.daemon_alive ? "daemon alive" : "daemon NOT running",
+  std::snprintf(line, sizeof line, "segment %s%s: %s, daemon pid %lld, %s, policy generation %llu\n",
+                s.segment.c_str(), s.retired ? " (RETIRED: clients reopen the name)" : "",
+                s.daemon_alive ? "daemon alive" : "daemon NOT running",
                 (long long)s.daemon_pid,
                 s.heartbeat_age_ns < 0 ? "stopped cleanly"
                                        : ("heartbeat " + std::to_string(s.heartbeat_age_ns / 1'000'000) + " ms ago").c_str(),
@@ -119,7 +121,7 @@ std::string render_status_json(const Status &s) {
   std::string o = "{\"segment\":" + json_str(s.segment) + ",\"daemon_pid\":" + std::to_string(s.daemon_pid) +
                   ",\"daemon_alive\":" + (s.daemon_alive ? "true" : "false") +
                   ",\"heartbeat_age_ns\":" + std::to_string(s.heartbeat_age_ns) +
-                  ",\"policy_generation\":" + std::to_string(s.policy_generation) +
+                  ",\"policy_generation\":" + std::to_string(s.policy_generation) + ",\"retired\":" + (s.retired ? "true" : "false") +
                   ",\"daemon_starts\":" + std::to_string(s.daemon_starts) +
                   ",\"keys_reclaimed\":" + std::to_string(s.keys_reclaimed) +
                   ",\"clock\":" + (s.clock_tsc ? "\"tsc\"" : "\"clock_gettime\"") +

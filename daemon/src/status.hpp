@@ -24,7 +24,8 @@ struct Status {
   int64_t daemon_pid = 0;
   int64_t heartbeat_age_ns = -1;  // -1: stopped cleanly
   bool daemon_alive = false;
-  uint64_t policy_generation = 0;
+  uint64_t policy_generation = 0;  // without the retired bit
+  bool retired = false;            // sluiced retired the pair (--reset or its removal): clients reopen
   uint64_t daemon_starts = 0, keys_reclaimed = 0;
   uint64_t segment_bytes = 0;
   bool clock_tsc = false;       // clients read time through the TSC (tsc_clock.hpp)

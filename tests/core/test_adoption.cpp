@@ -13,6 +13,10 @@
 #include <string>
 
 #include "../support/fixture.hpp"
+#include "sluice/core/ledger_handle.hpp"
+
+#include <chrono>
+#include <thread>
 
 namespace sluice::core {
 namespace {
@@ -105,6 +109,55 @@ TEST(Adoption, AnotherUsersPolicyNameLeavesNoHalfMadePairBehind) {
             0);
   // A state segment without its policy would make every later start wait and fail.
   EXPECT_FALSE(exists(state_segment_name(n.name)));
+}
+
+}  // namespace
+}  // namespace sluice::core
+
+namespace sluice::core {
+namespace {
+
+// A handle follows a reset only into a pair of the same owner: between sluiced's
+// unlink and its new pair, anyone may create the names.
+TEST(Adoption, AHandleDoesNotFollowItsNameIntoAnotherUsersPair) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  Names n;
+  std::string detail;
+  ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;
+  std::unique_ptr<LedgerHandle> h;
+  ASSERT_EQ(LedgerHandle::open(n.name, h, detail), Status::ok) << detail;
+  Decision d;
+  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok);
+  Owner::remove(n.name);  // the unlink of a reset...
+  ASSERT_EQ(run_as(kNobody, [&] {  // ...and nobody gets there first, open to all
+              std::string e;
+              return attach(n.name, false, e) == Status::ok &&
+                     chmod(("/dev/shm/" + state_segment_name(n.name)).c_str(), 0666) == 0 &&
+                     chmod(("/dev/shm/" + policy_segment_name(n.name)).c_str(), 0666) == 0;
+            }),
+            0);
+  EXPECT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::permission) << detail;
+  EXPECT_NE(detail.find("owned by uid 65534"), std::string::npos) << detail;
+  // Root's --reset removes nobody's pair (retiring it) and makes its own: followed.
+  ASSERT_EQ(attach(n.name, true, detail), Status::ok) << detail;
+  std::this_thread::sleep_for(std::chrono::milliseconds(25));  // past the back-off
+  EXPECT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  EXPECT_TRUE(d.allowed);
+}
+
+// sluiced killed between creating the state segment and formatting it: the next
+// start (under the segment lock) makes the pair afresh instead of failing for ever.
+TEST(Adoption, AStateSegmentNeverFormattedIsReplacedAtTheNextStart) {
+  Names n;
+  const int fd = shm_open(("/" + state_segment_name(n.name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0660);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 1 << 20), 0);
+  close(fd);
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  std::string detail;
+  ASSERT_EQ(Owner::create_or_attach(n.name, small_spec(), false, o, created, detail), Status::ok) << detail;
+  EXPECT_TRUE(created);
 }
 
 }  // namespace

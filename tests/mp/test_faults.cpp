@@ -224,3 +224,28 @@ TEST(FaultPoints, AResetAtAnyStepOfAnAcquireLosesNoAdmissionTheCallerWasTold) {
   }
   EXPECT_GE(points_seen, 3) << "the acquire of a new key passes insert, claim and head points";
 }
+
+// A reset between Ledger::open's two opens (the fault point between them) must not
+// give a ledger of the old state and the new policy: it would count in an unlinked
+// state segment that no retirement can ever flag.
+TEST(FaultPoints, AResetBetweenOpeningTheStateAndThePolicyNeverPairsTwoGenerations) {
+  g_reset.spec = test::spec_with({test::tier("t", 1, 60000, 2)}, 64);
+  test::SegmentGuard seg("mix", g_reset.spec);
+  g_reset.name = seg.name;
+  g_reset.at = 1;
+  g_reset.done = false;
+  std::unique_ptr<Ledger> l;
+  std::string detail;
+  set_fault_hook(reset_at_point);
+  const Status s = Ledger::open(seg.name, l, detail);
+  set_fault_hook(nullptr);
+  ASSERT_TRUE(g_reset.done) << "no fault point between the two opens";
+  ASSERT_EQ(s, Status::ok) << detail;
+  Decision d;
+  ASSERT_EQ(l->acquire("t", "k", 1, 1, d, detail), Status::ok);
+  ASSERT_TRUE(d.allowed);
+  std::unique_ptr<Ledger> fresh;
+  ASSERT_EQ(Ledger::open(seg.name, fresh, detail), Status::ok) << detail;
+  ASSERT_EQ(fresh->peek("t", "k", 1, 1, d, detail), Status::ok);
+  EXPECT_FALSE(d.allowed) << "the ledger opened across the reset counts in the unlinked state segment";
+}

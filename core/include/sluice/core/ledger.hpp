@@ -28,8 +28,11 @@ struct Decision {
 
 class Ledger {
  public:
-  // Maps "<name>.state" read-write and "<name>.policy" read-only and validates both.
-  static Status open(const std::string &name, std::unique_ptr<Ledger> &out, std::string &detail);
+  // Maps "<name>.state" read-write and "<name>.policy" read-only and validates both
+  // (waiting up to wait_ms for a creator's ready word). Both must have one owner.
+  static Status open(const std::string &name, std::unique_ptr<Ledger> &out, std::string &detail,
+                     int wait_ms = 1000);
+  uint32_t owner_uid() const { return owner_uid_; }  // of both objects, at open
 
   Status acquire(std::string_view tier, const void *key, size_t key_len, uint32_t cost, Decision &out,
                  std::string &detail) {
@@ -62,6 +65,7 @@ class Ledger {
   StateHeader *state_hdr_ = nullptr;
   const PolicyHeader *policy_hdr_ = nullptr;
   uint32_t tier_count_ = 0;
+  uint32_t owner_uid_ = 0;
   TscClock clock_;
   TierView views_[kMaxTiers];
   // Private, NUL-terminated copies: a lookup never reads a name a client could
