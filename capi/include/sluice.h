@@ -14,7 +14,9 @@
  *
  * Reset: a handle follows its segment name. When sluiced removes the pair
  * (--reset), the next call reopens the name and decides in the new pair; while
- * none exists, calls fail with SLUICE_ENOSEGMENT (never an answer from the old).
+ * none exists, calls fail with SLUICE_ENOSEGMENT (never an answer from the old);
+ * a pair made by another user is not followed (SLUICE_EPERM). Each reset keeps
+ * the old pair mapped until sluice_close.
  * Threads: a sluice_client may be shared by any number of threads. Fork: a child
  * inherits the mappings (MAP_SHARED), so a handle opened before fork() keeps working
  * in both processes; each process calls sluice_close() on its own copy once.
