@@ -38,6 +38,8 @@ void Owner::retire(const std::string &name) {
 
 void Owner::remove(const std::string &name) {
   retire(name);  // first: a client still mapping the pair reopens the name instead of counting alone
+  // State before policy, as create makes them: Ledger::open relies on this order to
+  // tell a matching pair from one torn by a reset between its two opens.
   Mapping::remove(state_segment_name(name));
   Mapping::remove(policy_segment_name(name));
 }
