@@ -189,15 +189,15 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     out.reset_after_ns = o.reset_after_ns;
     out.admitted_at_ns = o.admitted_at_ns;
     // Units recorded after sluiced retired this pair are in a ledger no one else
-    // counts: decide again in the new one. (Units recorded before it belong to the
-    // ledger a reset wipes.) The CAS that recorded them is ordered before this load.
+    // counts, and a denial or peek judged there is judged on a ledger a reset wipes:
+    // decide again in the new one. (Units recorded before the retirement belong to
+    // the ledger a reset wipes.) The CAS that recorded them is ordered before this load.
 #if !defined(__x86_64__)
     // x86 orders the recording CAS (a locked instruction) before this load; the C++
     // model needs the fence (the daemon's fetch_or is seq_cst).
     std::atomic_thread_fence(std::memory_order_seq_cst);
 #endif
-    if (o.allowed && record && retired(policy_hdr_->generation.load(std::memory_order_acquire)))
-      return Status::retired;
+    if (retired(policy_hdr_->generation.load(std::memory_order_acquire))) return Status::retired;
     if (record) count(*state_hdr_, uint32_t(tier), o, cost);
     return Status::ok;
   }

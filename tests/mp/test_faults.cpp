@@ -225,6 +225,33 @@ TEST(FaultPoints, AResetAtAnyStepOfAnAcquireLosesNoAdmissionTheCallerWasTold) {
   EXPECT_GE(points_seen, 3) << "the acquire of a new key passes insert, claim and head points";
 }
 
+// The same for a denial: a reset during the call of a key whose window is full
+// must be judged in the new (empty) ledger, not answered from the retired one.
+TEST(FaultPoints, AResetAtAnyStepOfADenialIsJudgedInTheNewLedger) {
+  g_reset.spec = test::spec_with({test::tier("t", 1, 60000, 2)}, 64);
+  int points_seen = 0;
+  for (long at = 1; at <= 40; ++at) {
+    test::SegmentGuard seg("rsd", g_reset.spec);
+    g_reset.name = seg.name;
+    g_reset.at = at;
+    g_reset.done = false;
+    std::unique_ptr<LedgerHandle> h;
+    std::string detail;
+    ASSERT_EQ(LedgerHandle::open(seg.name, h, detail), Status::ok) << detail;
+    Decision d;
+    ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok);
+    ASSERT_TRUE(d.allowed);  // the window of "k" is now full
+    set_fault_hook(reset_at_point);
+    const Status s = h->decide("t", "k", 1, 1, true, d, detail);
+    set_fault_hook(nullptr);
+    if (!g_reset.done) break;
+    ++points_seen;
+    ASSERT_EQ(s, Status::ok) << "reset at point " << at << ": " << detail;
+    EXPECT_TRUE(d.allowed) << "reset at point " << at << ": denied by the retired ledger's window";
+  }
+  EXPECT_GE(points_seen, 1) << "a denial passes the fault point after reading head";
+}
+
 // A reset between Ledger::open's two opens (the fault point between them) must not
 // give a ledger of the old state and the new policy: it would count in an unlinked
 // state segment that no retirement can ever flag.
