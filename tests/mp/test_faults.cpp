@@ -192,6 +192,17 @@ void reset_at_point(long k) {
   std::string detail;
   if (Owner::create_or_attach(g_reset.name, g_reset.spec, true, o, created, detail) != Status::ok) std::abort();
 }
+
+// Arms a reset at fault point `at` on seg's pair and opens a handle on it.
+std::unique_ptr<LedgerHandle> arm_reset_round(const test::SegmentGuard &seg, long at) {
+  g_reset.name = seg.name;
+  g_reset.at = at;
+  g_reset.done = false;
+  std::unique_ptr<LedgerHandle> h;
+  std::string detail;
+  EXPECT_EQ(LedgerHandle::open(seg.name, h, detail), Status::ok) << detail;
+  return h;
+}
 }  // namespace
 
 TEST(FaultPoints, AResetAtAnyStepOfAnAcquireLosesNoAdmissionTheCallerWasTold) {
@@ -199,12 +210,9 @@ TEST(FaultPoints, AResetAtAnyStepOfAnAcquireLosesNoAdmissionTheCallerWasTold) {
   int points_seen = 0;
   for (long at = 1; at <= 40; ++at) {
     test::SegmentGuard seg("rst", g_reset.spec);
-    g_reset.name = seg.name;
-    g_reset.at = at;
-    g_reset.done = false;
-    std::unique_ptr<LedgerHandle> h;
+    const std::unique_ptr<LedgerHandle> h = arm_reset_round(seg, at);
+    ASSERT_TRUE(h);
     std::string detail;
-    ASSERT_EQ(LedgerHandle::open(seg.name, h, detail), Status::ok) << detail;
     Decision d;
     ASSERT_EQ(h->decide("t", "warm", 4, 1, true, d, detail), Status::ok);  // the key "k" is new; "warm" maps pages
     set_fault_hook(reset_at_point);
@@ -232,12 +240,9 @@ TEST(FaultPoints, AResetAtAnyStepOfADenialIsJudgedInTheNewLedger) {
   int points_seen = 0;
   for (long at = 1; at <= 40; ++at) {
     test::SegmentGuard seg("rsd", g_reset.spec);
-    g_reset.name = seg.name;
-    g_reset.at = at;
-    g_reset.done = false;
-    std::unique_ptr<LedgerHandle> h;
+    const std::unique_ptr<LedgerHandle> h = arm_reset_round(seg, at);
+    ASSERT_TRUE(h);
     std::string detail;
-    ASSERT_EQ(LedgerHandle::open(seg.name, h, detail), Status::ok) << detail;
     Decision d;
     ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok);
     ASSERT_TRUE(d.allowed);  // the window of "k" is now full
