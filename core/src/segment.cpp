@@ -190,7 +190,7 @@ Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mod
   } catch (const bip::interprocess_exception &e) {
     const int err = e.get_native_error() ? e.get_native_error() : EIO;
     if (err == EEXIST) {  // it was there and could not be removed: someone else's
-      detail = "/dev/shm/" + shm_name + " already exists and is not this daemon's to remove (another user created "
+      detail = shm_path(shm_name) + " already exists and is not this daemon's to remove (another user created "
                "it); remove it as that user or root, or use another --segment";
       return Status::permission;
     }
@@ -206,13 +206,13 @@ Status check_adoptable(const std::string &shm_name, const Mapping::FileOwner &o,
   char mode[8];
   std::snprintf(mode, sizeof mode, "%04o", o.mode);
   if (o.uid != uid) {
-    detail = "/dev/shm/" + shm_name + " belongs to uid " + std::to_string(o.uid) + ", not to this daemon's uid " +
+    detail = shm_path(shm_name) + " belongs to uid " + std::to_string(o.uid) + ", not to this daemon's uid " +
              std::to_string(uid) + "; another user created it first. Remove it (as that user or root) or use "
              "another --segment";
     return Status::permission;
   }
   if (o.mode & forbidden) {
-    detail = "/dev/shm/" + shm_name + " has mode " + mode + ", open to users the daemon never grants it to; someone " +
+    detail = shm_path(shm_name) + " has mode " + mode + ", open to users the daemon never grants it to; someone " +
              "changed it. Check who, then remove it or use --reset";
     return Status::permission;
   }
@@ -221,7 +221,7 @@ Status check_adoptable(const std::string &shm_name, const Mapping::FileOwner &o,
 
 bool Mapping::still_named(const std::string &shm_name) const {
   struct stat st {};
-  if (::stat(("/dev/shm/" + shm_name).c_str(), &st) != 0) return errno != ENOENT;  // cannot tell: assume so
+  if (::stat(shm_path(shm_name).c_str(), &st) != 0) return errno != ENOENT;  // cannot tell: assume so
   return uint64_t(st.st_dev) == dev_ && uint64_t(st.st_ino) == ino_;
 }
 

@@ -417,7 +417,7 @@ bool control_request(const std::string &path, const std::string &line, std::stri
 bool daemon_request(const std::string &segment, const std::string &line, std::string &reply, std::string &error,
                     int timeout_ms) {
   struct stat st {};
-  const std::string state = "/dev/shm/" + core::state_segment_name(segment);
+  const std::string state = core::shm_path(core::state_segment_name(segment));
   if (::stat(state.c_str(), &st) != 0) {
     error = "no segment '" + segment + "' (" + state + ": " + std::strerror(errno) + "; is sluiced running?)";
     return false;

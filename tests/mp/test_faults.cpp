@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <cstring>
 #include <thread>
 
 #include "../support/fixture.hpp"
@@ -193,15 +194,24 @@ void reset_at_point(long k) {
   if (Owner::create_or_attach(g_reset.name, g_reset.spec, true, o, created, detail) != Status::ok) std::abort();
 }
 
-// Arms a reset at fault point `at` on seg's pair and opens a handle on it.
-std::unique_ptr<LedgerHandle> arm_reset_round(const test::SegmentGuard &seg, long at) {
+// One round: a handle on seg's pair admits `before` unarmed, then decides "k" with a
+// reset run at fault point `at`. Returns the status of the "k" call (d and detail
+// its decision); g_reset.done says whether that call reached point `at`.
+Status decide_k_with_reset_at(const test::SegmentGuard &seg, long at, const char *before, Decision &d,
+                              std::string &detail) {
   g_reset.name = seg.name;
   g_reset.at = at;
   g_reset.done = false;
   std::unique_ptr<LedgerHandle> h;
-  std::string detail;
-  EXPECT_EQ(LedgerHandle::open(seg.name, h, detail), Status::ok) << detail;
-  return h;
+  if (LedgerHandle::open(seg.name, h, detail) != Status::ok ||
+      h->decide("t", before, std::strlen(before), 1, true, d, detail) != Status::ok || !d.allowed) {
+    ADD_FAILURE() << "round setup at point " << at << ": " << detail;
+    return Status::internal;
+  }
+  set_fault_hook(reset_at_point);
+  const Status s = h->decide("t", "k", 1, 1, true, d, detail);
+  set_fault_hook(nullptr);
+  return s;
 }
 }  // namespace
 
@@ -210,14 +220,9 @@ TEST(FaultPoints, AResetAtAnyStepOfAnAcquireLosesNoAdmissionTheCallerWasTold) {
   int points_seen = 0;
   for (long at = 1; at <= 40; ++at) {
     test::SegmentGuard seg("rst", g_reset.spec);
-    const std::unique_ptr<LedgerHandle> h = arm_reset_round(seg, at);
-    ASSERT_TRUE(h);
     std::string detail;
     Decision d;
-    ASSERT_EQ(h->decide("t", "warm", 4, 1, true, d, detail), Status::ok);  // the key "k" is new; "warm" maps pages
-    set_fault_hook(reset_at_point);
-    const Status s = h->decide("t", "k", 1, 1, true, d, detail);
-    set_fault_hook(nullptr);
+    const Status s = decide_k_with_reset_at(seg, at, "warm", d, detail);  // "k" is new; "warm" maps pages
     if (!g_reset.done) break;  // the acquire reached fewer than `at` points: all covered
     ++points_seen;
     ASSERT_EQ(s, Status::ok) << "reset at point " << at << ": " << detail;
@@ -240,15 +245,9 @@ TEST(FaultPoints, AResetAtAnyStepOfADenialIsJudgedInTheNewLedger) {
   int points_seen = 0;
   for (long at = 1; at <= 40; ++at) {
     test::SegmentGuard seg("rsd", g_reset.spec);
-    const std::unique_ptr<LedgerHandle> h = arm_reset_round(seg, at);
-    ASSERT_TRUE(h);
     std::string detail;
     Decision d;
-    ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok);
-    ASSERT_TRUE(d.allowed);  // the window of "k" is now full
-    set_fault_hook(reset_at_point);
-    const Status s = h->decide("t", "k", 1, 1, true, d, detail);
-    set_fault_hook(nullptr);
+    const Status s = decide_k_with_reset_at(seg, at, "k", d, detail);  // the first "k" fills its window
     if (!g_reset.done) break;
     ++points_seen;
     ASSERT_EQ(s, Status::ok) << "reset at point " << at << ": " << detail;

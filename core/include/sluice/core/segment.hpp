@@ -28,6 +28,8 @@ struct LayoutSpec {
 };
 
 std::string state_segment_name(const std::string &name);
+// Where shm_open keeps an object of that name: /dev/shm/<shm_name>.
+inline std::string shm_path(const std::string &shm_name) { return "/dev/shm/" + shm_name; }
 std::string policy_segment_name(const std::string &name);
 // The segment name from an argument, else $SLUICE_SEGMENT, else "sluice".
 std::string resolve_segment_name(const char *name);
