@@ -64,45 +64,65 @@ Status Ledger::open(const std::string &name, std::unique_ptr<Ledger> &out, std::
   static std::once_flag fork_hook;
   std::call_once(fork_hook, [] { pthread_atfork(nullptr, nullptr, bump_fork_gen); });
   std::unique_ptr<Ledger> l;
-  // The two objects are opened one after the other, so a reset between the opens
-  // could pair the old state with the new policy. sluiced unlinks the state before
-  // the policy and creates it before the policy (owner.cpp): if the state is still
-  // the linked one after the policy was opened, the policy is its partner.
+  // What is read from the state is trusted only if the object is still under its
+  // name after the reads. A removal unlinks the pair (state first) before it frees
+  // the state's memory (Owner::remove), so a state still named was whole when read
+  // and its policy, opened after it, is its partner (sluiced creates the state
+  // before the policy). One no longer named may have been read half freed (zeros)
+  // or paired with the next generation's policy: open the name again.
   for (int attempt = 0;; ++attempt) {
     l.reset(new (std::nothrow) Ledger());
     if (!l) return Status::internal;
-    Mapping::FileOwner so, po;
-    if (Status s = Mapping::open(state_segment_name(name), true, l->state_map_, detail, &so); s != Status::ok) return s;
-    if (Status s = validate_state(l->state_map_, wait_ms, detail); s != Status::ok) return s;
-    SLUICE_FAULT();
-    if (Status s = Mapping::open(policy_segment_name(name), false, l->policy_map_, detail, &po); s != Status::ok)
-      return s;
-    if (Status s = validate_policy(l->policy_map_, wait_ms, detail); s != Status::ok) return s;
-    if (so.uid != po.uid) {
-      detail = "state and policy segments belong to different users (uid " + std::to_string(so.uid) + " and " +
-               std::to_string(po.uid) + ")";
-      return Status::permission;
+    const Status s = l->map_pair(name, wait_ms, detail);
+    if (!l->state_map_) return s;  // no state object to have raced with
+    if (l->state_map_.still_named(state_segment_name(name))) {
+      if (s != Status::ok) return s;
+      break;
     }
-    l->owner_uid_ = so.uid;
-    if (l->state_map_.still_named(state_segment_name(name))) break;
     if (attempt == 8) {
       detail = "segment '" + name + "' kept being replaced while it was opened";
       return Status::not_ready;
     }
   }
-  l->state_hdr_ = static_cast<StateHeader *>(l->state_map_.base());
-  l->policy_hdr_ = static_cast<const PolicyHeader *>(l->policy_map_.base());
-  if (std::memcmp(l->state_hdr_->boot_id, l->policy_hdr_->boot_id, 16) != 0) {
+  out = std::move(l);
+  return Status::ok;
+}
+
+Status Ledger::map_pair(const std::string &name, int wait_ms, std::string &detail) {
+  Mapping::FileOwner so, po;
+  if (Status s = Mapping::open(state_segment_name(name), true, state_map_, detail, &so); s != Status::ok) return s;
+  if (Status s = validate_state(state_map_, wait_ms, detail); s != Status::ok) return s;
+  SLUICE_FAULT();
+  if (Status s = Mapping::open(policy_segment_name(name), false, policy_map_, detail, &po); s != Status::ok) return s;
+  if (Status s = validate_policy(policy_map_, wait_ms, detail); s != Status::ok) return s;
+  if (so.uid != po.uid) {
+    detail = "state and policy segments belong to different users (uid " + std::to_string(so.uid) + " and " +
+             std::to_string(po.uid) + ")";
+    return Status::permission;
+  }
+  owner_uid_ = so.uid;
+  state_hdr_ = static_cast<StateHeader *>(state_map_.base());
+  policy_hdr_ = static_cast<const PolicyHeader *>(policy_map_.base());
+  if (std::memcmp(state_hdr_->boot_id, policy_hdr_->boot_id, 16) != 0) {
     detail = "state and policy segments come from different boots";
     return Status::corrupt_header;
   }
-  l->tier_count_ = l->state_hdr_->tier_count;
-  l->clock_ = TscClock(&l->policy_hdr_->clock);
-  for (uint32_t i = 0; i < l->tier_count_; ++i) {
-    l->views_[i] = TierView::of(l->state_hdr_, i);
-    std::memcpy(l->names_[i], l->state_hdr_->tiers[i].name, kTierNameBytes - 1);
+  // Read again after validate_state: the state is client-writable, and a ring of
+  // no slots would divide by zero on every call.
+  tier_count_ = state_hdr_->tier_count;
+  if (tier_count_ == 0 || tier_count_ > kMaxTiers) {
+    detail = "state segment tier count changed after it was validated";
+    return Status::corrupt_header;
   }
-  out = std::move(l);
+  clock_ = TscClock(&policy_hdr_->clock);
+  for (uint32_t i = 0; i < tier_count_; ++i) {
+    views_[i] = TierView::of(state_hdr_, i);
+    std::memcpy(names_[i], state_hdr_->tiers[i].name, kTierNameBytes - 1);
+    if (views_[i].capacity == 0 || views_[i].slots == 0) {
+      detail = "state segment tier " + std::to_string(i) + " changed after it was validated";
+      return Status::corrupt_header;
+    }
+  }
   return Status::ok;
 }
 

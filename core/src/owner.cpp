@@ -15,6 +15,11 @@ constexpr int64_t kDeadClaimGraceNs = 2'000'000'000;  // a live inserter fills a
 constexpr unsigned kStateMode = 0660, kPolicyMode = 0640;
 constexpr uint32_t kStateForbidden = 0007, kPolicyForbidden = 0027;
 
+bool may_remove(const Mapping::FileOwner &fo) {
+  const uint32_t me = uint32_t(::geteuid());
+  return fo.uid == me || me == 0;
+}
+
 std::vector<TierLimits> rows_of(const LayoutSpec &spec) {
   std::vector<TierLimits> rows;
   for (const TierSpec &t : spec.tiers)
@@ -24,24 +29,40 @@ std::vector<TierLimits> rows_of(const LayoutSpec &spec) {
 }
 }  // namespace
 
-void Owner::retire(const std::string &name) {
+bool Owner::retire(const std::string &name) {
   Mapping m;
   std::string detail;
   Mapping::FileOwner fo;
   // Only a pair this uid may remove (its own; any, for root): another user's is left alone.
-  const uint32_t me = uint32_t(::geteuid());
-  if (Mapping::open(policy_segment_name(name), true, m, detail, &fo) != Status::ok || (fo.uid != me && me != 0) ||
+  if (Mapping::open(policy_segment_name(name), true, m, detail, &fo) != Status::ok || !may_remove(fo) ||
       validate_policy(m, 0, detail) != Status::ok)
-    return;
+    return false;
   retire_tiers(*static_cast<PolicyHeader *>(m.base()));
+  return true;
 }
 
 void Owner::remove(const std::string &name) {
-  retire(name);  // first: a client still mapping the pair reopens the name instead of counting alone
+  // Mapped before it is unlinked, to free its memory after: every client that
+  // still maps the retired pair (until its next call reopens the name; for good,
+  // if it never calls again) would otherwise keep all of its pages allocated.
+  Mapping state;
+  std::string detail;
+  Mapping::FileOwner fo;
+  const bool mapped = Mapping::open(state_segment_name(name), true, state, detail, &fo) == Status::ok && may_remove(fo);
+  const bool was_retired = retire(name);  // first: a client still mapping the pair reopens the name instead of counting alone
   // State before policy, as create makes them: Ledger::open relies on this order to
   // tell a matching pair from one torn by a reset between its two opens.
   Mapping::remove(state_segment_name(name));
   Mapping::remove(policy_segment_name(name));
+  // Only once retired (and no longer under its name): a call still in flight on it
+  // reads zeros from here on, then reads the retirement and decides again in the
+  // new pair (docs/ADMISSION.md).
+  if (mapped && was_retired) state.discard_contents();
+}
+
+void Owner::discard_state() {
+  retire_tiers(*policy_);
+  state_map_.discard_contents();
 }
 
 Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,

@@ -225,6 +225,12 @@ bool Mapping::still_named(const std::string &shm_name) const {
   return uint64_t(st.st_dev) == dev_ && uint64_t(st.st_ino) == ino_;
 }
 
+bool Mapping::discard_contents() {
+  // MADV_REMOVE punches the pages out of the shmem file itself (fallocate's
+  // PUNCH_HOLE), not only out of this mapping.
+  return base_ && ::madvise(base_, size_, MADV_REMOVE) == 0;
+}
+
 bool Mapping::remove(const std::string &shm_name) { return bip::shared_memory_object::remove(shm_name.c_str()); }
 
 // ---- validation ---------------------------------------------------------------

@@ -236,7 +236,7 @@ int64_t Daemon::do_work(int64_t now_ns) {
     next_tick_ns_ = now_ns + tick_ns_;
     if (!segment_lost_ && !owner_->still_named()) {
       segment_lost_ = true;
-      owner_->retire_mapped();
+      core::retire_tiers(owner_->policy());  // now: clients reopen the name at their next call
       spdlog::error("segment '{}' is no longer in /dev/shm (removed by hand, or by systemd-logind's RemoveIPC when "
                     "its user logged out): retired it so clients reopen the name; stopping, restart sluiced to "
                     "make a new one",
@@ -266,6 +266,9 @@ void Daemon::stop() {
   metrics_.reset();
   control_.reset();  // closes every control connection and removes the socket
   owner_->mark_stopped();
+  // Unlinked under us: nothing can find it again, but every client that mapped it
+  // keeps its pages allocated until it unmaps. Freed last, when no service reads it.
+  if (segment_lost_) owner_->discard_state();
 }
 
 }  // namespace sluice::daemon

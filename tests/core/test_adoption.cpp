@@ -145,6 +145,30 @@ TEST(Adoption, AHandleDoesNotFollowItsNameIntoAnotherUsersPair) {
   EXPECT_TRUE(d.allowed);
 }
 
+// tmpfs keeps an unlinked object's pages until its last mapping goes. A client
+// that mapped the pair before a reset (and may not call again for hours) must not
+// keep a whole state segment allocated: remove frees it once it is retired.
+TEST(Adoption, ARemovedPairFreesItsStateMemoryWhileClientsStillMapIt) {
+  test::SegmentGuard seg("free", test::spec_with({test::tier("t", 16, 1000, 16)}, 20000, 16));
+  std::unique_ptr<Ledger> client = seg.open();
+  std::unique_ptr<LedgerHandle> handle;
+  std::string detail;
+  ASSERT_EQ(LedgerHandle::open(seg.name, handle, detail), Status::ok) << detail;
+  Decision d;
+  ASSERT_EQ(client->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  Mapping m;  // what a client maps
+  ASSERT_EQ(Mapping::open(state_segment_name(seg.name), true, m, detail), Status::ok) << detail;
+  test::allocate_every_page(m);
+  const size_t pages = m.size() / size_t(sysconf(_SC_PAGESIZE));
+  ASSERT_GE(pages, 1000u);
+  ASSERT_GE(test::resident_pages(m), pages * 9 / 10);
+  Owner::remove(seg.name);
+  EXPECT_LE(test::resident_pages(m), 1u) << "the removed pair's state still holds its memory for the clients that map it";
+  // A call on the emptied ledger reads the retirement first, never a decision from zeros.
+  EXPECT_EQ(client->decide("t", "k", 1, 1, true, d, detail), Status::retired);
+  EXPECT_EQ(handle->decide("t", "k", 1, 1, true, d, detail), Status::no_segment) << detail;
+}
+
 // sluiced killed between creating the state segment and formatting it: the next
 // start (under the segment lock) makes the pair afresh instead of failing for ever.
 TEST(Adoption, AStateSegmentNeverFormattedIsReplacedAtTheNextStart) {

@@ -477,10 +477,16 @@ TEST(Sluiced, ASegmentUnlinkedUnderTheDaemonIsRetiredAndTheDaemonStops) {
   int allowed = 0;
   ASSERT_EQ(acquire(worker, &allowed), SLUICE_OK);
   EXPECT_EQ(allowed, 1);
+  core::Mapping mapped;  // what the worker maps, seen from outside
+  std::string detail;
+  ASSERT_EQ(core::Mapping::open(core::state_segment_name(seg.name), true, mapped, detail), core::Status::ok) << detail;
+  test::allocate_every_page(mapped);
+  ASSERT_GT(test::resident_pages(mapped), 2u);
   ASSERT_EQ(unlink(("/dev/shm/" + core::state_segment_name(seg.name)).c_str()), 0);
   ASSERT_EQ(unlink(("/dev/shm/" + core::policy_segment_name(seg.name)).c_str()), 0);
   EXPECT_EQ(exit_within(d, 5000), 1);
   EXPECT_NE(d.output().find("no longer in /dev/shm"), std::string::npos) << d.output();
+  EXPECT_EQ(test::resident_pages(mapped), 0u) << "the orphaned state keeps its memory while clients map it";
   EXPECT_EQ(acquire(worker, &allowed), SLUICE_ENOSEGMENT) << "an answer came from the orphaned ledger";
   Proc again = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy});
   ASSERT_TRUE(wait_ready(again, seg.name)) << again.output();

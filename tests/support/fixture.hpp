@@ -16,6 +16,7 @@
 
 #include "sluice/core/ledger.hpp"
 #include "sluice/core/owner.hpp"
+#include "sluice/core/segment.hpp"
 
 namespace sluice::test {
 
@@ -60,6 +61,23 @@ struct SegmentGuard {
     return l;
   }
 };
+
+// Pages of a mapped shared-memory object that the object holds in memory (mincore
+// on a tmpfs mapping reports the object's pages, whoever allocated them).
+inline size_t resident_pages(const core::Mapping &m) {
+  const size_t page = size_t(sysconf(_SC_PAGESIZE)), pages = (m.size() + page - 1) / page;
+  std::vector<unsigned char> in(pages);
+  if (mincore(m.base(), m.size(), in.data()) != 0) return SIZE_MAX;
+  return size_t(std::count_if(in.begin(), in.end(), [](unsigned char v) { return v & 1; }));
+}
+
+// Makes the object allocate every page of a writable mapping, as clients that have
+// used a segment for a while have; the bytes keep their values.
+inline void allocate_every_page(core::Mapping &m) {
+  auto *p = static_cast<unsigned char *>(m.base());
+  for (size_t off = 0; off < m.size(); off += size_t(sysconf(_SC_PAGESIZE)))
+    std::atomic_ref<unsigned char>(p[off]).fetch_add(0, std::memory_order_relaxed);
+}
 
 // Records admissions from many processes into one MAP_SHARED array.
 struct Record {

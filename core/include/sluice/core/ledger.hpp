@@ -60,6 +60,9 @@ class Ledger {
  private:
   friend class LedgerHandle;
   Ledger() = default;
+  // One attempt of open: maps and validates both objects and reads what the hot
+  // path keeps private (tier views, names).
+  Status map_pair(const std::string &name, int wait_ms, std::string &detail);
   std::unique_ptr<Ledger> replaced_;  // the retired ledger this one took over from (LedgerHandle)
   Mapping state_map_, policy_map_;
   StateHeader *state_hdr_ = nullptr;

@@ -6,7 +6,8 @@
 // Lock-free and fork-safe: the current ledger is one atomic pointer; a reopen
 // builds the new ledger aside and installs it with a CAS (a loser drops its own).
 // A replaced ledger stays mapped until the handle is destroyed (a thread may still
-// be inside a call on it); each reset costs the handle one old mapping.
+// be inside a call on it); each reset costs the handle one old mapping, of address
+// space only: the remover frees the retired state's memory (Owner::remove).
 #pragma once
 #include <atomic>
 #include <cstdint>

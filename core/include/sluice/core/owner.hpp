@@ -28,10 +28,13 @@ class Owner {
   // match is refused with the reason; --reset is the way past it.
   static Status create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
                                  std::unique_ptr<Owner> &out, bool &created, std::string &detail);
-  // Retires the pair (clients that map it reopen the name), then unlinks it.
+  // Retires the pair (clients that map it reopen the name), unlinks it, and frees
+  // the retired state segment's memory (tmpfs keeps an unlinked object's pages
+  // until its last mapping goes, and clients' mappings may outlive it by days).
   static void remove(const std::string &name);
   // Marks the pair retired without unlinking it (remove's first step; for tests).
-  static void retire(const std::string &name);
+  // False when there is no valid policy segment of this uid's (or root) to retire.
+  static bool retire(const std::string &name);
 
   StateHeader &state() const { return *state_; }
   PolicyHeader &policy() const { return *policy_; }
@@ -41,8 +44,10 @@ class Owner {
   // Are both objects still under their names in /dev/shm? Someone may unlink them
   // under a running daemon (rm, or systemd-logind's RemoveIPC when a user logs out).
   bool still_named() const;
-  // Marks this pair retired, so clients reopen the name (see LedgerHandle).
-  void retire_mapped() { retire_tiers(*policy_); }
+  // Marks this pair retired, so clients reopen the name (see LedgerHandle), and
+  // frees the state segment's memory: for a pair no longer under its names. The
+  // owner must not use the state after this (it reads zeros).
+  void discard_state();
 
   void publish(std::span<const TierLimits> rows);
   void heartbeat();

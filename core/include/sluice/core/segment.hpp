@@ -57,6 +57,11 @@ class Mapping {
   // Is /dev/shm/<shm_name> still the object this maps? (false once it was unlinked,
   // or replaced by another object of that name)
   bool still_named(const std::string &shm_name) const;
+  // Frees the object's memory (tmpfs pages) for every process that maps it; they
+  // read zeros after. Only for an object no one may use any more (a retired state
+  // segment): its pages would otherwise stay allocated until every mapper unmaps it.
+  // Needs a writable mapping. False when the kernel refuses.
+  bool discard_contents();
 
   // `owner`, when given, gets the object's owner uid and mode bits, from the same
   // descriptor that was mapped (no window for a swap between check and use).
