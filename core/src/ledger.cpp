@@ -91,7 +91,12 @@ Status Ledger::open(const std::string &name, std::unique_ptr<Ledger> &out, std::
 Status Ledger::map_pair(const std::string &name, int wait_ms, std::string &detail) {
   Mapping::FileOwner so, po;
   if (Status s = Mapping::open(state_segment_name(name), true, state_map_, detail, &so); s != Status::ok) return s;
-  if (Status s = validate_state(state_map_, wait_ms, detail); s != Status::ok) return s;
+  Status v = validate_state(state_map_, 0, detail);
+  // Wait for a creator's ready word only on a state still under its name: one
+  // already unlinked (and perhaps freed) never becomes ready, and open tries again.
+  if (v == Status::not_ready && wait_ms > 0 && state_map_.still_named(state_segment_name(name)))
+    v = validate_state(state_map_, wait_ms, detail);
+  if (v != Status::ok) return v;
   SLUICE_FAULT();
   if (Status s = Mapping::open(policy_segment_name(name), false, policy_map_, detail, &po); s != Status::ok) return s;
   if (Status s = validate_policy(policy_map_, wait_ms, detail); s != Status::ok) return s;

@@ -62,7 +62,9 @@ void Owner::remove(const std::string &name) {
 
 void Owner::discard_state() {
   retire_tiers(*policy_);
-  state_map_.discard_contents();
+  // Only a state no longer under its name (openers trust a named one: Ledger::open);
+  // when only the policy was removed, the state stays whole for the next start.
+  if (!state_map_.still_named(state_segment_name(name_))) state_map_.discard_contents();
 }
 
 Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,

@@ -504,3 +504,24 @@ TEST(Sluiced, ASegmentUnlinkedUnderTheDaemonIsRetiredAndTheDaemonStops) {
   std::remove(policy.c_str());
 }
 
+// Only the policy removed by hand: the state is still under its name, and openers
+// trust a named state (Ledger::open), so the stopping daemon must not free it.
+TEST(Sluiced, APolicyUnlinkedUnderTheDaemonLeavesTheNamedStateWhole) {
+  Segment seg;
+  const std::string policy = write_policy(R"({"segment": {"max_keys": 100, "max_key_bytes": 16},
+    "tiers": [{"name": "gold", "limit": 1, "window_ms": 60000, "max_limit": 2, "revenue_per_request": 0.2,
+               "adaptive": false}]})");
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset", "--tick-ms", "50"});
+  ASSERT_TRUE(wait_ready(d, seg.name)) << d.output();
+  core::Mapping mapped;
+  std::string detail;
+  ASSERT_EQ(core::Mapping::open(core::state_segment_name(seg.name), true, mapped, detail), core::Status::ok) << detail;
+  const size_t before = test::resident_pages(mapped);
+  ASSERT_GT(before, 0u);
+  ASSERT_EQ(unlink(("/dev/shm/" + core::policy_segment_name(seg.name)).c_str()), 0);
+  EXPECT_EQ(exit_within(d, 5000), 1);
+  EXPECT_EQ(test::resident_pages(mapped), before) << "a state still under its name was freed";
+  EXPECT_EQ(static_cast<const core::StateHeader *>(mapped.base())->magic, core::kStateMagic);
+  std::remove(policy.c_str());
+}
+

@@ -45,8 +45,8 @@ class Owner {
   // under a running daemon (rm, or systemd-logind's RemoveIPC when a user logs out).
   bool still_named() const;
   // Marks this pair retired, so clients reopen the name (see LedgerHandle), and
-  // frees the state segment's memory: for a pair no longer under its names. The
-  // owner must not use the state after this (it reads zeros).
+  // frees the state segment's memory if it is no longer under its name. For a pair
+  // no longer under its names; the owner must not use the state after this.
   void discard_state();
 
   void publish(std::span<const TierLimits> rows);
