@@ -454,15 +454,18 @@ TEST(Sluicectl, TalksOnlyToASocketServedByTheSegmentsOwner) {
   EXPECT_EQ(ctl.output().find("impostor"), std::string::npos) << ctl.output();
 }
 
+// One fixed tier, one unit a minute: every admission after the first is refused.
+constexpr const char *kOneGoldKeyPerMinute = R"({"segment": {"max_keys": 100, "max_key_bytes": 16},
+    "tiers": [{"name": "gold", "limit": 1, "window_ms": 60000, "max_limit": 2, "revenue_per_request": 0.2,
+               "adaptive": false}]})";
+
 // Someone unlinks the segment under a running daemon (rm, or systemd-logind's
 // RemoveIPC when the daemon's user logs out). Clients must not keep counting in
 // the orphan: sluiced retires it and stops with the reason; its next start makes a
 // new pair, and a client that held a handle all along moves to it.
 TEST(Sluiced, ASegmentUnlinkedUnderTheDaemonIsRetiredAndTheDaemonStops) {
   Segment seg;
-  const std::string policy = write_policy(R"({"segment": {"max_keys": 100, "max_key_bytes": 16},
-    "tiers": [{"name": "gold", "limit": 1, "window_ms": 60000, "max_limit": 2, "revenue_per_request": 0.2,
-               "adaptive": false}]})");
+  const std::string policy = write_policy(kOneGoldKeyPerMinute);
   Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset", "--tick-ms", "50"});
   ASSERT_TRUE(wait_ready(d, seg.name)) << d.output();
   sluice_client *worker = nullptr;
@@ -508,9 +511,7 @@ TEST(Sluiced, ASegmentUnlinkedUnderTheDaemonIsRetiredAndTheDaemonStops) {
 // trust a named state (Ledger::open), so the stopping daemon must not free it.
 TEST(Sluiced, APolicyUnlinkedUnderTheDaemonLeavesTheNamedStateWhole) {
   Segment seg;
-  const std::string policy = write_policy(R"({"segment": {"max_keys": 100, "max_key_bytes": 16},
-    "tiers": [{"name": "gold", "limit": 1, "window_ms": 60000, "max_limit": 2, "revenue_per_request": 0.2,
-               "adaptive": false}]})");
+  const std::string policy = write_policy(kOneGoldKeyPerMinute);
   Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset", "--tick-ms", "50"});
   ASSERT_TRUE(wait_ready(d, seg.name)) << d.output();
   core::Mapping mapped;
