@@ -15,6 +15,11 @@ constexpr int64_t kDeadClaimGraceNs = 2'000'000'000;  // a live inserter fills a
 constexpr unsigned kStateMode = 0660, kPolicyMode = 0640;
 constexpr uint32_t kStateForbidden = 0007, kPolicyForbidden = 0027;
 
+// Openers trust a state still under its name (Ledger::open): only an unlinked one is freed.
+void discard_if_unlinked(Mapping &state, const std::string &name) {
+  if (!state.still_named(state_segment_name(name))) state.discard_contents();
+}
+
 bool may_remove(const Mapping::FileOwner &fo) {
   const uint32_t me = uint32_t(::geteuid());
   return fo.uid == me || me == 0;
@@ -57,14 +62,12 @@ void Owner::remove(const std::string &name) {
   // Only once retired (and no longer under its name): a call still in flight on it
   // reads zeros from here on, then reads the retirement and decides again in the
   // new pair (docs/ADMISSION.md).
-  if (mapped && was_retired) state.discard_contents();
+  if (mapped && was_retired) discard_if_unlinked(state, name);
 }
 
 void Owner::discard_state() {
   retire_tiers(*policy_);
-  // Only a state no longer under its name (openers trust a named one: Ledger::open);
-  // when only the policy was removed, the state stays whole for the next start.
-  if (!state_map_.still_named(state_segment_name(name_))) state_map_.discard_contents();
+  discard_if_unlinked(state_map_, name_);  // only the policy removed: the state stays whole
 }
 
 Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
