@@ -104,14 +104,17 @@ bool AuditStore::append_all(const std::vector<AuditRecord> &rs, std::string &err
   return exec("COMMIT", error);
 }
 
-bool AuditStore::put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error) {
+bool AuditStore::put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error, bool *duplicate_id) {
+  if (duplicate_id) *duplicate_id = false;
   if (!exec("BEGIN IMMEDIATE", error)) return false;
   Stmt st(db_,
-          "INSERT OR REPLACE INTO pending(id,tier,tier_name,old_limit,new_limit,reason,actor,confidence,"
+          "INSERT INTO pending(id,tier,tier_name,old_limit,new_limit,reason,actor,confidence,"
           "created_unix_ms,expires_unix_ms) VALUES(?,?,?,?,?,?,?,?,?,?)");
   st.text(1, p.id).i64(2, p.tier).text(3, p.tier_name).i64(4, p.old_limit).i64(5, p.new_limit).text(6, p.reason);
   st.text(7, p.actor).real(8, p.confidence).i64(9, p.created_unix_ms).i64(10, p.expires_unix_ms);
-  if (sqlite3_step(st.s) != SQLITE_DONE || !insert_record(r, error)) {
+  const int rc = sqlite3_step(st.s);
+  if (rc != SQLITE_DONE || !insert_record(r, error)) {
+    if (duplicate_id && sqlite3_extended_errcode(db_) == SQLITE_CONSTRAINT_PRIMARYKEY) *duplicate_id = true;
     if (error.empty()) error = sqlite3_errmsg(db_);
     std::string ignored;
     exec("ROLLBACK", ignored);
@@ -148,26 +151,47 @@ static PendingApproval read_pending(Stmt &st) {
   return p;
 }
 
-std::vector<PendingApproval> AuditStore::pending() {
-  std::vector<PendingApproval> out;
+bool AuditStore::pending(std::vector<PendingApproval> &out, std::string &error) {
+  out.clear();
   Stmt st(db_, "SELECT id,tier,tier_name,old_limit,new_limit,reason,actor,confidence,created_unix_ms,"
                "expires_unix_ms FROM pending ORDER BY created_unix_ms");
-  while (sqlite3_step(st.s) == SQLITE_ROW) out.push_back(read_pending(st));
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) out.push_back(read_pending(st));
+  if (rc != SQLITE_DONE) {
+    error = sqlite3_errmsg(db_);
+    return false;
+  }
+  return true;
+}
+
+std::vector<PendingApproval> AuditStore::pending() {
+  std::vector<PendingApproval> out;
+  std::string ignored;
+  if (!pending(out, ignored)) out.clear();
   return out;
 }
 
-std::optional<PendingApproval> AuditStore::find_pending(const std::string &id) {
+std::optional<PendingApproval> AuditStore::find_pending(const std::string &id, std::string &error) {
+  error.clear();
   Stmt st(db_, "SELECT id,tier,tier_name,old_limit,new_limit,reason,actor,confidence,created_unix_ms,"
                "expires_unix_ms FROM pending WHERE id = ?");
   st.text(1, id);
-  if (sqlite3_step(st.s) == SQLITE_ROW) return read_pending(st);
+  const int rc = sqlite3_step(st.s);
+  if (rc == SQLITE_ROW) return read_pending(st);
+  if (rc != SQLITE_DONE) error = sqlite3_errmsg(db_);
   return std::nullopt;
 }
 
-std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows) {
+std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, size_t *total) {
   std::vector<AuditRecord> out;
-  Stmt st(db_, "SELECT id,unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,generation "
-               "FROM audit WHERE unix_ms >= ? ORDER BY id LIMIT ?");
+  if (total) {
+    Stmt count(db_, "SELECT COUNT(*) FROM audit WHERE unix_ms >= ?");
+    count.i64(1, unix_ms);
+    *total = sqlite3_step(count.s) == SQLITE_ROW ? size_t(sqlite3_column_int64(count.s, 0)) : 0;
+  }
+  // The newest rows: an operator asking for the trail wants what just happened.
+  Stmt st(db_, "SELECT * FROM (SELECT id,unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,"
+               "generation FROM audit WHERE unix_ms >= ? ORDER BY id DESC LIMIT ?) ORDER BY id");
   st.i64(1, unix_ms).i64(2, int64_t(max_rows));
   while (sqlite3_step(st.s) == SQLITE_ROW) {
     AuditRecord r;

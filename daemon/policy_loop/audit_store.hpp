@@ -47,12 +47,17 @@ class AuditStore {
   bool append(const AuditRecord &r, std::string &error);
   // All of them in one commit, or none.
   bool append_all(const std::vector<AuditRecord> &rs, std::string &error);
-  bool put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error);
+  // Fails with *duplicate_id set if p.id is already taken (ids are short, for people).
+  bool put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error, bool *duplicate_id = nullptr);
   // Removes a pending approval and records what happened to it, in one commit.
   bool close_pending(const std::string &id, const AuditRecord &r, std::string &error);
-  std::vector<PendingApproval> pending();
-  std::optional<PendingApproval> find_pending(const std::string &id);
-  std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000);
+  // false with `error` if the store could not be read: no answer is not "none pending".
+  bool pending(std::vector<PendingApproval> &out, std::string &error);
+  std::vector<PendingApproval> pending();  // for display: empty if the store cannot be read
+  // nullopt with `error` empty: no such id; with `error` set: the store failed.
+  std::optional<PendingApproval> find_pending(const std::string &id, std::string &error);
+  // The newest max_rows records at or after unix_ms, oldest first; *total: how many matched.
+  std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000, size_t *total = nullptr);
   const std::string &path() const { return path_; }
 
  private:

@@ -53,9 +53,58 @@ uint64_t PolicyEngine::publish(int64_t) {
 
 uint64_t PolicyEngine::next_generation() const { return owner_.policy().generation.load() + 1; }
 
-bool PolicyEngine::has_pending(uint32_t tier) {
-  for (const auto &p : store_.pending())
-    if (p.tier == tier) return true;
+namespace {
+
+// A raise whose ratio to the current limit exceeds approval_ratio waits for a
+// human. A cut never waits: shedding load in a surge or a DDoS is the point of
+// the loop, and a cut's ratio to the current limit is below 1.
+bool needs_approval(uint32_t old_limit, uint32_t new_limit, double ratio_limit) {
+  if (new_limit <= old_limit) return false;
+  return old_limit == 0 || double(new_limit) / double(old_limit) > ratio_limit;
+}
+
+std::string ratio_text(uint32_t old_limit, uint32_t new_limit) {
+  if (old_limit == 0) return "from 0";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2fx", double(new_limit) / double(old_limit));
+  return buf;
+}
+
+const PendingApproval *pending_for(const std::vector<PendingApproval> &ps, uint32_t tier) {
+  for (const auto &p : ps)
+    if (p.tier == tier) return &p;
+  return nullptr;
+}
+
+}  // namespace
+
+std::string PolicyEngine::void_reason(const PendingApproval &p) const {
+  if (p.tier >= spec_.tiers.size() || spec_.tiers[p.tier].name != p.tier_name)
+    return "tier '" + p.tier_name + "' is no longer tier " + std::to_string(p.tier) + " of the policy";
+  if (!spec_.tiers[p.tier].adaptive) return "tier '" + p.tier_name + "' is not adaptive (\"adaptive\": false)";
+  return "";
+}
+
+bool PolicyEngine::ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep) {
+  PendingApproval pa{"", p.tier, spec_.tiers[p.tier].name, p.old_limit, p.new_limit, p.reason, p.actor,
+                     p.confidence, now_unix_ms, now_unix_ms + int64_t(spec_.governance.approval_ttl_s) * 1000};
+  AuditRecord r{0, now_unix_ms, "pending", p.actor, pa.tier_name, p.old_limit, p.new_limit,
+                p.reason + " [" + ratio_text(p.old_limit, p.new_limit) + " > " +
+                    std::to_string(spec_.governance.approval_ratio).substr(0, 4) + ": waits for approval]",
+                p.confidence, "", 0};
+  std::string err;
+  for (int attempt = 0; attempt < 4; ++attempt) {  // ids are 32 random bits: a clash is rare, not impossible
+    pa.id = r.approval_id = new_approval_id();
+    bool duplicate = false;
+    if (store_.put_pending(pa, r, err, &duplicate)) {
+      rep.new_pending.push_back(pa);
+      ++counts_.requested;
+      return true;
+    }
+    if (!duplicate) break;
+  }
+  spdlog::error("audit: {} (the question for tier '{}' is not asked; the loop tries again next tick)", err,
+                pa.tier_name);
   return false;
 }
 
@@ -98,15 +147,33 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   }
   snap_.host_surge = host_surge(snap_.tiers, spec_.capacity_rps);
 
-  // Expired approvals are dropped (and recorded) before anything new is decided.
-  for (const auto &p : store_.pending()) {
-    if (p.expires_unix_ms > now_unix_ms) continue;
-    AuditRecord r{0, now_unix_ms, "expired", "system", p.tier_name, p.old_limit, p.new_limit,
-                  "approval " + p.id + " expired unanswered: " + p.reason, p.confidence, p.id, 0};
+  // Expired questions, and ones the policy no longer allows (a tier gone, moved or
+  // made non-adaptive by a restart), are closed and recorded before anything new is decided.
+  std::vector<PendingApproval> open;
+  std::string store_err;
+  const bool pending_known = store_.pending(open, store_err);
+  if (!pending_known) spdlog::error("audit: cannot read pending approvals: {} (no new question this tick)", store_err);
+  for (auto it = open.begin(); it != open.end();) {
+    const std::string why = void_reason(*it);
+    if (it->expires_unix_ms > now_unix_ms && why.empty()) {
+      ++it;
+      continue;
+    }
+    const bool expired = why.empty();
+    AuditRecord r{0, now_unix_ms, expired ? "expired" : "void", "system", it->tier_name, it->old_limit,
+                  it->new_limit,
+                  "approval " + it->id + (expired ? " expired unanswered: " : " closed: " + why + ": ") + it->reason,
+                  it->confidence, it->id, 0};
     std::string err;
-    if (store_.close_pending(p.id, r, err)) {
-      rep.expired.push_back(p);
-      ++counts_.expired;
+    if (store_.close_pending(it->id, r, err)) {
+      if (expired) {
+        rep.expired.push_back(*it);
+        ++counts_.expired;
+      }
+      it = open.erase(it);
+    } else {
+      spdlog::error("audit: {}", err);
+      ++it;
     }
   }
 
@@ -117,28 +184,23 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
 
   const double ratio_limit = spec_.governance.approval_ratio;
   std::vector<Proposal> apply;
+  std::vector<AuditRecord> held;
   for (const Proposal &p : rep.proposals) {
-    const double lo = std::max(1u, std::min(p.old_limit, p.new_limit));
-    const double ratio = double(std::max(p.old_limit, p.new_limit)) / lo;
-    if (p.old_limit == 0 || ratio > ratio_limit) {
-      if (has_pending(p.tier)) continue;  // one question per tier at a time
-      PendingApproval pa{new_approval_id(), p.tier, spec_.tiers[p.tier].name, p.old_limit, p.new_limit, p.reason,
-                         p.actor, p.confidence, now_unix_ms,
-                         now_unix_ms + int64_t(spec_.governance.approval_ttl_s) * 1000};
-      AuditRecord r{0, now_unix_ms, "pending", p.actor, pa.tier_name, p.old_limit, p.new_limit,
-                    p.reason + " [ratio " + std::to_string(ratio).substr(0, 4) + " > " +
-                        std::to_string(ratio_limit).substr(0, 4) + ": waits for approval]",
-                    p.confidence, pa.id, 0};
-      std::string err;
-      if (store_.put_pending(pa, r, err)) {
-        rep.new_pending.push_back(pa);
-        ++counts_.requested;
-      } else {
-        spdlog::error("audit: {}", err);
-      }
+    if (!needs_approval(p.old_limit, p.new_limit, ratio_limit)) {
+      apply.push_back(p);
       continue;
     }
-    apply.push_back(p);
+    if (!pending_known) continue;
+    if (const PendingApproval *q = pending_for(open, p.tier)) {  // one question per tier at a time
+      held.push_back(record("held", p, q->id, 0, now_unix_ms));
+      held.back().reason += " [held: question " + q->id + " for this tier is still open]";
+      continue;
+    }
+    ask(p, now_unix_ms, rep);
+  }
+  if (!held.empty()) {
+    std::string err;
+    if (!store_.append_all(held, err)) spdlog::error("audit: {}", err);
   }
   if (!apply.empty()) {
     // The publication's records are committed first (one commit), then the table
@@ -161,21 +223,51 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   return rep;
 }
 
+CommandResult PolicyEngine::close_unpublished(const PendingApproval &p, const std::string &event,
+                                              const std::string &actor, uint32_t limit_now, const std::string &why,
+                                              bool ok) {
+  AuditRecord r{0, unix_ms_now(), event, actor, p.tier_name, limit_now, limit_now,
+                why + " (asked: " + std::to_string(p.old_limit) + " -> " + std::to_string(p.new_limit) + ": " +
+                    p.reason + ")",
+                p.confidence, p.id, 0};
+  std::string err;
+  if (!store_.close_pending(p.id, r, err)) return {false, "the audit store failed (" + err + "); " + p.id + " is still pending"};
+  if (event == "expired") ++counts_.expired;
+  return {ok, p.id + ": " + why};
+}
+
 CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid, const std::vector<gid_t> &groups) {
   if (!may_govern(uid, gid, groups))
     return {false, "uid " + std::to_string(uid) + " (gid " + std::to_string(gid) +
                        ") is not an approver (governance.approvers)"};
-  const auto p = store_.find_pending(id);
-  if (!p) return {false, "no pending approval with id '" + id + "'"};
-  const auto &t = spec_.tiers[p->tier];
-  const uint32_t v = std::clamp(p->new_limit, t.floor, t.ceiling);
+  std::string err;
+  const auto p = store_.find_pending(id, err);
+  if (!p) return {false, err.empty() ? "no pending approval with id '" + id + "'" : "the audit store failed: " + err};
+  const std::string human = "human:" + std::to_string(uid);
   const int64_t now = unix_ms_now();
+  if (p->expires_unix_ms <= now) return close_unpublished(*p, "expired", "system", 0, "expired before it was approved; nothing published", false);
+  if (const std::string why = void_reason(*p); !why.empty())
+    return close_unpublished(*p, "void", human, 0, why + "; nothing published", false);
+  const auto &t = spec_.tiers[p->tier];
+  const uint32_t cur = limits_[p->tier];
+  const uint32_t v = std::clamp(p->new_limit, t.floor, t.ceiling);
+  // The approver saw old -> new. Since then the loop may have moved the limit by
+  // steps within the ratio: a limit now below the one asked about would make this
+  // a larger jump than the one approved, so the question is closed instead.
+  if (cur < p->old_limit)
+    return close_unpublished(*p, "stale", human, cur,
+                             "the limit moved from " + std::to_string(p->old_limit) + " to " + std::to_string(cur) +
+                                 " since this was asked, and " + std::to_string(cur) + " -> " + std::to_string(v) +
+                                 " is a larger jump than the one asked; nothing published (the loop asks again if "
+                                 "it still wants the raise)",
+                             false);
+  if (v <= cur)
+    return close_unpublished(*p, "approved", human, cur,
+                             "approved; the limit is already " + std::to_string(cur) + ", nothing to publish", true);
   // The approval is recorded (and the question closed) in one commit before the
   // table is published; only then does it count.
   const uint64_t gen = next_generation();
-  AuditRecord r{0, now, "approved", "human:" + std::to_string(uid), p->tier_name, p->old_limit, v,
-                "approved: " + p->reason, p->confidence, id, gen};
-  std::string err;
+  AuditRecord r{0, now, "approved", human, p->tier_name, cur, v, "approved: " + p->reason, p->confidence, id, gen};
   if (!store_.close_pending(id, r, err))
     return {false, "not approved: the audit store failed (" + err + "); nothing was published and " + id +
                        " is still pending"};
@@ -184,8 +276,8 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid,
     spdlog::error("published generation {}, recorded as {}: another process publishes", published, gen);
   ++counts_.approved;
   ++counts_.published;
-  return {true, "approved " + id + ": " + p->tier_name + " " + std::to_string(p->old_limit) + " -> " +
-                    std::to_string(v) + " published (generation " + std::to_string(gen) + ")"};
+  return {true, "approved " + id + ": " + p->tier_name + " " + std::to_string(cur) + " -> " + std::to_string(v) +
+                    " published (generation " + std::to_string(gen) + ")"};
 }
 
 CommandResult PolicyEngine::reject(const std::string &id, const std::string &reason, uid_t uid, gid_t gid,
@@ -193,15 +285,17 @@ CommandResult PolicyEngine::reject(const std::string &id, const std::string &rea
   if (!may_govern(uid, gid, groups))
     return {false, "uid " + std::to_string(uid) + " (gid " + std::to_string(gid) +
                        ") is not an approver (governance.approvers)"};
-  const auto p = store_.find_pending(id);
-  if (!p) return {false, "no pending approval with id '" + id + "'"};
+  std::string err;
+  const auto p = store_.find_pending(id, err);
+  if (!p) return {false, err.empty() ? "no pending approval with id '" + id + "'" : "the audit store failed: " + err};
   AuditRecord r{0, unix_ms_now(), "rejected", "human:" + std::to_string(uid), p->tier_name, p->old_limit,
                 p->new_limit, "rejected: " + (reason.empty() ? std::string("no reason given") : reason), p->confidence,
                 id, 0};
-  std::string err;
   if (!store_.close_pending(id, r, err)) return {false, err};
   ++counts_.rejected;
-  return {true, "rejected " + id + ": " + p->tier_name + " stays at " + std::to_string(limits_[p->tier])};
+  const std::string now_at =
+      p->tier < limits_.size() ? " stays at " + std::to_string(limits_[p->tier]) : " (no longer in the policy)";
+  return {true, "rejected " + id + ": " + p->tier_name + now_at};
 }
 
 }  // namespace sluice::policy_loop

@@ -72,7 +72,13 @@ class PolicyEngine {
   uint64_t publish(int64_t now_unix_ms);
   // The generation the next publish() produces (the daemon is the only publisher).
   uint64_t next_generation() const;
-  bool has_pending(uint32_t tier);
+  // Why a pending question can no longer be answered as asked ("" if it can).
+  std::string void_reason(const PendingApproval &p) const;
+  // Records a new pending approval for p (a fresh id); false if the store failed.
+  bool ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep);
+  // Closes a question without publishing anything, recorded as `event`.
+  CommandResult close_unpublished(const PendingApproval &p, const std::string &event, const std::string &actor,
+                                  uint32_t limit_now, const std::string &why, bool ok);
   AuditRecord record(const std::string &event, const Proposal &p, const std::string &approval_id,
                      uint64_t generation, int64_t unix_ms) const;
 

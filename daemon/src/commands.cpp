@@ -60,6 +60,8 @@ std::string pending_text(const std::vector<PendingApproval> &ps) {
   return o;
 }
 
+constexpr size_t kAuditRowsPerReply = 10000;  // one reply line per record, held in memory
+
 std::string audit_json(const std::vector<AuditRecord> &rs) {
   std::string o = "[";
   for (size_t i = 0; i < rs.size(); ++i) {
@@ -160,8 +162,13 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     long long since = 0;
     std::string fmt;
     in >> since >> fmt;
-    const auto rs = engine.store().since(since);
-    return "ok\n" + (fmt == "json" ? audit_json(rs) + "\n" : audit_text(rs));
+    size_t total = 0;
+    const auto rs = engine.store().since(since, kAuditRowsPerReply, &total);
+    if (fmt == "json") return "ok\n" + audit_json(rs) + "\n";
+    const std::string cut = total > rs.size() ? "(the newest " + std::to_string(rs.size()) + " of " +
+                                                    std::to_string(total) + " records; narrow with --since)\n"
+                                              : "";
+    return "ok\n" + cut + audit_text(rs);
   }
   if (cmd == "snapshot") return "ok\n" + snapshot_json(engine) + "\n";
   return "error\nunknown command '" + cmd.substr(0, 32) + "' (pending, approve, reject, audit, snapshot, overview)\n";

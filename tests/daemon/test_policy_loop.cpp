@@ -291,7 +291,8 @@ struct EngineFixture : ::testing::Test {
   test::SegmentGuard seg{"engine", daemon::layout_of(spec)};
   std::unique_ptr<AuditStore> store;
   std::unique_ptr<PolicyEngine> engine;
-  int64_t t_ns = 1'000'000'000'000, t_ms = 1'700'000'000'000;
+  // The loop's wall clock starts at the real one: approve() judges expiry by it.
+  int64_t t_ns = 1'000'000'000'000, t_ms = unix_ms_now();
 
   void SetUp() override {
     std::filesystem::remove(db);
@@ -507,4 +508,165 @@ TEST_F(EngineFixture, TheSurgeLevelFollowsTheOfferedLoadIncludingDenials) {
   EXPECT_EQ(engine->snapshot().host_surge, Surge::ddos);
   EXPECT_NEAR(v.offered_rps, 110, 1e-6);
   EXPECT_NEAR(v.denied_rps, 100, 1e-6);
+}
+
+namespace {
+
+// Advice that sets enterprise (tier 0) to `limit`, as a model might answer.
+PolicyEngine::AdviceSource enterprise_at(const uint32_t &limit) {
+  return [&limit](const Snapshot &) -> std::optional<Advice> {
+    Advice a;
+    a.limits = {limit, 3};
+    a.confidence = 0.9;
+    a.rationale = "scripted";
+    return a;
+  };
+}
+
+std::vector<std::string> events_of(AuditStore &store, const std::string &id = "") {
+  std::vector<std::string> out;
+  for (const auto &a : store.since(0))
+    if (id.empty() || a.approval_id == id) out.push_back(a.event);
+  return out;
+}
+
+bool has(const std::vector<std::string> &v, const std::string &x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+}  // namespace
+
+TEST_F(EngineFixture, ACutPublishesAtOnceHoweverLargeWhileALargeRaiseWaits) {
+  // The issue gates a change whose ratio to the current limit exceeds 1.8: a cut's
+  // ratio is below 1. A DDoS cut to the floor must not wait for a human.
+  uint32_t want = 2;  // 10 -> 2: a 5x cut
+  engine->set_advice_source(enterprise_at(want));
+  const auto r = tick();
+  EXPECT_TRUE(r.new_pending.empty()) << "a cut was held for approval";
+  ASSERT_EQ(r.published.size(), 1u);
+  EXPECT_EQ(published(0), 2u);
+  want = 8;  // 2 -> 8: a 4x raise waits
+  const auto r2 = tick();
+  ASSERT_EQ(r2.new_pending.size(), 1u);
+  EXPECT_EQ(published(0), 2u);
+}
+
+TEST_F(EngineFixture, AnOpenQuestionNeverHoldsBackACutAndItsApprovalThenGoesStale) {
+  uint32_t want = 80;  // 10 -> 80 waits
+  engine->set_advice_source(enterprise_at(want));
+  const auto r = tick();
+  ASSERT_EQ(r.new_pending.size(), 1u);
+  const std::string id = r.new_pending[0].id;
+  want = 1;  // then a flood: cut to the floor, with the question still open
+  tick();
+  EXPECT_EQ(published(0), 1u) << "the open question for the tier held back a cut";
+  ASSERT_EQ(store->pending().size(), 1u);
+  // Approving now would jump 1 -> 80, not the 10 -> 80 the human was shown.
+  const auto late = engine->approve(id, getuid(), getgid());
+  EXPECT_FALSE(late.ok) << late.message;
+  EXPECT_NE(late.message.find("larger jump"), std::string::npos) << late.message;
+  EXPECT_EQ(published(0), 1u);
+  EXPECT_TRUE(store->pending().empty()) << "a stale question stays open";
+  EXPECT_TRUE(has(events_of(*store, id), "stale"));
+}
+
+TEST_F(EngineFixture, AnApprovalRecordsTheLimitItReplacedAndOnlyRaises) {
+  uint32_t want = 40;  // 10 -> 40 waits
+  engine->set_advice_source(enterprise_at(want));
+  const std::string id = tick().new_pending.at(0).id;
+  want = 17;  // a step within the ratio is published while the question is open
+  tick();
+  ASSERT_EQ(published(0), 17u);
+  const auto ok = engine->approve(id, getuid(), getgid());
+  ASSERT_TRUE(ok.ok) << ok.message;
+  EXPECT_EQ(published(0), 40u);
+  int64_t old_recorded = -1;
+  for (const auto &a : store->since(0))
+    if (a.event == "approved" && a.approval_id == id) old_recorded = a.old_limit;
+  EXPECT_EQ(old_recorded, 17) << "the approval's record names the limit it replaced";
+}
+
+TEST_F(EngineFixture, AGatedProposalForATierWithAnOpenQuestionIsRecordedAsHeld) {
+  uint32_t want = 80;
+  engine->set_advice_source(enterprise_at(want));
+  const std::string id = tick().new_pending.at(0).id;
+  want = 60;
+  EXPECT_TRUE(tick().new_pending.empty());
+  size_t held = 0;
+  for (const auto &a : store->since(0)) held += a.event == "held" && a.approval_id == id && a.new_limit == 60;
+  EXPECT_EQ(held, 1u) << "a proposal the loop made left no record";
+}
+
+TEST_F(EngineFixture, AnExpiredQuestionCannotBeApprovedBeforeTheSweep) {
+  t_ms = unix_ms_now() - 60'000;  // asked a minute ago with a 5 s ttl; no tick has swept it since
+  uint32_t want = 80;
+  engine->set_advice_source(enterprise_at(want));
+  const std::string id = tick().new_pending.at(0).id;
+  const auto r = engine->approve(id, getuid(), getgid());
+  EXPECT_FALSE(r.ok) << r.message;
+  EXPECT_EQ(published(0), 10u);
+  EXPECT_TRUE(has(events_of(*store, id), "expired"));
+  EXPECT_EQ(engine->governance_counts().approved, 0u);
+}
+
+TEST_F(EngineFixture, AQuestionForATierMadeNonAdaptiveOrMovedIsClosedNeverApplied) {
+  uint32_t want = 80;
+  engine->set_advice_source(enterprise_at(want));
+  const std::string id = tick().new_pending.at(0).id;
+  // A restart with enterprise made fixed: approving must not change it.
+  policy::PolicySpec fixed = spec;
+  fixed.tiers[0].adaptive = false;
+  engine = std::make_unique<PolicyEngine>(fixed, *seg.owner, *store, getuid());
+  const auto r = engine->approve(id, getuid(), getgid());
+  EXPECT_FALSE(r.ok);
+  EXPECT_NE(r.message.find("not adaptive"), std::string::npos) << r.message;
+  EXPECT_EQ(published(0), 10u);
+  EXPECT_TRUE(has(events_of(*store, id), "void"));
+
+  // A question on tier 1 of a policy whose tiers were then reordered (or cut to
+  // one, after a --reset): closed by the next tick, never applied to another tier.
+  PendingApproval pa{"cafe0001", 1, "free", 3, 9, "asked before the restart", "rules", 1.0, t_ms, t_ms + 60'000};
+  AuditRecord rec{0, t_ms, "pending", "rules", "free", 3, 9, "asked", 1.0, pa.id, 0};
+  std::string err;
+  ASSERT_TRUE(store->put_pending(pa, rec, err)) << err;
+  policy::PolicySpec one = spec;
+  one.tiers.resize(1);
+  one.tiers[0].adaptive = true;
+  engine = std::make_unique<PolicyEngine>(one, *seg.owner, *store, getuid());
+  EXPECT_FALSE(engine->approve(pa.id, getuid(), getgid()).ok) << "tier 1 of a one-tier policy";
+  EXPECT_TRUE(has(events_of(*store, pa.id), "void"));
+  ASSERT_TRUE(store->put_pending(PendingApproval{"cafe0002", 0, "free", 3, 9, "r", "rules", 1.0, t_ms, t_ms + 60'000},
+                                 rec, err))
+      << err;
+  tick();
+  EXPECT_TRUE(store->pending().empty()) << "the sweep leaves a question naming another tier open";
+  EXPECT_TRUE(has(events_of(*store, "cafe0002"), "void"));
+}
+
+TEST_F(EngineFixture, AnIdAlreadyTakenIsRefusedNotOverwritten) {
+  PendingApproval a{"0badc0de", 0, "enterprise", 10, 80, "first", "rules", 1.0, t_ms, t_ms + 60'000};
+  AuditRecord rec{0, t_ms, "pending", "rules", "enterprise", 10, 80, "asked", 1.0, a.id, 0};
+  std::string err;
+  ASSERT_TRUE(store->put_pending(a, rec, err)) << err;
+  PendingApproval b = a;
+  b.tier = 1, b.tier_name = "free", b.reason = "second";
+  bool duplicate = false;
+  EXPECT_FALSE(store->put_pending(b, rec, err, &duplicate));
+  EXPECT_TRUE(duplicate) << err;
+  const auto kept = store->find_pending(a.id, err);
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->reason, "first");
+}
+
+TEST_F(EngineFixture, TheAuditTrailAnswersWithItsNewestRows) {
+  std::vector<AuditRecord> rows;
+  for (int i = 0; i < 30; ++i)
+    rows.push_back(AuditRecord{0, t_ms + i, "published", "rules", "enterprise", i, i + 1, "row " + std::to_string(i),
+                               1.0, "", 0});
+  std::string err;
+  ASSERT_TRUE(store->append_all(rows, err)) << err;
+  size_t total = 0;
+  const auto got = store->since(0, 10, &total);
+  EXPECT_EQ(total, 30u);
+  ASSERT_EQ(got.size(), 10u);
+  EXPECT_EQ(got.front().reason, "row 20") << "the oldest rows were returned and the newest dropped";
+  EXPECT_EQ(got.back().reason, "row 29");
 }
