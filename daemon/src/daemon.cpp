@@ -163,11 +163,29 @@ bool Daemon::attach_advisor(std::string &error) {
   advisor_ = std::make_unique<advisor::AsyncAdvisor>(cfg);
   // Each tick hands the model the new snapshot and uses the answer to an earlier
   // one if it is fresh and valid; anything else falls back to the rules, recorded.
-  engine_->set_advice_source([this](const policy_loop::Snapshot &s) -> std::optional<policy_loop::Advice> {
+  const int64_t timeout_ns = int64_t(a.timeout_ms) * 1'000'000;
+  engine_->set_advice_source([this, timeout_ns](const policy_loop::Snapshot &s) -> std::optional<policy_loop::Advice> {
     advisor_->submit(s);
     auto r = advisor_->take();
-    if (!r) return std::nullopt;
-    if (r->advice && s.tick - r->tick <= 2) return r->advice;
+    if (!r) {
+      // No new answer yet. Waiting is not failing: keep to the model's last answer
+      // while a request is in flight (it answers or times out within timeout_ms)
+      // and the host is no worse off than then. Otherwise the rules and the
+      // model would take turns, one undoing the other on alternate ticks.
+      if (held_advice_ && advisor_->busy() && s.now_ns - held_advice_->taken_ns <= timeout_ns &&
+          s.host_surge <= held_advice_->surge)
+        return held_advice_->advice;
+      held_advice_.reset();
+      return std::nullopt;
+    }
+    // Fresh: about a snapshot no older than a request may take plus one tick (a
+    // count of ticks alone would call every answer of a model slower than two
+    // short ticks stale).
+    if (r->advice && int64_t(s.tick - r->tick) * tick_ns_ <= timeout_ns + tick_ns_) {
+      held_advice_ = HeldAdvice{*r->advice, s.now_ns, s.host_surge};
+      return r->advice;
+    }
+    held_advice_.reset();
     policy_loop::AuditRecord rec;
     rec.event = "advisor";
     rec.actor = "advisor";

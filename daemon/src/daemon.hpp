@@ -74,6 +74,13 @@ class Daemon {
   std::unique_ptr<policy_loop::PolicyEngine> engine_;
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<advisor::AsyncAdvisor> advisor_;  // optional LLM advisor, off the tick's thread
+  // The advisor's last valid answer, followed while its next request is in flight.
+  struct HeldAdvice {
+    policy_loop::Advice advice;
+    int64_t taken_ns = 0;
+    policy_loop::Surge surge = policy_loop::Surge::normal;  // the host's level when it was taken
+  };
+  std::optional<HeldAdvice> held_advice_;
   int64_t tick_ns_ = 1'000'000'000;
   int lock_fd_ = -1;
   bool created_ = false;

@@ -18,10 +18,12 @@ from conftest import Daemon
 class Stub(http.server.BaseHTTPRequestHandler):
     answer: dict | str = {}
     requests: list[dict] = []
+    delay = 0.0  # seconds before answering, as a model thinks
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Stub.requests.append({"path": self.path, "body": body})
+        time.sleep(Stub.delay)
         content = Stub.answer if isinstance(Stub.answer, str) else json.dumps(Stub.answer)
         out = json.dumps({"model": "stub", "message": {"role": "assistant", "content": content}, "done": True})
         self.send_response(200)
@@ -40,8 +42,10 @@ def stub():
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     Stub.requests = []
+    Stub.delay = 0.0
     yield server
     server.shutdown()
+    Stub.delay = 0.0
 
 
 def policy(port: int) -> dict:
@@ -81,6 +85,26 @@ def test_valid_advice_is_published_as_the_advisor(stub, tmp_path):
         req = Stub.requests[0]
         assert req["path"] == "/api/chat" and req["body"]["stream"] is False and "format" in req["body"]
         assert "enterprise" in json.dumps(req["body"]["messages"])
+    finally:
+        d.stop()
+
+
+def test_the_rules_do_not_undo_the_advice_while_the_next_answer_is_on_its_way(stub, tmp_path):
+    # A model slower than a tick (300 ms against 200 ms ticks) leaves ticks with no
+    # new answer. Those are not failures: had they fallen back to the rules, the
+    # rules would pull the limit back to its baseline of 10 and the model push it
+    # to 14 again, on alternate ticks.
+    Stub.answer = {"limits": {"enterprise": 14, "free": 3}, "confidence": 0.9, "rationale": "steady growth"}
+    Stub.delay = 0.3
+    d = Daemon(tmp_path, policy(stub.server_address[1]))
+    try:
+        first = wait_for(lambda: [a for a in audit(d) if a["event"] == "published" and a["actor"] == "advisor"])
+        time.sleep(2.0)  # about 10 ticks, 6 or 7 answers
+        later = [a for a in audit(d) if a["event"] == "published" and a["id"] > first[0]["id"]]
+        assert not [a for a in later if a["actor"] == "rules"], f"the rules undid the advice: {later}"
+        assert len(Stub.requests) >= 4, "the advisor was asked on every free turn"
+        with sluice.Client(d.segment) as c:
+            assert c.peek("k", "enterprise").limit == 14
     finally:
         d.stop()
 
