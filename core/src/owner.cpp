@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <new>
 
 #include "sluice/core/clock.hpp"
@@ -142,7 +143,16 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
     return s;
   }
   o->name_ = name;
-  const auto rows = rows_of(spec);
+  auto rows = rows_of(spec);
+  if (!created) {
+    for (uint32_t i = 0; i < rows.size(); ++i) {
+      TierLimits now;
+      read_tier(*o->policy_, i, now);
+      o->limits_before_attach_.push_back(now.limit);
+      const TierSpec &t = spec.tiers[i];
+      if (t.keep_published_limit) rows[i].limit = std::clamp(now.limit, t.keep_min, std::max(t.keep_min, t.keep_max));
+    }
+  }
   o->publish(rows);
   o->state_->daemon_pid.store(getpid(), std::memory_order_relaxed);
   o->state_->daemon_starts.fetch_add(1, std::memory_order_relaxed);

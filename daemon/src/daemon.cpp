@@ -14,6 +14,7 @@
 #include "commands.hpp"
 #include "metrics_page.hpp"
 #include "sluice/core/clock.hpp"
+#include "sluice/core/tier_table.hpp"
 
 namespace sluice::daemon {
 
@@ -29,6 +30,11 @@ core::LayoutSpec layout_of(const policy::PolicySpec &p) {
     ts.window_ns = int64_t(t.window_ms) * 1'000'000;
     ts.revenue_per_request = t.revenue_per_request;
     ts.adaptive = t.adaptive;
+    // A restart keeps what the loop (or an approval) published, within the
+    // policy's bounds; a fixed tier takes the file's limit.
+    ts.keep_published_limit = t.adaptive;
+    ts.keep_min = t.floor;
+    ts.keep_max = t.ceiling;
     s.tiers.push_back(ts);
   }
   return s;
@@ -124,6 +130,7 @@ bool Daemon::open_services(std::string &error) {
     error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
     return false;
   }
+  record_kept_limits();
   engine_ = std::make_unique<policy_loop::PolicyEngine>(policy_, *owner_, *store_, getuid());
   for (uint32_t i = 0; i < owner_->tier_count(); ++i)
     admitted_at_start_.push_back(core::sum_counters(owner_->state(), i).admitted);
@@ -144,6 +151,36 @@ bool Daemon::open_services(std::string &error) {
     spdlog::info("segment pages: 4 KiB (/dev/shm huge={}); with many keys, mount /dev/shm huge=advise for fewer "
                  "TLB misses (README)", huge.empty() ? "unknown" : huge);
   return true;
+}
+
+void Daemon::record_kept_limits() {
+  // Not a change clients see (the limit stays what it was before the restart), but
+  // the trail says why the table differs from the policy file.
+  const auto &before = owner_->limits_before_attach();
+  std::vector<policy_loop::AuditRecord> rows;
+  for (uint32_t i = 0; i < before.size() && i < policy_.tiers.size(); ++i) {
+    const auto &t = policy_.tiers[i];
+    core::TierLimits now;
+    core::read_tier(owner_->policy(), i, now);
+    if (!t.adaptive || now.limit == t.limit) continue;
+    policy_loop::AuditRecord r;
+    r.event = "kept";
+    r.actor = "system";
+    r.tier = t.name;
+    r.old_limit = before[i];
+    r.new_limit = now.limit;
+    r.reason = "restart: kept the limit published before it (" + std::to_string(before[i]) +
+               (now.limit != before[i] ? ", brought within the policy's " + std::to_string(t.floor) + ".." +
+                                             std::to_string(t.ceiling)
+                                       : std::string()) +
+               ") rather than the policy file's baseline " + std::to_string(t.limit) +
+               "; the loop eases it to the baseline when the tier is idle";
+    r.generation = owner_->policy().generation.load();
+    rows.push_back(std::move(r));
+  }
+  std::string err;
+  if (!rows.empty() && !store_->append_all(rows, err)) spdlog::error("audit: {}", err);
+  for (const auto &r : rows) spdlog::info("tier {}: {}", r.tier, r.reason);
 }
 
 bool Daemon::attach_advisor(std::string &error) {

@@ -66,6 +66,7 @@ class Daemon {
   // The audit store, engine, advisor, control socket and /metrics, in that order.
   bool open_services(std::string &error);
   bool attach_advisor(std::string &error);
+  void record_kept_limits();  // audits the limits a re-attach kept over the policy file's
   bool serve_metrics(std::string &error);
   Options opt_;
   policy::PolicySpec policy_;

@@ -184,5 +184,42 @@ TEST(Adoption, AStateSegmentNeverFormattedIsReplacedAtTheNextStart) {
   EXPECT_TRUE(created);
 }
 
+TEST(Adoption, AReattachKeepsTheLimitsMarkedKeptWithinTheirBoundsAndTakesTheFilesForTheRest) {
+  // A restart of sluiced must not undo what its loop or a human approval published.
+  Names n;
+  LayoutSpec spec = test::spec_with({test::tier("kept", 4, 1000, 64), test::tier("fixed", 4, 1000, 64),
+                                     test::tier("bounded", 4, 1000, 64)},
+                                    64, 32);
+  spec.tiers[0].keep_published_limit = true;
+  spec.tiers[2].keep_published_limit = true;
+  spec.tiers[2].keep_min = 2;
+  spec.tiers[2].keep_max = 20;
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  std::string detail;
+  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail), Status::ok) << detail;
+  ASSERT_TRUE(created);
+  EXPECT_TRUE(o->limits_before_attach().empty());
+  std::vector<TierLimits> rows(3, TierLimits{4, 1'000'000'000, 0, kTierAdaptive, 0});
+  rows[0].limit = 17, rows[1].limit = 9, rows[2].limit = 50;
+  o->publish(rows);
+  o.reset();
+  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail), Status::ok) << detail;
+  ASSERT_FALSE(created);
+  EXPECT_EQ(o->limits_before_attach(), (std::vector<uint32_t>{17, 9, 50}));
+  auto limit = [&](uint32_t t) {
+    TierLimits l;
+    read_tier(o->policy(), t, l);
+    return l.limit;
+  };
+  EXPECT_EQ(limit(0), 17u) << "a kept tier went back to the file's limit";
+  EXPECT_EQ(limit(1), 4u) << "a tier not kept takes the file's limit";
+  EXPECT_EQ(limit(2), 20u) << "a kept limit is brought within its bounds";
+  o.reset();
+  ASSERT_EQ(Owner::create_or_attach(n.name, spec, true, o, created, detail), Status::ok) << detail;
+  EXPECT_TRUE(created);
+  EXPECT_EQ(limit(0), 4u) << "--reset starts from the file";
+}
+
 }  // namespace
 }  // namespace sluice::core

@@ -10,6 +10,7 @@
 #include "../support/fixture.hpp"
 #include "daemon.hpp"
 #include "sluice/core/clock.hpp"
+#include "sluice/core/tier_table.hpp"
 #include "status.hpp"
 
 using namespace sluice;
@@ -76,6 +77,35 @@ TEST(DaemonStep, StatusReportsTiersKeysAndCounters) {
   const std::string text = daemon::render_status_text(st);
   EXPECT_NE(text.find("free"), std::string::npos);
   EXPECT_NE(daemon::render_status_json(st).find("\"denied_window\":2"), std::string::npos);
+}
+
+TEST(DaemonStep, ARestartKeepsThePublishedLimitsAndSaysSoInTheAudit) {
+  DaemonGuard g;
+  // What the loop or an approval published before the restart (enterprise is tier 0,
+  // baseline 15, ceiling 120 in the built-in policy).
+  std::vector<core::TierLimits> rows;
+  for (uint32_t i = 0; i < g.d->owner().tier_count(); ++i) {
+    core::TierLimits t;
+    core::read_tier(g.d->owner().policy(), i, t);
+    rows.push_back(t);
+  }
+  rows[0].limit = 40;
+  g.d->owner().publish(rows);
+  g.d.reset();  // a clean stop; the pair stays
+  daemon::Options o;
+  o.segment = g.name;
+  o.state_dir = "/tmp/sluicetest-state";
+  std::string err;
+  g.d = daemon::Daemon::start(o, err);
+  ASSERT_TRUE(g.d) << err;
+  core::TierLimits now;
+  core::read_tier(g.d->owner().policy(), 0, now);
+  EXPECT_EQ(now.limit, 40u) << "a restart put enterprise back to the policy file's limit";
+  EXPECT_EQ(g.d->engine().limits()[0], 40u) << "the loop starts from what clients see";
+  bool recorded = false;
+  for (const auto &r : g.d->engine().store().since(0))
+    recorded |= r.event == "kept" && r.tier == "enterprise" && r.new_limit == 40;
+  EXPECT_TRUE(recorded) << "the trail does not say why the table differs from the policy file";
 }
 
 TEST(LeastPrivilege, SegmentsAreGroupOnlyAndThePolicyIsReadOnlyForClients) {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 #include <unordered_map>
 
 #include "sluice/core/key_table.hpp"
@@ -49,6 +50,10 @@ class Owner {
   // no longer under its names; the owner must not use the state after this.
   void discard_state();
 
+  // The limits that were published when this owner re-attached, before it
+  // published its own (empty when it created the pair).
+  const std::vector<uint32_t> &limits_before_attach() const { return limits_before_attach_; }
+
   void publish(std::span<const TierLimits> rows);
   void heartbeat();
   void mark_stopped();
@@ -62,6 +67,7 @@ class Owner {
   StateHeader *state_ = nullptr;
   PolicyHeader *policy_ = nullptr;
   uint32_t cursor_[kMaxTiers] = {};
+  std::vector<uint32_t> limits_before_attach_;
   // CLAIMED words first seen at (boottime ns): an owner that is gone is freed.
   std::unordered_map<uint64_t, std::pair<uint64_t, int64_t>> claims_seen_;
 };
