@@ -48,24 +48,29 @@ const char *reason_name(int32_t r) {
   return "unknown";
 }
 
-// OpenAI-style duration: "20ms", "1s", "1.5s", "6m0s".
-std::string go_duration(double seconds) {
+// OpenAI-style duration: "20ms", "1s", "1.5s", "6m0s". Rounded up to whole ms
+// first, then the unit chosen, so 59.9996 s is "1m0s" and 0.9996 s is "1s".
+std::string go_duration(int64_t ns) {
+  const long long ms = ns <= 0 ? 0 : (ns + 999999) / 1000000;
   char buf[64];
-  if (seconds < 1.0) {
-    std::snprintf(buf, sizeof buf, "%lldms", (long long)std::ceil(seconds * 1000.0));
-  } else if (seconds < 60.0) {
-    std::snprintf(buf, sizeof buf, "%.3f", seconds);
+  if (ms < 1000) {
+    std::snprintf(buf, sizeof buf, "%lldms", ms);
+  } else if (ms < 60000) {
+    std::snprintf(buf, sizeof buf, "%lld.%03lld", ms / 1000, ms % 1000);
     std::string s = buf;
     while (s.back() == '0') s.pop_back();
     if (s.back() == '.') s.pop_back();
     return s + "s";
   } else {
-    const long long total = (long long)std::ceil(seconds);
+    const long long total = (ms + 999) / 1000;
     if (total >= 3600) std::snprintf(buf, sizeof buf, "%lldh%lldm%llds", total / 3600, total % 3600 / 60, total % 60);
     else std::snprintf(buf, sizeof buf, "%lldm%llds", total / 60, total % 60);
   }
   return buf;
 }
+
+// Whole seconds, rounded up (never negative).
+long long ceil_secs(int64_t ns) { return ns <= 0 ? 0 : (ns + 999999999) / 1000000000; }
 
 // ---- Decision: a fixed-layout object; attributes are made on access -----------
 struct DecisionObject {
@@ -93,6 +98,8 @@ PyObject *d_window(PyObject *o, void *) {
 }
 PyObject *d_tier(PyObject *o, void *) {
   PyObject *t = reinterpret_cast<DecisionObject *>(o)->tier;
+  // Only decide() makes Decisions (instantiation is disallowed); guard anyway.
+  if (!t) return PyErr_Format(PyExc_AttributeError, "this Decision has no tier");
   Py_INCREF(t);
   return t;
 }
@@ -106,11 +113,12 @@ PyObject *d_reason_code(PyObject *o, void *) { return PyLong_FromLong(reinterpre
 
 PyObject *d_headers(PyObject *o, PyObject *) {
   const sluice_decision &d = reinterpret_cast<DecisionObject *>(o)->d;
-  const double retry = secs(d.retry_after_ns), reset = secs(d.reset_after_ns);
   const std::string limit = std::to_string(d.limit), remaining = std::to_string(d.remaining);
-  const std::string reset_s = std::to_string((long long)std::ceil(reset));
-  const std::string retry_s = std::to_string((long long)std::max(1.0, std::ceil(retry)));
-  const std::string reset_go = go_duration(d.allowed ? reset : retry);
+  const std::string reset_s = std::to_string(ceil_secs(d.reset_after_ns));
+  const std::string retry_s = std::to_string(std::max(1LL, ceil_secs(d.retry_after_ns)));
+  // Both reset headers mean "until the window is back to its initial state";
+  // Retry-After alone says when a retry can succeed.
+  const std::string reset_go = go_duration(d.reset_after_ns);
   return Py_BuildValue(d.allowed ? "{ssssssssssss}" : "{ssssssssssssss}", "RateLimit-Limit", limit.c_str(),
                        "RateLimit-Remaining", remaining.c_str(), "RateLimit-Reset", reset_s.c_str(),
                        "x-ratelimit-limit-requests", limit.c_str(), "x-ratelimit-remaining-requests",
@@ -120,14 +128,14 @@ PyObject *d_headers(PyObject *o, PyObject *) {
 
 PyObject *d_repr(PyObject *o) {
   const auto *x = reinterpret_cast<DecisionObject *>(o);
-  const char *tier = PyUnicode_AsUTF8(x->tier);
+  const char *tier = x->tier ? PyUnicode_AsUTF8(x->tier) : nullptr;
   char buf[320];
   std::snprintf(buf, sizeof buf,
                 "Decision(allowed=%s, limit=%u, remaining=%u, retry_after=%.3f, reset_after=%.3f, tier='%.64s', "
                 "reason='%s')",
                 x->d.allowed ? "True" : "False", x->d.limit, x->d.remaining, secs(x->d.retry_after_ns),
                 secs(x->d.reset_after_ns), tier ? tier : "?", reason_name(x->d.reason));
-  if (!tier) PyErr_Clear();
+  if (!tier && x->tier) PyErr_Clear();
   return PyUnicode_FromString(buf);
 }
 
@@ -167,13 +175,18 @@ PyType_Slot g_decision_slots[] = {{Py_tp_dealloc, reinterpret_cast<void *>(d_dea
                                   {Py_tp_doc, const_cast<char *>("The outcome of one admission check.")},
                                   {0, nullptr}};
 
-PyType_Spec g_decision_spec = {"_sluice.Decision", sizeof(DecisionObject), 0, Py_TPFLAGS_DEFAULT,
-                               g_decision_slots};
+// Not instantiable from Python: a Decision only comes from acquire()/peek()
+// (object.__new__ would leave `tier` NULL).
+PyType_Spec g_decision_spec = {"_sluice.Decision", sizeof(DecisionObject), 0,
+                               Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, g_decision_slots};
 
 // ---- Client ------------------------------------------------------------------
 class Client {
  public:
   explicit Client(std::optional<std::string> segment) {
+    // The C API takes a C string: "a\0b" would silently open "a".
+    if (segment && segment->find('\0') != std::string::npos)
+      throw py::value_error("segment name must not contain a NUL character");
     const int rc = sluice_open(segment ? segment->c_str() : nullptr, &c_);
     if (rc != SLUICE_OK) raise_status(rc);
   }
@@ -217,7 +230,9 @@ struct KeyView {
       len = PyBytes_GET_SIZE(key);
       return true;
     }
-    if (PyObject_CheckBuffer(key) && PyObject_GetBuffer(key, &buf, PyBUF_SIMPLE) == 0) {
+    if (PyObject_CheckBuffer(key)) {
+      // Keeps the buffer's own error (e.g. BufferError: not C-contiguous).
+      if (PyObject_GetBuffer(key, &buf, PyBUF_SIMPLE) != 0) return false;
       has_buf = true;
       data = static_cast<const char *>(buf.buf);
       len = buf.len;
@@ -250,11 +265,14 @@ PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObje
   if (!PyUnicode_Check(tier)) return PyErr_Format(PyExc_TypeError, "tier must be str, not %.100s", Py_TYPE(tier)->tp_name);
   uint32_t cost = 1;
   if (cost_obj) {
-    if (!PyLong_Check(cost_obj)) return PyErr_Format(PyExc_TypeError, "cost must be an int");
+    if (!PyLong_Check(cost_obj))
+      return PyErr_Format(PyExc_TypeError, "cost must be an int, not %.100s", Py_TYPE(cost_obj)->tp_name);
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(cost_obj, &overflow);
+    if (v == -1 && !overflow && PyErr_Occurred()) return nullptr;
+    // An int of the wrong value is a ValueError; 0 goes on to the C call (CostZeroError).
     if (overflow || v < 0 || v > 0xFFFFFFFFLL)
-      return PyErr_Format(PyExc_TypeError, "cost must be an int in 0..4294967295");
+      return PyErr_Format(PyExc_ValueError, "cost must be an int in 1..4294967295");
     cost = uint32_t(v);
   }
   Client *c = client_of(self);
@@ -325,4 +343,14 @@ PYBIND11_MODULE(_sluice, m) {
       .def("__exit__", [](Client &c, py::args) { c.close(); });
   add_method(cls, &g_acquire_def);
   add_method(cls, &g_peek_def);
+
+  // Private, for the tests' boundary values: real decisions cannot be steered to them.
+  m.def(
+      "_format_duration",
+      [](double seconds) {
+        if (!std::isfinite(seconds) || seconds < 0 || seconds > 1e9)
+          throw py::value_error("seconds must be finite and in 0..1e9");
+        return go_duration(std::llround(seconds * 1e9));
+      },
+      py::arg("seconds"), "Private: x-ratelimit-reset-requests' duration text for `seconds`.");
 }

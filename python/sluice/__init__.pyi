@@ -10,8 +10,10 @@ Decisions are made in shared memory in-process (no lock, no network). Errors rai
 a subclass of :class:`SluiceError`; nothing is ever silently allowed.
 
 Type stub: :class:`Client` and :class:`Decision` come from the private extension
-``_sluice``; the ASGI/WSGI middlewares are typed inline in :mod:`sluice.asgi` and
-:mod:`sluice.wsgi`.
+``_sluice``; the ASGI/WSGI middlewares and their helpers are typed inline in
+:mod:`sluice.asgi` (``RateLimitMiddleware(..., max_body_bytes=1 MiB)``,
+``reads_body``, ``json_field``, ``request_json``) and :mod:`sluice.wsgi`
+(``json_field(..., max_body_bytes=1 MiB)``, ``request_body``).
 """
 
 from types import TracebackType
@@ -48,7 +50,8 @@ Key = Union[str, bytes, bytearray, memoryview]
 """A key: ``str`` (its UTF-8 bytes) or any bytes-like object (any content, NULs too)."""
 
 class Decision:
-    """The outcome of one admission check. Truthy when admitted."""
+    """The outcome of one admission check. Truthy when admitted. Made only by
+    :meth:`Client.acquire` / :meth:`Client.peek` (``Decision()`` raises TypeError)."""
 
     @property
     def allowed(self) -> bool:
@@ -82,7 +85,8 @@ class Decision:
         """The SLUICE_REASON_* value behind :attr:`reason`."""
     def headers(self) -> dict[str, str]:
         """Response headers: Retry-After (when denied), IETF RateLimit-Limit/-Remaining/-Reset
-        and OpenAI-style x-ratelimit-limit-requests/-remaining-requests/-reset-requests."""
+        and OpenAI-style x-ratelimit-limit-requests/-remaining-requests/-reset-requests
+        (both resets from :attr:`reset_after`)."""
     def __bool__(self) -> bool: ...
 
 class Client:
@@ -92,15 +96,17 @@ class Client:
         """Open the segment pair (None: $SLUICE_SEGMENT or 'sluice').
 
         Raises NoSegmentError (is sluiced running?), SegmentPermissionError,
-        VersionMismatchError, CorruptSegmentError, NotReadyError."""
+        VersionMismatchError, CorruptSegmentError, NotReadyError; ValueError for a
+        name with a NUL character."""
     def acquire(self, key: Key, tier: str, cost: int = 1) -> Decision:
         """Check and record ``cost`` units for (tier, key), all or nothing.
 
         A denial is a Decision with ``allowed`` False, not an exception. Raises a
         SluiceError on bad input (EmptyKeyError, KeyTooLongError, UnknownTierError,
         CostZeroError, CostAboveCapacityError, TableFullError, BusyError), TypeError
-        for a key that is not str/bytes-like or a cost outside 0..2**32-1, and
-        ValueError once the client is closed."""
+        for a key that is not str/bytes-like or a cost that is not an int, ValueError
+        for a cost outside 0..2**32-1 (0 raises CostZeroError) or once the client is
+        closed, and BufferError for a non-contiguous buffer key."""
     def peek(self, key: Key, tier: str, cost: int = 1) -> Decision:
         """The decision acquire() would make; records nothing."""
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """Admission logic shared by :mod:`sluice.asgi` and :mod:`sluice.wsgi`: argument
-checks, one client per process, the decision to admit / refuse / fail closed, and
-the JSON bodies of refusals. The middlewares only resolve their callables."""
+checks, one client per process, the decision to admit / refuse / fail closed, the
+JSON bodies of refusals, JSON body fields and header replacement. The middlewares
+only resolve their callables and move the request body."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from sluice.errors import (
     EmptyKeyError,
     KeyTooLongError,
     SluiceError,
+    UnknownTierError,
 )
 
 log = logging.getLogger("sluice")
 
 _MAX_COST = 2**32 - 1
+MAX_BODY_BYTES = 1 << 20  # default max_body_bytes: the most read to find a key/tier/cost in a body
+_TIER_SHOWN = 64  # characters of a request-chosen unknown tier quoted back
 # Errors caused by the request's own key or cost: refused with 400 whatever on_error says.
 _REQUEST_ERRORS = (EmptyKeyError, KeyTooLongError, CostZeroError, CostAboveCapacityError)
 
@@ -84,6 +88,54 @@ def _check_options(on_error: str, missing_key_status: int, error_status: int) ->
             raise ValueError(f"{name} must be an HTTP error status (400..599), not {status!r}")
 
 
+def _check_max_body(max_body_bytes: Any) -> int:
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 0:
+        raise ValueError(f"max_body_bytes must be an int >= 0, not {max_body_bytes!r}")
+    return max_body_bytes
+
+
+def _field_path(path: tuple) -> tuple:
+    if not path or not all(isinstance(p, str) for p in path):
+        raise TypeError(f"json_field needs one or more str field names, not {path!r}")
+    return path
+
+
+def _parse_json(body: bytes) -> Any:
+    """The body's JSON value, or None if it is not JSON (any bad input: bad UTF-8,
+    bad syntax, too deep, a number too long to convert)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _cached_json(store: Any, body: bytes) -> Any:
+    # One parse per request even when key, tier and cost all read the body.
+    if "sluice.json" not in store:
+        store["sluice.json"] = _parse_json(body)
+    return store["sluice.json"]
+
+
+def _json_field(value: Any, path: tuple) -> Any:
+    """``value[path[0]][path[1]]...`` if every step is an object holding the field and
+    the result is a str or an int (not a bool, so it can serve as a cost); else None."""
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    return None
+
+
+def _replace_headers(headers: Any, extra: list) -> list:
+    """``headers`` without those named like one of ``extra`` (case-insensitive), then
+    ``extra``: the decision's rate-limit headers replace any the app set. Works on
+    ASGI's (bytes, bytes) and WSGI's (str, str) pairs alike."""
+    names = {k.lower() for k, _ in extra}
+    return [(k, v) for k, v in headers if k.lower() not in names] + extra
+
+
 def _valid_cost(cost: Any) -> bool:
     return isinstance(cost, int) and not isinstance(cost, bool) and 0 < cost <= _MAX_COST
 
@@ -93,11 +145,21 @@ def _error_body(message: str, type_: str, **extra: Any) -> bytes:
 
 
 def _denied_body(d: Any, cost: int) -> bytes:
-    message = (
-        f"Rate limit reached for tier '{d.tier}': limit {d.limit} per {d.window:g}s, "
-        f"remaining {d.remaining}, requested {cost}. Please try again in {d.retry_after:.3f}s."
-    )
-    return _error_body(message, "rate_limit_exceeded", code="rate_limit_exceeded", tier=d.tier,
+    # Only window_full clears by waiting; the other two need the limit changed.
+    if d.reason == "cost_above_limit":
+        code = d.reason
+        message = (f"This request's cost ({cost}) is above the whole limit of tier '{d.tier}' "
+                   f"({d.limit} per {d.window:g}s): it cannot be admitted until the limit is raised.")
+    elif d.reason == "tier_closed":
+        code = d.reason
+        message = f"Tier '{d.tier}' is closed (its limit is 0): no request is admitted until it is reopened."
+    else:
+        code = "rate_limit_exceeded"
+        message = (
+            f"Rate limit reached for tier '{d.tier}': limit {d.limit} per {d.window:g}s, "
+            f"remaining {d.remaining}, requested {cost}. Please try again in {d.retry_after:.3f}s."
+        )
+    return _error_body(message, "rate_limit_exceeded", code=code, tier=d.tier,
                        retry_after=round(d.retry_after, 3), limit=d.limit, remaining=d.remaining,
                        reason=d.reason)
 
@@ -107,8 +169,13 @@ def _missing_body(what: str) -> bytes:
                        "missing_rate_limit_key", param=what)
 
 
-def _invalid_body(message: str) -> bytes:
-    return _error_body(message, "invalid_request_error", code="invalid_rate_limit_key_or_cost")
+def _invalid_body(message: str, code: str = "invalid_rate_limit_key_or_cost", **extra: Any) -> bytes:
+    return _error_body(message, "invalid_request_error", code=code, **extra)
+
+
+def _too_large_body(max_bytes: int) -> bytes:
+    return _invalid_body(f"The request body is larger than {max_bytes} bytes, the most read to find its "
+                         "rate-limit key, tier or cost.", code="request_too_large")
 
 
 def _unavailable_body(err: SluiceError) -> bytes:
@@ -131,6 +198,9 @@ class _Limiter:
         if not callable(key) and not (isinstance(key, (str, bytes)) and key):
             raise TypeError(f"key must be a non-empty str/bytes or a callable, not {key!r}")
         self.key, self.tier, self.cost = key, tier, cost
+        # A tier the request chose (a callable) that does not exist is the request's
+        # fault; a constant one is a configuration error.
+        self.tier_from_request = callable(tier)
         self.client = client
         self.segment = segment
         self.allow_on_error = on_error == "allow"
@@ -150,23 +220,39 @@ class _Limiter:
             return self.missing_key_status, _missing_body("key"), {}
         if tier is None or tier == "":
             return self.missing_key_status, _missing_body("tier"), {}
+        # A callable may hand back a client's value (json_field gives str or int):
+        # a wrong type is refused like a bad value, not left to raise a 500.
+        if not isinstance(key, (str, bytes, bytearray, memoryview)):
+            return 400, _invalid_body(f"The request's rate-limit key must be a string, not {type(key).__name__}."), {}
+        if not isinstance(tier, str):
+            return 400, _invalid_body(f"The request's rate-limit tier must be a string, not {type(tier).__name__}.",
+                                      code="unknown_rate_limit_tier", param="tier"), {}
         if not _valid_cost(cost):
             return 400, _invalid_body(f"The request's cost must be a positive integer, not {cost!r}."), {}
         try:
             d = self.get_client().acquire(key, tier, cost)
         except _REQUEST_ERRORS as e:
             return 400, _invalid_body(f"The request cannot be rate-limited: {e.message}"), {}
+        except UnknownTierError as e:
+            if not self.tier_from_request:
+                return self._failed(e)
+            shown = tier if len(tier) <= _TIER_SHOWN else tier[:_TIER_SHOWN] + "..."
+            return 400, _invalid_body(f"The request names rate-limit tier {shown!r}, which does not exist.",
+                                      code="unknown_rate_limit_tier", param="tier"), {}
         except SluiceError as e:
-            if self.allow_on_error:
-                self._log(logging.WARNING, "sluice: rate limiter error, request ALLOWED (on_error='allow'): %s: %s",
-                          type(e).__name__, e.message)
-                return None, None
-            self._log(logging.ERROR, "sluice: rate limiter error, request refused with %d: %s: %s",
-                      self.error_status, type(e).__name__, e.message)
-            return self.error_status, _unavailable_body(e), {}
+            return self._failed(e)
         if d.allowed:
             return None, d
         return 429, _denied_body(d, cost), d.headers()
+
+    def _failed(self, e: SluiceError) -> tuple:
+        if self.allow_on_error:
+            self._log(logging.WARNING, "sluice: rate limiter error, request ALLOWED (on_error='allow'): %s: %s",
+                      type(e).__name__, e.message)
+            return None, None
+        self._log(logging.ERROR, "sluice: rate limiter error, request refused with %d: %s: %s",
+                  self.error_status, type(e).__name__, e.message)
+        return self.error_status, _unavailable_body(e), {}
 
 
 

@@ -10,26 +10,43 @@
 ``key``, ``tier`` and ``cost`` are each either a constant or a callable that receives
 the ASGI ``scope`` (a dict: ``scope["path"]``, ``scope["headers"]`` as lowercase
 ``(bytes, bytes)`` pairs, ``scope["client"]``...) and returns the value; a callable
-may also be ``async`` (its result is awaited). Routing has not run yet in a
-middleware, so read path parameters from ``scope["path"]`` (:func:`path_segment`,
-:func:`path_regex`), not from ``scope["path_params"]``.
+may also be ``async`` (its result is awaited), and so may ``exempt``. Routing has
+not run yet in a middleware, so read path parameters from ``scope["path"]``
+(:func:`path_segment`, :func:`path_regex`), not from ``scope["path_params"]``.
+
+From the JSON body:
+
+    app.add_middleware(RateLimitMiddleware, key=header("x-api-key"),
+                       tier=json_field("model"))        # {"model": "pro", ...}
+
+A callable marked with :func:`reads_body` (:func:`json_field` is) makes the
+middleware read the whole body first (at most ``max_body_bytes``, default 1 MiB;
+larger: ``413``, the app does not run), put it in ``scope["sluice.body"]`` of a copy
+of the scope, and replay it to the app, which sees the body unchanged. Custom
+functions read it with :func:`request_json`. A field that is missing, not a str or
+int, or a body that is not JSON counts as no key/tier (``missing_key_status``) or
+a bad cost (``400``). A client that disconnects while its body is read gets
+nothing and the app does not run.
 
 What a request gets:
 
-* admitted: the app runs; ``RateLimit-*`` and ``x-ratelimit-*`` headers are appended
-  to its response;
+* admitted: the app runs; ``RateLimit-*`` and ``x-ratelimit-*`` headers are added to
+  its response (replacing any of the same names the app set);
 * denied: ``429`` with the decision's headers (``Retry-After`` in whole seconds) and an
-  OpenAI-style body ``{"error": {"message", "type": "rate_limit_exceeded", "tier",
-  "retry_after", ...}}``; the app does not run;
+  OpenAI-style body ``{"error": {"message", "type": "rate_limit_exceeded", "code",
+  "tier", "retry_after", ...}}``; ``code`` is ``rate_limit_exceeded`` (wait and
+  retry), ``cost_above_limit`` (the cost exceeds the tier's whole limit) or
+  ``tier_closed`` (limit 0); the app does not run;
 * no key (the key callable returned ``None`` or an empty value) or no tier:
   ``missing_key_status`` (400) with ``"type": "missing_rate_limit_key"``;
 * a key or cost the limiter can never accept (key longer than the segment's
-  ``max_key_bytes``, cost 0, negative, or above the tier's capacity): ``400`` with
-  ``"type": "invalid_request_error"``. This is the request's fault, so it is refused
-  even with ``on_error="allow"`` (otherwise an over-long API key would bypass the
-  limit);
-* the limiter itself fails (no segment: is ``sluiced`` running? unknown tier, full
-  key table, ...): by default ``error_status`` (503) with ``"type":
+  ``max_key_bytes``, cost 0, negative, or above the tier's capacity), or a tier
+  chosen by a callable that does not exist: ``400`` with ``"type":
+  "invalid_request_error"``. This is the request's fault, so it is refused even
+  with ``on_error="allow"`` (otherwise an over-long API key or a made-up tier would
+  bypass the limit);
+* the limiter itself fails (no segment: is ``sluiced`` running? a constant tier that
+  does not exist, full key table, ...): by default ``error_status`` (503) with ``"type":
   "rate_limiter_unavailable"`` -- fail closed, never a silent allow.
   ``on_error="allow"`` is the explicit opt-in to let such requests through (each
   failure is logged as a warning on the ``sluice`` logger, at most once a second).
@@ -45,12 +62,23 @@ of a process share one client per segment.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
-from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Optional, Union
+from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Optional, TypeVar, Union
 
 import sluice
-from sluice._limiter import _Limiter, _segment
+from sluice._limiter import (
+    MAX_BODY_BYTES,
+    _cached_json,
+    _check_max_body,
+    _field_path,
+    _json_field,
+    _Limiter,
+    _replace_headers,
+    _segment,
+    _too_large_body,
+)
 
 __all__ = [
     "RateLimitMiddleware",
@@ -58,6 +86,9 @@ __all__ = [
     "path_segment",
     "path_regex",
     "client_host",
+    "reads_body",
+    "json_field",
+    "request_json",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -70,6 +101,8 @@ KeyLike = Union[str, bytes]
 KeySource = Union[KeyLike, Callable[[Scope], Union[Optional[KeyLike], Awaitable[Optional[KeyLike]]]]]
 TierSource = Union[str, Callable[[Scope], Union[Optional[str], Awaitable[Optional[str]]]]]
 CostSource = Union[int, Callable[[Scope], Union[int, Awaitable[int]]]]
+ExemptSource = Callable[[Scope], Union[bool, Awaitable[bool]]]
+F = TypeVar("F", bound=Callable[..., Any])
 
 # --- helpers for key/tier callables --------------------------------------------------------
 
@@ -137,7 +170,80 @@ def client_host() -> Callable[[Scope], Optional[str]]:
     return read
 
 
+def reads_body(fn: F) -> F:
+    """Marks a key/tier/cost function (sync or async) as needing the request body:
+    the middleware reads it before calling the function, which finds it with
+    :func:`request_json` or as bytes in ``scope["sluice.body"]``."""
+
+    @functools.wraps(fn)
+    def wrapper(scope: Scope) -> Any:
+        return fn(scope)  # an awaitable result is awaited by the middleware
+
+    wrapper.reads_body = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def request_json(scope: Scope) -> Any:
+    """The request's JSON body (parsed once per request), or None if it is not valid
+    JSON. Only in a :func:`reads_body` function: raises RuntimeError otherwise."""
+    body = scope.get("sluice.body")
+    if body is None:
+        raise RuntimeError("request_json(scope) needs the body: mark the function with sluice.asgi.reads_body")
+    return _cached_json(scope, body)
+
+
+def json_field(*path: str) -> Callable[[Scope], Any]:
+    """A key/tier/cost function (marked :func:`reads_body`) returning the JSON body's
+    field at ``path``: ``json_field("model")``, ``json_field("metadata", "user")``.
+    A str or an int (a cost) is returned as is; anything else, a missing field, a
+    body that is not a JSON object: None."""
+    path = _field_path(path)
+
+    def read(scope: Scope) -> Any:
+        return _json_field(request_json(scope), path)
+
+    read.__qualname__ = read.__name__ = f"json_field({', '.join(map(repr, path))})"
+    return reads_body(read)
+
+
 # --- the middleware ------------------------------------------------------------------------
+
+_DISCONNECTED = object()
+
+
+async def _read_body(receive: Receive, max_bytes: int) -> Any:
+    """The whole body; None if it exceeds ``max_bytes`` (reading stops there);
+    _DISCONNECTED if the client left first."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return _DISCONNECTED
+        if message["type"] != "http.request":
+            raise RuntimeError(f"unexpected ASGI message {message['type']!r} while reading the request body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then the real stream
+    (for http.disconnect)."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
 
 async def _resolve(source: Any, scope: Scope) -> Any:
     if not callable(source):
@@ -165,8 +271,10 @@ class RateLimitMiddleware:
         ``"allow"``: explicit opt-in to let the request through (logged).
     :param missing_key_status: status for a request without key or tier (400).
     :param error_status: status when the limiter fails and ``on_error="deny"`` (503).
-    :param exempt: optional ``callable(scope) -> bool``; true: pass through unlimited,
-        no headers (health checks, metrics).
+    :param exempt: optional ``callable(scope) -> bool`` (may be async); true: pass
+        through unlimited, no headers (health checks, metrics).
+    :param max_body_bytes: the most body read for :func:`reads_body` functions
+        (default 1 MiB); a larger body answers 413.
     """
 
     def __init__(
@@ -181,20 +289,34 @@ class RateLimitMiddleware:
         *,
         missing_key_status: int = 400,
         error_status: int = 503,
-        exempt: Optional[Callable[[Scope], bool]] = None,
+        exempt: Optional[ExemptSource] = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.app = app
         self._limiter = _Limiter(key, tier, cost, client, segment, on_error, missing_key_status,
                                  error_status, exempt)
+        self.max_body_bytes = _check_max_body(max_body_bytes)
+        self._reads_body = any(getattr(s, "reads_body", False) for s in (key, tier, cost))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         lim = self._limiter
-        if lim.exempt is not None and lim.exempt(scope):
+        # Awaited: an async exempt's coroutine is truthy and would exempt everything.
+        if lim.exempt is not None and await _resolve(lim.exempt, scope):
             await self.app(scope, receive, send)
             return
+        if self._reads_body:
+            raw = await _read_body(receive, self.max_body_bytes)
+            if raw is _DISCONNECTED:
+                return  # no one to answer; the app never saw the request
+            if raw is None:
+                await _respond(send, 413, _too_large_body(self.max_body_bytes), {})
+                return
+            scope = dict(scope)  # ASGI: copy the scope before changing it
+            scope["sluice.body"] = raw
+            receive = _replay(raw, receive)
         key = await _resolve(lim.key, scope)
         tier = await _resolve(lim.tier, scope)
         cost = await _resolve(lim.cost, scope)
@@ -211,7 +333,7 @@ class RateLimitMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
+                message["headers"] = _replace_headers(message.get("headers", ()), extra)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -14,16 +14,25 @@
 ``key``, ``tier`` and ``cost`` are each a constant or a callable receiving the WSGI
 ``environ`` (in :func:`limit` too, so the same helpers work there; inside a Flask
 view, ``flask.request`` -- including ``flask.request.view_args`` -- is also
-available to the callable). The responses are those of :mod:`sluice.asgi`:
+available to the callable).
+
+From the JSON body: ``tier=json_field("model")`` (or :func:`request_body` in your own
+function) reads the body once, at most its ``max_body_bytes`` (default 1 MiB), and
+puts it back, so the app or view still reads it (``request.get_json()`` works). A
+larger body answers ``413``, one shorter than its ``CONTENT_LENGTH`` ``400``, and the
+app does not run; a missing field, one that is not a str or int, or a body that is
+not JSON counts as no key/tier or a bad cost. ``exempt`` must not be async here.
+
+The responses are those of :mod:`sluice.asgi`:
 
 * admitted: the app runs; ``RateLimit-*`` and ``x-ratelimit-*`` headers are added to
-  its response;
+  its response (replacing any of the same names the app set);
 * denied: ``429 Too Many Requests`` with the decision's headers (``Retry-After`` in
   whole seconds) and ``{"error": {"message", "type": "rate_limit_exceeded", "tier",
   "retry_after", ...}}``;
 * no key/tier: ``missing_key_status`` (400), ``"type": "missing_rate_limit_key"``;
-* a key or cost the limiter can never accept: 400 ``invalid_request_error`` (even
-  with ``on_error="allow"``);
+* a key or cost the limiter can never accept, or a tier chosen by a callable that
+  does not exist: 400 ``invalid_request_error`` (even with ``on_error="allow"``);
 * a limiter failure (is ``sluiced`` running?): ``error_status`` (503) by default --
   fail closed; ``on_error="allow"`` is the explicit, logged opt-in to let it through.
 
@@ -35,14 +44,27 @@ from __future__ import annotations
 
 import functools
 import inspect
+import io
 import re
 from http import HTTPStatus
 from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 import sluice
-from sluice._limiter import _Limiter, _segment
+from sluice._limiter import (
+    MAX_BODY_BYTES,
+    _cached_json,
+    _check_max_body,
+    _field_path,
+    _invalid_body,
+    _json_field,
+    _Limiter,
+    _replace_headers,
+    _segment,
+    _too_large_body,
+)
 
-__all__ = ["RateLimitMiddleware", "limit", "header", "path_segment", "path_regex", "client_host"]
+__all__ = ["RateLimitMiddleware", "limit", "header", "path_segment", "path_regex", "client_host",
+           "json_field", "request_body"]
 
 Environ = dict
 StartResponse = Callable[..., Any]
@@ -65,8 +87,22 @@ def _resolve(source: Any, environ: Environ) -> Any:
     return source(environ) if callable(source) else source
 
 
+def _exempt(exempt: Callable[[Environ], Any], environ: Environ) -> bool:
+    result = exempt(environ)
+    if inspect.isawaitable(result):  # truthy, so it would exempt every request
+        getattr(result, "close", lambda: None)()
+        raise TypeError("exempt must be a plain function under WSGI, not async")
+    return bool(result)
+
+
 def _decide(lim: _Limiter, environ: Environ) -> tuple:
-    return lim.decide(_resolve(lim.key, environ), _resolve(lim.tier, environ), _resolve(lim.cost, environ))
+    key, tier, cost = (_resolve(s, environ) for s in (lim.key, lim.tier, lim.cost))
+    over = environ.get("sluice.body_over")
+    if over is not None:  # a function needed a body larger than it may read
+        return 413, _too_large_body(over), {}
+    if environ.get("sluice.body_incomplete"):
+        return 400, _invalid_body("The request body ended before its Content-Length.", code="incomplete_body"), {}
+    return lim.decide(key, tier, cost)
 
 
 # --- helpers for key/tier callables --------------------------------------------------------
@@ -130,6 +166,126 @@ def client_host() -> Callable[[Environ], Optional[str]]:
     return lambda environ: environ.get("REMOTE_ADDR") or None
 
 
+# --- the request body ----------------------------------------------------------------------
+
+class _PutBack:
+    """wsgi.input with ``head`` (already read) in front of the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: Any) -> None:
+        self._head = io.BytesIO(head)
+        self._stream = stream
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            return self._head.read() + self._stream.read()
+        data = self._head.read(size)
+        return data + self._stream.read(size - len(data)) if len(data) < size else data
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        line = self._head.readline(-1 if size is None else size)
+        if line.endswith(b"\n") or (size is not None and 0 <= size <= len(line)):
+            return line
+        return line + self._stream.readline(*(() if size is None or size < 0 else (size - len(line),)))
+
+    def readlines(self, hint: int = -1) -> list:
+        return list(self)
+
+    def __iter__(self) -> Iterable[bytes]:
+        return iter(self.readline, b"")
+
+
+def _read_up_to(stream: Any, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = stream.read(min(n - got, 65536))
+        if not chunk:
+            break  # the client sent less than it announced
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _take_body(environ: Environ, max_bytes: int) -> Optional[bytes]:
+    req = environ.get("werkzeug.request")
+    if req is not None:  # inside a Flask view: werkzeug's cache keeps it for the view
+        n = req.content_length
+        if n is not None and n > max_bytes:
+            return None
+        data = req.get_data(cache=True)
+        # Also for a request object made later from environ (werkzeug's test client
+        # sets its own werkzeug.request before Flask makes the view's).
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
+        return data if len(data) <= max_bytes else None
+    stream = environ.get("wsgi.input")
+    try:
+        n: Optional[int] = max(0, int(environ.get("CONTENT_LENGTH") or ""))
+    except ValueError:
+        n = None  # absent or not a number: no length (werkzeug reads it so too)
+    if stream is None:
+        return b""
+    if n is not None:
+        if n > max_bytes:
+            return None  # not read at all: the app keeps its body
+        data = _read_up_to(stream, n)
+        if len(data) < n:  # the client left mid-body: decide nothing on a part of it
+            environ["sluice.body_incomplete"] = True
+            environ["wsgi.input"] = io.BytesIO(data)
+            return None
+    elif environ.get("wsgi.input_terminated"):
+        data = _read_up_to(stream, max_bytes + 1)
+        if len(data) > max_bytes:
+            environ["wsgi.input"] = _PutBack(data, stream)
+            return None
+    else:
+        return b""  # PEP 3333: no CONTENT_LENGTH, no body
+    environ["wsgi.input"] = io.BytesIO(data)
+    environ["CONTENT_LENGTH"] = str(len(data))
+    return data
+
+
+def request_body(environ: Environ, max_bytes: int = MAX_BODY_BYTES) -> Optional[bytes]:
+    """The request body, read once and put back for the app (cached in
+    ``environ["sluice.body"]``); None if it is larger than ``max_bytes`` -- then the
+    middleware or :func:`limit` answers 413 and the app does not run -- or shorter
+    than its ``CONTENT_LENGTH`` (the client left): 400.
+
+    Inside a Flask view it goes through ``request.get_data(cache=True)``; otherwise
+    it reads ``CONTENT_LENGTH`` bytes (a larger announced body is not read at all) or,
+    without one, a ``wsgi.input_terminated`` stream, and replaces ``wsgi.input``."""
+    max_bytes = _check_max_body(max_bytes)
+    if environ.get("sluice.body_incomplete"):
+        return None
+    body = environ.get("sluice.body")
+    over = environ.get("sluice.body_over", -1)  # the body is known to be larger than this
+    if body is None and max_bytes > over:
+        body = _take_body(environ, max_bytes)
+        if environ.get("sluice.body_incomplete"):
+            return None
+        if body is not None:
+            environ["sluice.body"] = body
+    if body is None or len(body) > max_bytes:
+        environ["sluice.body_over"] = max(max_bytes, over)
+        return None
+    return body
+
+
+def json_field(*path: str, max_body_bytes: int = MAX_BODY_BYTES) -> Callable[[Environ], Any]:
+    """A key/tier/cost function returning the JSON body's field at ``path``
+    (``json_field("model")``, ``json_field("metadata", "user")``): a str or an int
+    (a cost) as is; anything else, a missing field, a body that is not a JSON
+    object: None. The body is read with :func:`request_body`."""
+    path = _field_path(path)
+    _check_max_body(max_body_bytes)
+
+    def read(environ: Environ) -> Any:
+        body = request_body(environ, max_body_bytes)
+        return None if body is None else _json_field(_cached_json(environ, body), path)
+
+    read.__qualname__ = read.__name__ = f"json_field({', '.join(map(repr, path))})"
+    return read
+
+
 # --- the middleware ------------------------------------------------------------------------
 
 class RateLimitMiddleware:
@@ -162,7 +318,7 @@ class RateLimitMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         lim = self._limiter
-        if lim.exempt is not None and lim.exempt(environ):
+        if lim.exempt is not None and _exempt(lim.exempt, environ):
             return self.app(environ, start_response)
         status, *rest = _decide(lim, environ)
         if status is not None:
@@ -176,7 +332,7 @@ class RateLimitMiddleware:
         extra = list(decision.headers().items())
 
         def start_with_headers(status_line: str, headers: list, exc_info: Any = None) -> Any:
-            return start_response(status_line, [*headers, *extra], exc_info)
+            return start_response(status_line, _replace_headers(headers, extra), exc_info)
 
         return self.app(environ, start_with_headers)
 

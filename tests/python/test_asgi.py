@@ -18,7 +18,16 @@ import sluice
 import sluice._limiter
 import sluice.asgi
 from apps.server import PRO_LIMIT, PYTHON, run_bursts, serve
-from sluice.asgi import RateLimitMiddleware, client_host, header, path_regex, path_segment
+from sluice.asgi import (
+    RateLimitMiddleware,
+    client_host,
+    header,
+    json_field,
+    path_regex,
+    path_segment,
+    reads_body,
+    request_json,
+)
 
 
 # --- a tiny ASGI app and a driver --------------------------------------------------------------
@@ -51,19 +60,33 @@ def scope(path="/v1/chat", headers=(), type_="http", client=("10.1.2.3", 5555)):
             "client": client, "server": ("127.0.0.1", 8000)}
 
 
-def call(mw, sc):
-    """Runs one request; returns (status, headers as a dict, body, messages sent)."""
+def call(mw, sc, chunks=None, disconnect=False, received=None):
+    """Runs one request; returns (status, headers as a dict, body, messages sent).
+
+    ``chunks``: the request body as http.request messages (more_body on all but the
+    last; on all with ``disconnect``, then http.disconnect); every message handed out
+    is appended to ``received``."""
     sent = []
+    if chunks is None:
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+    else:
+        messages = [{"type": "http.request", "body": c, "more_body": disconnect or i < len(chunks) - 1}
+                    for i, c in enumerate(chunks)]
+    received = [] if received is None else received
 
     async def receive():
         if sc["type"] == "lifespan":
             return {"type": "lifespan.startup"}
-        return {"type": "http.request", "body": b"", "more_body": False}
+        m = messages.pop(0) if messages else {"type": "http.disconnect"}
+        received.append(m)
+        return m
 
     async def send(message):
         sent.append(message)
 
     asyncio.run(mw(sc, receive, send))
+    if not sent:
+        return None, {}, b"", sent
     start = sent[0]
     headers = {k.decode(): v.decode() for k, v in start.get("headers", ())}
     body = b"".join(m.get("body", b"") for m in sent[1:])
@@ -71,6 +94,34 @@ def call(mw, sc):
 
 
 KEY = [("x-api-key", "cust-1")]
+
+
+class EchoApp:
+    """Reads the whole body as an app does, answers it back, then asks receive once
+    more (the server's http.disconnect); records bodies, scopes and that last message."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.scopes: list[dict] = []
+        self.after: list[dict] = []
+
+    async def __call__(self, scope, receive, send):
+        body = b""
+        while True:
+            m = await receive()
+            assert m["type"] == "http.request", m
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        self.bodies.append(body)
+        self.scopes.append(scope)
+        self.after.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def json_body(obj) -> bytes:
+    return json.dumps(obj).encode()
 
 
 # --- allow / deny / headers ----------------------------------------------------------------------
@@ -253,6 +304,221 @@ def test_lifespan_websocket_and_exempt_pass_through_without_the_limiter():
     assert call(mw, scope(headers=KEY))[0] == 503
 
 
+def test_an_async_exempt_is_awaited(client):
+    calls = []
+
+    async def exempt(sc):
+        calls.append(sc["path"])
+        return sc["path"] == "/healthz"
+
+    app = App()
+    mw = RateLimitMiddleware(app, key="k", tier="tiny", client=client, exempt=exempt)
+    assert call(mw, scope(path="/v1/x"))[0] == 200
+    status, _, body, _ = call(mw, scope(path="/v1/x"))
+    assert status == 429 and json.loads(body)["error"]["tier"] == "tiny", "a coroutine is not 'exempt'"
+    for _ in range(3):
+        status, h, body, _ = call(mw, scope(path="/healthz"))
+        assert (status, body) == (200, b"ok") and "ratelimit-limit" not in h
+    assert len(app.calls) == 4 and calls == ["/v1/x"] * 2 + ["/healthz"] * 3
+
+
+# --- key, tier and cost from the JSON body ----------------------------------------------------------
+
+MODELS = {"small-model": "free", "large-model": "pro"}
+
+
+def test_a_tier_chosen_by_the_json_body_limits_per_tier(client):
+    @reads_body
+    async def tier(sc):
+        await asyncio.sleep(0)
+        model = (request_json(sc) or {}).get("model")
+        return MODELS.get(model) if isinstance(model, str) else None
+
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key=header("x-api-key"), tier=tier, client=client)
+    small = json_body({"model": "small-model", "prompt": "hi"})
+    for remaining in ("1", "0"):
+        status, h, body, _ = call(mw, scope(headers=KEY), [small])
+        assert status == 200 and h["ratelimit-limit"] == "2" and h["ratelimit-remaining"] == remaining
+        assert body == small
+    status, h, body, _ = call(mw, scope(headers=KEY), [small])
+    assert status == 429 and json.loads(body)["error"]["tier"] == "free"
+    large = json_body({"model": "large-model"})
+    status, h, body, _ = call(mw, scope(headers=KEY), [large])
+    assert status == 200 and h["ratelimit-limit"] == "5" and body == large, "another tier, its own limit"
+    assert app.bodies == [small, small, large]
+    assert all(sc["sluice.body"] == b for sc, b in zip(app.scopes, app.bodies))
+
+
+def test_the_app_gets_the_exact_body_sent_in_chunks(client):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key=json_field("metadata", "user"), tier=json_field("model"),
+                             cost=json_field("n"), client=client)
+    raw = '{"model": "enterprise", "n": 3, "metadata": {"user": "u-1"}, "text": "caf\u00e9 \u2615"}'.encode()
+    chunks = [raw[:1], raw[1:9], b"", raw[9:30], raw[30:]]
+    original = scope()
+    received = []
+    status, h, body, _ = call(mw, original, chunks, received=received)
+    assert status == 200 and h["ratelimit-remaining"] == "17" and body == raw
+    assert app.bodies == [raw], "one message with every chunk's bytes"
+    assert app.after == [{"type": "http.disconnect"}], "then the real receive"
+    assert len(received) == len(chunks) + 1
+    assert "sluice.body" not in original and app.scopes[0] is not original, "the scope was copied"
+    assert client.peek("u-1", "enterprise").remaining == 16
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json", b"", b'{"other": "pro"}', b'["pro"]', b'"pro"', b'{"model": null}', b'{"model": true}',
+    b'{"model": ["pro"]}', b'{"model": {"name": "pro"}}', b'{"model": ""}', b"\xff\xfe{", b"[" * 100000,
+    b'{"model": "pro"', ('{"model": "pro", "n": ' + "9" * 5000 + "}").encode(),
+])
+def test_an_invalid_body_or_missing_field_is_400_with_param(client, raw):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client)
+    status, h, body, _ = call(mw, scope(), [raw])
+    assert status == 400 and not app.bodies and "ratelimit-limit" not in h
+    err = json.loads(body)["error"]
+    assert err["type"] == "missing_rate_limit_key" and err["param"] == "tier"
+
+
+def test_a_body_field_of_the_wrong_type_is_400(client):
+    app = EchoApp()
+    for fields, what in (({"tier": 5}, "tier"), ({"key": 7}, "key"), ({"n": "3"}, "cost"),
+                         ({"n": True}, "cost"), ({"n": 1.0}, "cost"), ({"n": 0}, "cost")):
+        mw = RateLimitMiddleware(app, key=json_field("key"), tier=json_field("tier"), cost=json_field("n"),
+                                 client=client)
+        status, _, body, _ = call(mw, scope(), [json_body({"key": "k", "tier": "pro", "n": 1, **fields})])
+        err = json.loads(body)["error"]
+        assert status == 400 and err["type"] == "invalid_request_error", (fields, err)
+        assert what in err["message"]
+    assert not app.bodies
+
+
+def test_an_oversize_body_is_413_and_the_app_does_not_run(client):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client, max_body_bytes=27)
+    fits = json_body({"model": "pro", "x": "12"})
+    assert len(fits) == 27
+    assert call(mw, scope(), [fits[:10], fits[10:]])[0] == 200
+    received = []
+    status, h, body, _ = call(mw, scope(), [b"x" * 10, b"x" * 10, b"x" * 10, b"x" * 10], received=received)
+    assert status == 413 and app.bodies == [fits]
+    assert h["content-type"] == "application/json" and int(h["content-length"]) == len(body)
+    err = json.loads(body)["error"]
+    assert err["type"] == "invalid_request_error" and "27 bytes" in err["message"]
+    assert len(received) == 3, "reading stops at the first byte over the limit"
+    assert client.peek("k", "pro").remaining == 3, "an oversize request consumes nothing"
+
+
+def test_a_client_that_disconnects_mid_body_gets_nothing(client):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client)
+    status, _, _, sent = call(mw, scope(), [b'{"model": ', b'"pro"'], disconnect=True)
+    assert status is None and sent == [] and not app.bodies
+    assert client.peek("k", "pro").remaining == 4
+
+
+def test_the_body_is_read_only_when_a_function_needs_it(client):
+    app = EchoApp()
+    raw = json_body({"model": "pro"})
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client,
+                             exempt=lambda sc: sc["path"] == "/healthz")
+    received = []
+    assert call(mw, scope(path="/healthz"), [raw[:3], raw[3:]], received=received)[0] == 200
+    assert app.bodies == [raw] and len(received) == 3 and "sluice.body" not in app.scopes[0], \
+        "exempt: the app reads the real receive"
+    plain = RateLimitMiddleware(app, key="k", tier="pro", client=client)
+    received = []
+    assert call(plain, scope(), [raw[:3], raw[3:]], received=received)[0] == 200
+    assert app.bodies[-1] == raw and "sluice.body" not in app.scopes[-1]
+
+
+def test_body_helpers_refuse_bad_arguments():
+    with pytest.raises(TypeError):
+        json_field()
+    with pytest.raises(TypeError):
+        json_field("a", 1)
+    for bad in (-1, 1.5, True, None):
+        with pytest.raises(ValueError):
+            RateLimitMiddleware(App(), key="k", tier=json_field("m"), max_body_bytes=bad)
+    with pytest.raises(RuntimeError, match="reads_body"):
+        request_json(scope())
+    assert getattr(json_field("model"), "reads_body") is True and json_field("model").__name__ == "json_field('model')"
+    assert reads_body(lambda sc: 1).reads_body is True
+
+
+# --- tiers the request names ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+def test_an_unknown_tier_chosen_by_the_request_is_400_even_with_allow(client, on_error, caplog):
+    app = App()
+    mw = RateLimitMiddleware(app, key="k", tier=header("x-tier"), client=client, on_error=on_error)
+    status, h, body, _ = call(mw, scope(headers=[("x-tier", "gold" * 50)]))
+    assert status == 400 and not app.calls, "a made-up tier must not bypass the limit"
+    err = json.loads(body)["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == "tier"
+    assert "goldgold" in err["message"] and "gold" * 17 not in err["message"], "named, truncated"
+    assert call(mw, scope(headers=[("x-tier", "pro")]))[0] == 200
+
+    echo = EchoApp()
+    mw = RateLimitMiddleware(echo, key="k", tier=json_field("model"), client=client, on_error=on_error)
+    status, _, body, _ = call(mw, scope(), [json_body({"model": "gold"})])
+    assert status == 400 and "'gold'" in json.loads(body)["error"]["message"] and not echo.bodies
+
+    # A constant tier that does not exist is the configuration's fault: unchanged.
+    mw = RateLimitMiddleware(app, key="k", tier="gold", client=client, on_error=on_error)
+    status, _, body, _ = call(mw, scope())
+    if on_error == "allow":
+        assert (status, body) == (200, b"ok")
+    else:
+        assert status == 503 and json.loads(body)["error"]["code"] == "UnknownTierError"
+
+
+# --- response headers and denied bodies --------------------------------------------------------------
+
+class HeaderApp(App):
+    """Sets its own rate-limit headers, in mixed case."""
+
+    async def __call__(self, scope, receive, send):
+        self.calls.append(scope)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"RateLimit-Limit", b"999"), (b"x-app", b"1"),
+                                (b"X-RateLimit-Remaining-Requests", b"7"), (b"ratelimit-limit", b"998"),
+                                (b"retry-after", b"9")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_the_decisions_headers_replace_the_apps(client):
+    mw = RateLimitMiddleware(HeaderApp(), key="k", tier="pro", client=client)
+    _, _, _, sent = call(mw, scope())
+    headers = [(k.decode().lower(), v.decode()) for k, v in sent[0]["headers"]]
+    names = [k for k, _ in headers]
+    assert len(names) == len(set(names)), headers
+    h = dict(headers)
+    assert h["ratelimit-limit"] == "5" and h["x-ratelimit-remaining-requests"] == "4" and h["x-app"] == "1"
+    assert h["retry-after"] == "9", "a header the decision does not set stays the app's"
+
+
+def test_the_denied_body_says_why(client):
+    from types import SimpleNamespace
+
+    mw = RateLimitMiddleware(App(), key="k", tier="pro", cost=6, client=client)  # limit 5, capacity 25
+    status, h, body, _ = call(mw, scope())
+    assert status == 429 and "retry-after" in h and h["ratelimit-limit"] == "5"
+    err = json.loads(body)["error"]
+    assert err["code"] == "cost_above_limit" and err["reason"] == "cost_above_limit"
+    assert err["type"] == "rate_limit_exceeded" and "try again" not in err["message"]
+    assert "cost (6)" in err["message"] and "(5 per 2s)" in err["message"]
+
+    # A policy cannot close a tier (limit >= 1) and sluiced closes one only under
+    # its own loop, so the body is checked on a stand-in decision.
+    closed = SimpleNamespace(reason="tier_closed", tier="free", limit=0, window=2.0, remaining=0, retry_after=2.0)
+    err = json.loads(sluice._limiter._denied_body(closed, 1))["error"]
+    assert err["code"] == "tier_closed" and "closed" in err["message"] and "try again" not in err["message"]
+    full = SimpleNamespace(reason="window_full", tier="free", limit=2, window=2.0, remaining=0, retry_after=1.5)
+    assert json.loads(sluice._limiter._denied_body(full, 1))["error"]["code"] == "rate_limit_exceeded"
+
+
 # --- one client per process ------------------------------------------------------------------------
 
 def test_the_client_is_opened_lazily_once_per_process(daemon, monkeypatch):
@@ -317,6 +583,26 @@ def test_fastapi_under_uvicorn_with_4_workers_shares_one_exact_limit(daemon, tmp
         r = server.get("/v1/models/llama/chat", {"x-api-key": "another-key"})
         assert r.status == 200 and r.json()["model"] == "llama" and r.headers["ratelimit-remaining"] == "4"
         ok += 1
+
+        # POST: the tier named in the JSON body; the pydantic handler still parses it.
+        prompt = "caf\u00e9 " + "x" * 3000  # several TCP segments' worth, non-ASCII
+        raw = json.dumps({"model": "pro", "prompt": prompt}).encode()
+
+        def echoed(r):
+            assert r.json()["prompt"] == prompt and r.json()["model"] == "pro", r.body[:200]
+
+        for bad, param in ((b"{not json", "tier"), (json.dumps({"prompt": "p"}).encode(), "tier")):
+            r = server.get("/v1/completions", {"x-api-key": "k"}, body=bad)
+            assert r.status == 400 and r.json()["error"]["param"] == param, r.body
+        r = server.get("/v1/completions", {"x-api-key": "k"}, body=json.dumps({"model": "gold", "prompt": "p"}).encode())
+        assert r.status == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        r = server.get("/v1/completions", {"x-api-key": "k"}, body=json.dumps({"model": "pro"}).encode())
+        assert r.status == 422, "admitted (and counted): the handler's own validation refuses it"
+        ok += 1
+        ok2, denied2, pids2 = run_bursts(server, "/v1/completions", "fastapi-body", PRO_LIMIT, body=raw,
+                                         check_ok=echoed)
+        assert len(pids2) >= 2, f"one worker served the whole burst: {pids2}"
+        ok, denied = ok + ok2, denied + denied2
 
     pro = daemon.status()["tiers"][1]
     assert pro["name"] == "pro"

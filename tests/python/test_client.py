@@ -82,11 +82,79 @@ def test_every_bad_input_raises_its_own_class(client, call, exc, code):
     assert client.acquire("k", "pro").remaining == 4, "the bad call consumed nothing"
 
 
-def test_negative_or_huge_cost_is_a_type_error(client):
+def test_negative_or_huge_cost_is_a_value_error(client):
+    # An int of the wrong value is a ValueError (it was a TypeError: corrected).
+    for cost in (-1, 2**32, 2**40, 2**64, -(2**64)):
+        with pytest.raises(ValueError, match=r"^cost must be an int in 1\.\.4294967295$"):
+            client.acquire("k", "pro", cost=cost)
+        with pytest.raises(ValueError):
+            client.peek("k", "pro", cost=cost)
+    for cost in ("3", 1.0, None):
+        with pytest.raises(TypeError, match="cost must be an int"):
+            client.acquire("k", "pro", cost=cost)
+    with pytest.raises(errors.CostZeroError):  # 0 still reaches the C call
+        client.acquire("k", "pro", cost=0)
+    assert client.acquire("k", "pro", cost=2).remaining == 3, "the bad calls consumed nothing"
+
+
+def test_a_non_contiguous_buffer_key_keeps_its_buffer_error(client):
+    with pytest.raises(BufferError, match="contiguous"):
+        client.acquire(memoryview(b"abcdef")[::2], "tiny")
+    assert client.acquire(memoryview(b"abcdef")[::1], "tiny").allowed
+
+
+def test_a_segment_name_with_a_nul_is_refused(daemon):
+    with pytest.raises(ValueError, match="NUL"):
+        sluice.Client(daemon.segment + "\0rest")  # would open daemon.segment
+    with pytest.raises(ValueError, match="NUL"):
+        sluice.Client("\0")
+
+
+def test_decision_cannot_be_made_from_python(client):
+    import copy
+    import pickle
+
     with pytest.raises(TypeError):
-        client.acquire("k", "pro", cost=-1)
+        sluice.Decision()
     with pytest.raises(TypeError):
-        client.acquire("k", "pro", cost=2**40)
+        sluice.Decision.__new__(sluice.Decision)
+    d = client.acquire("k", "pro")
+    for clone in (copy.copy, lambda x: pickle.loads(pickle.dumps(x))):
+        with pytest.raises(TypeError):
+            clone(d)
+    assert d.tier == "pro" and "tier='pro'" in repr(d)
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0ms"), (0.0000001, "1ms"), (0.02, "20ms"), (0.999, "999ms"), (0.9990001, "1s"),
+    (0.9996, "1s"), (1, "1s"), (1.0004, "1.001s"), (1.5, "1.5s"), (1.25, "1.25s"),
+    (59.999, "59.999s"), (59.9990001, "1m0s"), (59.9996, "1m0s"), (60, "1m0s"), (60.0004, "1m1s"), (360, "6m0s"),
+    (3599.9996, "1h0m0s"), (3661, "1h1m1s"),
+])
+def test_duration_text_rounds_up_to_whole_ms_before_choosing_the_unit(seconds, text):
+    import _sluice  # private helper behind x-ratelimit-reset-requests
+
+    assert _sluice._format_duration(seconds) == text
+
+
+def test_both_reset_headers_follow_reset_after(client):
+    import math
+
+    import _sluice
+
+    client.acquire("r", "pro")
+    time.sleep(0.4)
+    for _ in range(4):
+        client.acquire("r", "pro")
+    d = client.acquire("r", "pro")
+    assert not d.allowed and d.reset_after - d.retry_after > 0.3, "the oldest unit leaves first"
+    h = d.headers()
+    assert h["x-ratelimit-reset-requests"] == _sluice._format_duration(d.reset_after)
+    assert h["x-ratelimit-reset-requests"] != _sluice._format_duration(d.retry_after)
+    assert h["RateLimit-Reset"] == str(math.ceil(d.reset_after))
+    assert h["Retry-After"] == str(max(1, math.ceil(d.retry_after)))
+    ok = client.acquire("r2", "pro")
+    assert ok.headers()["x-ratelimit-reset-requests"] == _sluice._format_duration(ok.reset_after)
 
 
 def test_missing_segment(tmp_path):

@@ -5,6 +5,7 @@ under `gunicorn -w 4` whose workers must share one exact limit."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from wsgiref.util import setup_testing_defaults
@@ -13,7 +14,16 @@ import pytest
 
 import sluice.asgi
 from apps.server import PRO_LIMIT, PYTHON, run_bursts, serve
-from sluice.wsgi import RateLimitMiddleware, client_host, header, limit, path_regex, path_segment
+from sluice.wsgi import (
+    RateLimitMiddleware,
+    client_host,
+    header,
+    json_field,
+    limit,
+    path_regex,
+    path_segment,
+    request_body,
+)
 
 flask = pytest.importorskip("flask")
 
@@ -30,12 +40,40 @@ class App:
         return [b"o", b"k"]
 
 
-def environ(path="/v1/chat", headers=None, remote="10.1.2.3"):
+def environ(path="/v1/chat", headers=None, remote="10.1.2.3", body=None, chunked=False):
+    """``body``: on wsgi.input with CONTENT_LENGTH, or ``chunked``: without one, on a
+    terminated stream (wsgi.input_terminated)."""
     env = {"PATH_INFO": path, "REQUEST_METHOD": "POST", "REMOTE_ADDR": remote}
     for k, v in (headers or {}).items():
         env["HTTP_" + k.upper().replace("-", "_")] = v
+    if body is not None:
+        env["wsgi.input"] = io.BytesIO(body)
+        if chunked:
+            env["wsgi.input_terminated"] = True
+        else:
+            env["CONTENT_LENGTH"] = str(len(body))
     setup_testing_defaults(env)
     return env
+
+
+class EchoApp:
+    """Reads its body as a WSGI app does (CONTENT_LENGTH bytes, or to the end of a
+    terminated stream) and answers it back; records each body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def __call__(self, environ, start_response):
+        stream = environ["wsgi.input"]
+        n = environ.get("CONTENT_LENGTH")
+        body = stream.read(int(n)) if n else stream.read() if environ.get("wsgi.input_terminated") else b""
+        self.bodies.append(body)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [body]
+
+
+def json_body(obj) -> bytes:
+    return json.dumps(obj).encode()
 
 
 def call(mw, env):
@@ -132,11 +170,180 @@ def test_exempt_passes_through_without_the_limiter():
     assert call(mw, environ("/v1"))[0] == 503
 
 
+def test_an_async_exempt_is_refused_not_taken_as_true(client):
+    async def exempt(env):
+        return True
+
+    app = App()
+    mw = RateLimitMiddleware(app, key="k", tier="pro", client=client, exempt=exempt)
+    with pytest.raises(TypeError, match="async"):
+        call(mw, environ())
+    assert app.calls == 0
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError):
         RateLimitMiddleware(App(), key="k", tier="pro", on_error="ignore")
     with pytest.raises(ValueError):
         limit(key="k", tier="pro", cost=-1)
+
+
+# --- key, tier and cost from the JSON body -----------------------------------------------------------
+
+MODELS = {"small-model": "free", "large-model": "pro"}
+
+
+def test_a_tier_chosen_by_the_json_body_limits_per_tier(client):
+    model = json_field("model")
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key=header("x-api-key"), tier=lambda env: MODELS.get(model(env)), client=client)
+    small = json_body({"model": "small-model", "prompt": "caf\u00e9"})
+    for chunked in (False, True):
+        code, h, body, _ = call(mw, environ(headers=KEY, body=small, chunked=chunked))
+        assert code == 200 and h["RateLimit-Limit"] == "2" and body == small
+    code, _, body, _ = call(mw, environ(headers=KEY, body=small))
+    assert code == 429 and json.loads(body)["error"]["tier"] == "free"
+    large = json_body({"model": "large-model"})
+    code, h, body, _ = call(mw, environ(headers=KEY, body=large, chunked=True))
+    assert code == 200 and h["RateLimit-Limit"] == "5" and body == large
+    assert app.bodies == [small, small, large], "the app reads the exact body"
+
+
+def test_request_body_reads_once_and_puts_it_back():
+    raw = b'{"model": "pro"}\nsecond line\n'
+    env = environ(body=raw)
+    assert request_body(env) == raw and env["sluice.body"] == raw and env["CONTENT_LENGTH"] == str(len(raw))
+    env["wsgi.input"] = io.BytesIO(b"must not be read again")
+    assert request_body(env) == raw, "cached"
+
+    env = environ(body=raw)
+    stream = env["wsgi.input"]
+    assert request_body(env, max_bytes=len(raw) - 1) is None
+    assert env["wsgi.input"] is stream and stream.tell() == 0, "a body announced too large is not read at all"
+    assert request_body(env, max_bytes=3) is None
+
+    env = environ(body=raw, chunked=True)
+    assert request_body(env, max_bytes=5) is None, "read max+1 bytes, then put back"
+    back = env["wsgi.input"]
+    assert back.read(3) == raw[:3] and back.readline() == raw[3:17] and list(back) == [raw[17:]]
+    env = environ(body=raw, chunked=True)
+    request_body(env, max_bytes=20)
+    assert env["wsgi.input"].read() == raw
+    env = environ(body=raw, chunked=True)
+    request_body(env, max_bytes=20)
+    assert env["wsgi.input"].readlines() == raw.splitlines(keepends=True)
+
+    env = environ(body=raw, chunked=True)
+    assert request_body(env) == raw and env["CONTENT_LENGTH"] == str(len(raw))
+    assert env["wsgi.input"].read() == raw
+
+    env = environ(body=raw)
+    del env["CONTENT_LENGTH"]
+    assert request_body(env) == b"", "PEP 3333: no CONTENT_LENGTH, not terminated: no body"
+    env = environ(body=raw)
+    env["CONTENT_LENGTH"] = "abc"
+    assert request_body(env) == b""
+    with pytest.raises(ValueError):
+        request_body(environ(body=raw), max_bytes=-1)
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json", b"", b'{"other": "pro"}', b'["pro"]', b'{"model": null}', b'{"model": true}',
+    b'{"model": {"name": "pro"}}', b'{"model": ""}', b"\xff\xfe{", b"[" * 100000,
+])
+def test_an_invalid_body_or_missing_field_is_400_with_param(client, raw):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client)
+    code, h, body, _ = call(mw, environ(body=raw))
+    assert code == 400 and not app.bodies and "RateLimit-Limit" not in h
+    err = json.loads(body)["error"]
+    assert err["type"] == "missing_rate_limit_key" and err["param"] == "tier"
+
+
+def test_a_body_field_of_the_wrong_type_is_400(client):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key=json_field("metadata", "user"), tier=json_field("tier"),
+                             cost=json_field("n"), client=client)
+    for fields in ({"tier": 5}, {"metadata": {"user": 7}}, {"n": "3"}, {"n": True}, {"n": 0}):
+        raw = json_body({"metadata": {"user": "u"}, "tier": "pro", "n": 1, **fields})
+        code, _, body, _ = call(mw, environ(body=raw))
+        assert code == 400 and json.loads(body)["error"]["type"] == "invalid_request_error", fields
+    assert not app.bodies
+    code, h, body, _ = call(mw, environ(body=json_body({"metadata": {"user": "u"}, "tier": "pro", "n": 3})))
+    assert code == 200 and h["RateLimit-Remaining"] == "2" and client.peek("u", "pro").remaining == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversize_body_is_413_and_the_app_does_not_run(client, chunked):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("model", max_body_bytes=16), client=client)
+    fits = json_body({"model": "pro"})
+    assert len(fits) == 16 and call(mw, environ(body=fits, chunked=chunked))[0] == 200
+    code, h, body, status = call(mw, environ(body=json_body({"model": "pro", "x": 1}), chunked=chunked))
+    assert code == 413 and app.bodies == [fits] and int(h["Content-Length"]) == len(body)
+    err = json.loads(body)["error"]
+    assert err["type"] == "invalid_request_error" and "16 bytes" in err["message"]
+    assert client.peek("k", "pro").remaining == 3
+
+
+def test_a_body_cut_short_is_not_admitted(client):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client)
+    env = environ(body=b'{"model": "pro"}')
+    env["CONTENT_LENGTH"] = "100"  # the client went away after 16 bytes of valid JSON
+    code, _, body, _ = call(mw, env)
+    assert code == 400 and json.loads(body)["error"]["code"] == "incomplete_body" and not app.bodies
+    assert request_body(env) is None
+
+    class Broken(io.RawIOBase):
+        def read(self, n=-1):
+            raise OSError("client disconnected")
+
+    env = environ(body=b"")
+    env["wsgi.input"], env["CONTENT_LENGTH"] = Broken(), "10"
+    with pytest.raises(OSError):  # the server's own error, as when the app reads it
+        call(mw, env)
+    assert not app.bodies and client.peek("k", "pro").remaining == 4
+
+
+# --- tiers the request names, headers ------------------------------------------------------------------
+
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+def test_an_unknown_tier_chosen_by_the_request_is_400_even_with_allow(client, on_error):
+    app = App()
+    mw = RateLimitMiddleware(app, key="k", tier=header("x-tier"), client=client, on_error=on_error)
+    code, _, body, _ = call(mw, environ(headers={"x-tier": "gold" * 50}))
+    assert code == 400 and app.calls == 0
+    err = json.loads(body)["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == "tier" and "goldgold" in err["message"]
+    mw = RateLimitMiddleware(app, key="k", tier="gold", client=client, on_error=on_error)
+    assert call(mw, environ())[0] == (200 if on_error == "allow" else 503), "a constant tier: configuration"
+
+
+def test_the_decisions_headers_replace_the_apps(client):
+    def app(environ, start_response):
+        start_response("200 OK", [("ratelimit-limit", "999"), ("X-App", "1"), ("X-RATELIMIT-REMAINING-REQUESTS", "7"),
+                                  ("RateLimit-Limit", "998"), ("Retry-After", "9")])
+        return [b"ok"]
+
+    started = []
+    mw = RateLimitMiddleware(app, key="k", tier="pro", client=client)
+    b"".join(mw(environ(), lambda status, headers, exc_info=None: started.append(headers)))
+    names = [k.lower() for k, _ in started[0]]
+    assert len(names) == len(set(names)), started[0]
+    h = {k.lower(): v for k, v in started[0]}
+    assert h["ratelimit-limit"] == "5" and h["x-ratelimit-remaining-requests"] == "4" and h["x-app"] == "1"
+    assert h["retry-after"] == "9"
+
+    fl = flask.Flask(__name__)
+
+    @fl.get("/v")
+    @limit(key="k", tier="pro", client=client)
+    def view():
+        return "v", 200, {"ratelimit-limit": "999"}
+
+    r = fl.test_client().get("/v")
+    assert r.headers.getlist("RateLimit-Limit") == ["5"]
 
 
 # --- the Flask decorator ----------------------------------------------------------------------------
@@ -188,6 +395,61 @@ def test_flask_decorator(client):
     tc.get("/v1/async", headers=KEY)
     assert tc.get("/v1/async", headers=KEY).status_code == 429
     assert tc.get("/v1/async").status_code == 400
+
+
+def test_flask_decorator_and_view_both_read_the_json_body(client):
+    app = flask.Flask(__name__)
+    seen = []
+
+    @app.post("/v1/completions")
+    @limit(key=json_field("user"), tier=lambda env: MODELS.get(json_field("model")(env)), client=client)
+    def completions():
+        seen.append(flask.request.get_json())
+        return {"echo": flask.request.get_json()["prompt"], "raw": flask.request.get_data(as_text=True)}
+
+    @app.post("/v1/small")
+    @limit(key="k", tier=json_field("model", max_body_bytes=8), client=client)
+    def small():
+        raise AssertionError("must not run")
+
+    tc = app.test_client()
+    payload = {"user": "u-1", "model": "small-model", "prompt": "caf\u00e9"}
+    r = tc.post("/v1/completions", json=payload)
+    assert r.status_code == 200 and r.json["echo"] == "caf\u00e9" and json.loads(r.json["raw"]) == payload
+    assert r.headers["RateLimit-Limit"] == "2" and seen == [payload]
+    r = tc.post("/v1/completions", data=b"{oops", content_type="application/json")
+    assert r.status_code == 400 and r.json["error"]["param"] == "key" and len(seen) == 1
+    r = tc.post("/v1/small", json={"model": "pro"})
+    assert r.status_code == 413 and r.json["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("as_a_server", [True, False])
+def test_the_middleware_in_front_of_flask_leaves_the_view_its_body(client, as_a_server):
+    app = flask.Flask(__name__)
+    seen = []
+
+    @app.post("/v1/completions")
+    def completions():
+        seen.append((flask.request.get_json(), flask.request.content_length))
+        return {"prompt": flask.request.get_json()["prompt"]}
+
+    mw = RateLimitMiddleware(app.wsgi_app, key=header("x-api-key"), tier=json_field("model"), client=client)
+
+    def server_environ(environ, start_response):
+        # Werkzeug's test client puts its own request in the environ; a real server
+        # (gunicorn) does not, and the body then comes from wsgi.input.
+        if as_a_server:
+            del environ["werkzeug.request"]
+        return mw(environ, start_response)
+
+    app.wsgi_app = server_environ
+    tc = app.test_client()
+    payload = {"model": "pro", "prompt": "x" * 5000}
+    r = tc.post("/v1/completions", json=payload, headers=KEY)
+    assert r.status_code == 200 and r.json == {"prompt": "x" * 5000} and r.headers["RateLimit-Remaining"] == "4"
+    assert seen == [(payload, len(json.dumps(payload)))]
+    r = tc.post("/v1/completions", json={"prompt": "p"}, headers=KEY)
+    assert r.status_code == 400 and r.json["error"]["param"] == "tier" and len(seen) == 1
 
 
 def test_flask_decorator_fails_closed(client):

@@ -53,10 +53,14 @@ class Server:
         self.proc = subprocess.Popen(list(self.argv), cwd=APPS, env={**os.environ, **self.env},
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def get(self, path: str, headers: dict | None = None, timeout: float = 10.0) -> Reply:
+    def get(self, path: str, headers: dict | None = None, timeout: float = 10.0, body: bytes | None = None) -> Reply:
+        """GET, or POST when ``body`` is given (JSON)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        if body is not None:
+            headers = {"Content-Type": "application/json", **(headers or {})}
         try:
-            conn.request("GET", path, headers={"Connection": "close", **(headers or {})})
+            conn.request("GET" if body is None else "POST", path, body=body,
+                         headers={"Connection": "close", **(headers or {})})
             r = conn.getresponse()
             body = r.read()
             return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, body, time.monotonic())
@@ -136,9 +140,10 @@ def serve(argv_for_port, log_path: Path, env: dict, ready_path: str = "/healthz"
         server.stop()
 
 
-def burst(server: Server, path: str, headers: dict, n: int, threads: int) -> tuple[list[Reply], float]:
-    """n GET requests from `threads` threads released together, one connection each.
-    Returns the replies and the seconds from release to the last reply."""
+def burst(server: Server, path: str, headers: dict, n: int, threads: int,
+          body: bytes | None = None) -> tuple[list[Reply], float]:
+    """n GET requests (POST with `body`) from `threads` threads released together, one
+    connection each. Returns the replies and the seconds from release to the last reply."""
     replies: list[Reply] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -149,7 +154,7 @@ def burst(server: Server, path: str, headers: dict, n: int, threads: int) -> tup
         go.wait(30)
         for _ in range(count):
             try:
-                r = server.get(path, headers)
+                r = server.get(path, headers, body=body)
             except BaseException as e:  # noqa: BLE001 - reported by the caller
                 with lock:
                     errors.append(e)
@@ -172,8 +177,9 @@ def burst(server: Server, path: str, headers: dict, n: int, threads: int) -> tup
 PRO_LIMIT = 5  # TEST_POLICY: pro = 5 per 2 s
 
 
-def check_burst(replies, limit):
-    """One burst inside one window: exactly `limit` 200s, the rest proper 429s."""
+def check_burst(replies, limit, check_ok=None):
+    """One burst inside one window: exactly `limit` 200s, the rest proper 429s;
+    `check_ok(reply)` on each 200 when given."""
     statuses = Counter(r.status for r in replies)
     assert set(statuses) <= {200, 429}, statuses
     ok = [r for r in replies if r.status == 200]
@@ -183,6 +189,8 @@ def check_burst(replies, limit):
     for r in ok:
         assert r.headers["ratelimit-limit"] == str(limit) and r.headers["x-ratelimit-limit-requests"] == str(limit)
         assert "retry-after" not in r.headers
+        if check_ok is not None:
+            check_ok(r)
     for r in denied:
         assert 1 <= int(r.headers["retry-after"]) <= 2, r.headers
         assert r.headers["ratelimit-remaining"] == "0" and r.headers["ratelimit-limit"] == str(limit)
@@ -190,18 +198,19 @@ def check_burst(replies, limit):
     return len(ok), len(denied)
 
 
-def run_bursts(server, path, key_prefix, limit, n=30, threads=10, tries=3):
+def run_bursts(server, path, key_prefix, limit, n=30, threads=10, tries=3, body=None, check_ok=None):
     """Bursts on fresh keys until one fits inside the 2 s window (a loaded machine can
-    stretch one); returns (200s, 429s) summed over all bursts and the pids seen."""
+    stretch one); returns (200s, 429s) summed over all bursts and the pids seen.
+    With `body`: POSTs it; `check_ok(reply)` checks each 200 of the counted burst."""
     total_ok = total_denied = 0
     pids = set()
     for attempt in range(tries):
-        replies, elapsed = burst(server, path, {"x-api-key": f"{key_prefix}-{attempt}"}, n, threads)
+        replies, elapsed = burst(server, path, {"x-api-key": f"{key_prefix}-{attempt}"}, n, threads, body)
         pids |= {r.headers.get("x-pid") for r in replies}
         print(f"burst {attempt}: {len(replies)} replies in {elapsed:.3f} s, "
               f"{Counter(r.status for r in replies)}, workers {Counter(r.headers.get('x-pid') for r in replies)}")
         if elapsed < 1.8:
-            ok, denied = check_burst(replies, limit)
+            ok, denied = check_burst(replies, limit, check_ok)
             return total_ok + ok, total_denied + denied, pids
         total_ok += sum(r.status == 200 for r in replies)
         total_denied += sum(r.status == 429 for r in replies)
