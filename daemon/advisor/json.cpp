@@ -1,4 +1,5 @@
 #include "advisor/json.hpp"
+#include "text/utf8.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -236,11 +237,17 @@ class Parser {
       const char c = in_[pos_];
       if (c == '"') { ++pos_; return true; }
       if (static_cast<unsigned char>(c) < 0x20) return fail("raw control character in string");
-      ++pos_;
       if (c == '\\') {
+        ++pos_;
         if (!escape(out)) return false;
-      } else {
+      } else if (static_cast<unsigned char>(c) < 0x80) {
+        ++pos_;
         out += c;
+      } else {
+        const size_t n = text::utf8_sequence(in_, pos_);
+        if (n == 0) return fail("invalid UTF-8 in string");
+        out.append(in_.substr(pos_, n));
+        pos_ += n;
       }
     }
   }
@@ -290,3 +297,4 @@ std::string quote(std::string_view s) {
 }
 
 }  // namespace sluice::advisor::json
+

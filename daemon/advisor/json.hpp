@@ -2,7 +2,7 @@
 //
 // Model output is untrusted input, so the reader rejects everything the RFC
 // does not allow (comments, trailing commas, leading zeros, raw control
-// characters, lone surrogates, duplicate keys, trailing text) and bounds the
+// characters, lone surrogates, invalid UTF-8, duplicate keys, trailing text) and bounds the
 // nesting depth. It never throws for bad input; errors name the byte offset
 // and what was expected.
 #pragma once
@@ -52,5 +52,6 @@ std::optional<Value> parse(std::string_view text, std::string* error,
 // `s` as a JSON string literal, quotes included. Control characters are
 // escaped; other bytes are copied as they are.
 std::string quote(std::string_view s);
+
 
 }  // namespace sluice::advisor::json

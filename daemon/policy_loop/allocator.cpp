@@ -1,5 +1,7 @@
 #include "policy_loop/allocator.hpp"
 
+#include "text/utf8.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -118,7 +120,7 @@ std::vector<Proposal> proposals_from_advice(const Snapshot &s, const Advice &a) 
     const bool clamped = v != a.limits[i] || (i < a.clamped.size() && a.clamped[i]);
     if (v == t.limit) continue;
     out.push_back(Proposal{uint32_t(i), t.limit, v,
-                           t.name + ": advisor: " + a.rationale.substr(0, 400) +
+                           t.name + ": advisor: " + text::utf8_clean(a.rationale, 400) +
                                (clamped ? fmt(" (clamped to %u..%u)", t.floor, t.ceiling) : ""),
                            "advisor", a.confidence, clamped});
   }

@@ -5,12 +5,16 @@
 #include <sstream>
 #include <vector>
 
+#include "text/utf8.hpp"
+
 namespace sluice::daemon {
 
 using policy_loop::AuditRecord;
 using policy_loop::PendingApproval;
 
-std::string json_escape(const std::string &v) {
+std::string json_escape(const std::string &raw) {
+  // The trail holds text from models and servers: print only well-formed UTF-8.
+  const std::string v = text::utf8_clean(raw);
   std::string o = "\"";
   for (unsigned char c : v) {
     if (c == '"' || c == '\\') {

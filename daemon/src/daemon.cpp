@@ -15,6 +15,7 @@
 #include "metrics_page.hpp"
 #include "sluice/core/clock.hpp"
 #include "sluice/core/tier_table.hpp"
+#include "text/utf8.hpp"
 
 namespace sluice::daemon {
 
@@ -228,7 +229,7 @@ bool Daemon::attach_advisor(std::string &error) {
     rec.actor = "advisor";
     rec.tier = "*";
     rec.reason = std::string("fallback to rules: ") + advisor::outcome_name(r->outcome) +
-                 (r->advice ? " (stale answer)" : "") + (r->detail.empty() ? "" : ": " + r->detail.substr(0, 300));
+                 (r->advice ? " (stale answer)" : "") + (r->detail.empty() ? "" : ": " + text::utf8_clean(r->detail, 300));
     std::string err;
     if (!store_->append(rec, err)) spdlog::error("audit: {}", err);
     spdlog::info("advisor: {}", rec.reason);

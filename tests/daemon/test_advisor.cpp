@@ -25,6 +25,7 @@
 #include "advisor/json.hpp"
 #include "advisor/llm_advisor.hpp"
 #include "advisor/prompt.hpp"
+#include "text/utf8.hpp"
 
 namespace {
 
@@ -317,6 +318,29 @@ TEST(AdvisorJson, RejectsWhatTheRfcDoesNotAllow) {
     EXPECT_FALSE(json::parse(text, &err)) << "accepted: " << text;
     EXPECT_NE(err.find("offset"), std::string::npos) << text << " -> " << err;
   }
+}
+
+TEST(AdvisorJson, StringsMustBeWellFormedUtf8) {
+  // A model's rationale goes into the audit trail and `sluicectl audit --json`.
+  const char* bad[] = {"\"\xff\xfe\"",         "\"\xc0\xaf\"",         "\"\xe0\x80\xaf\"", "\"\xed\xa0\x80\"",
+                       "\"\xf4\x90\x80\x80\"", "\"\xe2\x82\"",         "\"\x80\"",         "\"\xf8\x88\x80\x80\x80\""};
+  for (const char* b : bad) {
+    std::string err;
+    EXPECT_FALSE(json::parse(b, &err)) << "accepted " << ::testing::PrintToString(std::string(b));
+    EXPECT_NE(err.find("UTF-8"), std::string::npos) << err;
+  }
+  std::string err;
+  const auto ok = json::parse("\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"", &err);
+  ASSERT_TRUE(ok) << err;
+  EXPECT_EQ(ok->text, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+}
+
+TEST(AdvisorJson, Utf8CleanCutsBetweenCharactersAndReplacesBadBytes) {
+  EXPECT_EQ(sluice::text::utf8_clean("a\xc3\xa9", 2), "a") << "cut inside a character";
+  EXPECT_EQ(sluice::text::utf8_clean("a\xc3\xa9", 3), "a\xc3\xa9");
+  EXPECT_EQ(sluice::text::utf8_clean("x\xffy"), "x\xef\xbf\xbdy");
+  EXPECT_EQ(sluice::text::utf8_clean("\xed\xa0\x80"), "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd") << "a surrogate is three bad bytes";
+  EXPECT_EQ(sluice::text::utf8_clean("plain"), "plain");
 }
 
 TEST(AdvisorJson, BoundsNestingDepth) {
