@@ -486,7 +486,21 @@ def test_flask_under_gunicorn_with_4_workers_shares_one_exact_limit(daemon, tmp_
         ok2, denied2, pids2 = run_bursts(server, "/v1/mw", "flask-mw", PRO_LIMIT)
         assert len(pids1) >= 2 and len(pids2) >= 2, f"one worker served a whole burst: {pids1} {pids2}"
 
+        # POST: the tier named in the JSON body; the view reads the same body after the decorator.
+        prompt = "caf\u00e9 " + "x" * 3000
+        raw = json.dumps({"model": "pro", "prompt": prompt}).encode()
+
+        def echoed(r):
+            assert r.json()["prompt"] == prompt and r.json()["model"] == "pro", r.body[:200]
+
+        r = server.get("/v1/completions", {"x-api-key": "k"}, body=b"{not json")
+        assert r.status == 400 and r.json()["error"]["param"] == "tier", r.body
+        r = server.get("/v1/completions", {"x-api-key": "k"}, body=json.dumps({"model": "gold", "prompt": "p"}).encode())
+        assert r.status == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        ok3, denied3, pids3 = run_bursts(server, "/v1/completions", "flask-body", PRO_LIMIT, body=raw, check_ok=echoed)
+        assert len(pids3) >= 2, f"one worker served the whole burst: {pids3}"
+
     pro = daemon.status()["tiers"][1]
     assert pro["name"] == "pro"
-    assert pro["admitted"] == ok1 + ok2, "the daemon's counter equals the 200s the clients saw"
-    assert pro["denied_window"] == denied1 + denied2
+    assert pro["admitted"] == ok1 + ok2 + ok3, "the daemon's counter equals the 200s the clients saw"
+    assert pro["denied_window"] == denied1 + denied2 + denied3

@@ -1,15 +1,16 @@
 """Flask app for test_wsgi.py, served by `gunicorn -w 4` with SLUICE_SEGMENT set.
 
 /v1/decorated is limited by the @limit decorator, /v1/mw by the WSGI middleware
-(both per x-api-key on tier "pro"); /healthz is unlimited. Every response carries
-x-pid: the worker's pid.
+(both per x-api-key on tier "pro"); POST /v1/completions by the decorator on the
+tier its JSON body names in "model" (the view reads the same body with get_json);
+/healthz is unlimited. Every response carries x-pid: the worker's pid.
 """
 
 import os
 
-from flask import Flask
+from flask import Flask, request
 
-from sluice.wsgi import RateLimitMiddleware, header, limit
+from sluice.wsgi import RateLimitMiddleware, header, json_field, limit
 
 app = Flask(__name__)
 
@@ -18,6 +19,13 @@ app = Flask(__name__)
 @limit(key=header("x-api-key"), tier="pro")
 def decorated():
     return {"pid": os.getpid()}
+
+
+@app.post("/v1/completions")
+@limit(key=header("x-api-key"), tier=json_field("model"))
+def completions():
+    body = request.get_json()
+    return {"pid": os.getpid(), "model": body["model"], "prompt": body["prompt"]}
 
 
 @app.get("/v1/mw")
