@@ -72,7 +72,8 @@ void Owner::discard_state() {
 }
 
 Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
-                               std::unique_ptr<Owner> &out, bool &created, std::string &detail) {
+                               std::unique_ptr<Owner> &out, bool &created, std::string &detail,
+                               const AttachHook &on_attach) {
   if (!valid_segment_name(name)) {
     detail = "segment name '" + name + "' is not valid";
     return Status::no_segment;
@@ -95,7 +96,7 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
       // Never formatted: its creator died between create and format (the caller
       // holds the segment lock, so no creator is alive). Start afresh.
       o->state_map_ = Mapping();
-      return create_or_attach(name, spec, true, out, created, detail);
+      return create_or_attach(name, spec, true, out, created, detail, on_attach);
     }
     if (s != Status::ok) return s;
     if ((s = Mapping::open(policy_segment_name(name), true, o->policy_map_, detail, &fo)) != Status::ok) return s;
@@ -115,7 +116,7 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
         detail = "segment '" + name + "' is retired and could not be removed";
         return Status::permission;
       }
-      return create_or_attach(name, spec, false, out, created, detail);
+      return create_or_attach(name, spec, false, out, created, detail, on_attach);
     }
     if (!state_matches(*o->state_, spec, detail)) {
       detail = "existing segment does not match the policy: " + detail + " (use --reset to recreate it)";
@@ -148,9 +149,12 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
     for (uint32_t i = 0; i < rows.size(); ++i) {
       TierLimits now;
       read_tier(*o->policy_, i, now);
-      o->limits_before_attach_.push_back(now.limit);
-      const TierSpec &t = spec.tiers[i];
-      if (t.keep_published_limit) rows[i].limit = std::clamp(now.limit, t.keep_min, std::max(t.keep_min, t.keep_max));
+      o->rows_before_attach_.push_back(now);
+    }
+    if (on_attach && !on_attach(rows, o->rows_before_attach_, detail)) return Status::internal;
+    if (rows.size() != spec.tiers.size()) {
+      detail = "the attach hook changed the number of tiers";
+      return Status::internal;
     }
   }
   o->publish(rows);

@@ -45,7 +45,8 @@ struct AdvisorResult {
   std::optional<policy_loop::Advice> advice;  // only for ok and clamped
   std::string detail;                         // why, for logs and the audit trail
   int64_t latency_ns = 0;
-  uint64_t tick = 0;  // the snapshot's tick: advice is stale if tiers changed since
+  uint64_t tick = 0;         // the snapshot's tick
+  int64_t snapshot_ns = 0;   // the snapshot's CLOCK_MONOTONIC time: how old the advice is
 };
 
 // Everything the advisor has done so far, read in one go (metrics, `top`).

@@ -78,6 +78,7 @@ AdvisorResult LlmAdvisor::ask(const policy_loop::Snapshot& snap, const std::atom
     r.detail = std::string("advisor failure: ") + e.what();
   }
   r.tick = snap.tick;
+  r.snapshot_ns = snap.now_ns;
   r.latency_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
   return r;

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS audit (
   old_limit INTEGER, new_limit INTEGER, reason TEXT NOT NULL, confidence REAL,
   approval_id TEXT, generation INTEGER);
 CREATE INDEX IF NOT EXISTS audit_time ON audit(unix_ms);
+CREATE INDEX IF NOT EXISTS audit_tier ON audit(tier, id);
+CREATE INDEX IF NOT EXISTS audit_approval ON audit(approval_id);
 CREATE TABLE IF NOT EXISTS pending (
   id TEXT PRIMARY KEY, tier INTEGER NOT NULL, tier_name TEXT NOT NULL,
   old_limit INTEGER NOT NULL, new_limit INTEGER NOT NULL, reason TEXT NOT NULL,
@@ -106,6 +108,11 @@ bool AuditStore::append_all(const std::vector<AuditRecord> &rs, std::string &err
 
 bool AuditStore::put_pending(const PendingApproval &p, const AuditRecord &r, std::string &error, bool *duplicate_id) {
   if (duplicate_id) *duplicate_id = false;
+  if (id_in_use(p.id)) {  // also a closed question's: one id names one question in the trail
+    if (duplicate_id) *duplicate_id = true;
+    error = "approval id " + p.id + " is taken";
+    return false;
+  }
   if (!exec("BEGIN IMMEDIATE", error)) return false;
   Stmt st(db_,
           "INSERT INTO pending(id,tier,tier_name,old_limit,new_limit,reason,actor,confidence,"
@@ -209,6 +216,20 @@ std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, siz
     out.push_back(std::move(r));
   }
   return out;
+}
+
+std::optional<int64_t> AuditStore::last_limit(const std::string &tier) {
+  Stmt st(db_, "SELECT new_limit FROM audit WHERE tier = ? AND event IN ('published','approved','kept','start') "
+               "ORDER BY id DESC LIMIT 1");
+  st.text(1, tier);
+  if (sqlite3_step(st.s) != SQLITE_ROW) return std::nullopt;
+  return sqlite3_column_int64(st.s, 0);
+}
+
+bool AuditStore::id_in_use(const std::string &id) {
+  Stmt st(db_, "SELECT 1 FROM pending WHERE id = ?1 UNION ALL SELECT 1 FROM audit WHERE approval_id = ?1 LIMIT 1");
+  st.text(1, id);
+  return sqlite3_step(st.s) == SQLITE_ROW;
 }
 
 }  // namespace sluice::policy_loop

@@ -15,7 +15,8 @@ namespace sluice::policy_loop {
 struct AuditRecord {
   int64_t id = 0;
   int64_t unix_ms = 0;
-  std::string event;        // proposed, published, pending, approved, rejected, expired, advisor
+  // published, pending, held, approved, rejected, expired, stale, void, kept, start, advisor
+  std::string event;
   std::string actor;        // rules, advisor, human:<uid>, system
   std::string tier;
   int64_t old_limit = -1;
@@ -58,6 +59,11 @@ class AuditStore {
   std::optional<PendingApproval> find_pending(const std::string &id, std::string &error);
   // The newest max_rows records at or after unix_ms, oldest first; *total: how many matched.
   std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000, size_t *total = nullptr);
+  // The limit the newest record that set one for `tier` names (published, approved,
+  // kept, start), or nullopt if there is none (or the store cannot be read).
+  std::optional<int64_t> last_limit(const std::string &tier);
+  // Is `id` taken by an open question or named by any record?
+  bool id_in_use(const std::string &id);
   const std::string &path() const { return path_; }
 
  private:

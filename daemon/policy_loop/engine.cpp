@@ -94,8 +94,9 @@ bool PolicyEngine::ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep) 
                 p.confidence, "", 0};
   std::string err;
   for (int attempt = 0; attempt < 4; ++attempt) {  // ids are 32 random bits: a clash is rare, not impossible
-    pa.id = r.approval_id = new_approval_id();
+    pa.id = r.approval_id = id_source_ ? id_source_() : new_approval_id();
     bool duplicate = false;
+    err.clear();
     if (store_.put_pending(pa, r, err, &duplicate)) {
       rep.new_pending.push_back(pa);
       ++counts_.requested;
@@ -177,6 +178,8 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
     }
   }
 
+  std::erase_if(last_held_, [&](const auto &kv) { return !std::any_of(open.begin(), open.end(), [&](const auto &q) { return q.id == kv.first; }); });
+
   if (dt <= 0) return rep;  // first tick: no rates yet
   std::optional<Advice> advice = advice_ ? advice_(snap_) : std::nullopt;
   rep.source = advice ? "advisor" : "rules";
@@ -192,8 +195,13 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
     }
     if (!pending_known) continue;
     if (const PendingApproval *q = pending_for(open, p.tier)) {  // one question per tier at a time
-      held.push_back(record("held", p, q->id, 0, now_unix_ms));
-      held.back().reason += " [held: question " + q->id + " for this tier is still open]";
+      // Recorded when the held value changes, not on every tick that repeats it.
+      auto [last, fresh] = last_held_.try_emplace(q->id, p.new_limit);
+      if (fresh || last->second != p.new_limit) {
+        last->second = p.new_limit;
+        held.push_back(record("held", p, q->id, 0, now_unix_ms));
+        held.back().reason += " [held: question " + q->id + " for this tier is still open]";
+      }
       continue;
     }
     ask(p, now_unix_ms, rep);
@@ -224,15 +232,16 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
 }
 
 CommandResult PolicyEngine::close_unpublished(const PendingApproval &p, const std::string &event,
-                                              const std::string &actor, uint32_t limit_now, const std::string &why,
-                                              bool ok) {
-  AuditRecord r{0, unix_ms_now(), event, actor, p.tier_name, limit_now, limit_now,
+                                              const std::string &actor, int64_t old_limit, int64_t new_limit,
+                                              const std::string &why, bool ok) {
+  AuditRecord r{0, unix_ms_now(), event, actor, p.tier_name, old_limit, new_limit,
                 why + " (asked: " + std::to_string(p.old_limit) + " -> " + std::to_string(p.new_limit) + ": " +
                     p.reason + ")",
                 p.confidence, p.id, 0};
   std::string err;
   if (!store_.close_pending(p.id, r, err)) return {false, "the audit store failed (" + err + "); " + p.id + " is still pending"};
   if (event == "expired") ++counts_.expired;
+  if (event == "approved") ++counts_.approved;
   return {ok, p.id + ": " + why};
 }
 
@@ -245,24 +254,28 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid,
   if (!p) return {false, err.empty() ? "no pending approval with id '" + id + "'" : "the audit store failed: " + err};
   const std::string human = "human:" + std::to_string(uid);
   const int64_t now = unix_ms_now();
-  if (p->expires_unix_ms <= now) return close_unpublished(*p, "expired", "system", 0, "expired before it was approved; nothing published", false);
+  if (p->expires_unix_ms <= now)
+    return close_unpublished(*p, "expired", "system", p->old_limit, p->new_limit,
+                             "expired before it was approved; nothing published", false);
   if (const std::string why = void_reason(*p); !why.empty())
-    return close_unpublished(*p, "void", human, 0, why + "; nothing published", false);
+    return close_unpublished(*p, "void", human, p->old_limit, p->new_limit, why + "; nothing published", false);
   const auto &t = spec_.tiers[p->tier];
   const uint32_t cur = limits_[p->tier];
   const uint32_t v = std::clamp(p->new_limit, t.floor, t.ceiling);
   // The approver saw old -> new. Since then the loop may have moved the limit by
   // steps within the ratio: a limit now below the one asked about would make this
   // a larger jump than the one approved, so the question is closed instead.
-  if (cur < p->old_limit)
-    return close_unpublished(*p, "stale", human, cur,
+  // A question asked as a raise (cuts are never asked now; an older store may
+  // still hold one, and approving it simply applies it: a cut needs no approval).
+  if (p->new_limit > p->old_limit && cur < p->old_limit)
+    return close_unpublished(*p, "stale", human, cur, cur,
                              "the limit moved from " + std::to_string(p->old_limit) + " to " + std::to_string(cur) +
                                  " since this was asked, and " + std::to_string(cur) + " -> " + std::to_string(v) +
                                  " is a larger jump than the one asked; nothing published (the loop asks again if "
                                  "it still wants the raise)",
                              false);
-  if (v <= cur)
-    return close_unpublished(*p, "approved", human, cur,
+  if (v == cur || (p->new_limit > p->old_limit && v < cur))
+    return close_unpublished(*p, "approved", human, cur, cur,
                              "approved; the limit is already " + std::to_string(cur) + ", nothing to publish", true);
   // The approval is recorded (and the question closed) in one commit before the
   // table is published; only then does it count.

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,6 +55,8 @@ class PolicyEngine {
 
   TickReport tick(int64_t now_ns, int64_t now_unix_ms);
   void set_advice_source(AdviceSource src) { advice_ = std::move(src); }
+  // Where approval ids come from (default: new_approval_id()); tests make them clash.
+  void set_id_source(std::function<std::string()> src) { id_source_ = std::move(src); }
 
   // `groups`: the caller's supplementary groups; any of them in approver_gids counts.
   CommandResult approve(const std::string &id, uid_t uid, gid_t gid, const std::vector<gid_t> &groups = {});
@@ -78,7 +81,7 @@ class PolicyEngine {
   bool ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep);
   // Closes a question without publishing anything, recorded as `event`.
   CommandResult close_unpublished(const PendingApproval &p, const std::string &event, const std::string &actor,
-                                  uint32_t limit_now, const std::string &why, bool ok);
+                                  int64_t old_limit, int64_t new_limit, const std::string &why, bool ok);
   AuditRecord record(const std::string &event, const Proposal &p, const std::string &approval_id,
                      uint64_t generation, int64_t unix_ms) const;
 
@@ -91,6 +94,8 @@ class PolicyEngine {
   std::vector<uint32_t> limits_;
   int64_t last_tick_ns_ = 0;
   AdviceSource advice_;
+  std::function<std::string()> id_source_;
+  std::map<std::string, uint32_t> last_held_;  // open question id -> the last held proposal's limit
   GovernanceCounts counts_;
 };
 

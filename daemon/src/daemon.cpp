@@ -4,13 +4,16 @@
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include <filesystem>
 
+#include "advice_turn.hpp"
 #include "commands.hpp"
 #include "metrics_page.hpp"
 #include "sluice/core/clock.hpp"
@@ -31,11 +34,6 @@ core::LayoutSpec layout_of(const policy::PolicySpec &p) {
     ts.window_ns = int64_t(t.window_ms) * 1'000'000;
     ts.revenue_per_request = t.revenue_per_request;
     ts.adaptive = t.adaptive;
-    // A restart keeps what the loop (or an approval) published, within the
-    // policy's bounds; a fixed tier takes the file's limit.
-    ts.keep_published_limit = t.adaptive;
-    ts.keep_min = t.floor;
-    ts.keep_max = t.ceiling;
     s.tiers.push_back(ts);
   }
   return s;
@@ -104,25 +102,35 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
   }
   d->lock_fd_ = take_segment_lock(opt.segment, error);
   if (d->lock_fd_ < 0) return nullptr;
+  // Whatever can refuse this start without the segment comes first: a start that
+  // fails must leave a running pair's table as it was.
+  if (!d->open_before_attach(error)) return nullptr;
   std::string detail;
-  const core::Status s =
-      core::Owner::create_or_attach(opt.segment, layout_of(d->policy_), opt.reset, d->owner_, d->created_, detail);
+  const core::Status s = core::Owner::create_or_attach(
+      opt.segment, layout_of(d->policy_), opt.reset, d->owner_, d->created_, detail,
+      [&dd = *d](std::vector<core::TierLimits> &rows, const std::vector<core::TierLimits> &before, std::string &why) {
+        return dd.keep_limits(rows, before, why);
+      });
   if (s != core::Status::ok) {
     error = "segment '" + opt.segment + "': " + detail;
     return nullptr;
   }
   if (!d->open_services(error)) {
-    // A failed start leaves no segment behind that it made itself.
+    // A failed start leaves no segment behind that it made itself, and puts back
+    // the table of one it re-attached.
     if (d->created_) {
       d->stop();
       core::Owner::remove(opt.segment);
+    } else {
+      d->restore_table(error);
     }
     return nullptr;
   }
   return d;
 }
 
-bool Daemon::open_services(std::string &error) {
+bool Daemon::open_before_attach(std::string &error) {
+  if (!segment_fits(error)) return false;
   const std::string db = audit_db_path(policy_, opt_);
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(db).parent_path(), ec);
@@ -131,13 +139,86 @@ bool Daemon::open_services(std::string &error) {
     error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
     return false;
   }
-  record_kept_limits();
+  if (!advisor_config(error)) return false;
+  control_ = ControlServer::listen(control_socket_path(opt_.segment), error);
+  return control_ != nullptr;
+}
+
+bool Daemon::segment_fits(std::string &error) const {
+  // tmpfs allocates on first touch, so an oversized segment starts fine and dies of
+  // SIGBUS (clients too) once its keys fill it. Only a pair about to be made counts.
+  const std::string path = "/dev/shm/" + core::state_segment_name(opt_.segment);
+  struct stat st {};
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  if (exists && !opt_.reset) return true;
+  struct statvfs fs {};
+  if (::statvfs("/dev/shm", &fs) != 0) return true;  // cannot tell: create will say
+  const uint64_t avail = uint64_t(fs.f_bavail) * fs.f_frsize + (exists ? uint64_t(st.st_blocks) * 512 : 0);
+  const uint64_t need = core::state_segment_bytes(layout_of(policy_));
+  if (need <= avail) return true;
+  error = "the state segment would need " + std::to_string(need >> 20) + " MiB, and /dev/shm has " +
+          std::to_string(avail >> 20) + " MiB free: lower segment.max_keys or the tiers' max_limit";
+  return false;
+}
+
+bool Daemon::keep_limits(std::vector<core::TierLimits> &rows, const std::vector<core::TierLimits> &before,
+                         std::string &why) {
+  std::vector<policy_loop::AuditRecord> recs;
+  for (size_t i = 0; i < rows.size() && i < before.size() && i < policy_.tiers.size(); ++i) {
+    const auto &t = policy_.tiers[i];
+    const core::TierLimits &was = before[i];
+    policy_loop::AuditRecord r;
+    r.actor = "system";
+    r.tier = t.name;
+    r.old_limit = was.limit;
+    // Kept only if the loop or a human set it (the trail's newest limit for the tier
+    // says so) on a tier adaptive then and now: an old file's baseline or a fixed
+    // limit is not the loop's choice, and the new file's baseline replaces it.
+    const auto last = store_->last_limit(t.name);
+    if (t.adaptive && (was.flags & core::kTierAdaptive) && last && *last == int64_t(was.limit) &&
+        was.limit != t.limit) {
+      rows[i].limit = std::clamp(was.limit, t.floor, t.ceiling);
+      r.event = "kept";
+      r.reason = "restart: kept the limit the loop or an approval published (" + std::to_string(was.limit) +
+                 (rows[i].limit != was.limit
+                      ? ", brought within the policy's " + std::to_string(t.floor) + ".." + std::to_string(t.ceiling)
+                      : std::string()) +
+                 ") rather than the policy file's baseline " + std::to_string(t.limit);
+    } else if (rows[i].limit != was.limit) {
+      r.event = "start";
+      r.reason = "start: the policy file's limit replaces " + std::to_string(was.limit);
+    } else {
+      continue;
+    }
+    r.new_limit = rows[i].limit;
+    recs.push_back(std::move(r));
+  }
+  std::string err;
+  if (!recs.empty() && !store_->append_all(recs, err)) {
+    why = "audit store: " + err + " (nothing was published)";
+    return false;
+  }
+  for (const auto &r : recs) spdlog::info("tier {}: {} -> {}: {}", r.tier, r.old_limit, r.new_limit, r.reason);
+  return true;
+}
+
+void Daemon::restore_table(const std::string &why) {
+  owner_->publish(owner_->rows_before_attach());
+  policy_loop::AuditRecord r;
+  r.event = "start";
+  r.actor = "system";
+  r.tier = "*";
+  r.reason = "start failed (" + text::utf8_clean(why, 300) + "): the table published before it is back";
+  std::string err;
+  if (store_ && !store_->append(r, err)) spdlog::error("audit: {}", err);
+}
+
+bool Daemon::open_services(std::string &error) {
+  const std::string db = store_->path();
   engine_ = std::make_unique<policy_loop::PolicyEngine>(policy_, *owner_, *store_, getuid());
   for (uint32_t i = 0; i < owner_->tier_count(); ++i)
     admitted_at_start_.push_back(core::sum_counters(owner_->state(), i).admitted);
-  if (!attach_advisor(error)) return false;
-  control_ = ControlServer::listen(control_socket_path(opt_.segment), error);
-  if (!control_) return false;
+  if (!start_advisor(error)) return false;
   tick_ns_ = opt_.tick_ns ? *opt_.tick_ns : int64_t(policy_.tick_ms) * 1'000'000;
   shared_loop_.set(loop_state());
   if (opt_.metrics_addr && !serve_metrics(error)) return false;
@@ -154,37 +235,7 @@ bool Daemon::open_services(std::string &error) {
   return true;
 }
 
-void Daemon::record_kept_limits() {
-  // Not a change clients see (the limit stays what it was before the restart), but
-  // the trail says why the table differs from the policy file.
-  const auto &before = owner_->limits_before_attach();
-  std::vector<policy_loop::AuditRecord> rows;
-  for (uint32_t i = 0; i < before.size() && i < policy_.tiers.size(); ++i) {
-    const auto &t = policy_.tiers[i];
-    core::TierLimits now;
-    core::read_tier(owner_->policy(), i, now);
-    if (!t.adaptive || now.limit == t.limit) continue;
-    policy_loop::AuditRecord r;
-    r.event = "kept";
-    r.actor = "system";
-    r.tier = t.name;
-    r.old_limit = before[i];
-    r.new_limit = now.limit;
-    r.reason = "restart: kept the limit published before it (" + std::to_string(before[i]) +
-               (now.limit != before[i] ? ", brought within the policy's " + std::to_string(t.floor) + ".." +
-                                             std::to_string(t.ceiling)
-                                       : std::string()) +
-               ") rather than the policy file's baseline " + std::to_string(t.limit) +
-               "; the loop eases it to the baseline when the tier is idle";
-    r.generation = owner_->policy().generation.load();
-    rows.push_back(std::move(r));
-  }
-  std::string err;
-  if (!rows.empty() && !store_->append_all(rows, err)) spdlog::error("audit: {}", err);
-  for (const auto &r : rows) spdlog::info("tier {}: {}", r.tier, r.reason);
-}
-
-bool Daemon::attach_advisor(std::string &error) {
+bool Daemon::advisor_config(std::string &error) {
   const policy::AdvisorSpec &a = policy_.advisor;
   if (a.kind == "none") return true;
   advisor::AdvisorConfig cfg;
@@ -195,48 +246,42 @@ bool Daemon::attach_advisor(std::string &error) {
   cfg.min_confidence = policy_.governance.min_confidence;
   if (const char *key = std::getenv("SLUICE_ADVISOR_API_KEY")) cfg.api_key = key;
   if (const std::string why = advisor::validate_config(cfg); !why.empty()) {
-    error = "advisor: " + why;
+    error = "policy advisor.url/model: " + why;
     return false;
   }
-  advisor_ = std::make_unique<advisor::AsyncAdvisor>(cfg);
-  // Each tick hands the model the new snapshot and uses the answer to an earlier
-  // one if it is fresh and valid; anything else falls back to the rules, recorded.
-  const int64_t timeout_ns = int64_t(a.timeout_ms) * 1'000'000;
-  engine_->set_advice_source([this, timeout_ns](const policy_loop::Snapshot &s) -> std::optional<policy_loop::Advice> {
+  advisor_cfg_ = cfg;
+  return true;
+}
+
+bool Daemon::start_advisor(std::string &error) {
+  if (!advisor_cfg_) return true;
+  advisor_ = std::make_unique<advisor::AsyncAdvisor>(*advisor_cfg_);
+  if (!advisor_->running()) {
+    error = "advisor: its worker thread could not be started";
+    return false;
+  }
+  // Each tick hands the model the new snapshot and uses its newest fresh answer,
+  // or its last one while the next is on its way (advice_turn.hpp); an answer it
+  // cannot use falls back to the rules, recorded.
+  engine_->set_advice_source([this](const policy_loop::Snapshot &s) -> std::optional<policy_loop::Advice> {
     advisor_->submit(s);
-    auto r = advisor_->take();
-    if (!r) {
-      // No new answer yet. Waiting is not failing: keep to the model's last answer
-      // while a request is in flight (it answers or times out within timeout_ms)
-      // and the host is no worse off than then. Otherwise the rules and the
-      // model would take turns, one undoing the other on alternate ticks.
-      if (held_advice_ && advisor_->busy() && s.now_ns - held_advice_->taken_ns <= timeout_ns &&
-          s.host_surge <= held_advice_->surge)
-        return held_advice_->advice;
-      held_advice_.reset();
-      return std::nullopt;
+    const AdviceTurn turn =
+        next_advice(held_advice_, advisor_->take(), s, AdviceAges::of(int64_t(advisor_cfg_->timeout_ms) * 1'000'000, tick_ns_));
+    if (!turn.fallback.empty()) {
+      policy_loop::AuditRecord rec;
+      rec.event = "advisor";
+      rec.actor = "advisor";
+      rec.tier = "*";
+      rec.reason = turn.fallback;
+      std::string err;
+      if (!store_->append(rec, err)) spdlog::error("audit: {}", err);
+      spdlog::info("advisor: {}", rec.reason);
     }
-    // Fresh: about a snapshot no older than a request may take plus one tick (a
-    // count of ticks alone would call every answer of a model slower than two
-    // short ticks stale).
-    if (r->advice && int64_t(s.tick - r->tick) * tick_ns_ <= timeout_ns + tick_ns_) {
-      held_advice_ = HeldAdvice{*r->advice, s.now_ns, s.host_surge};
-      return r->advice;
-    }
-    held_advice_.reset();
-    policy_loop::AuditRecord rec;
-    rec.event = "advisor";
-    rec.actor = "advisor";
-    rec.tier = "*";
-    rec.reason = std::string("fallback to rules: ") + advisor::outcome_name(r->outcome) +
-                 (r->advice ? " (stale answer)" : "") + (r->detail.empty() ? "" : ": " + text::utf8_clean(r->detail, 300));
-    std::string err;
-    if (!store_->append(rec, err)) spdlog::error("audit: {}", err);
-    spdlog::info("advisor: {}", rec.reason);
-    return std::nullopt;
+    return turn.use;
   });
+  const policy::AdvisorSpec &a = policy_.advisor;
   spdlog::info("advisor: {} model '{}' at {} (timeout {} ms, min confidence {})", a.kind, a.model, a.url,
-               a.timeout_ms, cfg.min_confidence);
+               a.timeout_ms, advisor_cfg_->min_confidence);
   return true;
 }
 

@@ -5,7 +5,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "advice_turn.hpp"
 #include "advisor/async_advisor.hpp"
 #include "control.hpp"
 #include "loop_state.hpp"
@@ -63,10 +65,20 @@ class Daemon {
 
  private:
   Daemon() = default;
-  // The audit store, engine, advisor, control socket and /metrics, in that order.
+  // Before the segment is touched: the audit store, the advisor's config, the
+  // control socket, and room in /dev/shm for a pair about to be made.
+  bool open_before_attach(std::string &error);
+  bool segment_fits(std::string &error) const;
+  // The re-attach hook (Owner::AttachHook): keeps the limits the loop or a human
+  // set on adaptive tiers, and records every limit the start changes, first.
+  bool keep_limits(std::vector<core::TierLimits> &rows, const std::vector<core::TierLimits> &before,
+                   std::string &why);
+  // After a re-attach, when a later step fails: the table as it was before.
+  void restore_table(const std::string &why);
+  // After the segment: the engine, the advisor's worker and /metrics.
   bool open_services(std::string &error);
-  bool attach_advisor(std::string &error);
-  void record_kept_limits();  // audits the limits a re-attach kept over the policy file's
+  bool advisor_config(std::string &error);
+  bool start_advisor(std::string &error);
   bool serve_metrics(std::string &error);
   Options opt_;
   policy::PolicySpec policy_;
@@ -75,12 +87,8 @@ class Daemon {
   std::unique_ptr<policy_loop::PolicyEngine> engine_;
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<advisor::AsyncAdvisor> advisor_;  // optional LLM advisor, off the tick's thread
+  std::optional<advisor::AdvisorConfig> advisor_cfg_;
   // The advisor's last valid answer, followed while its next request is in flight.
-  struct HeldAdvice {
-    policy_loop::Advice advice;
-    int64_t taken_ns = 0;
-    policy_loop::Surge surge = policy_loop::Surge::normal;  // the host's level when it was taken
-  };
   std::optional<HeldAdvice> held_advice_;
   int64_t tick_ns_ = 1'000'000'000;
   int lock_fd_ = -1;

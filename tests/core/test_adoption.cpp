@@ -184,41 +184,57 @@ TEST(Adoption, AStateSegmentNeverFormattedIsReplacedAtTheNextStart) {
   EXPECT_TRUE(created);
 }
 
-TEST(Adoption, AReattachKeepsTheLimitsMarkedKeptWithinTheirBoundsAndTakesTheFilesForTheRest) {
-  // A restart of sluiced must not undo what its loop or a human approval published.
+TEST(Adoption, AReattachLetsItsHookChooseTheRowsOrRefuseBeforeAnythingIsPublished) {
+  // sluiced keeps what its loop published across a restart, and refuses a start
+  // whose audit record it cannot write: both before the table changes.
   Names n;
-  LayoutSpec spec = test::spec_with({test::tier("kept", 4, 1000, 64), test::tier("fixed", 4, 1000, 64),
-                                     test::tier("bounded", 4, 1000, 64)},
-                                    64, 32);
-  spec.tiers[0].keep_published_limit = true;
-  spec.tiers[2].keep_published_limit = true;
-  spec.tiers[2].keep_min = 2;
-  spec.tiers[2].keep_max = 20;
+  const LayoutSpec spec = test::spec_with({test::tier("a", 4, 1000, 64), test::tier("b", 4, 1000, 64)}, 64, 32);
   std::unique_ptr<Owner> o;
   bool created = false;
   std::string detail;
-  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail), Status::ok) << detail;
+  int calls = 0;
+  const Owner::AttachHook keep_a = [&](std::vector<TierLimits> &rows, const std::vector<TierLimits> &before,
+                                       std::string &) {
+    ++calls;
+    rows[0].limit = before[0].limit;
+    return true;
+  };
+  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail, keep_a), Status::ok) << detail;
   ASSERT_TRUE(created);
-  EXPECT_TRUE(o->limits_before_attach().empty());
-  std::vector<TierLimits> rows(3, TierLimits{4, 1'000'000'000, 0, kTierAdaptive, 0});
-  rows[0].limit = 17, rows[1].limit = 9, rows[2].limit = 50;
+  EXPECT_EQ(calls, 0) << "a new pair has nothing to keep";
+  EXPECT_TRUE(o->rows_before_attach().empty());
+  std::vector<TierLimits> rows(2, TierLimits{4, 1'000'000'000, 0, kTierAdaptive, 0});
+  rows[0].limit = 17, rows[1].limit = 9;
   o->publish(rows);
   o.reset();
-  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail), Status::ok) << detail;
-  ASSERT_FALSE(created);
-  EXPECT_EQ(o->limits_before_attach(), (std::vector<uint32_t>{17, 9, 50}));
   auto limit = [&](uint32_t t) {
     TierLimits l;
     read_tier(o->policy(), t, l);
     return l.limit;
   };
-  EXPECT_EQ(limit(0), 17u) << "a kept tier went back to the file's limit";
-  EXPECT_EQ(limit(1), 4u) << "a tier not kept takes the file's limit";
-  EXPECT_EQ(limit(2), 20u) << "a kept limit is brought within its bounds";
+  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail, keep_a), Status::ok) << detail;
+  ASSERT_FALSE(created);
+  ASSERT_EQ(o->rows_before_attach().size(), 2u);
+  EXPECT_EQ(o->rows_before_attach()[1].limit, 9u);
+  EXPECT_EQ(limit(0), 17u) << "the hook's choice was not published";
+  EXPECT_EQ(limit(1), 4u) << "the spec's row for the rest";
+  o->publish(rows);
+  const uint64_t gen = o->policy().generation.load();
   o.reset();
-  ASSERT_EQ(Owner::create_or_attach(n.name, spec, true, o, created, detail), Status::ok) << detail;
-  EXPECT_TRUE(created);
-  EXPECT_EQ(limit(0), 4u) << "--reset starts from the file";
+  const Owner::AttachHook refuse = [](std::vector<TierLimits> &rows, const std::vector<TierLimits> &, std::string &why) {
+    rows[0].limit = 1;
+    why = "the audit store is full";
+    return false;
+  };
+  EXPECT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail, refuse), Status::internal);
+  EXPECT_EQ(detail, "the audit store is full");
+  std::unique_ptr<Owner> again;
+  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, again, created, detail, [&](auto &, const auto &before, auto &) {
+              EXPECT_EQ(before[0].limit, 17u) << "a refused start changed the table";
+              EXPECT_EQ(before[0].generation, gen);
+              return true;
+            }),
+            Status::ok);
 }
 
 }  // namespace

@@ -1,13 +1,19 @@
 // sluiced's work loop run in-process, step by step (no sleeps inside the daemon),
 // and least privilege on the segments it creates (invariant 6).
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <fstream>
+#include <optional>
 #include <thread>
 
 #include "../support/fixture.hpp"
+#include "advice_turn.hpp"
 #include "daemon.hpp"
 #include "sluice/core/clock.hpp"
 #include "sluice/core/tier_table.hpp"
@@ -79,33 +85,127 @@ TEST(DaemonStep, StatusReportsTiersKeysAndCounters) {
   EXPECT_NE(daemon::render_status_json(st).find("\"denied_window\":2"), std::string::npos);
 }
 
-TEST(DaemonStep, ARestartKeepsThePublishedLimitsAndSaysSoInTheAudit) {
-  DaemonGuard g;
-  // What the loop or an approval published before the restart (enterprise is tier 0,
-  // baseline 15, ceiling 120 in the built-in policy).
+namespace {
+
+// Publishes `limit` for tier 0 (enterprise: baseline 15, ceiling 120 in the built-in
+// policy) as the loop would, with its audit record, or without one.
+void publish_enterprise(daemon::Daemon &d, uint32_t limit, bool recorded) {
   std::vector<core::TierLimits> rows;
-  for (uint32_t i = 0; i < g.d->owner().tier_count(); ++i) {
+  for (uint32_t i = 0; i < d.owner().tier_count(); ++i) {
     core::TierLimits t;
-    core::read_tier(g.d->owner().policy(), i, t);
+    core::read_tier(d.owner().policy(), i, t);
     rows.push_back(t);
   }
-  rows[0].limit = 40;
-  g.d->owner().publish(rows);
+  rows[0].limit = limit;
+  if (recorded) {
+    policy_loop::AuditRecord r{0, 0, "published", "rules", "enterprise", rows[0].limit, limit, "test", 1.0, "", 0};
+    std::string err;
+    ASSERT_TRUE(d.engine().store().append(r, err)) << err;
+  }
+  d.owner().publish(rows);
+}
+
+uint32_t enterprise_limit(daemon::Daemon &d) {
+  core::TierLimits now;
+  core::read_tier(d.owner().policy(), 0, now);
+  return now.limit;
+}
+
+std::unique_ptr<daemon::Daemon> restart(DaemonGuard &g, std::string &err,
+                                        std::optional<std::string> policy = std::nullopt) {
   g.d.reset();  // a clean stop; the pair stays
   daemon::Options o;
   o.segment = g.name;
   o.state_dir = "/tmp/sluicetest-state";
+  o.policy_path = policy;
+  return daemon::Daemon::start(o, err);
+}
+
+bool recorded(daemon::Daemon &d, const std::string &event, int64_t new_limit) {
+  for (const auto &r : d.engine().store().since(0))
+    if (r.event == event && r.tier == "enterprise" && r.new_limit == new_limit) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST(DaemonStep, ARestartKeepsTheLimitTheLoopPublishedAndSaysSoInTheAudit) {
+  DaemonGuard g;
+  publish_enterprise(*g.d, 40, true);
   std::string err;
-  g.d = daemon::Daemon::start(o, err);
+  g.d = restart(g, err);
   ASSERT_TRUE(g.d) << err;
-  core::TierLimits now;
-  core::read_tier(g.d->owner().policy(), 0, now);
-  EXPECT_EQ(now.limit, 40u) << "a restart put enterprise back to the policy file's limit";
+  EXPECT_EQ(enterprise_limit(*g.d), 40u) << "a restart put enterprise back to the policy file's limit";
   EXPECT_EQ(g.d->engine().limits()[0], 40u) << "the loop starts from what clients see";
-  bool recorded = false;
-  for (const auto &r : g.d->engine().store().since(0))
-    recorded |= r.event == "kept" && r.tier == "enterprise" && r.new_limit == 40;
-  EXPECT_TRUE(recorded) << "the trail does not say why the table differs from the policy file";
+  EXPECT_TRUE(recorded(*g.d, "kept", 40)) << "the trail does not say why the table differs from the policy file";
+}
+
+TEST(DaemonStep, ARestartReplacesALimitNoRecordSaysTheLoopChose) {
+  // An old policy file's baseline, or a limit written by something else: the new
+  // file's limit wins, and the change is recorded before it is published.
+  DaemonGuard g;
+  publish_enterprise(*g.d, 40, false);
+  std::string err;
+  g.d = restart(g, err);
+  ASSERT_TRUE(g.d) << err;
+  EXPECT_EQ(enterprise_limit(*g.d), 15u);
+  EXPECT_TRUE(recorded(*g.d, "start", 15));
+}
+
+TEST(DaemonStep, AStartThatFailsLeavesTheRunningTableAsItWas) {
+  DaemonGuard g;
+  publish_enterprise(*g.d, 40, true);
+  const uint64_t gen = g.d->owner().policy().generation.load();
+  const std::string path = "/tmp/sluicetest-state/" + g.name + "-bad.json";
+  {
+    std::ofstream f(path);
+    f << R"({"tiers": [{"name": "enterprise", "limit": 100, "window_ms": 60000, "max_limit": 120, "adaptive": false},
+                       {"name": "pro", "limit": 8, "window_ms": 1000, "max_limit": 40},
+                       {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9}],
+           "advisor": {"kind": "ollama", "url": "http://", "model": "m"}})";
+  }
+  std::string err;
+  EXPECT_FALSE(restart(g, err, path));
+  EXPECT_NE(err.find("advisor"), std::string::npos) << err;
+  std::remove(path.c_str());
+  std::unique_ptr<core::Ledger> l;
+  std::string det;
+  ASSERT_EQ(core::Ledger::open(g.name, l, det), core::Status::ok) << det;
+  core::Decision d;
+  ASSERT_EQ(l->peek("enterprise", "k", 1, 1, d, det), core::Status::ok) << det;
+  EXPECT_EQ(d.limit, 40u) << "a refused policy's limit reached the clients";
+  EXPECT_EQ(d.window_ns, 1'000'000'000);
+  EXPECT_EQ(d.policy_generation, gen);
+}
+
+TEST(DaemonStep, AStartThatFailsAfterAttachingPutsTheTableBack) {
+  // /metrics is bound after the segment is attached: its failure must undo the
+  // new policy's table. Here a restart with the built-in policy would publish
+  // enterprise's baseline 15 over an unrecorded 40; the port is taken.
+  DaemonGuard g;
+  publish_enterprise(*g.d, 40, false);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
+  g.d.reset();
+  daemon::Options o;
+  o.segment = g.name;
+  o.state_dir = "/tmp/sluicetest-state";
+  o.metrics_addr = metrics::ListenAddress{"127.0.0.1", ntohs(a.sin_port)};
+  std::string err;
+  EXPECT_FALSE(daemon::Daemon::start(o, err));
+  ::close(fd);
+  std::unique_ptr<core::Ledger> l;
+  std::string det;
+  ASSERT_EQ(core::Ledger::open(g.name, l, det), core::Status::ok) << det;
+  core::Decision d;
+  ASSERT_EQ(l->peek("enterprise", "k", 1, 1, d, det), core::Status::ok) << det;
+  EXPECT_EQ(d.limit, 40u) << "the failed start left its own table published: " << err;
 }
 
 TEST(LeastPrivilege, SegmentsAreGroupOnlyAndThePolicyIsReadOnlyForClients) {
@@ -128,4 +228,70 @@ TEST(LeastPrivilege, SegmentsAreGroupOnlyAndThePolicyIsReadOnlyForClients) {
   int st = 0;
   waitpid(p, &st, 0);
   EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV) << "writing the policy from a client must fault";
+}
+
+namespace {
+
+advisor::AdvisorResult answer_about(int64_t snapshot_ns, uint32_t limit) {
+  advisor::AdvisorResult r;
+  r.outcome = advisor::AdvisorOutcome::ok;
+  r.advice = policy_loop::Advice{{limit}, 0.9, "model", {}};
+  r.snapshot_ns = snapshot_ns;
+  return r;
+}
+
+policy_loop::Snapshot at(int64_t now_ns, policy_loop::Surge host = policy_loop::Surge::normal) {
+  policy_loop::Snapshot s;
+  s.now_ns = now_ns;
+  s.host_surge = host;
+  return s;
+}
+
+}  // namespace
+
+TEST(AdviceTurn, TheLastAnswerIsFollowedWhileTheNextIsOnItsWayThenDropped) {
+  constexpr int64_t s1 = 1'000'000'000;
+  const auto ages = daemon::AdviceAges::of(2 * s1, s1);  // 2 s timeout, 1 s ticks
+  std::optional<daemon::HeldAdvice> held;
+  auto t = daemon::next_advice(held, answer_about(10 * s1, 14), at(11 * s1), ages);
+  ASSERT_TRUE(t.use);
+  EXPECT_EQ(t.use->limits[0], 14u);
+  EXPECT_TRUE(t.fallback.empty());
+  t = daemon::next_advice(held, std::nullopt, at(12 * s1), ages);
+  ASSERT_TRUE(t.use) << "a tick with no new answer fell back to the rules";
+  EXPECT_EQ(t.use->limits[0], 14u);
+  EXPECT_TRUE(t.fallback.empty()) << "waiting is not a failure";
+  t = daemon::next_advice(held, std::nullopt, at(16 * s1 + 1), ages);
+  EXPECT_FALSE(t.use) << "an answer older than two timeouts and two ticks is still followed";
+  EXPECT_FALSE(held);
+}
+
+TEST(AdviceTurn, ARisingSurgeOrAFailureHandsTheTickToTheRules) {
+  constexpr int64_t s1 = 1'000'000'000;
+  const auto ages = daemon::AdviceAges::of(2 * s1, s1);
+  std::optional<daemon::HeldAdvice> held;
+  ASSERT_TRUE(daemon::next_advice(held, answer_about(10 * s1, 14), at(11 * s1), ages).use);
+  EXPECT_FALSE(daemon::next_advice(held, std::nullopt, at(12 * s1, policy_loop::Surge::ddos), ages).use)
+      << "advice taken in normal traffic was followed into a DDoS";
+  ASSERT_TRUE(daemon::next_advice(held, answer_about(12 * s1, 14), at(13 * s1), ages).use);
+  advisor::AdvisorResult failed;
+  failed.outcome = advisor::AdvisorOutcome::timeout;
+  failed.detail = "no answer in 2000 ms";
+  const auto t = daemon::next_advice(held, failed, at(14 * s1), ages);
+  EXPECT_FALSE(t.use);
+  EXPECT_NE(t.fallback.find("timeout"), std::string::npos) << t.fallback;
+  EXPECT_FALSE(held) << "the last answer outlived the model's failure";
+  EXPECT_FALSE(daemon::next_advice(held, std::nullopt, at(15 * s1), ages).use);
+}
+
+TEST(AdviceTurn, FreshnessIsTheSnapshotsAgeInTime) {
+  constexpr int64_t s1 = 1'000'000'000;
+  const auto ages = daemon::AdviceAges::of(2 * s1, s1 / 5);  // a 2 s model, 200 ms ticks: many ticks old is fine
+  std::optional<daemon::HeldAdvice> held;
+  EXPECT_TRUE(daemon::next_advice(held, answer_about(10 * s1, 14), at(12 * s1), ages).use);
+  const auto stale = daemon::next_advice(held, answer_about(10 * s1, 14), at(13 * s1), ages);
+  EXPECT_FALSE(stale.use);
+  EXPECT_NE(stale.fallback.find("stale"), std::string::npos) << stale.fallback;
+  EXPECT_FALSE(daemon::next_advice(held, answer_about(14 * s1, 14), at(13 * s1), ages).use)
+      << "an answer about a snapshot from the future";
 }

@@ -584,15 +584,45 @@ TEST_F(EngineFixture, AnApprovalRecordsTheLimitItReplacedAndOnlyRaises) {
   EXPECT_EQ(old_recorded, 17) << "the approval's record names the limit it replaced";
 }
 
-TEST_F(EngineFixture, AGatedProposalForATierWithAnOpenQuestionIsRecordedAsHeld) {
+TEST_F(EngineFixture, AGatedProposalForATierWithAnOpenQuestionIsRecordedAsHeldOncePerValue) {
   uint32_t want = 80;
   engine->set_advice_source(enterprise_at(want));
   const std::string id = tick().new_pending.at(0).id;
   want = 60;
   EXPECT_TRUE(tick().new_pending.empty());
-  size_t held = 0;
-  for (const auto &a : store->since(0)) held += a.event == "held" && a.approval_id == id && a.new_limit == 60;
-  EXPECT_EQ(held, 1u) << "a proposal the loop made left no record";
+  tick();
+  tick();  // the same proposal again: no new row per tick
+  want = 50;
+  tick();
+  std::vector<int64_t> held;
+  for (const auto &a : store->since(0))
+    if (a.event == "held" && a.approval_id == id) held.push_back(a.new_limit);
+  EXPECT_EQ(held, (std::vector<int64_t>{60, 50})) << "a proposal left no record, or one row per tick";
+}
+
+TEST_F(EngineFixture, AnApprovalIdIsNeverReusedEvenAfterItsQuestionClosed) {
+  std::vector<std::string> ids{"aaaa0001", "aaaa0001", "bbbb0002"};
+  size_t next = 0;
+  engine->set_id_source([&] { return ids[std::min(next++, ids.size() - 1)]; });
+  uint32_t want = 80;
+  engine->set_advice_source(enterprise_at(want));
+  ASSERT_EQ(tick().new_pending.at(0).id, "aaaa0001");
+  ASSERT_TRUE(engine->reject("aaaa0001", "no", getuid(), getgid()).ok);
+  const auto r = tick();
+  ASSERT_EQ(r.new_pending.size(), 1u);
+  EXPECT_EQ(r.new_pending[0].id, "bbbb0002") << "a closed question's id was given to a new one";
+}
+
+TEST_F(EngineFixture, ACutQuestionLeftByAnOlderVersionIsAppliedWhenApproved) {
+  PendingApproval cut{"c0ffee01", 0, "enterprise", 10, 2, "asked under the old rule", "rules", 1.0, t_ms,
+                      t_ms + 60'000};
+  AuditRecord rec{0, t_ms, "pending", "rules", "enterprise", 10, 2, "asked", 1.0, cut.id, 0};
+  std::string err;
+  ASSERT_TRUE(store->put_pending(cut, rec, err)) << err;
+  const auto r = engine->approve(cut.id, getuid(), getgid());
+  ASSERT_TRUE(r.ok) << r.message;
+  EXPECT_EQ(published(0), 2u) << "an approved cut reported success and changed nothing";
+  EXPECT_EQ(engine->governance_counts().approved, 1u);
 }
 
 TEST_F(EngineFixture, AnExpiredQuestionCannotBeApprovedBeforeTheSweep) {

@@ -3,6 +3,7 @@
 // reclaim idle keys. Clients never link this path into a decision.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -27,8 +28,16 @@ class Owner {
   // kept), or creates a new one. reset=true removes any existing pair first.
   // `created` tells which happened. A pair that exists but does not validate or
   // match is refused with the reason; --reset is the way past it.
+  //
+  // On a re-attach, `on_attach` (if set) sees the rows about to be published (the
+  // spec's) and the rows published before, and may change the former (sluiced keeps
+  // what its loop published across a restart) or refuse with `detail`: nothing is
+  // published then and the call fails with Status::internal.
+  using AttachHook = std::function<bool(std::vector<TierLimits> &rows, const std::vector<TierLimits> &before,
+                                        std::string &detail)>;
   static Status create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
-                                 std::unique_ptr<Owner> &out, bool &created, std::string &detail);
+                                 std::unique_ptr<Owner> &out, bool &created, std::string &detail,
+                                 const AttachHook &on_attach = {});
   // Retires the pair (clients that map it reopen the name), unlinks it, and frees
   // the retired state segment's memory (tmpfs keeps an unlinked object's pages
   // until its last mapping goes, and clients' mappings may outlive it by days).
@@ -50,9 +59,9 @@ class Owner {
   // no longer under its names; the owner must not use the state after this.
   void discard_state();
 
-  // The limits that were published when this owner re-attached, before it
-  // published its own (empty when it created the pair).
-  const std::vector<uint32_t> &limits_before_attach() const { return limits_before_attach_; }
+  // The rows that were published when this owner re-attached, before it published
+  // its own (empty when it created the pair): a start that fails later puts them back.
+  const std::vector<TierLimits> &rows_before_attach() const { return rows_before_attach_; }
 
   void publish(std::span<const TierLimits> rows);
   void heartbeat();
@@ -67,7 +76,7 @@ class Owner {
   StateHeader *state_ = nullptr;
   PolicyHeader *policy_ = nullptr;
   uint32_t cursor_[kMaxTiers] = {};
-  std::vector<uint32_t> limits_before_attach_;
+  std::vector<TierLimits> rows_before_attach_;
   // CLAIMED words first seen at (boottime ns): an owner that is gone is freed.
   std::unordered_map<uint64_t, std::pair<uint64_t, int64_t>> claims_seen_;
 };

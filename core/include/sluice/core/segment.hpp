@@ -19,11 +19,6 @@ struct TierSpec {
   int64_t window_ns = 1'000'000'000;
   double revenue_per_request = 0;
   bool adaptive = true;
-  // On re-attach, publish the limit clients see now (clamped to [keep_min,
-  // keep_max]) instead of `limit`: sluiced sets it for adaptive tiers, so a restart
-  // does not undo what its loop or a human approval published.
-  bool keep_published_limit = false;
-  uint32_t keep_min = 0, keep_max = UINT32_MAX;
 };
 
 struct LayoutSpec {
