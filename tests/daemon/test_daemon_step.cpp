@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <thread>
@@ -206,6 +207,29 @@ TEST(DaemonStep, AStartThatFailsAfterAttachingPutsTheTableBack) {
   core::Decision d;
   ASSERT_EQ(l->peek("enterprise", "k", 1, 1, d, det), core::Status::ok) << det;
   EXPECT_EQ(d.limit, 40u) << "the failed start left its own table published: " << err;
+}
+
+TEST(DaemonStep, ASegmentLargerThanDevShmIsRefusedBeforeItIsMade) {
+  // tmpfs allocates on first touch: ~950 GB would start fine and SIGBUS once full.
+  const std::string name = test::unique_segment("huge");
+  const std::string path = "/tmp/sluicetest-state/" + name + ".json";
+  std::filesystem::create_directories("/tmp/sluicetest-state");
+  {
+    std::ofstream f(path);
+    f << R"({"segment": {"max_keys": 1000000, "max_key_bytes": 64},
+           "tiers": [{"name": "t", "limit": 10, "window_ms": 1000, "max_limit": 100000}]})";
+  }
+  daemon::Options o;
+  o.segment = name;
+  o.state_dir = "/tmp/sluicetest-state";
+  o.policy_path = path;
+  std::string err;
+  EXPECT_FALSE(daemon::Daemon::start(o, err));
+  std::remove(path.c_str());
+  std::remove(("/dev/shm/" + name + ".lock").c_str());
+  EXPECT_NE(err.find("/dev/shm has"), std::string::npos) << err;
+  EXPECT_NE(err.find("max_keys"), std::string::npos) << err;
+  EXPECT_NE(access(("/dev/shm/" + core::state_segment_name(name)).c_str(), F_OK), 0) << "the segment was made";
 }
 
 TEST(LeastPrivilege, SegmentsAreGroupOnlyAndThePolicyIsReadOnlyForClients) {
