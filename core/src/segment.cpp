@@ -169,34 +169,69 @@ Status Mapping::open(const std::string &shm_name, bool writable, Mapping &out, s
   }
 }
 
+// "175 TiB": a size as a person reads it, for errors about sizes.
+static std::string human_bytes(uint64_t bytes) {
+  const char *units[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  size_t u = 0;
+  double v = double(bytes);
+  while (v >= 1024 && u + 1 < sizeof units / sizeof *units) v /= 1024, ++u;
+  char buf[48];
+  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+  return buf;
+}
+
 Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mode, Mapping &out,
                        std::string &detail) {
+  const std::string size = std::to_string(bytes) + " bytes (" + human_bytes(bytes) + ")";
+  if (bytes > uint64_t(INT64_MAX)) {  // off_t would wrap it to a negative size
+    detail = "cannot create /dev/shm/" + shm_name + " of " + size + ": larger than a file can be";
+    return Status::internal;
+  }
+  // Once the object exists, any failure removes it: a name left behind (say, sized
+  // but not mappable) would make every later start fail the same way until --reset.
+  bool made = false;
+  struct stat st {};
+  std::string what = "create /dev/shm/" + shm_name;  // the step that failed, for the error
+  auto discard = [&] {
+    if (!made) return;
+    // Only the object this call made (its name could have been replaced since).
+    struct stat now {};
+    if (::stat(shm_path(shm_name).c_str(), &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino)
+      bip::shared_memory_object::remove(shm_name.c_str());
+  };
   try {
     bip::permissions perm(mode);
     bip::shared_memory_object shm(bip::create_only, shm_name.c_str(), bip::read_write, perm);
+    if (::fstat(shm.get_mapping_handle().handle, &st) != 0) {
+      const int err = errno;
+      bip::shared_memory_object::remove(shm_name.c_str());  // just made, O_EXCL: ours
+      return from_errno(err, "stat /dev/shm/" + shm_name, detail);
+    }
+    made = true;
+    what = "cannot size /dev/shm/" + shm_name + " to " + size;
     shm.truncate(bip::offset_t(bytes));
+    what = "cannot map " + size + " of /dev/shm/" + shm_name;
     auto impl = std::make_unique<Impl>();
     impl->region = bip::mapped_region(shm, bip::read_write);
     out.base_ = impl->region.get_address();
     out.size_ = impl->region.get_size();
     advise_huge_pages(out.base_, out.size_);
-    struct stat st {};
-    if (::fstat(shm.get_mapping_handle().handle, &st) == 0) {
-      out.dev_ = uint64_t(st.st_dev);
-      out.ino_ = uint64_t(st.st_ino);
-    }
+    out.dev_ = uint64_t(st.st_dev);
+    out.ino_ = uint64_t(st.st_ino);
     out.impl_ = std::move(impl);
     return Status::ok;
   } catch (const bip::interprocess_exception &e) {
+    discard();
     const int err = e.get_native_error() ? e.get_native_error() : EIO;
-    if (err == EEXIST) {  // it was there and could not be removed: someone else's
+    if (!made && err == EEXIST) {  // it was there and could not be removed: someone else's
       detail = shm_path(shm_name) + " already exists and is not this daemon's to remove (another user created "
                "it); remove it as that user or root, or use another --segment";
       return Status::permission;
     }
-    return from_errno(err, "create /dev/shm/" + shm_name, detail);
+    return from_errno(err, what, detail);
   } catch (const std::bad_alloc &) {
-    detail = "out of memory";
+    discard();
+    detail = "out of memory creating /dev/shm/" + shm_name + " of " + size;
     return Status::internal;
   }
 }

@@ -4,6 +4,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -92,10 +93,12 @@ bool parse_listen_address(const std::string &text, ListenAddress &out, std::stri
     error = "host '" + host + "' is not a numeric address or localhost";
     return false;
   }
-  char *end = nullptr;
-  const long p = std::strtol(port.c_str(), &end, 10);
-  if (port.empty() || !end || *end || p < 0 || p > 65535) {
-    error = "port '" + port + "' is not 0..65535";
+  // Digits only: strtol would also take " 80", "+0" and "-0".
+  unsigned long p = 0;
+  const bool digits = !port.empty() && port.find_first_not_of("0123456789") == std::string::npos &&
+                      std::from_chars(port.data(), port.data() + port.size(), p).ec == std::errc();
+  if (!digits || p > 65535) {
+    error = "port '" + port + "' is not 0..65535 (digits only)";
     return false;
   }
   out.host = host == "localhost" ? "127.0.0.1" : host;

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <system_error>
 #include <unordered_map>
 
@@ -36,6 +37,10 @@ constexpr uint64_t kMaxWindowMs = 86'400'000;   // one day
 constexpr uint32_t kMaxSegmentKeys = 1u << 24;  // 16777216
 constexpr uint32_t kMaxKeyBytes = 1024;
 constexpr uint64_t kMinIdleTtlMs = 1000;
+// The daemon counts idle time in int64 nanoseconds: 10 years stays far inside.
+constexpr uint64_t kMaxIdleTtlMs = uint64_t{10} * 365 * 86'400'000;
+// Revenue is published as uint64 millionths of a dollar; a bound keeps that exact.
+constexpr double kMaxRevenuePerRequest = 1e6;
 // Policies are a few KB; the cap stops /dev/zero-like paths eating memory.
 constexpr size_t kMaxFileBytes = 16u << 20;
 
@@ -87,6 +92,7 @@ struct Frame {
   std::string key;                                // objects: current key
   const flatbuffers::StructDef* table = nullptr;  // the table (or element's)
   const flatbuffers::FieldDef* field = nullptr;   // objects: key's field
+  const flatbuffers::FieldDef* vector = nullptr;  // arrays: the vector field
 };
 
 struct Location {
@@ -159,12 +165,11 @@ std::string integer_error(flatbuffers::BaseType t, std::string_view value) {
   return std::string(token.substr(0, 32)) + " is not an integer in " + range;
 }
 
-// Error text if `value` (the text after "key":) is wrong for `field`; empty
-// if fine or not ours to judge.
-std::string value_error(const flatbuffers::FieldDef& field,
-                        std::string_view value) {
-  const auto t = field.value.type.base_type;
-  if (value.empty() || field.value.type.enum_def || !flatbuffers::IsScalar(t))
+// Error text if `value` is wrong for a scalar of type `t` (`e`: its enum, if
+// any); empty if fine or not ours to judge.
+std::string scalar_error(flatbuffers::BaseType t, const flatbuffers::EnumDef* e,
+                         std::string_view value) {
+  if (value.empty() || e || !flatbuffers::IsScalar(t))
     return {};  // enums take names; strings and tables: the parser checks
   const bool quoted = value[0] == '"' || value[0] == '\'';
   const bool boolean =
@@ -177,6 +182,22 @@ std::string value_error(const flatbuffers::FieldDef& field,
   return flatbuffers::IsInteger(t) ? integer_error(t, value) : "";
 }
 
+// The same for the text after "key": of `field`.
+std::string value_error(const flatbuffers::FieldDef& field,
+                        std::string_view value) {
+  return scalar_error(field.value.type.base_type, field.value.type.enum_def,
+                      value);
+}
+
+// And for an element of the vector `field` (the parser would coerce "1000"
+// and 0x10 there just as it does for a scalar field).
+std::string element_error(const flatbuffers::FieldDef& field,
+                          std::string_view value) {
+  if (value.empty() || value[0] == ']') return {};  // [] or a trailing comma
+  return scalar_error(field.value.type.element, field.value.type.enum_def,
+                      value);
+}
+
 // Walks `text` up to offset `stop` and returns where that is. With `source`
 // set, refuses wrongly-kinded scalars on the way (throwing PolicyError).
 Location locate(std::string_view text, size_t stop,
@@ -186,6 +207,14 @@ Location locate(std::string_view text, size_t stop,
   std::vector<Frame> stack;
   int line = 1;
   size_t i = 0;
+  // At the start of an element of a vector of scalars: check it as a scalar.
+  auto check_element = [&](const Frame& f) {
+    if (!source || !f.vector) return;
+    skip_blank(text, i, line);
+    if (i >= text.size()) return;
+    if (auto err = element_error(*f.vector, text.substr(i)); !err.empty())
+      fail(*source + ":" + num(line), path_of(stack), err);
+  };
   for (skip_blank(text, i, line); i < std::min(stop, text.size());
        skip_blank(text, i, line)) {
     const char c = text[i++];
@@ -199,12 +228,17 @@ Location locate(std::string_view text, size_t stop,
                 : top->array ? top->table
                 : top->field ? top->field->value.type.struct_def
                              : nullptr;
+      if (f.array && top && !top->array && top->field &&
+          top->field->value.type.base_type == flatbuffers::BASE_TYPE_VECTOR)
+        f.vector = top->field;
       stack.push_back(std::move(f));
+      check_element(stack.back());
     } else if (c == '}' || c == ']') {
       if (top) stack.pop_back();
     } else if (c == ',' && top) {
       if (top->array) {
         ++top->index;
+        check_element(*top);
       } else {
         top->key.clear();
         top->field = nullptr;
@@ -291,6 +325,9 @@ SegmentSpec to_segment(std::string_view source,
                 kMaxKeyBytes);
   require_range(source, "segment.idle_ttl_ms", spec.idle_ttl_ms, kMinIdleTtlMs,
                 UINT64_MAX, ">= " + num(kMinIdleTtlMs));
+  // No "never" value exists: a longer TTL would overflow the daemon's ns count.
+  require_range(source, "segment.idle_ttl_ms", spec.idle_ttl_ms, kMinIdleTtlMs,
+                kMaxIdleTtlMs, "at most " + num(kMaxIdleTtlMs) + ", 10 years");
   return spec;
 }
 
@@ -323,7 +360,34 @@ TierSpec to_tier(std::string_view source, size_t i,
   if (!std::isfinite(r) || r < 0)
     fail(source, tier_field(i, "revenue_per_request"),
          num(r) + " is not allowed (must be finite and >= 0)");
+  if (r > kMaxRevenuePerRequest)
+    fail(source, tier_field(i, "revenue_per_request"),
+         num(r) + " is not allowed (must be at most " +
+             num(static_cast<uint64_t>(kMaxRevenuePerRequest)) + " dollars per request)");
   return spec;
+}
+
+std::string gib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GiB", double(bytes) / double(1u << 30));
+  return buf;
+}
+
+// Each field may be in range while together they ask for more memory than any
+// host has (2^24 keys x max_limit 2^20 is 176 TB): refuse the total.
+void check_segment_size(std::string_view source, const PolicySpec& spec) {
+  const uint64_t bytes = state_segment_bytes(spec);
+  if (bytes <= kMaxStateSegmentBytes) return;
+  size_t widest = 0;
+  for (size_t i = 1; i < spec.tiers.size(); ++i)
+    if (spec.tiers[i].max_limit > spec.tiers[widest].max_limit) widest = i;
+  fail(source, "segment.max_keys",
+       num(spec.segment.max_keys) + " keys with the tiers' max_limit (largest " +
+           tier_field(widest, "max_limit") + " " +
+           num(spec.tiers[widest].max_limit) + ") need a state segment of " +
+           num(bytes) + " bytes (" + gib(bytes) + "), more than the " +
+           num(kMaxStateSegmentBytes) + " (1 TiB) allowed: lower segment.max_keys "
+           "or the tiers' max_limit");
 }
 
 PolicySpec to_spec(std::string_view source,
@@ -391,6 +455,7 @@ PolicySpec to_spec(std::string_view source,
   if (spec.advisor.kind != "none" && spec.advisor.model.empty()) fail(source, "advisor.model", "missing");
   require_range(source, "advisor.timeout_ms", spec.advisor.timeout_ms, 1u, 600000u);
   if (p.audit_db()) spec.audit_db = p.audit_db()->str();
+  check_segment_size(source, spec);
   return spec;
 }
 
@@ -460,6 +525,25 @@ PolicySpec load_policy_file(const std::string& path) {
   }
   return parse_policy_json(text, path);
 }
+
+core::LayoutSpec layout_of(const PolicySpec& p) {
+  core::LayoutSpec s;
+  s.max_keys = p.segment.max_keys;
+  s.max_key_bytes = p.segment.max_key_bytes;
+  for (const auto& t : p.tiers) {
+    core::TierSpec ts;
+    ts.name = t.name;
+    ts.capacity = t.max_limit;
+    ts.limit = t.limit;
+    ts.window_ns = int64_t(t.window_ms) * 1'000'000;
+    ts.revenue_per_request = t.revenue_per_request;
+    ts.adaptive = t.adaptive;
+    s.tiers.push_back(ts);
+  }
+  return s;
+}
+
+uint64_t state_segment_bytes(const PolicySpec& spec) { return core::state_segment_bytes(layout_of(spec)); }
 
 PolicySpec default_policy() {
   static const PolicySpec spec = parse_policy_json(detail::kDefaultPolicyJson,

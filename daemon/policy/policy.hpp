@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "sluice/core/segment.hpp"
+
 namespace sluice::policy {
 
 struct TierSpec {
@@ -92,6 +94,14 @@ PolicySpec load_policy_file(const std::string& path);
 
 // The built-in policy (default_policy.json, validated like any file).
 PolicySpec default_policy();
+
+// The segment layout a policy asks for (sluiced creates or checks the segment with it).
+core::LayoutSpec layout_of(const PolicySpec& p);
+// Bytes of the state segment `spec` maps.
+uint64_t state_segment_bytes(const PolicySpec& spec);
+// A policy whose state segment would be larger is refused: no host has the
+// memory, and tmpfs maps it sparsely, so it would fail (SIGBUS) only as it fills.
+inline constexpr uint64_t kMaxStateSegmentBytes = uint64_t{1} << 40;  // 1 TiB
 
 // Serialises `spec` as JSON that parse_policy_json accepts back unchanged.
 std::string to_json(const PolicySpec& spec);

@@ -189,12 +189,33 @@ void ControlServer::run() {
     ::close(c.fd);
     c.fd = -1;
   };
-  // The request is what arrived up to the newline (or max_line bytes, or all of
-  // it at EOF or the read deadline), as before: the loop answers even an empty one.
+  auto write_some = [&](Conn &c) {
+    while (c.sent < c.out.size()) {
+      const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      if (n <= 0) return close_conn(c);
+      c.sent += size_t(n);
+    }
+    close_conn(c);  // the whole reply is written: done
+  };
+
+  // A request line longer than max_line is answered here and never run: its cut
+  // would be another request (a reject with half its reason, or none).
+  auto refuse_long = [&](Conn &c, int64_t now) {
+    c.in.clear();
+    c.in.shrink_to_fit();
+    c.out = "error\nrequest line longer than " + std::to_string(limits_.max_line) + " bytes: not run\n";
+    c.phase = Conn::writing;
+    c.deadline_ms = now + limits_.write_timeout_ms;
+    write_some(c);
+  };
+  // The request is what arrived up to the newline (or all of it at EOF or the
+  // read deadline), as before: the loop answers even an empty one.
   auto dispatch = [&](Conn &c, int64_t now) {
     std::string line = std::move(c.in);
     if (const auto nl = line.find('\n'); nl != std::string::npos) line.resize(nl);
-    if (line.size() > limits_.max_line) line.resize(limits_.max_line);
+    if (line.size() > limits_.max_line) return refuse_long(c, now);
     c.in.clear();
     c.in.shrink_to_fit();
     c.phase = Conn::waiting;
@@ -213,20 +234,10 @@ void ControlServer::run() {
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
       if (n <= 0) return dispatch(c, now);  // EOF or error: answer what arrived
       c.in.append(buf, size_t(n));
-      if (c.in.size() >= limits_.max_line || std::memchr(buf, '\n', size_t(n))) return dispatch(c, now);
+      // Past max_line without a newline, the line is too long whatever follows.
+      if (c.in.size() > limits_.max_line || std::memchr(buf, '\n', size_t(n))) return dispatch(c, now);
     }
   };
-  auto write_some = [&](Conn &c) {
-    while (c.sent < c.out.size()) {
-      const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-      if (n <= 0) return close_conn(c);
-      c.sent += size_t(n);
-    }
-    close_conn(c);  // the whole reply is written: done
-  };
-
   for (;;) {
     int64_t now = now_ms();
     fds.clear();
@@ -374,9 +385,10 @@ bool control_request(const std::string &path, const std::string &line, std::stri
       return false;
     }
   }
-  // The server reads at most max_line bytes, runs that and closes: the rest of a
-  // line longer than the socket buffer then fails to send (EPIPE/ECONNRESET),
-  // while the reply is already here to read. MSG_NOSIGNAL: no SIGPIPE for the caller.
+  // The server reads a little past max_line, answers a longer line with an error
+  // and closes: the rest of a line longer than the socket buffer then fails to send
+  // (EPIPE/ECONNRESET), while the reply is already here to read. MSG_NOSIGNAL: no
+  // SIGPIPE for the caller.
   const std::string msg = line + "\n";
   for (size_t sent = 0; sent < msg.size();) {
     const ssize_t n = ::send(fd, msg.data() + sent, msg.size() - sent, MSG_NOSIGNAL);
@@ -416,6 +428,11 @@ bool control_request(const std::string &path, const std::string &line, std::stri
 
 bool daemon_request(const std::string &segment, const std::string &line, std::string &reply, std::string &error,
                     int timeout_ms) {
+  // As `status` does: "../x" would reach outside /dev/shm.
+  if (!core::valid_segment_name(segment)) {
+    error = "segment name '" + segment + "' is not valid";
+    return false;
+  }
   struct stat st {};
   const std::string state = core::shm_path(core::state_segment_name(segment));
   if (::stat(state.c_str(), &st) != 0) {

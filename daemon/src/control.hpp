@@ -37,7 +37,7 @@ struct ControlLimits {
   // Open at once from one uid; more are answered "error" at once and closed, so one
   // local user holding connections cannot keep an approver waiting in the backlog.
   size_t max_per_uid = 32;
-  size_t max_line = 4096;        // bytes of request kept (the rest of a longer line is ignored)
+  size_t max_line = 4096;        // longest request line; a longer one is answered "error", never run
   int read_timeout_ms = 1000;    // from accept to a whole line; then what arrived is the request
   int answer_timeout_ms = 30'000;  // the loop's answer (only a hung loop takes this long)
   int write_timeout_ms = 5000;   // to write the whole reply to a client that reads slowly

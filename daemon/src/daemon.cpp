@@ -22,22 +22,6 @@
 
 namespace sluice::daemon {
 
-core::LayoutSpec layout_of(const policy::PolicySpec &p) {
-  core::LayoutSpec s;
-  s.max_keys = p.segment.max_keys;
-  s.max_key_bytes = p.segment.max_key_bytes;
-  for (const auto &t : p.tiers) {
-    core::TierSpec ts;
-    ts.name = t.name;
-    ts.capacity = t.max_limit;
-    ts.limit = t.limit;
-    ts.window_ns = int64_t(t.window_ms) * 1'000'000;
-    ts.revenue_per_request = t.revenue_per_request;
-    ts.adaptive = t.adaptive;
-    s.tiers.push_back(ts);
-  }
-  return s;
-}
 
 int take_segment_lock(const std::string &segment, std::string &error) {
   const std::string path = "/dev/shm/" + segment + ".lock";

@@ -30,7 +30,7 @@ struct Options {
   std::optional<metrics::ListenAddress> metrics_addr;  // none: no /metrics
 };
 
-core::LayoutSpec layout_of(const policy::PolicySpec &p);
+using policy::layout_of;  // the segment layout a policy asks for
 
 class Daemon {
  public:

@@ -7,12 +7,17 @@
 //   snapshot                            the policy loop's latest view (JSON)
 //   top [--interval-ms N] [--banner FILE] [--once]
 //                                       a live terminal view (q quits); --once: one plain frame
+#include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
+#include <string_view>
 #include <iostream>
 #include <vector>
 
+#include "commands.hpp"
 #include "control.hpp"
 #include "status.hpp"
 #include "top.hpp"
@@ -32,19 +37,33 @@ int usage(std::ostream &os, int rc) {
   return rc;
 }
 
-// "90s", "15m", "2h", "7d" -> milliseconds; -1 if malformed.
-long long parse_duration_ms(const std::string &s) {
-  if (s.size() < 2) return -1;
-  char *end = nullptr;
-  const long long v = std::strtoll(s.c_str(), &end, 10);
-  if (!end || end == s.c_str() || v < 0 || std::strlen(end) != 1) return -1;
-  switch (*end) {
-    case 's': return v * 1000;
-    case 'm': return v * 60'000;
-    case 'h': return v * 3'600'000;
-    case 'd': return v * 86'400'000;
+// "90s", "15m", "2h", "7d" -> milliseconds: digits, then one unit, nothing else
+// (strtoll would take "+5s", " 5s" and let a huge count wrap). False with `error`.
+bool parse_duration_ms(const std::string &s, int64_t &ms, std::string &error) {
+  const size_t digits = s.find_first_not_of("0123456789");
+  if (s.empty() || digits == 0 || digits == std::string::npos || digits + 1 != s.size() ||
+      std::string_view("smhd").find(s.back()) == std::string_view::npos) {
+    error = "--since takes a duration like 30s, 15m, 2h or 7d (digits, then s, m, h or d), not '" + s + "'";
+    return false;
   }
-  return -1;
+  const int64_t unit = s.back() == 's' ? 1000 : s.back() == 'm' ? 60'000 : s.back() == 'h' ? 3'600'000 : 86'400'000;
+  uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + digits, v);
+  if (ec != std::errc() || end != s.data() + digits || v > uint64_t(INT64_MAX / unit)) {
+    error = "--since " + s + " is too long (at most " + std::to_string(INT64_MAX / unit) + s.back() + ")";
+    return false;
+  }
+  ms = int64_t(v) * unit;
+  return true;
+}
+
+// Approval ids are 8 hex digits; anything else (a space, a newline) would change
+// the request line sent to sluiced.
+bool valid_approval_id(const std::string &id) {
+  if (id.empty() || id.size() > 32) return false;
+  for (unsigned char c : id)
+    if (!std::isalnum(c)) return false;
+  return true;
 }
 
 int remote(const std::string &segment, const std::string &line) {
@@ -130,28 +149,57 @@ int main(int argc, char **argv) {
   }
   if (cmd == "snapshot" && args.size() == 1) return remote(segment, "snapshot");
   if (cmd == "pending" && args.size() == 1) return remote(segment, std::string("pending ") + (json ? "json" : "text"));
+  if ((cmd == "approve" || cmd == "reject") && args.size() == 2 && !valid_approval_id(args[1])) {
+    std::cerr << "sluicectl: " << cmd << ": an approval id is 1..32 letters or digits (as 'sluicectl pending' shows "
+              << "them), not " << daemon::json_escape(args[1].substr(0, 64)) << "\n";
+    return 2;
+  }
   if (cmd == "approve" && args.size() == 2) return remote(segment, "approve " + args[1]);
   if (cmd == "reject" && args.size() == 2) {
     if (reason.empty()) {
       std::cerr << "sluicectl: reject needs --reason TEXT\n";
       return 2;
     }
-    for (char &c : reason)
-      if (c == '\n' || c == '\r') c = ' ';
-    return remote(segment, "reject " + args[1] + " " + reason);
+    // The request is one line: a control character (a newline) would end or
+    // garble it. Never echoed raw.
+    for (size_t k = 0; k < reason.size(); ++k) {
+      const auto c = static_cast<unsigned char>(reason[k]);
+      if (c < 0x20 || c == 0x7f) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02X", c);
+        std::cerr << "sluicectl: --reason: byte " << k << " (" << hex
+                  << ") is a control character (a newline, tab, ...); give the reason on one line\n";
+        return 2;
+      }
+    }
+    if (reason.find_first_not_of(' ') == std::string::npos) {
+      std::cerr << "sluicectl: reject needs a --reason that is not blank\n";
+      return 2;
+    }
+    // sluiced refuses a longer request line rather than cut it (and the reason) short.
+    const std::string line = "reject " + args[1] + " " + reason;
+    const size_t max_line = daemon::ControlLimits{}.max_line;
+    if (line.size() > max_line) {
+      std::cerr << "sluicectl: --reason is " << reason.size() << " bytes; at most "
+                << max_line - (line.size() - reason.size()) << " fit (a request line is at most " << max_line
+                << " bytes)\n";
+      return 2;
+    }
+    return remote(segment, line);
   }
   if (cmd == "audit" && args.size() == 1) {
     long long from = 0;
     if (!since.empty()) {
-      const long long ms = parse_duration_ms(since);
-      if (ms < 0) {
-        std::cerr << "sluicectl: --since takes a duration like 30s, 15m, 2h or 7d, not '" << since << "'\n";
+      int64_t ms = 0;
+      std::string error;
+      if (!parse_duration_ms(since, ms, error)) {
+        std::cerr << "sluicectl: " << error << "\n";
         return 2;
       }
       const long long now = std::chrono::duration_cast<std::chrono::milliseconds>(
                                 std::chrono::system_clock::now().time_since_epoch())
                                 .count();
-      from = now - ms;
+      from = ms < now ? now - ms : 0;  // further back than 1970: everything
     }
     return remote(segment, "audit " + std::to_string(from) + (json ? " json" : " text"));
   }

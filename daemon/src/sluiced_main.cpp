@@ -25,6 +25,7 @@ void usage(std::ostream &os) {
         "  --tick-ms N      policy/GC tick (default: the policy's tick_ms, 1000)\n"
         "  --state-dir DIR  audit store directory (default $SLUICE_STATE_DIR or /var/lib/sluice)\n"
         "  --metrics-addr [HOST:]PORT  serve Prometheus /metrics (HOST default 127.0.0.1; PORT 0: any free port)\n"
+        "  --log-level LEVEL  trace, debug, info (default), warning, error, critical or off\n"
         "  --print-default-policy  print the built-in policy as JSON and exit\n";
 }
 
@@ -66,7 +67,17 @@ int main(int argc, char **argv) {
         return 2;
       }
       opt.metrics_addr = addr;
-    } else if (a == "--log-level") spdlog::set_level(spdlog::level::from_str(value()));
+    } else if (a == "--log-level") {
+      // from_str maps an unknown name to "off": a typo would silence the daemon.
+      const std::string v = value();
+      const auto level = spdlog::level::from_str(v);
+      if (level == spdlog::level::off && v != "off") {
+        std::cerr << "sluiced: --log-level takes one of trace, debug, info, warning, error, critical, off; not '" << v
+                  << "'\n";
+        return 2;
+      }
+      spdlog::set_level(level);
+    }
     else if (a == "--print-default-policy") {
       std::cout << policy::to_json(policy::default_policy()) << "\n";
       return 0;

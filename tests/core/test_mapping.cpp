@@ -2,9 +2,12 @@
 // segment of many keys spans tens of thousands of 4 KiB pages, and each call
 // touches two of them at random. The advice is a VMA flag ("hg" in smaps), set
 // whatever /dev/shm's mount allows, so it is testable on any host.
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cstdint>
 
 #include <fstream>
 #include <sstream>
@@ -83,6 +86,54 @@ TEST(Mapping, TheHugePageModeIsReadFromTheMountOfDevShm) {
 TEST(Mapping, OnlyTheModesThatGrantAdvisedHugePagesCountAsAllowingThem) {
   for (const char *m : {"advise", "within_size", "always", "force"}) EXPECT_TRUE(shm_huge_pages_allowed(m)) << m;
   for (const char *m : {"never", "deny", "", "unknown"}) EXPECT_FALSE(shm_huge_pages_allowed(m)) << m;
+}
+
+bool exists(const std::string &shm_name) { return ::access(shm_path(shm_name).c_str(), F_OK) == 0; }
+
+// A size tmpfs takes (sparse) but no address space holds: the map step fails. A
+// 175 TB rev3-4.state left behind that way made every later start fail (ENOMEM)
+// until --reset, so a failed create removes what it made.
+TEST(Mapping, ACreateThatCannotMapLeavesNoObjectAndNamesTheSize) {
+  ScopedShm shm;
+  Mapping m;
+  std::string detail;
+  const uint64_t bytes = uint64_t(1) << 62;  // 4 EiB: beyond any 64-bit address space
+  EXPECT_NE(Mapping::create(shm.name, bytes, 0600, m, detail), Status::ok);
+  EXPECT_FALSE(m);
+  EXPECT_FALSE(exists(shm.name)) << shm_path(shm.name) << " was left behind";
+  EXPECT_NE(detail.find("cannot map 4611686018427387904 bytes (4.0 EiB) of " + shm_path(shm.name)), std::string::npos)
+      << detail;
+  // The name is free for the next attempt.
+  EXPECT_EQ(Mapping::create(shm.name, 64u << 10, 0600, m, detail), Status::ok) << detail;
+}
+
+TEST(Mapping, ACreateThatCannotSizeLeavesNoObjectAndNamesTheSize) {
+  // RLIMIT_FSIZE makes ftruncate fail (EFBIG; SIGXFSZ ignored) after shm_open made the object.
+  ScopedShm shm;
+  rlimit was{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &was), 0);
+  const auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  rlimit low = was;
+  low.rlim_cur = 1u << 20;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &low), 0);
+  Mapping m;
+  std::string detail;
+  const Status st = Mapping::create(shm.name, 8u << 20, 0600, m, detail);
+  setrlimit(RLIMIT_FSIZE, &was);
+  signal(SIGXFSZ, old_handler);
+  EXPECT_NE(st, Status::ok);
+  EXPECT_FALSE(exists(shm.name)) << shm_path(shm.name) << " was left behind";
+  EXPECT_NE(detail.find("cannot size " + shm_path(shm.name) + " to 8388608 bytes (8.0 MiB)"), std::string::npos)
+      << detail;
+}
+
+TEST(Mapping, ASizeNoFileCanHaveIsRefusedBeforeAnythingIsMade) {
+  ScopedShm shm;
+  Mapping m;
+  std::string detail;
+  EXPECT_NE(Mapping::create(shm.name, UINT64_MAX, 0600, m, detail), Status::ok);
+  EXPECT_FALSE(exists(shm.name));
+  EXPECT_NE(detail.find("18446744073709551615 bytes"), std::string::npos) << detail;
 }
 
 }  // namespace

@@ -23,6 +23,9 @@
 #include <vector>
 
 #include "control.hpp"
+#include "daemon.hpp"
+#include "policy/policy.hpp"
+#include "sluice/core/segment.hpp"
 
 using namespace sluice;
 using Clock = std::chrono::steady_clock;
@@ -236,12 +239,11 @@ TEST(ControlServer, ConnectionsAreBoundedAndEveryClientIsAnsweredOrClosed) {
   EXPECT_EQ(answered, 12);
   EXPECT_LE(most.load(), 4u);
   EXPECT_GE(most.load(), 1u);
-  // A line longer than max_line is cut there; the rest is not read.
+  // A line longer than max_line is refused, not run cut short; the rest is not read.
   const std::string huge(10'000, 'y');
   std::string reply;
   ASSERT_TRUE(daemon::control_request(path, huge, reply, err, 5000)) << err;
-  EXPECT_EQ(reply, "ok\n" + huge.substr(0, lim.max_line) + " from uid " + std::to_string(getuid()) + " pid " +
-                       std::to_string(getpid()) + "\n");
+  EXPECT_EQ(reply, "error\nrequest line longer than " + std::to_string(lim.max_line) + " bytes: not run\n");
 }
 
 TEST(ControlServer, ALargeReplyReachesASlowReader) {
@@ -370,10 +372,10 @@ TEST(ControlServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
   ::close(client);
 }
 
-// A request longer than the socket buffer: the server reads max_line bytes, runs
-// that, replies and closes, so the client's write of the rest fails. The command
-// ran, and the client must report its reply, not "write: ..." (sluicectl then
-// says it failed while, say, a reject took effect).
+// A request longer than the socket buffer: the server reads past max_line,
+// answers "error" without running it and closes, so the client's write of the
+// rest fails. The client must report that reply, not "write: ..." (sluicectl
+// would otherwise not say why, or what happened).
 TEST(ControlServer, ARequestLongerThanTheSocketBufferIsAnsweredNotReportedAsFailed) {
   const std::string path = socket_path();
   std::string err;
@@ -390,9 +392,55 @@ TEST(ControlServer, ARequestLongerThanTheSocketBufferIsAnsweredNotReportedAsFail
     err.clear();
     const int before = ran.load();
     const bool ok = daemon::control_request(path, line, reply, err, 5000);
-    EXPECT_EQ(ran.load(), before + 1) << n;
-    EXPECT_TRUE(ok) << n << " bytes: the command ran but the client said: " << err;
-    EXPECT_EQ(reply, "ok\nran 4096\n") << n;
+    EXPECT_EQ(ran.load(), before) << n << " bytes: a cut of the line ran";
+    EXPECT_TRUE(ok) << n << " bytes: the server answered but the client said: " << err;
+    EXPECT_EQ(reply, "error\nrequest line longer than 4096 bytes: not run\n") << n;
+  }
+}
+
+// Cut to max_line, an over-long line is another request: "reject ID <reason>"
+// with half its reason, reported as success. Up to max_line it runs whole;
+// past it, the loop never sees it.
+TEST(ControlServer, ALineLongerThanMaxLineIsRefusedNotRunCut) {
+  const std::string path = socket_path();
+  std::string err;
+  daemon::ControlLimits limits;
+  limits.max_line = 64;
+  auto server = daemon::ControlServer::listen(path, err, limits);
+  ASSERT_TRUE(server) << err;
+  std::vector<std::string> seen;
+  std::mutex mu;
+  Loop loop(*server, [&](const std::string &line, const daemon::Peer &) {
+    std::lock_guard lock(mu);
+    seen.push_back(line);
+    return "ok\nran " + std::to_string(line.size()) + "\n";
+  });
+  const std::string exact = "reject p-1 " + std::string(64 - 11, 'r');
+  std::string reply;
+  ASSERT_TRUE(daemon::control_request(path, exact, reply, err, 5000)) << err;
+  EXPECT_EQ(reply, "ok\nran 64\n");
+  for (size_t extra : {1ul, 100ul, 5000ul}) {
+    reply.clear();
+    ASSERT_TRUE(daemon::control_request(path, exact + std::string(extra, 'x'), reply, err, 5000)) << err;
+    EXPECT_EQ(reply, "error\nrequest line longer than 64 bytes: not run\n") << extra;
+  }
+  // Sent without a newline and the connection held open: refused as soon as it is too long.
+  const int fd = connect_to(path);
+  ASSERT_GE(fd, 0);
+  const std::string long_line(65, 'z');
+  ASSERT_EQ(::send(fd, long_line.data(), long_line.size(), MSG_NOSIGNAL), ssize_t(long_line.size()));
+  EXPECT_EQ(read_all(fd), "error\nrequest line longer than 64 bytes: not run\n");
+  ::close(fd);
+  std::lock_guard lock(mu);
+  EXPECT_EQ(seen, std::vector<std::string>{exact});
+}
+
+// `--segment ../x` must not stat /dev/shm/../x.state nor connect outside /dev/shm.
+TEST(DaemonRequest, RefusesAnInvalidSegmentNameAsStatusDoes) {
+  for (const char *bad : {"../x", "", ".hidden", "a/b", "x y"}) {
+    std::string reply, err;
+    EXPECT_FALSE(daemon::daemon_request(bad, "pending text", reply, err, 1000)) << bad;
+    EXPECT_EQ(err, std::string("segment name '") + bad + "' is not valid") << bad;
   }
 }
 

@@ -113,8 +113,11 @@ TEST(ListenAddress, AcceptsPortHostPortAndIpv6AndRefusesTheRest) {
   EXPECT_EQ(a.host, "127.0.0.1");
   ASSERT_TRUE(metrics::parse_listen_address("[::1]:9000", a, err)) << err;
   EXPECT_EQ(a.host, "::1");
+  ASSERT_TRUE(metrics::parse_listen_address("127.0.0.1:65535", a, err)) << err;
+  EXPECT_EQ(a.port, 65535);
   for (const char *bad : {"", "x", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "example.com:80", "[::1]9000",
-                          "127.0.0.1:80x"}) {
+                          "127.0.0.1:80x", " 80", "+0", "-0", "127.0.0.1: 80", "127.0.0.1:+80", "[::1]:+1", "80 ",
+                          "0x50", "000065536", "99999999999999999999"}) {
     err.clear();
     EXPECT_FALSE(metrics::parse_listen_address(bad, a, err)) << bad;
     EXPECT_FALSE(err.empty()) << bad;

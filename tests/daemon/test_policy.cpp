@@ -165,9 +165,11 @@ TEST(Policy, OmittedOptionalFieldsTakeDefaults) {
 }
 
 TEST(Policy, ValidFileLoadsAndRoundTrips) {
+  // Each field at its bound; the largest segment and the largest tier are in
+  // separate files, as together they exceed the state segment's cap.
   const TempFile f(R"({
     // flatbuffers' JSON dialect allows comments
-    "segment": {"max_keys": 16777216, "max_key_bytes": 1024, "idle_ttl_ms": 1000},
+    "segment": {"max_keys": 100000, "max_key_bytes": 1024, "idle_ttl_ms": 315360000000},
     "tiers": [
       {"name": "Gold-1.x_y", "limit": 1048576, "window_ms": 86400000,
        "max_limit": 1048576, "revenue_per_request": 0.30000000000000004,
@@ -177,7 +179,7 @@ TEST(Policy, ValidFileLoadsAndRoundTrips) {
     ]
   })");
   const PolicySpec p = load_policy_file(f.path());
-  EXPECT_EQ(p.segment, (SegmentSpec{16777216, 1024, 1000}));
+  EXPECT_EQ(p.segment, (SegmentSpec{100000, 1024, 315360000000}));
   ASSERT_EQ(p.tiers.size(), 2u);
   EXPECT_EQ(p.tiers[0], (TierSpec{"Gold-1.x_y", 1048576, 86400000, 1048576,
                                   0.30000000000000004, false, 1, 1048576}));
@@ -187,6 +189,14 @@ TEST(Policy, ValidFileLoadsAndRoundTrips) {
   const PolicySpec again = parse_policy_json(json);
   EXPECT_EQ(again, p);
   EXPECT_EQ(to_json(again), json);
+
+  const PolicySpec wide = parse_policy_json(R"({
+    "segment": {"max_keys": 16777216, "max_key_bytes": 1024, "idle_ttl_ms": 1000},
+    "tiers": [{"name": "t", "limit": 1, "window_ms": 1, "max_limit": 1,
+               "revenue_per_request": 1000000}]})");
+  EXPECT_EQ(wide.segment, (SegmentSpec{16777216, 1024, 1000}));
+  EXPECT_EQ(wide.tiers[0].revenue_per_request, 1e6);
+  EXPECT_EQ(parse_policy_json(to_json(wide)), wide);
 }
 
 struct BadCase {
@@ -420,3 +430,130 @@ TEST(Policy, OversizedFileIsRefusedBeforeParsing) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string segment_policy(const std::string& segment,
+                           const std::vector<std::string>& max_limits) {
+  std::vector<std::string> tiers;
+  for (size_t i = 0; i < max_limits.size(); ++i)
+    tiers.push_back(tier("\"t" + std::to_string(i) + "\"", "1", "1000",
+                         max_limits[i]));
+  return policy(tiers, segment);
+}
+
+}  // namespace
+
+// Every field in range, yet 2^24 keys x max_limit 2^20 is a 176 TB segment:
+// tmpfs maps it sparsely and SIGBUSes as it fills. The total is capped.
+TEST(Policy, RefusesAStateSegmentLargerThanOneTebibyte) {
+  const std::string huge =
+      error_of(segment_policy("\"max_keys\": 16777216", {"1048576"}));
+  // 34944 header + 20971520 slots x (128 entry + 8 MiB ring).
+  EXPECT_NE(huge.find("policy.json: segment.max_keys: 16777216 keys with the "
+                      "tiers' max_limit (largest tiers[0].max_limit 1048576) "
+                      "need a state segment of 175924544833664 bytes"),
+            std::string::npos)
+      << huge;
+  EXPECT_NE(huge.find("more than the 1099511627776 (1 TiB) allowed"),
+            std::string::npos)
+      << huge;
+
+  // The largest tier is the one named.
+  const std::string second = error_of(
+      segment_policy("\"max_keys\": 200000", {"4", "1048576", "2"}));
+  EXPECT_NE(second.find("largest tiers[1].max_limit 1048576"),
+            std::string::npos)
+      << second;
+
+  // Either side of the cap: 125000 slots x 8 MiB fit, 137500 do not.
+  const PolicySpec under =
+      parse_policy_json(segment_policy("\"max_keys\": 100000", {"1048576"}));
+  EXPECT_LE(sluice::policy::state_segment_bytes(under),
+            sluice::policy::kMaxStateSegmentBytes);
+  EXPECT_NE(error_of(segment_policy("\"max_keys\": 110000", {"1048576"}))
+                .find("segment.max_keys: 110000 keys"),
+            std::string::npos);
+  // Many tiers add up, though each alone fits.
+  const std::vector<std::string> five(5, "262144");
+  EXPECT_NE(error_of(segment_policy("\"max_keys\": 110000", five))
+                .find("segment.max_keys: 110000 keys"),
+            std::string::npos);
+}
+
+TEST(Policy, StateSegmentBytesFollowsTheLayout) {
+  // One tier, 64-byte keys: header, 16 slots (the minimum) x 128-byte
+  // entries, 16 x 4 ring slots of 8 bytes.
+  const PolicySpec p =
+      parse_policy_json(segment_policy("\"max_keys\": 4", {"4"}));
+  EXPECT_EQ(sluice::policy::state_segment_bytes(p), 34944u + 16 * 128 + 16 * 4 * 8);
+}
+
+// The scalar rules hold for the elements of integer arrays too: flatbuffers
+// would coerce ["1000"] and [0x10] there as it does for a scalar field.
+TEST(Policy, RefusesWronglyKindedArrayElementsNamingTheIndex) {
+  auto gov = [](const std::string& body) {
+    return "{\"tiers\": [" + tier() + "], \"governance\": {" + body + "}}";
+  };
+  const std::vector<BadCase> cases = {
+      {"quoted uid", gov(R"("approvers": ["1000"])"),
+       "policy.json:1: governance.approvers[0]: expected a number, got a "
+       "string"},
+      {"hex uid", gov(R"("approvers": [0x10])"),
+       "policy.json:1: governance.approvers[0]: 0x10 is not an integer in "
+       "0..4294967295"},
+      {"bool gid", gov(R"("approver_gids": [1000, true])"),
+       "policy.json:1: governance.approver_gids[1]: expected a number, got a "
+       "bool"},
+      {"negative gid", gov(R"("approver_gids": [1, 2, -1])"),
+       "policy.json:1: governance.approver_gids[2]: -1 is not an integer in "
+       "0..4294967295"},
+      {"uid > uint32", gov(R"("approvers": [4294967296])"),
+       "policy.json:1: governance.approvers[0]: 4294967296 is not an integer"},
+      {"fractional uid", gov(R"("approvers": [1.5])"),
+       "policy.json:1: governance.approvers[0]: 1.5 is not an integer"},
+      {"null uid", gov(R"("approvers": [null])"),
+       "policy.json:1: governance.approvers[0]: null is not an integer"},
+      {"on a later line, after a comment",
+       gov("\"approvers\": [\n  0, // root\n  \"1000\"]"),
+       "policy.json:3: governance.approvers[1]: expected a number, got a "
+       "string"},
+  };
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(std::string(c.what) + ": " + c.json);
+    EXPECT_NE(error_of(c.json).find(c.expect), std::string::npos)
+        << "message: " << error_of(c.json) << "\nwanted: " << c.expect;
+  }
+  const PolicySpec ok = parse_policy_json(
+      gov("\"approvers\": [ 1000 , /* ops */ 0 ], \"approver_gids\": []"));
+  EXPECT_EQ(ok.governance.approvers, (std::vector<uint32_t>{1000, 0}));
+  EXPECT_TRUE(ok.governance.approver_gids.empty());
+}
+
+// 1e300 dollars would overflow the uint64 micro-dollars clients are given.
+TEST(Policy, RefusesARevenuePerRequestAboveAMillionDollars) {
+  for (const char* v : {"1e300", "1000000.5", "1e7"}) {
+    const std::string e = error_of(policy(
+        {tier("\"t\"", "1", "1", "1", std::string("\"revenue_per_request\": ") + v)}));
+    EXPECT_NE(e.find("policy.json: tiers[0].revenue_per_request: "),
+              std::string::npos)
+        << e;
+    EXPECT_NE(e.find("is not allowed (must be at most 1000000 dollars per "
+                     "request)"),
+              std::string::npos)
+        << e;
+  }
+}
+
+// Reclaim multiplies the TTL into int64 nanoseconds: UINT64_MAX became -1e6.
+TEST(Policy, RefusesAnIdleTtlAboveTenYears) {
+  for (const char* v : {"315360000001", "9223372036855", "18446744073709551615"}) {
+    const std::string e =
+        error_of(policy({tier()}, std::string("\"idle_ttl_ms\": ") + v));
+    EXPECT_NE(e.find(std::string("policy.json: segment.idle_ttl_ms: ") + v +
+                     " is not allowed (must be at most 315360000000, 10 "
+                     "years)"),
+              std::string::npos)
+        << e;
+  }
+}

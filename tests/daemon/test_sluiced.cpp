@@ -315,6 +315,116 @@ TEST(Sluicectl, ErrorsAreClear) {
   EXPECT_EQ(wait_exit(bad), 2);
 }
 
+// spdlog::level::from_str maps an unknown name to "off": a typo silenced the daemon.
+TEST(Sluiced, AnUnknownLogLevelIsRefusedListingTheValidOnes) {
+  Segment seg;
+  const std::string policy = write_policy(kPolicy);
+  for (const char *bad : {"verbose", "INFO", ""}) {
+    Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--log-level", bad});
+    int st = -1;
+    for (int i = 0; i < 500; ++i) {
+      int w = 0;
+      if (waitpid(d.pid, &w, WNOHANG) == d.pid) {
+        st = WIFEXITED(w) ? WEXITSTATUS(w) : 128 + WTERMSIG(w);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (st == -1) {  // it started (silently): stop it, and fail
+      kill(d.pid, SIGTERM);
+      wait_exit(d);
+    }
+    EXPECT_EQ(st, 2) << bad << ": " << d.output();
+    EXPECT_NE(d.output().find(std::string("--log-level takes one of trace, debug, info, warning, error, critical, "
+                                          "off; not '") + bad + "'"),
+              std::string::npos)
+        << d.output();
+  }
+  for (const char *good : {"warn", "off", "debug"}) {
+    Proc d = spawn({SLUICED_PATH, "--log-level", good, "--print-default-policy"});
+    EXPECT_EQ(wait_exit(d), 0) << good << ": " << d.output();
+  }
+  std::remove(policy.c_str());
+}
+
+// Parsed strictly: strtoll took "+5s" and " 5s", and a huge count wrapped
+// (18014398509481984d listed nothing). The absent segment tells a parse error
+// (2) from a request that was tried (1).
+TEST(Sluicectl, AuditSinceIsDigitsThenOneUnit) {
+  for (const char *bad : {"+5s", " 5s", "5s ", "5", "s", "5x", "5ss", "-5s", "5 s", "0x5s", "1.5h"}) {
+    Proc ctl = spawn({SLUICECTL_PATH, "--segment", "sluicetest-absent", "audit", "--since", bad});
+    EXPECT_EQ(wait_exit(ctl), 2) << "'" << bad << "'";
+    EXPECT_NE(ctl.output().find("--since takes a duration like 30s, 15m, 2h or 7d (digits, then s, m, h or d), not '" +
+                                std::string(bad) + "'"),
+              std::string::npos)
+        << ctl.output();
+  }
+  for (const char *huge : {"18014398509481984d", "9223372036854776s", "99999999999999999999999m"}) {
+    Proc ctl = spawn({SLUICECTL_PATH, "--segment", "sluicetest-absent", "audit", "--since", huge});
+    EXPECT_EQ(wait_exit(ctl), 2) << huge;
+    EXPECT_NE(ctl.output().find(std::string("--since ") + huge + " is too long (at most "), std::string::npos)
+        << ctl.output();
+  }
+  for (const char *good : {"5s", "0m", "15m", "2h", "7d", "106751991167d", "9223372036854775s"}) {
+    Proc ctl = spawn({SLUICECTL_PATH, "--segment", "sluicetest-absent", "audit", "--since", good});
+    EXPECT_EQ(wait_exit(ctl), 1) << good << ": " << ctl.output();
+    EXPECT_NE(ctl.output().find("no segment 'sluicetest-absent'"), std::string::npos) << ctl.output();
+  }
+}
+
+// The request is one line of at most 4096 bytes: an id with a space or newline
+// sent another command ("approve abc\nsnapshot" sent "approve abc"), and a long
+// reason was cut short; a blank reason passed the required-reason check.
+TEST(Sluicectl, ApprovalIdsAndReasonsAreCheckedBeforeAnythingIsSent) {
+  auto ctl = [](std::vector<std::string> args) {
+    args.insert(args.begin(), {SLUICECTL_PATH, "--segment", "sluicetest-absent"});
+    Proc p = spawn(args);
+    const int rc = wait_exit(p);
+    return std::make_pair(rc, p.output());
+  };
+  for (const std::string &id : {std::string("abc\nsnapshot"), std::string("abc def"), std::string(""),
+                               std::string(33, 'a'), std::string("ab-c"), std::string("../x"), std::string("7\t")}) {
+    for (const char *cmd : {"approve", "reject"}) {
+      const auto [rc, out] = ctl({cmd, id, "--reason", "fine"});
+      EXPECT_EQ(rc, 2) << cmd << " '" << id << "': " << out;
+      EXPECT_NE(out.find("an approval id is 1..32 letters or digits"), std::string::npos) << out;
+      EXPECT_EQ(out.find("abc\nsnapshot"), std::string::npos) << "echoed raw: " << out;
+    }
+  }
+  const std::vector<std::pair<std::string, std::string>> bad_reasons = {
+      {"line one\nsnapshot", "--reason: byte 8 (0x0A) is a control character"},
+      {"tab\there", "--reason: byte 3 (0x09) is a control character"},
+      {"cr\r", "--reason: byte 2 (0x0D) is a control character"},
+      {"del\x7f", "--reason: byte 3 (0x7F) is a control character"},
+      {"   ", "reject needs a --reason that is not blank"},
+      {" ", "reject needs a --reason that is not blank"},
+      {std::string(4086, 'r'), "--reason is 4086 bytes; at most 4085 fit (a request line is at most 4096 bytes)"},
+      {std::string(100000, 'r'), "--reason is 100000 bytes; at most 4085 fit"},
+  };
+  for (const auto &[reason, want] : bad_reasons) {
+    const auto [rc, out] = ctl({"reject", "abc", "--reason", reason});
+    EXPECT_EQ(rc, 2) << reason.substr(0, 40) << ": " << out;
+    EXPECT_NE(out.find(want), std::string::npos) << out;
+  }
+  // What is allowed gets as far as looking for the daemon.
+  for (const std::vector<std::string> &ok :
+       {std::vector<std::string>{"approve", "deadbeef"}, {"approve", std::string(32, 'Z')},
+        {"reject", "abc", "--reason", "launch week: hold"}, {"reject", "abc", "--reason", std::string(4085, 'r')},
+        {"reject", "abc", "--reason", "caf\xc3\xa9"}}) {
+    const auto [rc, out] = ctl(ok);
+    EXPECT_EQ(rc, 1) << ok[0] << " " << ok[1] << ": " << out;
+    EXPECT_NE(out.find("no segment 'sluicetest-absent'"), std::string::npos) << out;
+  }
+}
+
+TEST(Sluicectl, ASegmentNameOutsideDevShmIsRefusedByEveryCommand) {
+  for (const char *cmd : {"pending", "snapshot", "audit", "status"}) {
+    Proc ctl = spawn({SLUICECTL_PATH, "--segment", "../x", cmd});
+    EXPECT_EQ(wait_exit(ctl), 1) << cmd;
+    EXPECT_NE(ctl.output().find("segment name '../x' is not valid"), std::string::npos) << cmd << ": " << ctl.output();
+  }
+}
+
 // ---- another local user got to a name in /dev/shm first ---------------------------
 // /dev/shm is world-writable and sticky: anyone may create the lock, the socket or
 // the segments before sluiced does, and only root may remove them then. sluiced
