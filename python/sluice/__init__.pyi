@@ -12,8 +12,11 @@ a subclass of :class:`SluiceError`; nothing is ever silently allowed.
 Type stub: :class:`Client` and :class:`Decision` come from the private extension
 ``_sluice``; the ASGI/WSGI middlewares and their helpers are typed inline in
 :mod:`sluice.asgi` (``RateLimitMiddleware(..., max_body_bytes=1 MiB)``,
-``reads_body``, ``json_field``, ``request_json``) and :mod:`sluice.wsgi`
-(``json_field(..., max_body_bytes=1 MiB)``, ``request_body``).
+``reads_body``, ``json_field(*path, default=None)``, ``request_json``) and
+:mod:`sluice.wsgi` (``json_field(*path, max_body_bytes=1 MiB, default=None)``,
+``request_body``). ``default`` (a str, an int or None) is what ``json_field``
+returns when the field is missing or the body is not JSON (``GET``, ``HEAD`` and
+``OPTIONS`` bodies are never read), e.g. ``tier=json_field("model", default="free")``.
 """
 
 from types import TracebackType

@@ -94,10 +94,26 @@ def _check_max_body(max_body_bytes: Any) -> int:
     return max_body_bytes
 
 
-def _field_path(path: tuple) -> tuple:
+def _field_path(path: tuple, default: Any = None) -> tuple:
     if not path or not all(isinstance(p, str) for p in path):
         raise TypeError(f"json_field needs one or more str field names, not {path!r}")
+    if default is not None and not (isinstance(default, str) or _is_int(default)):
+        raise TypeError(f"json_field's default must be a str, an int or None, not {default!r}")
     return path
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _utf8(value: str) -> bool:
+    # A lone surrogate ("\ud800", valid in JSON and in Python str) has no UTF-8 form;
+    # the limiter's encode would raise (a 500) instead of refusing the request.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_json(body: bytes) -> Any:
@@ -116,14 +132,16 @@ def _cached_json(store: Any, body: bytes) -> Any:
     return store["sluice.json"]
 
 
-def _json_field(value: Any, path: tuple) -> Any:
+def _json_field(value: Any, path: tuple, default: Any = None) -> Any:
     """``value[path[0]][path[1]]...`` if every step is an object holding the field and
-    the result is a str or an int (not a bool, so it can serve as a cost); else None."""
+    the result is a str or an int (not a bool, so it can serve as a cost); ``default``
+    if a step is not an object or lacks the field (no body, not JSON); else None (a
+    field the client did send, of a type no key/tier/cost can be)."""
     for name in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(name)
-    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        if not isinstance(value, dict) or name not in value:
+            return default
+        value = value[name]
+    if isinstance(value, str) or _is_int(value):
         return value
     return None
 
@@ -197,6 +215,9 @@ class _Limiter:
             raise TypeError(f"tier must be a non-empty str or a callable, not {tier!r}")
         if not callable(key) and not (isinstance(key, (str, bytes)) and key):
             raise TypeError(f"key must be a non-empty str/bytes or a callable, not {key!r}")
+        for name, value in (("key", key), ("tier", tier)):
+            if isinstance(value, str) and not _utf8(value):
+                raise ValueError(f"{name} must be encodable as UTF-8, not {value!r}")
         self.key, self.tier, self.cost = key, tier, cost
         # A tier the request chose (a callable) that does not exist is the request's
         # fault; a constant one is a configuration error.
@@ -216,17 +237,29 @@ class _Limiter:
         """One admission check. Returns ``(None, decision)``: admit and add the decision's
         headers; ``(None, None)``: admit without headers (a limiter error under
         on_error="allow"); ``(status, body, headers)``: answer now, the app does not run."""
+        if _is_int(key):  # json_field gives a JSON number as an int: 123 is the key "123"
+            try:
+                key = str(key)
+            except ValueError:  # more digits than Python converts
+                return 400, _invalid_body("The request's rate-limit key is a number too long to be a key.",
+                                          param="key"), {}
         if key is None or key == "" or key == b"":
             return self.missing_key_status, _missing_body("key"), {}
         if tier is None or tier == "":
             return self.missing_key_status, _missing_body("tier"), {}
         # A callable may hand back a client's value (json_field gives str or int):
-        # a wrong type is refused like a bad value, not left to raise a 500.
+        # a wrong type is refused like a bad value, not left to raise a 500. An int
+        # key was made a str above; a tier must be a str.
         if not isinstance(key, (str, bytes, bytearray, memoryview)):
-            return 400, _invalid_body(f"The request's rate-limit key must be a string, not {type(key).__name__}."), {}
+            return 400, _invalid_body(f"The request's rate-limit key must be a string or an integer, "
+                                      f"not {type(key).__name__}.", param="key"), {}
         if not isinstance(tier, str):
             return 400, _invalid_body(f"The request's rate-limit tier must be a string, not {type(tier).__name__}.",
                                       code="unknown_rate_limit_tier", param="tier"), {}
+        for name, value in (("key", key), ("tier", tier)):
+            if isinstance(value, str) and not _utf8(value):
+                return 400, _invalid_body(f"The request's rate-limit {name} is not valid Unicode text "
+                                          "(a lone surrogate): it cannot be encoded as UTF-8.", param=name), {}
         if not _valid_cost(cost):
             return 400, _invalid_body(f"The request's cost must be a positive integer, not {cost!r}."), {}
         try:

@@ -21,12 +21,17 @@ From the JSON body:
 
 A callable marked with :func:`reads_body` (:func:`json_field` is) makes the
 middleware read the whole body first (at most ``max_body_bytes``, default 1 MiB;
-larger: ``413``, the app does not run), put it in ``scope["sluice.body"]`` of a copy
-of the scope, and replay it to the app, which sees the body unchanged. Custom
-functions read it with :func:`request_json`. A field that is missing, not a str or
-int, or a body that is not JSON counts as no key/tier (``missing_key_status``) or
-a bad cost (``400``). A client that disconnects while its body is read gets
-nothing and the app does not run.
+larger, or a ``Content-Length`` announcing more: ``413`` before anything is read,
+the app does not run), put it in ``scope["sluice.body"]`` and replay it to the app,
+which sees the body unchanged. ``GET``, ``HEAD`` and ``OPTIONS`` bodies are not
+read: the functions see an empty body. Custom functions read it with
+:func:`request_json`. A field that is not a str or int, or (without ``default=``)
+a missing field or a body that is not JSON, counts as no key/tier
+(``missing_key_status``) or a bad cost (``400``); so a body-based tier needs a
+``default`` (``json_field("model", default="free")``) or an ``exempt`` for routes
+without a body. An int key counts as its decimal string (``123`` is ``"123"``); a
+key or tier that is not valid Unicode (a lone surrogate) is a ``400``. A client
+that disconnects while its body is read gets nothing and the app does not run.
 
 What a request gets:
 
@@ -192,15 +197,17 @@ def request_json(scope: Scope) -> Any:
     return _cached_json(scope, body)
 
 
-def json_field(*path: str) -> Callable[[Scope], Any]:
+def json_field(*path: str, default: Union[str, int, None] = None) -> Callable[[Scope], Any]:
     """A key/tier/cost function (marked :func:`reads_body`) returning the JSON body's
     field at ``path``: ``json_field("model")``, ``json_field("metadata", "user")``.
-    A str or an int (a cost) is returned as is; anything else, a missing field, a
-    body that is not a JSON object: None."""
-    path = _field_path(path)
+    A str or an int (a cost; as a key, its decimal string) is returned as is; a
+    missing field or a body that is not a JSON object (no body: ``GET``...) gives
+    ``default`` (``json_field("model", default="free")``); a field of another type:
+    None."""
+    path = _field_path(path, default)
 
     def read(scope: Scope) -> Any:
-        return _json_field(request_json(scope), path)
+        return _json_field(request_json(scope), path, default)
 
     read.__qualname__ = read.__name__ = f"json_field({', '.join(map(repr, path))})"
     return reads_body(read)
@@ -209,6 +216,21 @@ def json_field(*path: str) -> Callable[[Scope], Any]:
 # --- the middleware ------------------------------------------------------------------------
 
 _DISCONNECTED = object()
+# Methods whose body, if any, is never read for a key/tier/cost: a global middleware
+# would otherwise wait for (and with Expect: 100-continue, invite) an upload there.
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _declared_length(scope: Scope) -> Optional[int]:
+    """The Content-Length header's value, or None (absent, or not a number: the
+    server refuses those; the body is read with its bound anyway)."""
+    for k, v in scope.get("headers") or ():
+        if k.lower() == b"content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
 
 
 async def _read_body(receive: Receive, max_bytes: int) -> Any:
@@ -274,7 +296,7 @@ class RateLimitMiddleware:
     :param exempt: optional ``callable(scope) -> bool`` (may be async); true: pass
         through unlimited, no headers (health checks, metrics).
     :param max_body_bytes: the most body read for :func:`reads_body` functions
-        (default 1 MiB); a larger body answers 413.
+        (default 1 MiB); a larger body, or a Content-Length above it, answers 413.
     """
 
     def __init__(
@@ -308,15 +330,25 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if self._reads_body:
-            raw = await _read_body(receive, self.max_body_bytes)
-            if raw is _DISCONNECTED:
-                return  # no one to answer; the app never saw the request
-            if raw is None:
-                await _respond(send, 413, _too_large_body(self.max_body_bytes), {})
-                return
-            scope = dict(scope)  # ASGI: copy the scope before changing it
-            scope["sluice.body"] = raw
-            receive = _replay(raw, receive)
+            # Set on the scope we were given, not a copy: a copy would hide from outer
+            # middleware the keys the app sets (route, endpoint, user). The name is
+            # namespaced, so it cannot clash with a server's or framework's key.
+            if scope.get("method") in _BODILESS:
+                scope["sluice.body"] = b""  # not read: the app reads the real receive
+            else:
+                declared = _declared_length(scope)
+                if declared is not None and declared > self.max_body_bytes:
+                    # Before the first receive(): the server sends no 100 Continue.
+                    await _respond(send, 413, _too_large_body(self.max_body_bytes), {})
+                    return
+                raw = await _read_body(receive, self.max_body_bytes)
+                if raw is _DISCONNECTED:
+                    return  # no one to answer; the app never saw the request
+                if raw is None:
+                    await _respond(send, 413, _too_large_body(self.max_body_bytes), {})
+                    return
+                scope["sluice.body"] = raw
+                receive = _replay(raw, receive)
         key = await _resolve(lim.key, scope)
         tier = await _resolve(lim.tier, scope)
         cost = await _resolve(lim.cost, scope)

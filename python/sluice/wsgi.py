@@ -17,11 +17,17 @@ view, ``flask.request`` -- including ``flask.request.view_args`` -- is also
 available to the callable).
 
 From the JSON body: ``tier=json_field("model")`` (or :func:`request_body` in your own
-function) reads the body once, at most its ``max_body_bytes`` (default 1 MiB), and
-puts it back, so the app or view still reads it (``request.get_json()`` works). A
-larger body answers ``413``, one shorter than its ``CONTENT_LENGTH`` ``400``, and the
-app does not run; a missing field, one that is not a str or int, or a body that is
-not JSON counts as no key/tier or a bad cost. ``exempt`` must not be async here.
+function) reads the body once, at most its ``max_body_bytes`` (default 1 MiB; a
+chunked body too), and puts it back, so the app or view still reads it
+(``request.get_json()`` works). A function that gets no value because the body is
+larger answers ``413``, a body shorter than its ``CONTENT_LENGTH`` ``400``, and the
+app does not run. ``GET``, ``HEAD`` and ``OPTIONS`` bodies are not read (empty). A
+field that is not a str or int, or (without ``default=``) a missing field or a body
+that is not JSON, counts as no key/tier or a bad cost; so a body-based tier needs a
+``default`` (``json_field("model", default="free")``) or an ``exempt`` for routes
+without a body. An int key counts as its decimal string; a key or tier that is not
+valid Unicode (a lone surrogate) is a ``400``. ``exempt``, ``key``, ``tier`` and
+``cost`` must not be async here (TypeError when the middleware or decorator is made).
 
 The responses are those of :mod:`sluice.asgi`:
 
@@ -87,22 +93,45 @@ def _resolve(source: Any, environ: Environ) -> Any:
     return source(environ) if callable(source) else source
 
 
+def _is_async(fn: Any) -> bool:
+    # inspect unwraps functools.partial and bound methods; a callable object is
+    # async if its __call__ is.
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+               for f in (fn, getattr(fn, "__call__", None)) if f is not None)
+
+
+def _check_sync(**sources: Any) -> None:
+    # Nothing awaits here: an async exempt's coroutine is truthy (every request exempt,
+    # or a 500 each), an async key/tier/cost is never a valid value. Refused up front.
+    for name, fn in sources.items():
+        if callable(fn) and _is_async(fn):
+            raise TypeError(f"{name} must be a plain function under WSGI, not async: {fn!r}")
+
+
 def _exempt(exempt: Callable[[Environ], Any], environ: Environ) -> bool:
     result = exempt(environ)
-    if inspect.isawaitable(result):  # truthy, so it would exempt every request
+    if inspect.isawaitable(result):  # backstop for what _check_sync cannot see
         getattr(result, "close", lambda: None)()
         raise TypeError("exempt must be a plain function under WSGI, not async")
     return bool(result)
 
 
 def _decide(lim: _Limiter, environ: Environ) -> tuple:
-    key, tier, cost = (_resolve(s, environ) for s in (lim.key, lim.tier, lim.cost))
-    over = environ.get("sluice.body_over")
-    if over is not None:  # a function needed a body larger than it may read
-        return 413, _too_large_body(over), {}
-    if environ.get("sluice.body_incomplete"):
-        return 400, _invalid_body("The request body ended before its Content-Length.", code="incomplete_body"), {}
-    return lim.decide(key, tier, cost)
+    values = []
+    for source in (lim.key, lim.tier, lim.cost):
+        # The 413 belongs to the function whose read failed, and only if it then had no
+        # value: one that read a small bound and fell back to a larger one (or to a
+        # header) is not refused for that first read.
+        environ.pop("sluice.body_over", None)
+        value = _resolve(source, environ)
+        over = environ.pop("sluice.body_over", None)
+        if environ.get("sluice.body_incomplete"):
+            return 400, _invalid_body("The request body ended before its Content-Length.",
+                                      code="incomplete_body"), {}
+        if over is not None and (value is None or value == ""):
+            return 413, _too_large_body(over), {}
+        values.append(value)
+    return lim.decide(*values)
 
 
 # --- helpers for key/tier callables --------------------------------------------------------
@@ -211,6 +240,20 @@ def _take_body(environ: Environ, max_bytes: int) -> Optional[bytes]:
         n = req.content_length
         if n is not None and n > max_bytes:
             return None
+        if n is None and getattr(req, "_cached_data", None) is None:
+            # Chunked: get_data() would read the whole stream before any size check.
+            stream = req.stream
+            data = _read_up_to(stream, max_bytes + 1)
+            # werkzeug recomputes these from the environ on next use (the view's
+            # get_json(), or a later read with a larger bound).
+            req.__dict__.pop("stream", None)
+            req.__dict__.pop("content_length", None)
+            if len(data) > max_bytes:
+                environ["wsgi.input"] = _PutBack(data, stream)
+                return None
+            environ["wsgi.input"] = io.BytesIO(data)
+            environ["CONTENT_LENGTH"] = str(len(data))
+            return data
         data = req.get_data(cache=True)
         # Also for a request object made later from environ (werkzeug's test client
         # sets its own werkzeug.request before Flask makes the view's).
@@ -244,43 +287,58 @@ def _take_body(environ: Environ, max_bytes: int) -> Optional[bytes]:
     return data
 
 
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS"})  # bodies never read for a key/tier/cost
+
+
 def request_body(environ: Environ, max_bytes: int = MAX_BODY_BYTES) -> Optional[bytes]:
     """The request body, read once and put back for the app (cached in
-    ``environ["sluice.body"]``); None if it is larger than ``max_bytes`` -- then the
-    middleware or :func:`limit` answers 413 and the app does not run -- or shorter
-    than its ``CONTENT_LENGTH`` (the client left): 400.
+    ``environ["sluice.body"]``); ``b""`` for ``GET``, ``HEAD`` and ``OPTIONS`` (not
+    read); None if it is larger than ``max_bytes`` -- then, if the key/tier/cost
+    function that asked ends up with no value, the middleware or :func:`limit`
+    answers 413 and the app does not run -- or shorter than its ``CONTENT_LENGTH``
+    (the client left): 400.
 
-    Inside a Flask view it goes through ``request.get_data(cache=True)``; otherwise
-    it reads ``CONTENT_LENGTH`` bytes (a larger announced body is not read at all) or,
-    without one, a ``wsgi.input_terminated`` stream, and replaces ``wsgi.input``."""
+    Inside a Flask view it goes through ``request.get_data(cache=True)`` (a chunked
+    body: at most ``max_bytes + 1`` read from ``request.stream``); otherwise it reads
+    ``CONTENT_LENGTH`` bytes (a larger announced body is not read at all) or, without
+    one, a ``wsgi.input_terminated`` stream, and replaces ``wsgi.input``."""
     max_bytes = _check_max_body(max_bytes)
+    if environ.get("REQUEST_METHOD") in _BODILESS:
+        return b""
     if environ.get("sluice.body_incomplete"):
         return None
     body = environ.get("sluice.body")
-    over = environ.get("sluice.body_over", -1)  # the body is known to be larger than this
-    if body is None and max_bytes > over:
+    known_over = environ.get("sluice.body_larger_than", -1)  # a fact: not re-read for it
+    if body is None and max_bytes > known_over:
         body = _take_body(environ, max_bytes)
         if environ.get("sluice.body_incomplete"):
             return None
         if body is not None:
             environ["sluice.body"] = body
+        else:
+            environ["sluice.body_larger_than"] = max_bytes
     if body is None or len(body) > max_bytes:
-        environ["sluice.body_over"] = max(max_bytes, over)
+        # For _decide: this call's bound, for the key/tier/cost function that made it.
+        environ["sluice.body_over"] = max(max_bytes, environ.get("sluice.body_over", -1))
         return None
     return body
 
 
-def json_field(*path: str, max_body_bytes: int = MAX_BODY_BYTES) -> Callable[[Environ], Any]:
+def json_field(*path: str, max_body_bytes: int = MAX_BODY_BYTES,
+               default: Union[str, int, None] = None) -> Callable[[Environ], Any]:
     """A key/tier/cost function returning the JSON body's field at ``path``
     (``json_field("model")``, ``json_field("metadata", "user")``): a str or an int
-    (a cost) as is; anything else, a missing field, a body that is not a JSON
-    object: None. The body is read with :func:`request_body`."""
-    path = _field_path(path)
+    (a cost; as a key, its decimal string) as is; a missing field or a body that is
+    not a JSON object (no body: ``GET``...) gives ``default``
+    (``json_field("model", default="free")``); a field of another type, or a body
+    too large or cut short: None. The body is read with :func:`request_body`."""
+    path = _field_path(path, default)
     _check_max_body(max_body_bytes)
 
     def read(environ: Environ) -> Any:
         body = request_body(environ, max_body_bytes)
-        return None if body is None else _json_field(_cached_json(environ, body), path)
+        # Too large / cut short: None, never the default (the 413/400 must stand).
+        return None if body is None else _json_field(_cached_json(environ, body), path, default)
 
     read.__qualname__ = read.__name__ = f"json_field({', '.join(map(repr, path))})"
     return read
@@ -312,6 +370,7 @@ class RateLimitMiddleware:
         error_status: int = 503,
         exempt: Optional[Callable[[Environ], bool]] = None,
     ) -> None:
+        _check_sync(key=key, tier=tier, cost=cost, exempt=exempt)
         self.app = app
         self._limiter = _Limiter(key, tier, cost, client, segment, on_error, missing_key_status,
                                  error_status, exempt)
@@ -363,6 +422,7 @@ def limit(
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise RuntimeError("sluice.wsgi.limit needs Flask; use sluice.wsgi.RateLimitMiddleware "
                            "for other WSGI frameworks") from e
+    _check_sync(key=key, tier=tier, cost=cost)
     lim = _Limiter(key, tier, cost, client, segment, on_error, missing_key_status, error_status, None)
 
     def refuse(status: int, body: bytes, headers: dict) -> Any:

@@ -363,7 +363,9 @@ def test_the_app_gets_the_exact_body_sent_in_chunks(client):
     assert app.bodies == [raw], "one message with every chunk's bytes"
     assert app.after == [{"type": "http.disconnect"}], "then the real receive"
     assert len(received) == len(chunks) + 1
-    assert "sluice.body" not in original and app.scopes[0] is not original, "the scope was copied"
+    # Set on the scope the middleware was given (no copy), so outer middleware sees
+    # what the app adds to it (test_an_outer_middleware_sees_keys_the_app_set).
+    assert app.scopes[0] is original and original["sluice.body"] == raw
     assert client.peek("u-1", "enterprise").remaining == 16
 
 
@@ -383,7 +385,7 @@ def test_an_invalid_body_or_missing_field_is_400_with_param(client, raw):
 
 def test_a_body_field_of_the_wrong_type_is_400(client):
     app = EchoApp()
-    for fields, what in (({"tier": 5}, "tier"), ({"key": 7}, "key"), ({"n": "3"}, "cost"),
+    for fields, what in (({"tier": 5}, "tier"), ({"n": "3"}, "cost"),
                          ({"n": True}, "cost"), ({"n": 1.0}, "cost"), ({"n": 0}, "cost")):
         mw = RateLimitMiddleware(app, key=json_field("key"), tier=json_field("tier"), cost=json_field("n"),
                                  client=client)
@@ -392,6 +394,103 @@ def test_a_body_field_of_the_wrong_type_is_400(client):
         assert status == 400 and err["type"] == "invalid_request_error", (fields, err)
         assert what in err["message"]
     assert not app.bodies
+
+
+def test_a_whole_number_key_counts_as_its_decimal_string(client):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key=json_field("user_id"), tier="pro", client=client)
+    status, h, _, _ = call(mw, scope(), [json_body({"user_id": 123})])
+    assert status == 200 and h["ratelimit-remaining"] == "4"
+    status, h, _, _ = call(mw, scope(), [json_body({"user_id": "123"})])
+    assert status == 200 and h["ratelimit-remaining"] == "3", "123 and '123' are one key"
+    assert call(mw, scope(), [json_body({"user_id": 0})])[1]["ratelimit-remaining"] == "4"
+    status, _, body, _ = call(mw, scope(), [json_body({"user_id": True})])
+    assert status == 400 and json.loads(body)["error"]["param"] == "key", "a bool is no key"
+    for key in (7.5, 10**5000):  # a float; an int with more digits than Python prints
+        status, _, body, _ = call(RateLimitMiddleware(app, key=lambda sc: key, tier="pro", client=client), scope())
+        err = json.loads(body)["error"]
+        assert status == 400 and err["type"] == "invalid_request_error" and err["param"] == "key"
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("tier"), client=client)
+    status, _, body, _ = call(mw, scope(), [json_body({"tier": 1})])
+    assert status == 400 and json.loads(body)["error"]["param"] == "tier", "a tier is still a str"
+    assert client.peek("123", "pro").remaining == 2 and len(app.bodies) == 3
+
+
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+@pytest.mark.parametrize("raw, param", [(rb'{"user": "\ud800", "model": "pro"}', "key"),
+                                        (rb'{"user": "u", "model": "pro\udfff"}', "tier")])
+def test_a_key_or_tier_with_a_lone_surrogate_is_400_naming_it(client, on_error, raw, param):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key=json_field("user"), tier=json_field("model"), client=client,
+                             on_error=on_error)
+    status, _, body, _ = call(mw, scope(), [raw])  # valid JSON: the escape decodes to a lone surrogate
+    err = json.loads(body)["error"]
+    assert status == 400 and err["type"] == "invalid_request_error" and err["param"] == param, err
+    assert not app.bodies
+    with pytest.raises(ValueError, match="UTF-8"):
+        RateLimitMiddleware(app, key="k", tier="pro\ud800", client=client)
+
+
+def test_get_head_options_bodies_are_not_read_and_default_serves_them(client):
+    app = EchoApp()
+    strict = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client)
+    by_method = lambda sc: sc["method"]  # noqa: E731  (one key per method: free is 2 per window)
+    lenient = RateLimitMiddleware(app, key=by_method, tier=json_field("model", default="free"), client=client)
+    raw = json_body({"model": "pro"})
+    for method in ("GET", "HEAD", "OPTIONS"):
+        sc, received = {**scope(), "method": method}, []
+        status, _, body, _ = call(strict, sc, [raw], received=received)
+        assert status == 400 and json.loads(body)["error"]["param"] == "tier" and received == [], \
+            "the body is not read: the functions see none"
+        sc = {**scope(), "method": method}
+        status, h, body, _ = call(lenient, sc, [raw])
+        assert status == 200 and h["ratelimit-limit"] == "2" and sc["sluice.body"] == b"", method
+        assert body == raw, "the app reads the real receive"
+    assert call(lenient, scope(), [raw])[1]["ratelimit-limit"] == "5", "a POST still names its tier"
+    # Missing field, not JSON: the default; a field sent with a bad type: still refused.
+    for bad, remaining in ((json_body({"other": 1}), "1"), (b"{oops", "0")):
+        status, h, _, _ = call(lenient, scope(), [bad])
+        assert status == 200 and h["ratelimit-limit"] == "2" and h["ratelimit-remaining"] == remaining
+    status, _, body, _ = call(lenient, scope(), [json_body({"model": None})])
+    assert status == 400 and json.loads(body)["error"]["param"] == "tier"
+    for bad in (1.5, True, b"free"):
+        with pytest.raises(TypeError, match="default"):
+            json_field("model", default=bad)
+
+
+def test_a_content_length_above_the_bound_is_413_before_reading(client):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client, max_body_bytes=27)
+    received = []
+    sc = scope(headers=[("content-length", str(50 << 20)), ("expect", "100-continue")])
+    status, _, body, _ = call(mw, sc, [b"x" * 10], received=received)
+    assert status == 413 and "27 bytes" in json.loads(body)["error"]["message"]
+    assert received == [], "no receive(): the server sends no 100 Continue, the client uploads nothing"
+    fits = json_body({"model": "pro"})
+    sc = scope(headers=[("content-length", str(len(fits)))])
+    assert call(mw, sc, [fits])[0] == 200 and app.bodies == [fits]
+    sc = scope(headers=[("content-length", "bogus")])
+    assert call(mw, sc, [b"x" * 30])[0] == 413, "an unreadable length: the body's own size still bounds it"
+
+
+def test_an_outer_middleware_sees_keys_the_app_set(client):
+    seen = []
+
+    async def inner(sc, receive, send):
+        sc["route"] = "/v1/chat"  # as a router does (Starlette: scope["route"], "endpoint")
+        m = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": m["body"]})
+
+    mw = RateLimitMiddleware(inner, key="k", tier=json_field("model"), client=client)
+
+    async def outer(sc, receive, send):
+        await mw(sc, receive, send)
+        seen.append(sc.get("route"))
+
+    raw = json_body({"model": "pro"})
+    status, _, body, _ = call(outer, scope(), [raw])
+    assert status == 200 and body == raw and seen == ["/v1/chat"]
 
 
 def test_an_oversize_body_is_413_and_the_app_does_not_run(client):

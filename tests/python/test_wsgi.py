@@ -5,6 +5,7 @@ under `gunicorn -w 4` whose workers must share one exact limit."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -174,8 +175,22 @@ def test_an_async_exempt_is_refused_not_taken_as_true(client):
     async def exempt(env):
         return True
 
+    class AsyncCall:
+        async def __call__(self, env):
+            return True
+
+    # Refused when the middleware is made, not with a 500 on every request.
+    for fn in (exempt, functools.partial(exempt), AsyncCall()):
+        with pytest.raises(TypeError, match="async"):
+            RateLimitMiddleware(App(), key="k", tier="pro", client=client, exempt=fn)
+    for name in ("key", "tier", "cost"):
+        with pytest.raises(TypeError, match=name):
+            RateLimitMiddleware(App(), **{"key": "k", "tier": "pro", name: exempt}, client=client)
+        with pytest.raises(TypeError, match=name):
+            limit(**{"key": "k", "tier": "pro", name: exempt}, client=client)
+    # The per-request backstop: a plain function that hands back a coroutine.
     app = App()
-    mw = RateLimitMiddleware(app, key="k", tier="pro", client=client, exempt=exempt)
+    mw = RateLimitMiddleware(app, key="k", tier="pro", client=client, exempt=lambda env: exempt(env))
     with pytest.raises(TypeError, match="async"):
         call(mw, environ())
     assert app.calls == 0
@@ -264,13 +279,108 @@ def test_a_body_field_of_the_wrong_type_is_400(client):
     app = EchoApp()
     mw = RateLimitMiddleware(app, key=json_field("metadata", "user"), tier=json_field("tier"),
                              cost=json_field("n"), client=client)
-    for fields in ({"tier": 5}, {"metadata": {"user": 7}}, {"n": "3"}, {"n": True}, {"n": 0}):
+    for fields in ({"tier": 5}, {"n": "3"}, {"n": True}, {"n": 0}):
         raw = json_body({"metadata": {"user": "u"}, "tier": "pro", "n": 1, **fields})
         code, _, body, _ = call(mw, environ(body=raw))
         assert code == 400 and json.loads(body)["error"]["type"] == "invalid_request_error", fields
     assert not app.bodies
     code, h, body, _ = call(mw, environ(body=json_body({"metadata": {"user": "u"}, "tier": "pro", "n": 3})))
     assert code == 200 and h["RateLimit-Remaining"] == "2" and client.peek("u", "pro").remaining == 1
+
+
+def test_a_whole_number_key_counts_as_its_decimal_string(client):
+    mw = RateLimitMiddleware(EchoApp(), key=json_field("user_id"), tier="pro", client=client)
+    assert call(mw, environ(body=json_body({"user_id": 123})))[1]["RateLimit-Remaining"] == "4"
+    assert call(mw, environ(body=json_body({"user_id": "123"})))[1]["RateLimit-Remaining"] == "3", "one key"
+    code, _, body, _ = call(mw, environ(body=json_body({"user_id": False})))
+    assert code == 400 and json.loads(body)["error"]["param"] == "key", "a bool is no key"
+    mw = RateLimitMiddleware(EchoApp(), key="k", tier=json_field("tier"), client=client)
+    code, _, body, _ = call(mw, environ(body=json_body({"tier": 1})))
+    assert code == 400 and json.loads(body)["error"]["param"] == "tier", "a tier is still a str"
+
+
+@pytest.mark.parametrize("raw, param", [(rb'{"user": "\ud800", "model": "pro"}', "key"),
+                                        (rb'{"user": "u", "model": "\udfffpro"}', "tier")])
+def test_a_key_or_tier_with_a_lone_surrogate_is_400_naming_it(client, raw, param):
+    app = EchoApp()
+    mw = RateLimitMiddleware(app, key=json_field("user"), tier=json_field("model"), client=client,
+                             on_error="allow")
+    code, _, body, _ = call(mw, environ(body=raw))
+    err = json.loads(body)["error"]
+    assert code == 400 and err["type"] == "invalid_request_error" and err["param"] == param and not app.bodies
+
+    fl = flask.Flask(__name__)
+
+    @fl.post("/v")
+    @limit(key=json_field("user"), tier=json_field("model"), client=client)
+    def view():
+        raise AssertionError("must not run")
+
+    r = fl.test_client().post("/v", data=raw, content_type="application/json")
+    assert r.status_code == 400 and r.json["error"]["param"] == param
+
+
+def test_get_head_options_bodies_are_not_read_and_default_serves_them(client):
+    app = EchoApp()
+    strict = RateLimitMiddleware(app, key="k", tier=json_field("model"), client=client)
+    lenient = RateLimitMiddleware(app, key=lambda env: env["REQUEST_METHOD"],
+                                  tier=json_field("model", default="free"), client=client)
+    raw = json_body({"model": "pro"})
+    for method in ("GET", "HEAD", "OPTIONS"):
+        env = environ(body=raw)
+        env["REQUEST_METHOD"] = method
+        code, _, body, _ = call(strict, env)
+        assert code == 400 and json.loads(body)["error"]["param"] == "tier"
+        assert env["wsgi.input"].tell() == 0 and "sluice.body" not in env, "not read"
+        env = environ(body=raw)
+        env["REQUEST_METHOD"] = method
+        code, h, body, _ = call(lenient, env)
+        assert code == 200 and h["RateLimit-Limit"] == "2" and body == raw, "the app reads its own body"
+    assert call(lenient, environ(body=raw))[1]["RateLimit-Limit"] == "5", "a POST still names its tier"
+    for bad, remaining in ((json_body({"other": 1}), "1"), (b"{oops", "0")):
+        code, h, _, _ = call(lenient, environ(body=bad))
+        assert code == 200 and h["RateLimit-Limit"] == "2" and h["RateLimit-Remaining"] == remaining
+    code, _, body, _ = call(lenient, environ(body=json_body({"model": None})))
+    assert code == 400 and json.loads(body)["error"]["param"] == "tier", "a field sent with a bad type"
+    small = RateLimitMiddleware(app, key="k", tier=json_field("model", default="free", max_body_bytes=5),
+                                client=client)
+    code, _, body, _ = call(small, environ(body=raw, chunked=True))
+    assert code == 413, "too large is not 'missing': no default"
+    for bad in (1.5, True, b"free"):
+        with pytest.raises(TypeError, match="default"):
+            json_field("model", default=bad)
+
+
+def test_a_failed_small_read_does_not_refuse_a_later_larger_one(client):
+    def tier(env):  # a tiny body names its tier; otherwise the JSON's model
+        small = request_body(env, 10)
+        return small.decode() if small is not None else json_field("model")(env)
+
+    app = EchoApp()
+    raw = json_body({"model": "pro", "prompt": "p" * 40})
+    for chunked in (False, True):
+        mw = RateLimitMiddleware(app, key="k", tier=tier, client=client)
+        code, h, body, _ = call(mw, environ(body=raw, chunked=chunked))
+        assert code == 200 and h["RateLimit-Limit"] == "5" and body == raw, (code, body)
+    # A function that had no value because of its own bound is still refused, whichever
+    # function read first.
+    for key, tier_ in ((json_field("user", max_body_bytes=10), json_field("model")),
+                       (json_field("user"), json_field("model", max_body_bytes=10))):
+        mw = RateLimitMiddleware(app, key=key, tier=tier_, client=client)
+        code, _, body, _ = call(mw, environ(body=json_body({"user": "u", "model": "pro"}), chunked=True))
+        assert code == 413 and "10 bytes" in json.loads(body)["error"]["message"]
+    assert app.bodies == [raw, raw]
+
+    fl = flask.Flask(__name__)  # the same inside a Flask view, where werkzeug holds the stream
+
+    @fl.post("/v")
+    @limit(key="k", tier=tier, client=client)
+    def view():
+        return flask.request.get_data()
+
+    env = environ("/v", body=raw, chunked=True)
+    code, h, body, _ = call(fl, env)
+    assert code == 200 and h["RateLimit-Limit"] == "5" and body == raw
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -421,6 +531,56 @@ def test_flask_decorator_and_view_both_read_the_json_body(client):
     assert r.status_code == 400 and r.json["error"]["param"] == "key" and len(seen) == 1
     r = tc.post("/v1/small", json={"model": "pro"})
     assert r.status_code == 413 and r.json["error"]["type"] == "invalid_request_error"
+
+
+class CountingStream:
+    """A chunked body of ``size`` bytes made as it is read; counts what was read."""
+
+    def __init__(self, size: int, head: bytes = b"") -> None:
+        self.head, self.left, self.read_bytes = head, size - len(head), 0
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = len(self.head) + self.left
+        out, self.head = self.head[:n], self.head[n:]
+        more = min(n - len(out), self.left)
+        self.left -= more
+        out += b"x" * more
+        self.read_bytes += len(out)
+        return out
+
+    def readline(self, n=-1):
+        return self.read(n)
+
+
+def test_a_chunked_body_is_read_only_to_its_bound_in_a_flask_view(client):
+    app = flask.Flask(__name__)
+    seen = []
+
+    @app.post("/v1/completions")
+    @limit(key="k", tier=json_field("model", max_body_bytes=1000), client=client)
+    def completions():
+        seen.append(flask.request.get_json())
+        return {"prompt": flask.request.get_json()["prompt"]}
+
+    mw = RateLimitMiddleware(App(), key="k", tier=json_field("model", max_body_bytes=1000), client=client)
+    def chunked(body):  # as gunicorn gives a chunked request: no CONTENT_LENGTH, a terminated stream
+        env = environ("/v1/completions", headers={"transfer-encoding": "chunked"}, body=body, chunked=True)
+        env["CONTENT_TYPE"] = "application/json"
+        return env
+
+    for target in (app, mw):
+        env = chunked(b"")
+        env["wsgi.input"] = stream = CountingStream(50 << 20, head=b'{"model": "pro", "prompt": "')
+        code, _, body, _ = call(target, env)
+        assert code == 413 and "1000 bytes" in json.loads(body)["error"]["message"]
+        assert stream.read_bytes <= 1001, f"{stream.read_bytes} bytes read for a 1000-byte bound"
+    assert not seen
+
+    raw = json_body({"model": "pro", "prompt": "caf\u00e9"})
+    code, h, body, _ = call(app, chunked(raw))
+    assert code == 200 and json.loads(body) == {"prompt": "caf\u00e9"} and h["RateLimit-Remaining"] == "4"
+    assert seen == [json.loads(raw)], "the view's request.get_json() reads the body sluice read"
 
 
 @pytest.mark.parametrize("as_a_server", [True, False])
