@@ -114,7 +114,8 @@ def worker(segment: str, tiers: list[str], seconds: float, seed: int, start_at: 
     q.put({f"{k[0]}|{k[1]}": v for k, v in stats.items()})
 
 
-def run_once(adaptive: bool, seconds: float, tmp: Path, surge_peak: float = 5.0) -> dict:
+def run_once(adaptive: bool, seconds: float, tmp: Path, surge_peak: float = 5.0,
+             approval_ratio: float = 1000) -> dict:
     segment = f"sluice-eval-{os.getpid()}-{'adaptive' if adaptive else 'static'}"
     policy = {
         "segment": {"max_keys": 20000, "max_key_bytes": 32},
@@ -122,8 +123,10 @@ def run_once(adaptive: bool, seconds: float, tmp: Path, surge_peak: float = 5.0)
                    "adaptive": adaptive} for n, l, m, r in TIERS],
         "capacity_rps": CAPACITY_RPS,
         "tick_ms": 250,
-        # The evaluation lets the loop act alone; governance has its own tests.
-        "governance": {"approval_ratio": 1000},
+        # By default the loop acts alone (governance has its own tests); with
+        # --approval-ratio 1.8 (the policy default) raises above it wait for a human
+        # and no one answers, while cuts still take effect at once.
+        "governance": {"approval_ratio": approval_ratio},
     }
     pol = tmp / f"{segment}.json"
     pol.write_text(json.dumps(policy))
@@ -231,14 +234,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=80)
     ap.add_argument("--json")
     ap.add_argument("--dump", help="write every poll's snapshot and the per-second counts of both runs here")
+    ap.add_argument("--approval-ratio", type=float, default=1000,
+                    help="governance.approval_ratio for the run (1000: the loop acts alone; 1.8: the policy "
+                         "default, with no one approving)")
     ap.add_argument("--surge-peak", type=float, default=5.0,
                     help="the flash surge's peak, times the normal per-key rate of enterprise and pro (5)")
     a = ap.parse_args()
+    if not (a.approval_ratio >= 1.0):
+        ap.error(f"--approval-ratio {a.approval_ratio:g}: must be at least 1")
     if not (1.0 <= a.surge_peak <= 50.0):
         ap.error(f"--surge-peak {a.surge_peak:g}: a surge's peak is 1 to 50 times the normal rate")
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"adaptive": run_once(True, a.seconds, Path(tmp), a.surge_peak),
-                "static": run_once(False, a.seconds, Path(tmp), a.surge_peak)}
+        runs = {"adaptive": run_once(True, a.seconds, Path(tmp), a.surge_peak, a.approval_ratio),
+                "static": run_once(False, a.seconds, Path(tmp), a.surge_peak, a.approval_ratio)}
     adaptive = summarize(runs["adaptive"], a.seconds)
     static = summarize(runs["static"], a.seconds)
     if a.dump:
@@ -251,7 +259,8 @@ def main() -> None:
     # The most any limiter could reach on this trace: every offered request admitted.
     ceiling = (adaptive["revenue_offered_surge_phase"] / static["revenue_surge_phase"]
                if static["revenue_surge_phase"] else None)
-    report = {"seconds": a.seconds, "surge_peak": a.surge_peak, "capacity_rps": CAPACITY_RPS,
+    report = {"seconds": a.seconds, "surge_peak": a.surge_peak, "approval_ratio": a.approval_ratio,
+              "capacity_rps": CAPACITY_RPS,
               "adaptive": adaptive, "static": static,
               "surge_phase_revenue_ratio": None if ratio is None else round(ratio, 2),
               "surge_phase_ratio_ceiling": None if ceiling is None else round(ceiling, 2),

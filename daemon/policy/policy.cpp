@@ -434,6 +434,7 @@ PolicySpec to_spec(std::string_view source,
     spec.governance.approval_ratio = g->approval_ratio();
     spec.governance.min_confidence = g->min_confidence();
     spec.governance.approval_ttl_s = g->approval_ttl_s();
+    spec.governance.approval_window_s = g->approval_window_s();
     if (g->approvers()) spec.governance.approvers.assign(g->approvers()->begin(), g->approvers()->end());
     if (g->approver_gids())
       spec.governance.approver_gids.assign(g->approver_gids()->begin(), g->approver_gids()->end());
@@ -442,6 +443,7 @@ PolicySpec to_spec(std::string_view source,
   require_real(source, "governance.min_confidence", spec.governance.min_confidence, 0.0, 1.0);
   require_range(source, "governance.approval_ttl_s", spec.governance.approval_ttl_s, uint64_t{1},
                 uint64_t{365} * 86400);
+  require_range(source, "governance.approval_window_s", spec.governance.approval_window_s, 0u, 86400u);
   if (const auto* a = p.advisor()) {
     if (a->kind()) spec.advisor.kind = a->kind()->str();
     if (a->url()) spec.advisor.url = a->url()->str();
@@ -590,6 +592,7 @@ std::string to_json(const PolicySpec& spec) {
          ", \"fast_exit_ratio\": " + num(sg.fast_exit_ratio) + ", \"fast_exit_ticks\": " + num(sg.fast_exit_ticks) +
          "},\n  \"governance\": {\"approval_ratio\": " + num(g.approval_ratio) +
          ", \"min_confidence\": " + num(g.min_confidence) + ", \"approval_ttl_s\": " + num(g.approval_ttl_s) +
+         ", \"approval_window_s\": " + num(g.approval_window_s) +
          ", \"approvers\": " + list(g.approvers) + ", \"approver_gids\": " + list(g.approver_gids) +
          "},\n  \"advisor\": {\"kind\": " + str(a.kind) + ", \"url\": " + str(a.url) +
          ", \"model\": " + str(a.model) + ", \"timeout_ms\": " + num(a.timeout_ms) + "}" +

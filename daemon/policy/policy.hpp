@@ -45,6 +45,9 @@ struct GovernanceSpec {
   double approval_ratio = 1.8;
   double min_confidence = 0.6;
   uint64_t approval_ttl_s = 3600;
+  // > 0: a raise is also gated against the limit of this many seconds ago, so the
+  // loop cannot climb past the ratio by steps under it; 0: each change on its own.
+  uint32_t approval_window_s = 0;
   std::vector<uint32_t> approvers;      // empty: sluiced's own uid and root
   std::vector<uint32_t> approver_gids;
   bool operator==(const GovernanceSpec&) const = default;

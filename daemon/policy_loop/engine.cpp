@@ -25,6 +25,7 @@ PolicyEngine::PolicyEngine(const policy::PolicySpec &spec, core::Owner &owner, A
     core::TierLimits t;
     core::read_tier(owner.policy(), i, t);
     limits_.push_back(t.limit);
+    history_.push_back({{INT64_MIN, t.limit}});  // the window starts with what is published now
   }
   snap_.capacity_rps = spec.capacity_rps;
 }
@@ -78,6 +79,18 @@ const PendingApproval *pending_for(const std::vector<PendingApproval> &ps, uint3
 
 }  // namespace
 
+uint32_t PolicyEngine::limit_window_ago(uint32_t tier, int64_t now_unix_ms) {
+  auto &h = history_[tier];
+  const int64_t cutoff = now_unix_ms - int64_t(spec_.governance.approval_window_s) * 1000;
+  while (h.size() > 1 && h[1].first <= cutoff) h.pop_front();  // front: the one in force at the cutoff
+  return h.front().second;
+}
+
+void PolicyEngine::remember(uint32_t tier, int64_t now_unix_ms, uint32_t limit) {
+  history_[tier].emplace_back(now_unix_ms, limit);
+  limit_window_ago(tier, now_unix_ms);  // prunes
+}
+
 std::string PolicyEngine::void_reason(const PendingApproval &p) const {
   if (p.tier >= spec_.tiers.size() || spec_.tiers[p.tier].name != p.tier_name)
     return "tier '" + p.tier_name + "' is no longer tier " + std::to_string(p.tier) + " of the policy";
@@ -85,12 +98,16 @@ std::string PolicyEngine::void_reason(const PendingApproval &p) const {
   return "";
 }
 
-bool PolicyEngine::ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep) {
+bool PolicyEngine::ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep, uint32_t window_ago) {
   PendingApproval pa{"", p.tier, spec_.tiers[p.tier].name, p.old_limit, p.new_limit, p.reason, p.actor,
                      p.confidence, now_unix_ms, now_unix_ms + int64_t(spec_.governance.approval_ttl_s) * 1000};
   AuditRecord r{0, now_unix_ms, "pending", p.actor, pa.tier_name, p.old_limit, p.new_limit,
-                p.reason + " [" + ratio_text(p.old_limit, p.new_limit) + " > " +
-                    std::to_string(spec_.governance.approval_ratio).substr(0, 4) + ": waits for approval]",
+                p.reason + " [" +
+                    (window_ago ? ratio_text(window_ago, p.new_limit) + " the limit of " +
+                                      std::to_string(spec_.governance.approval_window_s) + " s ago (" +
+                                      std::to_string(window_ago) + ")"
+                                : ratio_text(p.old_limit, p.new_limit)) +
+                    " > " + std::to_string(spec_.governance.approval_ratio).substr(0, 4) + ": waits for approval]",
                 p.confidence, "", 0};
   std::string err;
   for (int attempt = 0; attempt < 4; ++attempt) {  // ids are 32 random bits: a clash is rare, not impossible
@@ -189,7 +206,9 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   std::vector<Proposal> apply;
   std::vector<AuditRecord> held;
   for (const Proposal &p : rep.proposals) {
-    if (!needs_approval(p.old_limit, p.new_limit, ratio_limit)) {
+    const uint32_t before = spec_.governance.approval_window_s ? limit_window_ago(p.tier, now_unix_ms) : p.old_limit;
+    const bool by_steps = p.new_limit > p.old_limit && needs_approval(before, p.new_limit, ratio_limit);
+    if (!needs_approval(p.old_limit, p.new_limit, ratio_limit) && !by_steps) {
       apply.push_back(p);
       continue;
     }
@@ -204,7 +223,7 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
       }
       continue;
     }
-    ask(p, now_unix_ms, rep);
+    ask(p, now_unix_ms, rep, needs_approval(p.old_limit, p.new_limit, ratio_limit) ? 0 : before);
   }
   if (!held.empty()) {
     std::string err;
@@ -221,7 +240,10 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
       spdlog::error("audit: {} (the loop's changes are not published; it tries again next tick)", err);
       return rep;
     }
-    for (const Proposal &p : apply) limits_[p.tier] = p.new_limit;
+    for (const Proposal &p : apply) {
+      limits_[p.tier] = p.new_limit;
+      remember(p.tier, now_unix_ms, p.new_limit);
+    }
     rep.generation = publish(now_unix_ms);
     if (rep.generation != gen)
       spdlog::error("published generation {}, recorded as {}: another process publishes", rep.generation, gen);
@@ -285,6 +307,7 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid,
     return {false, "not approved: the audit store failed (" + err + "); nothing was published and " + id +
                        " is still pending"};
   limits_[p->tier] = v;
+  history_[p->tier] = {{INT64_MIN, v}};  // what a human approved is the window's new reference
   if (const uint64_t published = publish(now); published != gen)
     spdlog::error("published generation {}, recorded as {}: another process publishes", published, gen);
   ++counts_.approved;

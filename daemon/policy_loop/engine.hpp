@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <optional>
@@ -78,7 +79,8 @@ class PolicyEngine {
   // Why a pending question can no longer be answered as asked ("" if it can).
   std::string void_reason(const PendingApproval &p) const;
   // Records a new pending approval for p (a fresh id); false if the store failed.
-  bool ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep);
+  // window_ago > 0: asked because the raise is too large against that older limit.
+  bool ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep, uint32_t window_ago = 0);
   // Closes a question without publishing anything, recorded as `event`.
   CommandResult close_unpublished(const PendingApproval &p, const std::string &event, const std::string &actor,
                                   int64_t old_limit, int64_t new_limit, const std::string &why, bool ok);
@@ -96,6 +98,11 @@ class PolicyEngine {
   AdviceSource advice_;
   std::function<std::string()> id_source_;
   std::map<std::string, uint32_t> last_held_;  // open question id -> the last held proposal's limit
+  // Per tier, the limits published (unix ms, limit), oldest first, from the one in
+  // force approval_window_s ago: a raise's ratio is also taken against that one.
+  std::vector<std::deque<std::pair<int64_t, uint32_t>>> history_;
+  uint32_t limit_window_ago(uint32_t tier, int64_t now_unix_ms);
+  void remember(uint32_t tier, int64_t now_unix_ms, uint32_t limit);
   GovernanceCounts counts_;
 };
 

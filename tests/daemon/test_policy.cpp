@@ -101,7 +101,8 @@ TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
   const PolicySpec p = parse_policy_json(R"({"tiers": [{"name": "a", "limit": 4, "window_ms": 1000,
       "max_limit": 16, "floor": 2, "ceiling": 12}], "capacity_rps": 250.5, "tick_ms": 500,
       "surge": {"surge_ratio": 3, "ddos_ratio": 8, "enter_ticks": 1, "exit_ticks": 4},
-      "governance": {"approval_ratio": 2.5, "min_confidence": 0.7, "approval_ttl_s": 60, "approvers": [1000, 0]},
+      "governance": {"approval_ratio": 2.5, "min_confidence": 0.7, "approval_ttl_s": 60, "approvers": [1000, 0],
+                     "approval_window_s": 300},
       "advisor": {"kind": "ollama", "url": "http://127.0.0.1:11434", "model": "llama3"},
       "audit_db": "/tmp/x.db"})");
   EXPECT_EQ(p.tiers[0].floor, 2u);
@@ -116,6 +117,8 @@ TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
                 .surge.fast_exit_ticks,
             3u);
   EXPECT_EQ(p.governance.approvers, (std::vector<uint32_t>{1000, 0}));
+  EXPECT_EQ(p.governance.approval_window_s, 300u);
+  EXPECT_EQ(default_policy().governance.approval_window_s, 0u) << "each change on its own unless asked";
   EXPECT_EQ(p.advisor.kind, "ollama");
   EXPECT_EQ(p.audit_db, "/tmp/x.db");
   EXPECT_EQ(parse_policy_json(to_json(p)), p);
@@ -131,6 +134,7 @@ TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
       {tier + R"(}], "surge": {"fast_exit_ticks": 0}})", "surge.fast_exit_ticks"},
       {tier + R"(}], "governance": {"approval_ratio": 0.5}})", "governance.approval_ratio"},
       {tier + R"(}], "governance": {"min_confidence": 1.5}})", "governance.min_confidence"},
+      {tier + R"(}], "governance": {"approval_window_s": 86401}})", "governance.approval_window_s"},
       {tier + R"(}], "advisor": {"kind": "gpt"}})", "advisor.kind"},
       {tier + R"(}], "advisor": {"kind": "ollama", "url": "https://x", "model": "m"}})", "advisor.url"},
       {tier + R"(}], "advisor": {"kind": "openai", "url": "http://127.0.0.1:1"}})", "advisor.model"},

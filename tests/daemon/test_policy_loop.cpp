@@ -700,3 +700,37 @@ TEST_F(EngineFixture, TheAuditTrailAnswersWithItsNewestRows) {
   EXPECT_EQ(got.front().reason, "row 20") << "the oldest rows were returned and the newest dropped";
   EXPECT_EQ(got.back().reason, "row 29");
 }
+
+TEST_F(EngineFixture, StepsUnderTheRatioAddUpWithinTheApprovalWindow) {
+  // Per change (the default), 10 -> 17 -> 29 needs no human: each step is 1.7x.
+  uint32_t want = 17;
+  engine->set_advice_source(enterprise_at(want));
+  tick();
+  want = 29;
+  tick();
+  EXPECT_EQ(published(0), 29u) << "window 0 gates each change on its own";
+
+  // With a 300 s window the second step is 2.9x the limit of 300 s ago: it waits.
+  spec.governance.approval_window_s = 300;
+  engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());
+  tick();  // primes the rates; the window starts at 29
+  want = 49;  // 1.69x of 29
+  engine->set_advice_source(enterprise_at(want));
+  ASSERT_TRUE(tick().new_pending.empty());
+  ASSERT_EQ(published(0), 49u);
+  want = 80;  // 1.63x of 49, 2.76x of 29
+  const auto r = tick();
+  ASSERT_EQ(r.new_pending.size(), 1u) << "steps under the ratio climbed 2.8x in a window without a human";
+  EXPECT_EQ(published(0), 49u);
+  bool says_why = false;
+  for (const auto &a : store->since(0))
+    says_why |= a.event == "pending" && a.approval_id == r.new_pending[0].id && a.reason.find("300 s ago (29)") != std::string::npos;
+  EXPECT_TRUE(says_why) << "the pending record does not name the limit it was judged against";
+  ASSERT_TRUE(engine->approve(r.new_pending[0].id, getuid(), getgid()).ok);
+  EXPECT_EQ(published(0), 80u);
+  want = 70;  // a cut, then back up: 80 (approved) is the reference now
+  tick();
+  want = 80;
+  EXPECT_TRUE(tick().new_pending.empty()) << "a human's approval did not become the window's reference";
+  EXPECT_EQ(published(0), 80u);
+}
