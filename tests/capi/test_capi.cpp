@@ -297,15 +297,24 @@ TEST_F(ApiReset, AResetStoppedBetweenRetiringAndRemovingIsFinishedAtTheNextStart
 }
 
 TEST_F(ApiReset, ThreadsSharingAHandleThroughResetsAllEndInTheNewLedger) {
-  std::atomic<bool> stop{false};
+  std::atomic<bool> stop{false}, resets_done{false};
   std::atomic<int> bad{0}, first_bad_rc{0};
+  std::atomic<int> decided_after[4] = {};  // a decision by a call begun after the last reset
+  std::atomic<int> last_rc[4] = {};
+  std::atomic<long> calls_after[4] = {};
   std::vector<std::thread> threads;
   for (int i = 0; i < 4; ++i)
     threads.emplace_back([&, i] {
       const std::string key = "t" + std::to_string(i);
-      for (int n = 0; !stop.load() && n < 2'000'000; ++n) {
+      // Bounded by time, not by a count: a fast machine ran 2M calls before the
+      // resets were over, and the thread stopped in a ledger that was then retired.
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      for (long n = 0; !stop.load() && ((n & 1023) || std::chrono::steady_clock::now() < give_up); ++n) {
         int rc = 0;
+        const bool after = resets_done.load();
         const uint32_t a = acquire_allowed(c, "free", key.c_str(), &rc);
+        if (after && rc == SLUICE_OK) decided_after[i].store(1);
+        if (after) { last_rc[i].store(rc); calls_after[i].fetch_add(1); }
         // Between unlink and create a reopen may find no pair: an error, never a made-up answer.
         if (rc == SLUICE_OK ? a > 1 : rc != SLUICE_ENOSEGMENT && rc != SLUICE_ENOTREADY) {
           int none = 0;
@@ -318,9 +327,22 @@ TEST_F(ApiReset, ThreadsSharingAHandleThroughResetsAllEndInTheNewLedger) {
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
     reset_pair(seg.name, one_per_minute());
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past any reopen back-off
+  // Each thread decides at least once in the last ledger (past its reopen back-off),
+  // however the machine schedules it; a handle that never follows fails here.
+  resets_done = true;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto all_decided = [&] {
+    for (auto &d : decided_after)
+      if (!d.load()) return false;
+    return true;
+  };
+  while (!all_decided() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   stop = true;
   for (auto &t : threads) t.join();
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(decided_after[i].load(), 1) << "t" << i << " never decided after the last reset: " << calls_after[i].load()
+                                          << " calls, the last " << sluice_strerror(last_rc[i].load());
   EXPECT_EQ(bad.load(), 0) << "first: " << (first_bad_rc == 1000 ? "allowed > 1" : sluice_strerror(first_bad_rc));
   // Each thread's key holds its one unit in the last ledger: a fresh handle is refused.
   sluice_client *fresh = nullptr;
