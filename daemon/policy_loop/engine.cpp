@@ -187,6 +187,8 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
       if (expired) {
         rep.expired.push_back(*it);
         ++counts_.expired;
+      } else {
+        ++counts_.voided;
       }
       it = open.erase(it);
     } else {
@@ -264,6 +266,8 @@ CommandResult PolicyEngine::close_unpublished(const PendingApproval &p, const st
   if (!store_.close_pending(p.id, r, err)) return {false, "the audit store failed (" + err + "); " + p.id + " is still pending"};
   if (event == "expired") ++counts_.expired;
   if (event == "approved") ++counts_.approved;
+  if (event == "stale") ++counts_.stale;
+  if (event == "void") ++counts_.voided;
   return {ok, p.id + ": " + why};
 }
 

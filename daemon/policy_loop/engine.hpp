@@ -38,6 +38,8 @@ struct TickReport {
 struct GovernanceCounts {
   uint64_t requested = 0;  // changes that became pending approvals
   uint64_t approved = 0, rejected = 0, expired = 0;
+  uint64_t stale = 0;   // closed unpublished: the limit was cut below the question's since it was asked
+  uint64_t voided = 0;  // closed unpublished: its tier was removed, moved or made non-adaptive
   uint64_t published = 0;  // tier-table publications (by the loop or an approval)
 };
 

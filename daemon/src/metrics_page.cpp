@@ -94,11 +94,14 @@ void governance(Exposition &e, const LoopState &loop) {
   e.family("sluice_pending_approvals", "gauge", "Limit changes waiting for a human's approval.");
   e.sample("sluice_pending_approvals", {}, double(loop.pending.size()));
   e.family("sluice_governance_events_total", "counter",
-           "Governance events since sluiced started: requested (a change became pending), approved, rejected, expired.");
+           "Governance events since sluiced started: requested (a change became pending), approved, rejected, "
+           "expired, stale (closed: the limit was cut since it was asked), void (closed: its tier changed).");
   e.sample("sluice_governance_events_total", {{"event", "requested"}}, g.requested);
   e.sample("sluice_governance_events_total", {{"event", "approved"}}, g.approved);
   e.sample("sluice_governance_events_total", {{"event", "rejected"}}, g.rejected);
   e.sample("sluice_governance_events_total", {{"event", "expired"}}, g.expired);
+  e.sample("sluice_governance_events_total", {{"event", "stale"}}, g.stale);
+  e.sample("sluice_governance_events_total", {{"event", "void"}}, g.voided);
   e.family("sluice_policy_publications_total", "counter", "Tier tables published since sluiced started.");
   e.sample("sluice_policy_publications_total", {}, g.published);
 }

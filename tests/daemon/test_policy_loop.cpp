@@ -566,6 +566,7 @@ TEST_F(EngineFixture, AnOpenQuestionNeverHoldsBackACutAndItsApprovalThenGoesStal
   EXPECT_EQ(published(0), 1u);
   EXPECT_TRUE(store->pending().empty()) << "a stale question stays open";
   EXPECT_TRUE(has(events_of(*store, id), "stale"));
+  EXPECT_EQ(engine->governance_counts().stale, 1u) << "a question closed as stale is not counted (metrics)";
 }
 
 TEST_F(EngineFixture, AnApprovalRecordsTheLimitItReplacedAndOnlyRaises) {
@@ -669,6 +670,7 @@ TEST_F(EngineFixture, AQuestionForATierMadeNonAdaptiveOrMovedIsClosedNeverApplie
   tick();
   EXPECT_TRUE(store->pending().empty()) << "the sweep leaves a question naming another tier open";
   EXPECT_TRUE(has(events_of(*store, "cafe0002"), "void"));
+  EXPECT_EQ(engine->governance_counts().voided, 2u) << "void closures (by approve and by the sweep) are not counted";
 }
 
 TEST_F(EngineFixture, AnIdAlreadyTakenIsRefusedNotOverwritten) {
