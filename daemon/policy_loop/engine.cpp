@@ -183,13 +183,8 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
                   "approval " + it->id + (expired ? " expired unanswered: " : " closed: " + why + ": ") + it->reason,
                   it->confidence, it->id, 0};
     std::string err;
-    if (store_.close_pending(it->id, r, err)) {
-      if (expired) {
-        rep.expired.push_back(*it);
-        ++counts_.expired;
-      } else {
-        ++counts_.voided;
-      }
+    if (close_question(r, err)) {
+      if (expired) rep.expired.push_back(*it);
       it = open.erase(it);
     } else {
       spdlog::error("audit: {}", err);
@@ -255,6 +250,17 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   return rep;
 }
 
+bool PolicyEngine::close_question(const AuditRecord &r, std::string &err) {
+  if (!store_.close_pending(r.approval_id, r, err)) return false;
+  // Every way a question ends is counted here, once its record is committed.
+  if (r.event == "approved") ++counts_.approved;
+  else if (r.event == "rejected") ++counts_.rejected;
+  else if (r.event == "expired") ++counts_.expired;
+  else if (r.event == "stale") ++counts_.stale;
+  else if (r.event == "void") ++counts_.voided;
+  return true;
+}
+
 CommandResult PolicyEngine::close_unpublished(const PendingApproval &p, const std::string &event,
                                               const std::string &actor, int64_t old_limit, int64_t new_limit,
                                               const std::string &why, bool ok) {
@@ -263,11 +269,7 @@ CommandResult PolicyEngine::close_unpublished(const PendingApproval &p, const st
                     p.reason + ")",
                 p.confidence, p.id, 0};
   std::string err;
-  if (!store_.close_pending(p.id, r, err)) return {false, "the audit store failed (" + err + "); " + p.id + " is still pending"};
-  if (event == "expired") ++counts_.expired;
-  if (event == "approved") ++counts_.approved;
-  if (event == "stale") ++counts_.stale;
-  if (event == "void") ++counts_.voided;
+  if (!close_question(r, err)) return {false, "the audit store failed (" + err + "); " + p.id + " is still pending"};
   return {ok, p.id + ": " + why};
 }
 
@@ -307,14 +309,13 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid,
   // table is published; only then does it count.
   const uint64_t gen = next_generation();
   AuditRecord r{0, now, "approved", human, p->tier_name, cur, v, "approved: " + p->reason, p->confidence, id, gen};
-  if (!store_.close_pending(id, r, err))
+  if (!close_question(r, err))
     return {false, "not approved: the audit store failed (" + err + "); nothing was published and " + id +
                        " is still pending"};
   limits_[p->tier] = v;
   history_[p->tier] = {{INT64_MIN, v}};  // what a human approved is the window's new reference
   if (const uint64_t published = publish(now); published != gen)
     spdlog::error("published generation {}, recorded as {}: another process publishes", published, gen);
-  ++counts_.approved;
   ++counts_.published;
   return {true, "approved " + id + ": " + p->tier_name + " " + std::to_string(cur) + " -> " + std::to_string(v) +
                     " published (generation " + std::to_string(gen) + ")"};
@@ -331,8 +332,7 @@ CommandResult PolicyEngine::reject(const std::string &id, const std::string &rea
   AuditRecord r{0, unix_ms_now(), "rejected", "human:" + std::to_string(uid), p->tier_name, p->old_limit,
                 p->new_limit, "rejected: " + (reason.empty() ? std::string("no reason given") : reason), p->confidence,
                 id, 0};
-  if (!store_.close_pending(id, r, err)) return {false, err};
-  ++counts_.rejected;
+  if (!close_question(r, err)) return {false, err};
   const std::string now_at =
       p->tier < limits_.size() ? " stays at " + std::to_string(limits_[p->tier]) : " (no longer in the policy)";
   return {true, "rejected " + id + ": " + p->tier_name + now_at};

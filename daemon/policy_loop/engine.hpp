@@ -83,6 +83,9 @@ class PolicyEngine {
   // Records a new pending approval for p (a fresh id); false if the store failed.
   // window_ago > 0: asked because the raise is too large against that older limit.
   bool ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep, uint32_t window_ago = 0);
+  // Removes the question r names (r.approval_id) and commits r, then counts its
+  // outcome (r.event); false with `err` if the store failed.
+  bool close_question(const AuditRecord &r, std::string &err);
   // Closes a question without publishing anything, recorded as `event`.
   CommandResult close_unpublished(const PendingApproval &p, const std::string &event, const std::string &actor,
                                   int64_t old_limit, int64_t new_limit, const std::string &why, bool ok);
