@@ -183,8 +183,10 @@ def test_in_a_terminal_it_shows_the_live_view_then_the_summary(tmp_path):
     out = tmp_path / "r"
     cmd = " ".join(demo_cmd("--duration", "12", "--out", str(out), "--segment", segment)) + "; echo DEMO-EXIT=$?; sleep 60"
 
+    session = ["demo"]  # the tmux session on screen
+
     def screen() -> str:
-        return subprocess.run(tmux + ["capture-pane", "-p", "-t", "demo"], capture_output=True, text=True,
+        return subprocess.run(tmux + ["capture-pane", "-p", "-t", session[0]], capture_output=True, text=True,
                               timeout=10).stdout
 
     def wait_for(text: str, seconds: float) -> str:
@@ -204,12 +206,15 @@ def test_in_a_terminal_it_shows_the_live_view_then_the_summary(tmp_path):
         done = wait_for("DEMO-EXIT=", 60)
         assert "DEMO-EXIT=0" in done and "Revenue admitted" in done and "report:" in done, done
         assert (out / "report.html").exists()
-        subprocess.run(tmux + ["kill-session", "-t", "demo"], timeout=10)
-        # Ctrl-C while the live view runs.
-        subprocess.run(tmux + ["new-session", "-d", "-s", "demo", "-x", "80", "-y", "24",
+        # Ctrl-C while the live view runs. The second session is made before the first
+        # is killed: killing a server's last session stops it, and a new-session racing
+        # that stop fails (it did once in CI).
+        subprocess.run(tmux + ["new-session", "-d", "-s", "demo2", "-x", "80", "-y", "24",
                                cmd.replace("--duration 12", "--duration 60")], check=True, timeout=10)
+        subprocess.run(tmux + ["kill-session", "-t", "demo"], timeout=10)
+        session[0] = "demo2"
         wait_for("phase 1/5", 30)
-        subprocess.run(tmux + ["send-keys", "-t", "demo", "C-c"], check=True, timeout=10)
+        subprocess.run(tmux + ["send-keys", "-t", "demo2", "C-c"], check=True, timeout=10)
         done = wait_for("DEMO-EXIT=", 30)
         assert "DEMO-EXIT=130" in done and "interrupted" in done, done
         assert "sluice top" not in done, "the live view's screen was not given back"
