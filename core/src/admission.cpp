@@ -139,7 +139,7 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
     }
     const uint64_t h = e->head.load(acq);
     SLUICE_FAULT();
-    const RingCursor rc(h, cap);
+    const RingCursor rc(h, t.capacity_div);
     const uint64_t vh = ring[rc.base_idx].load(acq);
     if (ring_poisoned(vh)) continue;  // ctrl will say reclaiming on the next pass
     if (rc.written_for(vh, h)) {

@@ -169,6 +169,7 @@ TierView TierView::of(StateHeader *h, uint32_t tier) {
   v.stride = h->entry_stride;
   v.slots = ti.slots;
   v.capacity = ti.capacity;
+  v.capacity_div = FastDiv(ti.capacity);
   v.max_key_bytes = h->max_key_bytes;
   return v;
 }

@@ -44,7 +44,7 @@ void count(StateHeader &h, uint32_t tier, const Outcome &o, uint32_t cost) {
   constexpr auto rlx = std::memory_order_relaxed;
   if (o.allowed) {
     s.admitted.fetch_add(1, rlx);
-    s.cost_units.fetch_add(cost, rlx);
+    if (cost > 1) s.extra_units.fetch_add(cost - 1, rlx);
   } else if (o.reason == Reason::window_full) {
     s.denied_window.fetch_add(1, rlx);
   } else if (o.reason == Reason::cost_above_limit) {
@@ -237,7 +237,7 @@ TierCounters sum_counters(const StateHeader &h, uint32_t tier) {
     c.denied_window += s.denied_window.load(rlx);
     c.denied_cost += s.denied_cost.load(rlx);
     c.denied_closed += s.denied_closed.load(rlx);
-    c.cost_units += s.cost_units.load(rlx);
+    c.cost_units += s.admitted.load(rlx) + s.extra_units.load(rlx);
   }
   return c;
 }

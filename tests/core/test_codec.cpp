@@ -1,6 +1,9 @@
 // Layout, ring-value encoding and the stable hash.
 #include <gtest/gtest.h>
 
+#include <random>
+#include <vector>
+
 #include "sluice/core/hash.hpp"
 #include "sluice/core/layout.hpp"
 
@@ -51,14 +54,55 @@ TEST(Ring, PoisonHidesAWrittenValue) {
 TEST(Ring, CursorAgreesWithDivisionForEveryNearbyPosition) {
   for (uint32_t cap : {1u, 2u, 3u, 7u, 16u, 120u}) {
     for (uint64_t h : {uint64_t(2 * cap), uint64_t(2 * cap + 1), uint64_t(1000003), uint64_t(cap) * 977 + cap - 1}) {
-      const RingCursor rc(h, cap);
-      for (uint64_t p = h - cap; p <= h + cap; ++p) {
-        ASSERT_EQ(rc.idx(p), p % cap) << cap << " " << h << " " << p;
-        ASSERT_EQ(rc.lap_bit(p), ring_lap_bit(p, cap)) << cap << " " << h << " " << p;
-        ASSERT_EQ(rc.make(p, 5, 2), ring_make(p, cap, 5, 2));
+      const RingCursor by_div(h, cap), by_mul(h, FastDiv(cap));
+      ASSERT_EQ(by_mul.base_idx, by_div.base_idx) << cap << " " << h;
+      ASSERT_EQ(by_mul.base_lap, by_div.base_lap) << cap << " " << h;
+      for (const RingCursor &rc : {by_div, by_mul}) {
+        for (uint64_t p = h - cap; p <= h + cap; ++p) {
+          ASSERT_EQ(rc.idx(p), p % cap) << cap << " " << h << " " << p;
+          ASSERT_EQ(rc.lap_bit(p), ring_lap_bit(p, cap)) << cap << " " << h << " " << p;
+          ASSERT_EQ(rc.make(p, 5, 2), ring_make(p, cap, 5, 2));
+        }
       }
     }
   }
+}
+
+// The hot path divides positions by the capacity with a multiply (fast_div.hpp):
+// it must agree with '/' and '%' for every divisor a tier can have and any position,
+// including the edges of each quotient and the top of the 64-bit range.
+TEST(FastDivision, AgreesWithDivisionEverywhere) {
+  std::mt19937_64 rng(20261202);
+  uint64_t checked = 0;
+  auto check = [&](uint32_t d, uint64_t n) {
+    const FastDiv f(d);
+    const uint64_t q = f.quot(n);
+    ASSERT_EQ(q, n / d) << "d=" << d << " n=" << n;
+    ASSERT_EQ(f.rem(n, q), n % d) << "d=" << d << " n=" << n;
+    ++checked;
+  };
+  std::vector<uint32_t> divisors;
+  for (uint32_t d = 1; d <= 5000; ++d) divisors.push_back(d);
+  for (uint32_t k = 13; k <= 31; ++k) {  // around every power of two above that, up to 2^31 + 1
+    for (int64_t off = -3; off <= 3; ++off) divisors.push_back(uint32_t(int64_t(1u << k) + off));
+  }
+  divisors.push_back(kMaxCapacity);
+  divisors.push_back(~0u);
+  for (int i = 0; i < 2000; ++i) divisors.push_back(uint32_t(rng() % kMaxCapacity) + 1);
+  for (uint32_t d : divisors) {
+    const uint64_t top = ~uint64_t(0) / d * d;
+    for (uint64_t n : {uint64_t(0), uint64_t(1), uint64_t(d) - 1, uint64_t(d), uint64_t(d) + 1, 2 * uint64_t(d) - 1,
+                       top, top - 1, ~uint64_t(0), uint64_t(1) << 63, (uint64_t(1) << 63) - 1})
+      check(d, n);
+    for (int i = 0; i < 30; ++i) {
+      const uint64_t k = rng() >> (rng() % 64);
+      check(d, rng());
+      check(d, k);
+      check(d, k * d);
+      check(d, k * d - 1);
+    }
+  }
+  EXPECT_GT(checked, 100000u);
 }
 
 TEST(Layout, FormatWordFoldsVersionAndShape) {

@@ -21,6 +21,7 @@ struct TierView {
   uint32_t slots = 0;
   uint32_t capacity = 0;
   uint32_t max_key_bytes = 0;
+  FastDiv capacity_div;  // positions / capacity on the hot path (no DIV)
 
   static TierView of(StateHeader *h, uint32_t tier);
   EntryHeader *entry(uint32_t slot) const { return reinterpret_cast<EntryHeader *>(entries + size_t(slot) * stride); }

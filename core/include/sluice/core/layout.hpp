@@ -8,11 +8,12 @@
 #include <initializer_list>
 
 #include "sluice/core/atomic.hpp"
+#include "sluice/core/fast_div.hpp"
 
 namespace sluice::core {
 
 constexpr uint32_t kLayoutMajor = 1;
-constexpr uint32_t kLayoutMinor = 1;  // 1: the TSC clock parameters in the policy segment
+constexpr uint32_t kLayoutMinor = 2;  // 1: the TSC clock parameters in the policy segment; 2: extra_units
 constexpr uint64_t kStateMagic = 0x534C554943455354ULL;   // "SLUICEST"
 constexpr uint64_t kPolicyMagic = 0x534C55494345504FULL;  // "SLUICEPO"
 
@@ -93,6 +94,7 @@ struct RingCursor {
   uint32_t cap;
   uint64_t base, base_idx, base_lap;
   RingCursor(uint64_t h, uint32_t c) : cap(c), base(h), base_idx(h % c), base_lap(h / c) {}
+  RingCursor(uint64_t h, const FastDiv &c) : cap(c.divisor()), base(h), base_lap(c.quot(h)) { base_idx = c.rem(h, base_lap); }
   int64_t raw(uint64_t pos) const { return int64_t(base_idx) + int64_t(pos - base); }  // |pos - base| <= cap
   uint64_t idx(uint64_t pos) const {
     const int64_t i = raw(pos);
@@ -125,7 +127,8 @@ struct alignas(64) CounterStripe {
   AtomicU64 denied_window;
   AtomicU64 denied_cost;
   AtomicU64 denied_closed;
-  AtomicU64 cost_units;     // units admitted (revenue = units x revenue per request)
+  AtomicU64 extra_units;    // units admitted beyond one per call (cost - 1): units = admitted + extra_units,
+                            // so a cost-1 admission costs one locked add, not two
   uint64_t reserved[3];
 };
 static_assert(sizeof(CounterStripe) == 64);
