@@ -157,9 +157,11 @@ TEST(Crash, SigkillInTheAcquireLoopLeavesTheKeyUsableAndExact) {
 
 TEST(Contention, NoDenialWhileTheWindowHasRoomEvenAtLimitEqualToCapacity) {
   // limit == capacity: the unit a claim pushes out lives in the very slot being
-  // claimed. With a 2 us window and 64 units allowed, threads that each take
-  // ~100 ns can never fill it: any denial here is a misread of a claim in flight.
-  auto t = test::tier("t", 64, 1, 64);
+  // claimed. With a 2 us window (up to 3 us, stamps being whole microseconds
+  // rounded up) and 1024 units allowed, no thread can fill it (that takes a call
+  // every 3 ns): any denial here is a misread of a claim in flight. (64 units
+  // allowed, as before, are 47 ns a call, which one thread running alone reaches.)
+  auto t = test::tier("t", 1024, 1, 1024);
   t.window_ns = 2'000;
   test::SegmentGuard seg("cap", test::spec_with({t}, 16));
   test::SharedRecorder rec(16);
