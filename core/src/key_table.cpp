@@ -160,17 +160,17 @@ bool live_at_home(const TierView &t, const KeyProbe &k, EntryRef &out) {
 
 uint64_t KeyProbe::word(uint32_t i) const { return i < full_words() ? full_word(*this, i) : tail; }
 
-TierView TierView::of(StateHeader *h, uint32_t tier) {
-  const TierInfo &ti = h->tiers[tier];
-  auto *base = reinterpret_cast<uint8_t *>(h);
+TierView TierView::of(void *state_base, const Geometry &g, uint32_t tier) {
+  const TierInfo &ti = g.tiers[tier];
+  auto *base = static_cast<uint8_t *>(state_base);
   TierView v;
   v.entries = base + ti.entries_offset;
   v.rings = reinterpret_cast<AtomicU64 *>(base + ti.rings_offset);
-  v.stride = h->entry_stride;
+  v.stride = g.entry_stride;
   v.slots = ti.slots;
   v.capacity = ti.capacity;
   v.capacity_div = FastDiv(ti.capacity);
-  v.max_key_bytes = h->max_key_bytes;
+  v.max_key_bytes = g.max_key_bytes;
   return v;
 }
 

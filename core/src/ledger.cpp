@@ -112,21 +112,15 @@ Status Ledger::map_pair(const std::string &name, int wait_ms, std::string &detai
     detail = "state and policy segments come from different boots";
     return Status::corrupt_header;
   }
-  // Read again after validate_state: the state is client-writable, and a ring of
-  // no slots would divide by zero on every call.
-  tier_count_ = state_hdr_->tier_count;
-  if (tier_count_ == 0 || tier_count_ > kMaxTiers) {
-    detail = "state segment tier count changed after it was validated";
-    return Status::corrupt_header;
-  }
+  // One private copy of the layout, checked as it is copied: the state is
+  // client-writable, so what validate_state saw may have changed since.
+  Geometry g;
+  if (Status s = read_geometry(state_map_, g, detail); s != Status::ok) return s;
+  tier_count_ = g.tier_count;
   clock_ = TscClock(&policy_hdr_->clock);
   for (uint32_t i = 0; i < tier_count_; ++i) {
-    views_[i] = TierView::of(state_hdr_, i);
-    std::memcpy(names_[i], state_hdr_->tiers[i].name, kTierNameBytes - 1);
-    if (views_[i].capacity == 0 || views_[i].slots == 0) {
-      detail = "state segment tier " + std::to_string(i) + " changed after it was validated";
-      return Status::corrupt_header;
-    }
+    views_[i] = TierView::of(state_map_.base(), g, i);
+    std::memcpy(names_[i], g.tiers[i].name, kTierNameBytes - 1);
   }
   return Status::ok;
 }

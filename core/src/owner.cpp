@@ -118,10 +118,15 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
       }
       return create_or_attach(name, spec, false, out, created, detail, on_attach);
     }
-    if (!state_matches(*o->state_, spec, detail)) {
+    Geometry g;
+    if ((s = read_geometry(o->state_map_, g, detail)) != Status::ok) return s;
+    if (!state_matches(g, spec, detail)) {
       detail = "existing segment does not match the policy: " + detail + " (use --reset to recreate it)";
       return Status::version_mismatch;
     }
+    // What this version would create for the spec, which the header was just shown
+    // to describe: never read from the client-writable header again.
+    o->take_geometry(plan_geometry(spec));
     for (uint32_t t = 0; t < o->tier_count(); ++t) thaw_interrupted_reclaims(o->tier_view(t));
     created = false;
   } else if (s == Status::no_segment) {
@@ -139,6 +144,7 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
     format_state(o->state_map_, spec, boot);
     o->state_ = static_cast<StateHeader *>(o->state_map_.base());
     o->policy_ = static_cast<PolicyHeader *>(o->policy_map_.base());
+    o->take_geometry(plan_geometry(spec));
     created = true;
   } else {
     return s;
@@ -165,6 +171,11 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   return Status::ok;
 }
 
+void Owner::take_geometry(const Geometry &g) {
+  geo_ = g;
+  for (uint32_t i = 0; i < geo_.tier_count; ++i) views_[i] = TierView::of(state_map_.base(), geo_, i);
+}
+
 bool Owner::still_named() const {
   return state_map_.still_named(state_segment_name(name_)) && policy_map_.still_named(policy_segment_name(name_));
 }
@@ -172,8 +183,8 @@ bool Owner::still_named() const {
 void Owner::publish(std::span<const TierLimits> rows) {
   // The daemon never publishes a limit above a tier's ring capacity.
   std::vector<TierLimits> clamped(rows.begin(), rows.end());
-  for (size_t i = 0; i < clamped.size() && i < state_->tier_count; ++i)
-    clamped[i].limit = std::min(clamped[i].limit, state_->tiers[i].capacity);
+  for (size_t i = 0; i < clamped.size() && i < geo_.tier_count; ++i)
+    clamped[i].limit = std::min(clamped[i].limit, geo_.tiers[i].capacity);
   publish_tiers(*policy_, clamped, mono_ns());
 }
 
@@ -188,7 +199,7 @@ GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {
   const int64_t now = mono_ns();
   const int64_t boot_now = boottime_ns();
   for (uint32_t t = 0; t < tier_count(); ++t) {
-    const TierView v = tier_view(t);
+    const TierView &v = tier_view(t);
     // Never reclaim a key whose admissions could still be inside its window.
     TierLimits lim;
     read_tier(*policy_, t, lim);

@@ -45,16 +45,27 @@ bool valid_segment_name(const std::string &name) {
 static uint64_t align64(uint64_t v) { return (v + 63) & ~uint64_t(63); }
 static uint32_t table_slots(uint32_t max_keys) { return std::max<uint32_t>(16, max_keys + max_keys / 4); }
 
-uint64_t state_segment_bytes(const LayoutSpec &spec) {
+Geometry plan_geometry(const LayoutSpec &spec) {
+  Geometry g;
+  g.tier_count = uint32_t(std::min<size_t>(spec.tiers.size(), kMaxTiers));
+  g.max_key_bytes = spec.max_key_bytes;
+  g.entry_stride = entry_stride_for(spec.max_key_bytes);
   uint64_t off = sizeof(StateHeader);
-  const uint32_t stride = entry_stride_for(spec.max_key_bytes);
-  for (const auto &t : spec.tiers) {
-    const uint64_t slots = table_slots(spec.max_keys);
-    off = align64(off + slots * stride);
-    off = align64(off + slots * uint64_t(t.capacity) * 8);
+  for (uint32_t i = 0; i < g.tier_count; ++i) {
+    TierInfo &t = g.tiers[i];
+    std::memcpy(t.name, spec.tiers[i].name.data(), std::min<size_t>(spec.tiers[i].name.size(), kTierNameBytes - 1));
+    t.capacity = spec.tiers[i].capacity;
+    t.slots = table_slots(spec.max_keys);
+    t.entries_offset = off;
+    off = align64(off + uint64_t(t.slots) * g.entry_stride);
+    t.rings_offset = off;
+    off = align64(off + uint64_t(t.slots) * t.capacity * 8);
   }
-  return off;
+  g.segment_bytes = off;
+  return g;
 }
+
+uint64_t state_segment_bytes(const LayoutSpec &spec) { return plan_geometry(spec).segment_bytes; }
 
 bool read_boot_id(uint8_t out[16]) {
   std::memset(out, 0, 16);
@@ -318,27 +329,55 @@ Status validate_state(const Mapping &m, int wait_ms, std::string &detail) {
              std::to_string(h->segment_bytes);
     return Status::corrupt_header;
   }
-  if (h->tier_count == 0 || h->tier_count > kMaxTiers || h->max_key_bytes == 0 ||
-      h->max_key_bytes > kMaxKeyBytes || h->entry_stride != entry_stride_for(h->max_key_bytes) ||
-      h->probe_window != kProbeWindow) {
+  if (h->probe_window != kProbeWindow) {
     detail = "state segment header has out-of-range sizes";
     return Status::corrupt_header;
   }
-  for (uint32_t i = 0; i < h->tier_count; ++i) {
-    const TierInfo &t = h->tiers[i];
-    const uint64_t entries_end = t.entries_offset + uint64_t(t.slots) * h->entry_stride;
-    const uint64_t rings_end = t.rings_offset + uint64_t(t.slots) * t.capacity * 8;
-    if (t.capacity == 0 || t.capacity > kMaxCapacity || t.slots == 0 || t.entries_offset < sizeof(StateHeader) ||
-        t.entries_offset % 64 || t.rings_offset % 64 || entries_end > t.rings_offset ||
-        rings_end > h->segment_bytes || std::memchr(t.name, 0, kTierNameBytes) == nullptr || t.name[0] == 0) {
-      detail = "state segment tier " + std::to_string(i) + " has an invalid descriptor";
-      return Status::corrupt_header;
-    }
-  }
+  Geometry g;
+  if (Status st = read_geometry(m, g, detail); st != Status::ok) return st;
   uint8_t boot[16];
   if (read_boot_id(boot) && std::memcmp(boot, h->boot_id, 16) != 0) {
     detail = "state segment was created in another boot";
     return Status::corrupt_header;
+  }
+  return Status::ok;
+}
+
+Status read_geometry(const Mapping &m, Geometry &g, std::string &detail) {
+  if (m.size() < sizeof(StateHeader)) {
+    detail = "state segment is smaller than its header";
+    return Status::corrupt_header;
+  }
+  const auto *h = static_cast<const StateHeader *>(m.base());
+  g = Geometry{};
+  g.segment_bytes = m.size();  // the mapping's own size, not the header's word
+  g.tier_count = h->tier_count;
+  g.max_key_bytes = h->max_key_bytes;
+  g.entry_stride = h->entry_stride;
+  if (g.tier_count == 0 || g.tier_count > kMaxTiers || g.max_key_bytes == 0 || g.max_key_bytes > kMaxKeyBytes ||
+      g.entry_stride != entry_stride_for(g.max_key_bytes)) {
+    detail = "state segment header has out-of-range sizes";
+    return Status::corrupt_header;
+  }
+  std::memcpy(g.tiers, h->tiers, sizeof(TierInfo) * g.tier_count);
+  const uint64_t size = g.segment_bytes;
+  uint64_t end = sizeof(StateHeader);  // where the previous table ended
+  for (uint32_t i = 0; i < g.tier_count; ++i) {
+    TierInfo &t = g.tiers[i];
+    // Each bound is checked by subtraction from the size, so no sum can wrap
+    // (slots x stride < 2^43 and slots x capacity x 8 < 2^55).
+    const uint64_t entries_bytes = uint64_t(t.slots) * g.entry_stride;
+    const uint64_t rings_bytes = uint64_t(t.slots) * t.capacity * 8;
+    const bool ok = t.capacity != 0 && t.capacity <= kMaxCapacity && t.slots != 0 && t.entries_offset % 64 == 0 &&
+                    t.rings_offset % 64 == 0 && t.entries_offset >= end && t.entries_offset <= size &&
+                    entries_bytes <= size - t.entries_offset && t.rings_offset >= t.entries_offset + entries_bytes &&
+                    t.rings_offset <= size && rings_bytes <= size - t.rings_offset &&
+                    std::memchr(t.name, 0, kTierNameBytes) != nullptr && t.name[0] != 0;
+    if (!ok) {
+      detail = "state segment tier " + std::to_string(i) + " has an invalid descriptor";
+      return Status::corrupt_header;
+    }
+    end = t.rings_offset + rings_bytes;
   }
   return Status::ok;
 }
@@ -362,32 +401,18 @@ Status validate_policy(const Mapping &m, int wait_ms, std::string &detail) {
 }
 
 // ---- formatting ---------------------------------------------------------------
-static void copy_name(char (&dst)[kTierNameBytes], const std::string &src) {
-  std::memset(dst, 0, kTierNameBytes);
-  std::memcpy(dst, src.data(), std::min<size_t>(src.size(), kTierNameBytes - 1));
-}
-
 void format_state(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]) {
   auto *h = static_cast<StateHeader *>(m.base());
   h->magic = kStateMagic;
   h->segment_bytes = m.size();
   std::memcpy(h->boot_id, boot_id, 16);
-  h->tier_count = uint32_t(spec.tiers.size());
-  h->max_key_bytes = spec.max_key_bytes;
-  h->entry_stride = entry_stride_for(spec.max_key_bytes);
+  const Geometry g = plan_geometry(spec);
+  h->tier_count = g.tier_count;
+  h->max_key_bytes = g.max_key_bytes;
+  h->entry_stride = g.entry_stride;
   h->probe_window = kProbeWindow;
   h->created_ns = mono_ns();
-  uint64_t off = sizeof(StateHeader);
-  for (size_t i = 0; i < spec.tiers.size(); ++i) {
-    TierInfo &t = h->tiers[i];
-    copy_name(t.name, spec.tiers[i].name);
-    t.capacity = spec.tiers[i].capacity;
-    t.slots = table_slots(spec.max_keys);
-    t.entries_offset = off;
-    off = align64(off + uint64_t(t.slots) * h->entry_stride);
-    t.rings_offset = off;
-    off = align64(off + uint64_t(t.slots) * t.capacity * 8);
-  }
+  std::memcpy(h->tiers, g.tiers, sizeof(TierInfo) * g.tier_count);
   h->format.store(kStateFormat, std::memory_order_release);  // ready: last
 }
 
@@ -412,7 +437,7 @@ void format_policy(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]
   h->format.store(kPolicyFormat, std::memory_order_release);
 }
 
-bool state_matches(const StateHeader &h, const LayoutSpec &spec, std::string &why) {
+bool state_matches(const Geometry &h, const LayoutSpec &spec, std::string &why) {
   if (h.tier_count != spec.tiers.size()) {
     why = "segment has " + std::to_string(h.tier_count) + " tiers, policy has " + std::to_string(spec.tiers.size());
     return false;
@@ -422,13 +447,22 @@ bool state_matches(const StateHeader &h, const LayoutSpec &spec, std::string &wh
           std::to_string(spec.max_key_bytes);
     return false;
   }
+  const Geometry want = plan_geometry(spec);
   for (size_t i = 0; i < spec.tiers.size(); ++i) {
     const TierInfo &t = h.tiers[i];
-    if (spec.tiers[i].name != t.name || t.capacity != spec.tiers[i].capacity ||
-        t.slots != table_slots(spec.max_keys)) {
+    if (spec.tiers[i].name != t.name || t.capacity != want.tiers[i].capacity || t.slots != want.tiers[i].slots) {
       why = "tier " + std::to_string(i) + " (" + t.name + ") differs in name, max_limit or max_keys";
       return false;
     }
+    if (t.entries_offset != want.tiers[i].entries_offset || t.rings_offset != want.tiers[i].rings_offset) {
+      why = "tier " + std::to_string(i) + " (" + t.name + ") is not where this version places it";
+      return false;
+    }
+  }
+  if (h.segment_bytes != want.segment_bytes) {
+    why = "segment is " + std::to_string(h.segment_bytes) + " bytes, the policy's layout takes " +
+          std::to_string(want.segment_bytes);
+    return false;
   }
   return true;
 }

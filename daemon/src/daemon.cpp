@@ -277,7 +277,7 @@ bool Daemon::serve_metrics(std::string &error) {
       [this] {
         LoopState loop = shared_loop_.get();
         if (advisor_) loop.advisor = advisor_->stats();
-        return render_metrics(status_of(owner_->state(), owner_->policy(), opt_.segment), loop);
+        return render_metrics(status_of(owner_->state(), owner_->policy(), owner_->geometry(), opt_.segment), loop);
       },
       error);
   if (!metrics_) return false;

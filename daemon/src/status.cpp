@@ -10,7 +10,8 @@
 
 namespace sluice::daemon {
 
-Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const std::string &segment) {
+Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const core::Geometry &g,
+                 const std::string &segment) {
   using namespace core;
   Status out;
   out.segment = segment;
@@ -26,19 +27,19 @@ Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const 
   out.clock_tsc = clock.uses_tsc();
   out.clock_offset_ns = out.clock_tsc ? offset_from_monotonic(clock) : 0;
   out.shm_huge = shm_huge_mode();
-  for (uint32_t i = 0; i < h.tier_count; ++i) {
+  for (uint32_t i = 0; i < g.tier_count; ++i) {
     TierStatus t;
     TierLimits lim;
     read_tier(p, i, lim);
     out.policy_generation = lim.generation & ~kGenerationRetired;
     out.retired = core::retired(lim.generation);
-    t.name = h.tiers[i].name;
+    t.name = g.tiers[i].name;
     t.limit = lim.limit;
-    t.capacity = h.tiers[i].capacity;
+    t.capacity = g.tiers[i].capacity;
     t.window_ns = lim.window_ns;
     t.revenue_per_request = double(lim.revenue_micros) / 1e6;
     t.adaptive = lim.flags & kTierAdaptive;
-    const TierView v = TierView::of(const_cast<StateHeader *>(&h), i);  // only read here
+    const TierView v = TierView::of(const_cast<StateHeader *>(&h), g, i);  // only read here
     t.keys = count_live(v);
     t.key_slots = v.slots;
     t.counters = sum_counters(h, i);
@@ -62,8 +63,13 @@ bool read_status(const std::string &segment, Status &out, std::string &error) {
     error = std::string(status_message(st)) + " (" + error + ")";
     return false;
   }
+  Geometry g;  // a copy: the state may change under us
+  if (st = read_geometry(state, g, error); st != core::Status::ok) {
+    error = std::string(status_message(st)) + " (" + error + ")";
+    return false;
+  }
   out = status_of(*static_cast<const StateHeader *>(state.base()), *static_cast<const PolicyHeader *>(policy.base()),
-                  segment);
+                  g, segment);
   return true;
 }
 

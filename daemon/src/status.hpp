@@ -35,7 +35,9 @@ struct Status {
 };
 
 // Reads a mapped pair (the daemon's own, or read_status's read-only one).
-Status status_of(const core::StateHeader &state, const core::PolicyHeader &policy, const std::string &segment);
+// `geometry`: the layout as validated and copied once (read_geometry, or the owner's).
+Status status_of(const core::StateHeader &state, const core::PolicyHeader &policy, const core::Geometry &geometry,
+                 const std::string &segment);
 // Returns false with `error` if the segment cannot be opened or validated.
 bool read_status(const std::string &segment, Status &out, std::string &error);
 std::string render_status_text(const Status &s);

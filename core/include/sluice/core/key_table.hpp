@@ -11,6 +11,7 @@
 
 #include "sluice/core/hash.hpp"
 #include "sluice/core/layout.hpp"
+#include "sluice/core/segment.hpp"
 
 namespace sluice::core {
 
@@ -23,7 +24,8 @@ struct TierView {
   uint32_t max_key_bytes = 0;
   FastDiv capacity_div;  // positions / capacity on the hot path (no DIV)
 
-  static TierView of(StateHeader *h, uint32_t tier);
+  // From a private copy of the layout (read_geometry), never the live header.
+  static TierView of(void *state_base, const Geometry &g, uint32_t tier);
   EntryHeader *entry(uint32_t slot) const { return reinterpret_cast<EntryHeader *>(entries + size_t(slot) * stride); }
   AtomicU64 *ring(uint32_t slot) const { return rings + size_t(slot) * capacity; }
 };

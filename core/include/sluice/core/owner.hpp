@@ -48,8 +48,11 @@ class Owner {
 
   StateHeader &state() const { return *state_; }
   PolicyHeader &policy() const { return *policy_; }
-  uint32_t tier_count() const { return state_->tier_count; }
-  TierView tier_view(uint32_t i) const { return TierView::of(state_, i); }
+  // The layout as this owner created or validated it (a private copy: clients can
+  // write the state's header, and the daemon must not follow them outside the map).
+  const Geometry &geometry() const { return geo_; }
+  uint32_t tier_count() const { return geo_.tier_count; }
+  const TierView &tier_view(uint32_t i) const { return views_[i]; }
 
   // Are both objects still under their names in /dev/shm? Someone may unlink them
   // under a running daemon (rm, or systemd-logind's RemoveIPC when a user logs out).
@@ -71,10 +74,13 @@ class Owner {
 
  private:
   Owner() = default;
+  void take_geometry(const Geometry &g);
   std::string name_;
   Mapping state_map_, policy_map_;
   StateHeader *state_ = nullptr;
   PolicyHeader *policy_ = nullptr;
+  Geometry geo_;
+  TierView views_[kMaxTiers];
   uint32_t cursor_[kMaxTiers] = {};
   std::vector<TierLimits> rows_before_attach_;
   // CLAIMED words first seen at (boottime ns): an owner that is gone is freed.

@@ -99,7 +99,25 @@ void format_policy(Mapping &m, const LayoutSpec &spec, const uint8_t boot_id[16]
 Status check_adoptable(const std::string &shm_name, const Mapping::FileOwner &o, uint32_t uid, uint32_t forbidden,
                        std::string &detail);
 
-// Does an existing state segment have exactly these tiers and sizes? (re-attach)
-bool state_matches(const StateHeader &h, const LayoutSpec &spec, std::string &why);
+// A private copy of the layout a state header describes. The state segment is
+// writable by every client, so nothing that sizes or places a table (tier count,
+// offsets, slots, capacity) is ever read from it after this copy is taken: a
+// process that re-read it could be steered outside the mapping.
+struct Geometry {
+  uint64_t segment_bytes = 0;
+  uint32_t tier_count = 0;
+  uint32_t max_key_bytes = 0;
+  uint32_t entry_stride = 0;
+  TierInfo tiers[kMaxTiers] = {};
+};
+// Copies the layout out of a mapped state and checks the copy: every tier's tables
+// inside the mapping, after the header, in order, without overlap (in arithmetic
+// that cannot wrap). validate_state runs the same check.
+Status read_geometry(const Mapping &m, Geometry &out, std::string &detail);
+// The layout create gives a spec (format_state writes it).
+Geometry plan_geometry(const LayoutSpec &spec);
+
+// Does an existing state segment have exactly the layout this spec makes? (re-attach)
+bool state_matches(const Geometry &g, const LayoutSpec &spec, std::string &why);
 
 }  // namespace sluice::core
