@@ -2,6 +2,7 @@
 
 #include <sched.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -193,7 +194,24 @@ Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out) {
   return Lookup::busy;
 }
 
-Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, EntryRef &out) {
+// The pid a claim carries: ours, if the daemon that frees dead claims sees the same
+// pid namespace; else 0, which it never frees (a pid it resolves in its own
+// namespace would name another process, dead or alive, and freeing a live
+// inserter's claim lets it overwrite the next key's entry).
+uint32_t claim_tag(const StateHeader &h) {
+  struct Cached {
+    pid_t pid = 0;
+    PidNamespace ns;
+  };
+  thread_local Cached c;
+  const pid_t pid = getpid();  // a real syscall (glibc stopped caching it): only new keys pay it
+  if (c.pid != pid) c = Cached{pid, PidNamespace::mine()};  // a fork (or unshare's child) looks again
+  const bool shared = c.ns.ino != 0 && h.pid_ns_ino.load(rlx) == c.ns.ino && h.pid_ns_dev.load(rlx) == c.ns.dev;
+  return shared ? uint32_t(pid) : 0;
+}
+
+Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, StateHeader &h, EntryRef &out) {
+  AtomicU64 &seq = h.insert_seq;
   if (live_at_home(t, k, out)) return Lookup::found;
   for (int attempt = 0; attempt < 1000; ++attempt) {
     Scan sc;
@@ -208,8 +226,7 @@ Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, 
     EntryHeader *e = t.entry(sc.free_slot);
     const uint32_t gen = ctrl_gen(sc.free_word) + 1;
     uint64_t expect = sc.free_word;
-    // getpid() is a real syscall (glibc stopped caching it): only new keys pay it.
-    const uint64_t claimed = ctrl_make(EntryState::claimed, gen, uint32_t(getpid()));
+    const uint64_t claimed = ctrl_make(EntryState::claimed, gen, claim_tag(h));
     if (!e->ctrl.compare_exchange_strong(expect, claimed, std::memory_order_acq_rel)) continue;
 
     // Private until published: fill the key and give it a fresh ring. The head
@@ -299,15 +316,15 @@ int64_t boottime_ns() {
 
 // pid plus start time: a pid that exists but started after `since` is a reuse.
 bool process_alive_since(int pid, int64_t since_boot_ns) {
-  if (pid <= 0) return false;
-  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+  if (pid <= 0) return true;  // an inserter from another pid namespace: cannot tell, never freed
+  if (kill(pid, 0) != 0 && errno == ESRCH) return false;  // 0 or EPERM: the pid exists
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
   FILE *f = std::fopen(path, "r");
-  // Only a process proven gone is dead: /proc hidden (hidepid) or another pid
-  // namespace means "cannot tell", and freeing a live inserter's claim would let
-  // it overwrite the next key's entry.
-  if (!f) return errno != ENOENT;
+  // Only a process proven gone is dead: kill says this pid exists, so a /proc that
+  // hides it (hidepid gives ENOENT) means "cannot tell", and freeing a live
+  // inserter's claim would let it overwrite the next key's entry.
+  if (!f) return true;
   char buf[1024];
   size_t n = std::fread(buf, 1, sizeof buf - 1, f);
   std::fclose(f);
@@ -327,6 +344,12 @@ bool process_alive_since(int pid, int64_t since_boot_ns) {
   }
   const int64_t start_ns = int64_t(start) * (1'000'000'000 / sysconf(_SC_CLK_TCK));
   return start_ns <= since_boot_ns;
+}
+
+PidNamespace PidNamespace::mine() {
+  struct stat st{};
+  if (::stat("/proc/self/ns/pid", &st) != 0) return {};
+  return {uint64_t(st.st_dev), uint64_t(st.st_ino)};
 }
 
 bool free_dead_claim(const TierView &t, uint32_t slot, uint64_t claimed_word, int64_t seen_since_boot_ns) {

@@ -187,7 +187,7 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     out.policy_generation = lim.generation;
 
     EntryRef ref;
-    const Lookup found = record ? find_or_insert_key(tv, probe, state_hdr_->insert_seq, ref) : find_key(tv, probe, ref);
+    const Lookup found = record ? find_or_insert_key(tv, probe, *state_hdr_, ref) : find_key(tv, probe, ref);
     Outcome o;
     if (found == Lookup::full) {
       detail = "tier '" + std::string(tier_name) + "' key table is full";

@@ -163,6 +163,11 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
       return Status::internal;
     }
   }
+  // Inserters tag their claims with their pids only once they see this daemon's
+  // namespace (a restarted daemon may run in another: their claims then carry 0).
+  const PidNamespace ns = PidNamespace::mine();
+  o->state_->pid_ns_dev.store(ns.dev, std::memory_order_relaxed);
+  o->state_->pid_ns_ino.store(ns.ino, std::memory_order_relaxed);
   o->publish(rows);
   o->state_->daemon_pid.store(getpid(), std::memory_order_relaxed);
   o->state_->daemon_starts.fetch_add(1, std::memory_order_relaxed);

@@ -21,7 +21,7 @@ struct OneKey : ::testing::Test {
   EntryRef ref;
   int64_t t0 = mono_ns();
   void SetUp() override {
-    ASSERT_EQ(find_or_insert_key(tv, KeyProbe("k", 1), seg.owner->state().insert_seq, ref), Lookup::found);
+    ASSERT_EQ(find_or_insert_key(tv, KeyProbe("k", 1), seg.owner->state(), ref), Lookup::found);
   }
   Outcome at(int64_t offset_ms, uint32_t cost = 1, uint32_t limit = 3, bool record = true) {
     Outcome o;
@@ -174,7 +174,7 @@ TEST(WindowHint, RemainingIsExactWhateverTheHintSays) {
   test::SegmentGuard seg{"hint", test::spec_with({test::tier("t", 256, 1000, 256)})};
   const TierView tv = seg.owner->tier_view(0);
   EntryRef ref;
-  ASSERT_EQ(find_or_insert_key(tv, KeyProbe("k", 1), seg.owner->state().insert_seq, ref), Lookup::found);
+  ASSERT_EQ(find_or_insert_key(tv, KeyProbe("k", 1), seg.owner->state(), ref), Lookup::found);
   EntryHeader *e = tv.entry(ref.slot);
   std::mt19937 rng(5);
   ReferenceLog log;

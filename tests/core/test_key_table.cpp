@@ -31,8 +31,8 @@ TEST(KeyTable, FindsWhatWasInsertedAndNothingElse) {
   test::SegmentGuard seg("kt", test::spec_with({test::tier("t", 3, 1000, 4)}, 64));
   const TierView tv = seg.owner->tier_view(0);
   EntryRef a, b, again;
-  ASSERT_EQ(find_or_insert_key(tv, KeyProbe("alpha", 5), seg.owner->state().insert_seq, a), Lookup::found);
-  ASSERT_EQ(find_or_insert_key(tv, KeyProbe("beta", 4), seg.owner->state().insert_seq, b), Lookup::found);
+  ASSERT_EQ(find_or_insert_key(tv, KeyProbe("alpha", 5), seg.owner->state(), a), Lookup::found);
+  ASSERT_EQ(find_or_insert_key(tv, KeyProbe("beta", 4), seg.owner->state(), b), Lookup::found);
   EXPECT_NE(a.slot, b.slot);
   ASSERT_EQ(find_key(tv, KeyProbe("alpha", 5), again), Lookup::found);
   EXPECT_EQ(again.slot, a.slot);

@@ -66,6 +66,48 @@ TEST(FaultPoints, ClientKilledAtEveryStepLeavesTheKeyWholeAndExact) {
   EXPECT_GE(gc.dead_claims_freed, 1u);
 }
 
+// A claim whose inserter may be in another pid namespace (a container sharing
+// /dev/shm) must never be freed as dead: its pid means nothing to the daemon, and
+// freeing a live, stalled inserter's claim lets it overwrite the next key's entry.
+// Here the header names another namespace than the client's, as when sluiced runs
+// in another one: the dead client's claim must carry 0 and stay (a slot lost, not
+// a key corrupted), where a claim tagged with its pid is freed (the test above).
+TEST(FaultPoints, AClaimFromOutsideTheDaemonsPidNamespaceIsNeverFreedAsDead) {
+  test::SegmentGuard seg("fault-ns", test::spec_with({test::tier("t", 4, 60000, 4)}, 256));
+  seg.owner->state().pid_ns_ino.store(seg.owner->state().pid_ns_ino.load() + 1);  // not the client's namespace
+  const TierView &tv = seg.owner->tier_view(0);
+  auto claimed_slot = [&]() -> long {
+    for (uint32_t s = 0; s < tv.slots; ++s)
+      if (ctrl_state(tv.entry(s)->ctrl.load()) == EntryState::claimed) return long(s);
+    return -1;
+  };
+  long slot = -1;
+  for (long n = 1; n < 64 && slot < 0; ++n) {  // the first fault point after the claim
+    const pid_t child = fork();
+    if (child == 0) {
+      auto l = seg.open();
+      Decision d;
+      std::string det;
+      arm_fault(n);
+      l->acquire("t", "ns-key", 6, 1, d, det);
+      _exit(0);
+    }
+    int st = 0;
+    waitpid(child, &st, 0);
+    slot = claimed_slot();
+    if (!WIFSIGNALED(st)) break;  // completed without dying in a claim
+  }
+  ASSERT_GE(slot, 0) << "no fault point left a claimed slot";
+  const uint64_t word = tv.entry(uint32_t(slot))->ctrl.load();
+  EXPECT_EQ(ctrl_tag(word), 0u) << "a claim from another namespace carries no pid";
+  seg.owner->collect(1'000'000'000'000LL, 1 << 20);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  const GcStats gc = seg.owner->collect(1'000'000'000'000LL, 1 << 20);
+  EXPECT_EQ(gc.dead_claims_freed, 0u);
+  EXPECT_EQ(tv.entry(uint32_t(slot))->ctrl.load(), word);
+  EXPECT_TRUE(process_alive_since(0, boottime_ns()));
+}
+
 namespace {
 Ledger *g_other = nullptr;
 bool g_in_hook = false;
@@ -147,7 +189,7 @@ void overtake_with_a_stale_writer(long k) {
 TEST(FaultPoints, ACallerOvertakenByALapAndAStaleWriterClaimsNoWrongLap) {
   test::SegmentGuard seg("stale", test::spec_with({test::tier("t", 4, 1, 4)}, 64));
   g_scene.tv = seg.owner->tier_view(0);
-  ASSERT_EQ(find_or_insert_key(g_scene.tv, KeyProbe("k", 1), seg.owner->state().insert_seq, g_scene.ref),
+  ASSERT_EQ(find_or_insert_key(g_scene.tv, KeyProbe("k", 1), seg.owner->state(), g_scene.ref),
             Lookup::found);
   EntryHeader *e = g_scene.tv.entry(g_scene.ref.slot);
   ASSERT_EQ(e->head.load(), 8u);  // a fresh entry starts two laps on

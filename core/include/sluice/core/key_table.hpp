@@ -59,8 +59,9 @@ void prefetch_home(const TierView &t, const KeyProbe &k);
 
 // Finds the LIVE entry for the key. Never inserts.
 Lookup find_key(const TierView &t, const KeyProbe &k, EntryRef &out);
-// Finds or inserts. `seq` is the segment's insertion counter.
-Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, AtomicU64 &seq, EntryRef &out);
+// Finds or inserts. `h` is the segment's header (its insertion counter and the
+// daemon's pid namespace, which decides how a claim is tagged).
+Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, StateHeader &h, EntryRef &out);
 
 // ---- daemon side -------------------------------------------------------------
 // Reclaims a LIVE entry whose newest admission is older than idle_ns: freezes the
@@ -72,7 +73,14 @@ uint32_t thaw_interrupted_reclaims(const TierView &t);
 // `seen_since_boot_ns`, CLOCK_BOOTTIME). Returns the number freed.
 bool free_dead_claim(const TierView &t, uint32_t slot, uint64_t claimed_word, int64_t seen_since_boot_ns);
 int64_t boottime_ns();
+// False only for a process proven gone: no such pid, or one started after `since`.
+// pid 0 (a claim from another pid namespace) and anything unreadable are alive.
 bool process_alive_since(int pid, int64_t since_boot_ns);
+// This process's pid namespace as (st_dev, st_ino); {0, 0} if it cannot be read.
+struct PidNamespace {
+  uint64_t dev = 0, ino = 0;
+  static PidNamespace mine();
+};
 
 // LIVE entries in a tier (a full scan: for status, not the hot path).
 uint64_t count_live(const TierView &t);

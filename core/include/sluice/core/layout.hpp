@@ -13,7 +13,7 @@
 namespace sluice::core {
 
 constexpr uint32_t kLayoutMajor = 1;
-constexpr uint32_t kLayoutMinor = 2;  // 1: the TSC clock parameters in the policy segment; 2: extra_units
+constexpr uint32_t kLayoutMinor = 2;  // 1: the TSC clock parameters in the policy segment; 2: extra_units, pid_ns
 constexpr uint64_t kStateMagic = 0x534C554943455354ULL;   // "SLUICEST"
 constexpr uint64_t kPolicyMagic = 0x534C55494345504FULL;  // "SLUICEPO"
 
@@ -32,7 +32,7 @@ constexpr int64_t kHeartbeatStopped = -1;     // written by a clean shutdown
 enum class EntryState : uint32_t {
   empty = 0,       // never used: a probe may stop here
   free = 1,        // reclaimed, reusable; probes go on past it
-  claimed = 2,     // an inserter is filling it; the tag field holds its pid
+  claimed = 2,     // an inserter is filling it; the tag field holds its pid (0: not in the daemon's pid namespace)
   pending = 3,     // filled, published, not yet proven the only entry for its key
   live = 4,
   reclaiming = 5,  // sluiced froze the ring to check it is idle
@@ -149,7 +149,12 @@ struct alignas(64) StateHeader {
   AtomicU64 daemon_starts;
   AtomicU64 keys_reclaimed;
   AtomicU64 stripe_seq;     // hands counter stripes out round-robin across all client threads
-  uint64_t reserved[31];    // room for later fields without a layout break
+  // The daemon's pid namespace (st_dev, st_ino of /proc/self/ns/pid). An inserter
+  // tags its claim with its pid only if it shares that namespace: the daemon frees
+  // the claims of dead pids, and a pid from another namespace names someone else.
+  AtomicU64 pid_ns_dev;
+  AtomicU64 pid_ns_ino;
+  uint64_t reserved[29];    // room for later fields without a layout break
   TierInfo tiers[kMaxTiers];
   CounterStripe counters[kMaxTiers][kCounterStripes];
 };
