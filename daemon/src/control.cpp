@@ -117,6 +117,8 @@ std::unique_ptr<ControlServer> ControlServer::listen(const std::string &path, st
   // Anyone local may connect and read; governance checks SO_PEERCRED per command.
   ::chmod(path.c_str(), 0666);
   s->path_ = path;
+  struct stat bound {};
+  if (::lstat(path.c_str(), &bound) == 0) s->path_ino_ = bound.st_ino;
   // The server's thread takes no signals: SIGTERM/SIGINT go to the loop thread,
   // whose poll they interrupt.
   sigset_t all, old;
@@ -145,7 +147,10 @@ ControlServer::~ControlServer() {
   if (fd_ >= 0) ::close(fd_);
   if (wake_fd_ >= 0) ::close(wake_fd_);
   if (ready_fd_ >= 0) ::close(ready_fd_);
-  if (!path_.empty()) ::unlink(path_.c_str());
+  // Only our own socket: another sluiced that replaced it (a lock file removed by
+  // hand lets one start) keeps its own.
+  struct stat now {};
+  if (!path_.empty() && ::lstat(path_.c_str(), &now) == 0 && now.st_ino == path_ino_) ::unlink(path_.c_str());
 }
 
 size_t ControlServer::connections() const {

@@ -85,6 +85,7 @@ class ControlServer {
   int wake_fd_ = -1;   // eventfd: replies or stop for the server's thread
   int ready_fd_ = -1;  // eventfd: requests for the loop thread
   std::string path_;
+  ino_t path_ino_ = 0;  // the socket file bound at path_ (unlinked on stop only if still ours)
   mutable std::mutex mu_;
   std::deque<Request> requests_;  // at most one per connection
   std::vector<Reply> replies_;

@@ -23,8 +23,14 @@
 namespace sluice::daemon {
 
 
-int take_segment_lock(const std::string &segment, std::string &error) {
-  const std::string path = "/dev/shm/" + segment + ".lock";
+bool lock_still_named(const std::string &segment, int fd) {
+  struct stat held {}, named {};
+  return ::fstat(fd, &held) == 0 && ::lstat(lock_path(segment).c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+         held.st_ino == named.st_ino;
+}
+
+int take_segment_lock(const std::string &segment, std::string &error, int attempt) {
+  const std::string path = lock_path(segment);
   // /dev/shm is world-writable: the name may be another user's file (which would
   // let them hold our lock) or a symlink (which O_CREAT would follow). Neither is used.
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0660);
@@ -54,6 +60,16 @@ int take_segment_lock(const std::string &segment, std::string &error) {
                                      ") already owns segment '" + segment + "'"
                                : "cannot lock " + path + ": " + std::strerror(err);
     return -1;
+  }
+  // A lock on a file no longer under the name locks nothing: the holder may have
+  // removed it on its way out, or someone did by hand. Take the file named now.
+  if (!lock_still_named(segment, fd)) {
+    ::close(fd);
+    if (attempt == 4) {
+      error = "lock file " + path + " kept being replaced while it was locked";
+      return -1;
+    }
+    return take_segment_lock(segment, error, attempt + 1);
   }
   const std::string me = std::to_string(getpid());
   (void)!ftruncate(fd, 0);
@@ -99,7 +115,9 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
     error = "segment '" + opt.segment + "': " + detail;
     return nullptr;
   }
-  if (!d->open_services(error)) {
+  const bool opened = d->open_services(error);
+  if (opened) d->ready_.store(true, std::memory_order_release);  // /metrics may read the segment now
+  if (!opened) {
     // A failed start leaves no segment behind that it made itself, and puts back
     // the table of one it re-attached.
     if (d->created_) {
@@ -124,6 +142,9 @@ bool Daemon::open_before_attach(std::string &error) {
     return false;
   }
   if (!advisor_config(error)) return false;
+  // Bound now, served once the start is done (until then a scrape gets no samples):
+  // a port in use must fail the start before it publishes anything.
+  if (opt_.metrics_addr && !serve_metrics(error)) return false;
   control_ = ControlServer::listen(control_socket_path(opt_.segment), error);
   return control_ != nullptr;
 }
@@ -205,7 +226,6 @@ bool Daemon::open_services(std::string &error) {
   if (!start_advisor(error)) return false;
   tick_ns_ = opt_.tick_ns ? *opt_.tick_ns : int64_t(policy_.tick_ms) * 1'000'000;
   shared_loop_.set(loop_state());
-  if (opt_.metrics_addr && !serve_metrics(error)) return false;
   spdlog::info("audit store {} ({} pending approvals), control socket {}", db, store_->pending().size(),
                control_socket_path(opt_.segment));
   spdlog::info("{} segment '{}' ({} tiers, {} keys per tier, {} MiB mapped)", created_ ? "created" : "re-attached",
@@ -275,6 +295,7 @@ bool Daemon::serve_metrics(std::string &error) {
   metrics_ = metrics::MetricsServer::start(
       *opt_.metrics_addr,
       [this] {
+        if (!ready_.load(std::memory_order_acquire)) return std::string("# sluiced is starting: no samples yet\n");
         LoopState loop = shared_loop_.get();
         if (advisor_) loop.advisor = advisor_->stats();
         return render_metrics(status_of(owner_->state(), owner_->policy(), owner_->geometry(), opt_.segment), loop);
@@ -319,6 +340,10 @@ int64_t Daemon::do_work(int64_t now_ns) {
   });
   if (now_ns >= next_tick_ns_) {
     next_tick_ns_ = now_ns + tick_ns_;
+    if (!lock_lost_ && !lock_still_named(opt_.segment, lock_fd_) && !retake_lock()) {
+      lock_lost_ = true;
+      return now_ns;
+    }
     if (!segment_lost_ && !owner_->still_named()) {
       segment_lost_ = true;
       core::retire_tiers(owner_->policy());  // now: clients reopen the name at their next call
@@ -345,12 +370,29 @@ int64_t Daemon::do_work(int64_t now_ns) {
   return std::min(next_tick_ns_, now_ns + opt_.heartbeat_ns);
 }
 
+bool Daemon::retake_lock() {
+  // Someone removed the lock file: another sluiced may now start on this segment.
+  // Take the name again; if one already has, it owns the segment and this one stops
+  // (leaving the segment to it, untouched).
+  std::string err;
+  const int fd = take_segment_lock(opt_.segment, err);
+  if (fd < 0) {
+    spdlog::error("lock file {} was removed and cannot be taken again ({}): stopping, the segment is left as it is",
+                  lock_path(opt_.segment), err);
+    return false;
+  }
+  ::close(lock_fd_);
+  lock_fd_ = fd;
+  spdlog::warn("lock file {} was removed (by hand?): made it again", lock_path(opt_.segment));
+  return true;
+}
+
 void Daemon::stop() {
   if (stopped_ || !owner_) return;
   stopped_ = true;
   metrics_.reset();
   control_.reset();  // closes every control connection and removes the socket
-  owner_->mark_stopped();
+  if (!lock_lost_) owner_->mark_stopped();  // else the segment is another sluiced's now
   // Unlinked under us: nothing can find it again, but every client that mapped it
   // keeps its pages allocated until it unmaps. Freed last, when no service reads it.
   if (segment_lost_) owner_->discard_state();

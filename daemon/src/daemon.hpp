@@ -1,6 +1,7 @@
 // sluiced's core loop as an object, so tests can run it in-process step by step
 // (Aeron's EmbeddedMediaDriver pattern). main() only parses flags and signals.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -55,6 +56,8 @@ class Daemon {
   // been retired, so clients reopen the name; sluiced exits with an error, and its
   // next start makes a new pair that every client moves to.
   bool segment_lost() const { return segment_lost_; }
+  // The lock file was removed and another sluiced has taken the name: stop.
+  bool lock_lost() const { return lock_lost_; }
   core::Owner &owner() { return *owner_; }
   const policy::PolicySpec &policy() const { return policy_; }
   const core::GcStats &gc_totals() const { return gc_totals_; }
@@ -95,6 +98,9 @@ class Daemon {
   bool created_ = false;
   bool stopped_ = false;
   bool segment_lost_ = false;
+  bool lock_lost_ = false;
+  std::atomic<bool> ready_{false};  // started in full: /metrics renders the segment
+  bool retake_lock();
   int64_t next_tick_ns_ = 0;
   core::GcStats gc_totals_;
   std::vector<uint64_t> admitted_at_start_;  // per tier (see LoopState)
@@ -104,7 +110,11 @@ class Daemon {
 
 // /dev/shm/<segment>.lock: one daemon per segment (flock, dropped by the kernel
 // when the holder dies).
-int take_segment_lock(const std::string &segment, std::string &error);
+inline std::string lock_path(const std::string &segment) { return "/dev/shm/" + segment + ".lock"; }
+int take_segment_lock(const std::string &segment, std::string &error, int attempt = 0);
+// Is the file `fd` locks still the one under the lock name? Removed by hand, it lets
+// another sluiced start on the same segment.
+bool lock_still_named(const std::string &segment, int fd);
 // Where the audit store lives: the policy's audit_db, else <state_dir>/<segment>.db.
 std::string audit_db_path(const policy::PolicySpec &p, const Options &opt);
 

@@ -97,6 +97,9 @@ int main(int argc, char **argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+  // A hangup (the terminal of a foreground sluiced closing) stops it cleanly too:
+  // its default action would leave a stale heartbeat and the control socket behind.
+  sigaction(SIGHUP, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   std::string error;
@@ -111,7 +114,7 @@ int main(int argc, char **argv) {
                  t.max_limit, t.revenue_per_request, t.adaptive ? "" : ", fixed");
   }
   spdlog::info("ready: segment '{}', pid {}", opt.segment, getpid());
-  while (g_signal.load() == 0 && !d->segment_lost()) {
+  while (g_signal.load() == 0 && !d->segment_lost() && !d->lock_lost()) {
     const int64_t next = d->do_work(core::mono_ns());
     // Sleep until the next heartbeat/tick or a control request read in full by the
     // control socket's thread, whichever first.
@@ -119,7 +122,7 @@ int main(int argc, char **argv) {
     pollfd p{d->control_fd(), POLLIN, 0};
     ::poll(&p, 1, int(wait_ms));
   }
-  if (d->segment_lost()) {
+  if (d->segment_lost() || d->lock_lost()) {
     d->stop();
     return 1;
   }

@@ -1,0 +1,114 @@
+"""sluiced's start and stop against what an operator (or a stray `rm`) may do: a
+start that fails after the segment exists, the lock file removed under a running
+daemon, a hangup. Each runs real sluiced processes on private segments."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SLUICED, TEST_POLICY, Daemon
+
+
+
+def wait_for(pred, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def run_sluiced(d: Daemon, policy_path: Path, *extra: str) -> tuple[int, str]:
+    """Runs sluiced to its end (a start expected to fail): exit code and its log."""
+    r = subprocess.run([str(SLUICED), "--segment", d.segment, "--policy", str(policy_path),
+                        "--state-dir", str(d.tmp), *extra], capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_a_restart_that_cannot_listen_on_its_metrics_port_never_publishes_its_policy(tmp_path):
+    d = Daemon(tmp_path)
+    try:
+        d.proc.send_signal(signal.SIGTERM)
+        d.proc.wait(timeout=10)
+        before = d.status()
+        changed = copy.deepcopy(TEST_POLICY)
+        changed["tiers"][0]["limit"] = 7
+        policy = tmp_path / "changed.json"
+        policy.write_text(json.dumps(changed))
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            rc, log = run_sluiced(d, policy, "--metrics-addr", f"127.0.0.1:{port}")
+            assert rc == 1, log
+            assert f"cannot listen on 127.0.0.1:{port}" in log
+            after = d.status()
+            # Nothing was published (the old code published limit 7, then put 20 back:
+            # two generations), and no start was counted.
+            assert after["policy_generation"] == before["policy_generation"]
+            assert after["daemon_starts"] == before["daemon_starts"]
+            assert after["tiers"][0]["limit"] == before["tiers"][0]["limit"] == 20
+            # --reset on a busy port removes nothing: the pair (and its counters) stay.
+            rc, log = run_sluiced(d, policy, "--metrics-addr", f"127.0.0.1:{port}", "--reset")
+            assert rc == 1, log
+            assert d.status()["policy_generation"] == before["policy_generation"]
+    finally:
+        d.stop()
+
+
+def test_a_removed_lock_file_is_made_again_and_a_second_daemon_is_still_refused(tmp_path):
+    d = Daemon(tmp_path, args=("--tick-ms", "100"))
+    try:
+        lock = Path(f"/dev/shm/{d.segment}.lock")
+        lock.unlink()
+        wait_for(lambda: "made it again" in d.log_path.read_text(), 5, "sluiced to take its lock again")
+        assert lock.exists()
+        rc, log = run_sluiced(d, d.policy_path)
+        assert rc == 1
+        assert "another sluiced" in log
+        assert d.proc.poll() is None
+    finally:
+        d.stop()
+
+
+def test_a_daemon_whose_lock_file_another_took_stops_and_leaves_the_segment_to_it(tmp_path):
+    # A long tick: the second daemon starts before the first looks at its lock.
+    first = Daemon(tmp_path, args=("--tick-ms", "3000"))
+    second = None
+    try:
+        Path(f"/dev/shm/{first.segment}.lock").unlink()
+        second = Daemon(tmp_path, segment=first.segment, args=("--tick-ms", "100"))
+        second.policy_path = first.policy_path
+        first.proc.wait(timeout=10)
+        assert first.proc.returncode == 1
+        assert "cannot be taken again" in first.log_path.read_text()
+        # The segment is the second daemon's: still alive, its socket still in place.
+        st = second.status()
+        assert st["daemon_alive"] and st["daemon_pid"] == second.proc.pid
+        assert Path(f"/dev/shm/{first.segment}.sock").exists()
+        assert second.ctl("pending").returncode == 0
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+
+
+def test_a_hangup_stops_sluiced_cleanly(tmp_path):
+    d = Daemon(tmp_path)
+    try:
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.proc.wait(timeout=10) == 0
+        st = d.status()
+        assert not st["daemon_alive"]
+        assert st["heartbeat_age_ns"] == -1  # stopped cleanly, not a stale heartbeat
+        assert not Path(f"/dev/shm/{d.segment}.sock").exists()
+    finally:
+        d.stop()
