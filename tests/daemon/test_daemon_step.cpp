@@ -39,6 +39,8 @@ struct DaemonGuard {
     d.reset();
     core::Owner::remove(name);
     std::remove(("/dev/shm/" + name + ".lock").c_str());
+    for (const char *suffix : {".db", ".db-wal", ".db-shm"})
+      std::remove(("/tmp/sluicetest-state/" + name + suffix).c_str());
   }
 };
 }  // namespace

@@ -2,6 +2,8 @@
 // test stands in for sluiced through core::Owner), a cross-process admission
 // recorder, and the exactness check of invariant 1.
 #pragma once
+#include <cstdio>
+#include <random>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -20,9 +22,14 @@
 
 namespace sluice::test {
 
+// Unique across runs too: a pid is reused, and a name that repeats an earlier run's
+// would find that run's leftovers (an audit store, say) under it.
 inline std::string unique_segment(const std::string &tag) {
   static std::atomic<int> n{0};
-  return "sluicetest-" + tag + "-" + std::to_string(getpid()) + "-" + std::to_string(n++);
+  static const unsigned run = std::random_device{}();
+  char suffix[16];
+  std::snprintf(suffix, sizeof suffix, "%08x", run);
+  return "sluicetest-" + tag + "-" + std::to_string(getpid()) + "-" + suffix + "-" + std::to_string(n++);
 }
 
 inline core::LayoutSpec spec_with(std::vector<core::TierSpec> tiers, uint32_t max_keys = 1024,
