@@ -90,6 +90,12 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   const uint32_t me = uint32_t(::geteuid());
   Mapping::FileOwner fo;
   Status s = Mapping::open(state_segment_name(name), true, o->state_map_, detail, &fo);
+  if (s == Status::not_ready && !reset) {
+    // An empty object: its creator died between shm_open and sizing it (the caller
+    // holds the segment lock, so no creator is alive). Start afresh.
+    o->state_map_ = Mapping();
+    return create_or_attach(name, spec, true, out, created, detail, on_attach);
+  }
   if (s == Status::ok) {
     if ((s = check_adoptable(state_segment_name(name), fo, me, kStateForbidden, detail)) != Status::ok) return s;
     if ((s = validate_state(o->state_map_, 1000, detail)) == Status::not_ready && !reset) {
@@ -99,7 +105,19 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
       return create_or_attach(name, spec, true, out, created, detail, on_attach);
     }
     if (s != Status::ok) return s;
-    if ((s = Mapping::open(policy_segment_name(name), true, o->policy_map_, detail, &fo)) != Status::ok) return s;
+    s = Mapping::open(policy_segment_name(name), true, o->policy_map_, detail, &fo);
+    if (s == Status::no_segment) {
+      // Only the policy was removed (by hand, or a daemon that found it unlinked
+      // retired it and stopped): make a new one for the state, which keeps its keys
+      // and counters. Clients of the old one were told to reopen the name.
+      if ((s = Mapping::create(policy_segment_name(name), sizeof(PolicyHeader), kPolicyMode, o->policy_map_,
+                               detail)) != Status::ok)
+        return s;
+      format_policy(o->policy_map_, spec, static_cast<const StateHeader *>(o->state_map_.base())->boot_id);
+      fo = Mapping::FileOwner{me, kPolicyMode};
+    } else if (s != Status::ok) {
+      return s;
+    }
     if ((s = check_adoptable(policy_segment_name(name), fo, me, kPolicyForbidden, detail)) != Status::ok) return s;
     if ((s = validate_policy(o->policy_map_, 1000, detail)) != Status::ok) return s;
     o->state_ = static_cast<StateHeader *>(o->state_map_.base());

@@ -3,6 +3,7 @@
 
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
@@ -191,11 +192,25 @@ static std::string human_bytes(uint64_t bytes) {
   return buf;
 }
 
+uint64_t shm_free_bytes() {
+  struct statvfs fs {};
+  if (::statvfs("/dev/shm", &fs) != 0) return UINT64_MAX;  // cannot tell: the create itself will say
+  return uint64_t(fs.f_bavail) * fs.f_frsize;
+}
+
 Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mode, Mapping &out,
                        std::string &detail) {
   const std::string size = std::to_string(bytes) + " bytes (" + human_bytes(bytes) + ")";
   if (bytes > uint64_t(INT64_MAX)) {  // off_t would wrap it to a negative size
     detail = "cannot create /dev/shm/" + shm_name + " of " + size + ": larger than a file can be";
+    return Status::internal;
+  }
+  // tmpfs allocates on first touch: an object larger than /dev/shm's free space
+  // is made and mapped fine, then kills every process that maps it with SIGBUS
+  // once its keys fill it. Refused here, on every path that makes one.
+  if (const uint64_t room = shm_free_bytes(); bytes > room) {
+    detail = "cannot create /dev/shm/" + shm_name + " of " + size + ": /dev/shm has " + human_bytes(room) +
+             " free (lower segment.max_keys or the tiers' max_limit)";
     return Status::internal;
   }
   // Once the object exists, any failure removes it: a name left behind (say, sized

@@ -150,15 +150,16 @@ bool Daemon::open_before_attach(std::string &error) {
 }
 
 bool Daemon::segment_fits(std::string &error) const {
-  // tmpfs allocates on first touch, so an oversized segment starts fine and dies of
-  // SIGBUS (clients too) once its keys fill it. Only a pair about to be made counts.
+  // Before anything else of the start: a --reset that would make a pair too large
+  // for /dev/shm must not remove the running one first. (Mapping::create checks
+  // again on every path that makes one.)
   const std::string path = "/dev/shm/" + core::state_segment_name(opt_.segment);
   struct stat st {};
   const bool exists = ::stat(path.c_str(), &st) == 0;
   if (exists && !opt_.reset) return true;
-  struct statvfs fs {};
-  if (::statvfs("/dev/shm", &fs) != 0) return true;  // cannot tell: create will say
-  const uint64_t avail = uint64_t(fs.f_bavail) * fs.f_frsize + (exists ? uint64_t(st.st_blocks) * 512 : 0);
+  const uint64_t free = core::shm_free_bytes();
+  if (free == UINT64_MAX) return true;
+  const uint64_t avail = free + (exists ? uint64_t(st.st_blocks) * 512 : 0);
   const uint64_t need = core::state_segment_bytes(layout_of(policy_));
   if (need <= avail) return true;
   error = "the state segment would need " + std::to_string(need >> 20) + " MiB, and /dev/shm has " +

@@ -184,6 +184,64 @@ TEST(Adoption, AStateSegmentNeverFormattedIsReplacedAtTheNextStart) {
   EXPECT_TRUE(created);
 }
 
+TEST(Adoption, AnEmptyStateObjectIsReplacedAtTheNextStart) {
+  // A creator killed between shm_open and sizing the object leaves it empty; every
+  // start used to refuse it ("state is empty") until --reset.
+  Names n;
+  const int fd = shm_open(("/" + state_segment_name(n.name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0660);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  std::string detail;
+  ASSERT_EQ(Owner::create_or_attach(n.name, small_spec(), false, o, created, detail), Status::ok) << detail;
+  EXPECT_TRUE(created);
+}
+
+TEST(Adoption, AStateTooLargeForDevShmIsRefusedOnThePathThatReplacesAnUnformattedOne) {
+  // The daemon checked the free space only when no state existed: an unformatted
+  // one in the way led to a 155 GiB pair on a 24 GiB tmpfs, made "fine".
+  Names n;
+  const int fd = shm_open(("/" + state_segment_name(n.name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0660);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 1 << 16), 0);
+  close(fd);
+  const LayoutSpec huge = test::spec_with({test::tier("t", 4, 1000, 1u << 20)}, 1'000'000, 32);
+  ASSERT_GT(state_segment_bytes(huge), shm_free_bytes());
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  std::string detail;
+  EXPECT_NE(Owner::create_or_attach(n.name, huge, false, o, created, detail), Status::ok);
+  EXPECT_NE(detail.find("free"), std::string::npos) << detail;
+  EXPECT_FALSE(exists(state_segment_name(n.name)));
+}
+
+TEST(Adoption, AStateWhosePolicyWasRemovedKeepsItsKeysAndCountersAtTheNextStart) {
+  // A daemon that finds its policy unlinked retires it and stops, telling the
+  // operator to restart; the restart used to fail ("open ...policy: no such file").
+  Names n;
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  std::string detail;
+  ASSERT_EQ(Owner::create_or_attach(n.name, small_spec(), false, o, created, detail), Status::ok) << detail;
+  {
+    std::unique_ptr<Ledger> l;
+    ASSERT_EQ(Ledger::open(n.name, l, detail), Status::ok) << detail;
+    Decision d;
+    for (int i = 0; i < 4; ++i) ASSERT_EQ(l->acquire("t", "k", 1, 1, d, detail), Status::ok);
+  }
+  o.reset();
+  Mapping::remove(policy_segment_name(n.name));
+  ASSERT_EQ(Owner::create_or_attach(n.name, small_spec(), false, o, created, detail), Status::ok) << detail;
+  EXPECT_FALSE(created);
+  EXPECT_EQ(sum_counters(o->state(), 0).admitted, 4u);
+  std::unique_ptr<Ledger> l;
+  ASSERT_EQ(Ledger::open(n.name, l, detail), Status::ok) << detail;
+  Decision d;
+  ASSERT_EQ(l->acquire("t", "k", 1, 1, d, detail), Status::ok);
+  EXPECT_FALSE(d.allowed) << "the key's four units in its window were kept";
+}
+
 TEST(Adoption, AReattachLetsItsHookChooseTheRowsOrRefuseBeforeAnythingIsPublished) {
   // sluiced keeps what its loop published across a restart, and refuses a start
   // whose audit record it cannot write: both before the table changes.

@@ -40,6 +40,8 @@ bool valid_segment_name(const std::string &name);
 std::string shm_huge_mode();
 // True for the modes under which the kernel may put an advised mapping on huge pages.
 bool shm_huge_pages_allowed(const std::string &mode);
+// Bytes /dev/shm can still allocate (UINT64_MAX if it cannot be told).
+uint64_t shm_free_bytes();
 // Bytes a state segment for this spec takes (sparse on tmpfs until touched).
 uint64_t state_segment_bytes(const LayoutSpec &spec);
 bool read_boot_id(uint8_t out[16]);
