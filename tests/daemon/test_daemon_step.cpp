@@ -182,9 +182,10 @@ TEST(DaemonStep, AStartThatFailsLeavesTheRunningTableAsItWas) {
 }
 
 TEST(DaemonStep, AStartThatFailsAfterAttachingPutsTheTableBack) {
-  // /metrics is bound after the segment is attached: its failure must undo the
-  // new policy's table. Here a restart with the built-in policy would publish
-  // enterprise's baseline 15 over an unrecorded 40; the port is taken.
+  // A restart with the built-in policy would publish enterprise's baseline 15
+  // over an unrecorded 40; the /metrics port is taken, so the start fails, and the
+  // running table must be as it was (the port is now bound before the segment is
+  // attached; a failure after attaching puts the old table back).
   DaemonGuard g;
   publish_enterprise(*g.d, 40, false);
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
