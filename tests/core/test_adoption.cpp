@@ -45,6 +45,24 @@ struct Names {  // removes both objects whoever made them (the test runs as root
   ~Names() { Owner::remove(name); }
 };
 
+// Leaves a state object of `bytes` zeros under the name, as a creator killed
+// before formatting it (or before sizing it, with 0) does.
+void leave_raw_state(const std::string &name, off_t bytes) {
+  const int fd = shm_open(("/" + state_segment_name(name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0660);
+  ASSERT_GE(fd, 0);
+  if (bytes) ASSERT_EQ(ftruncate(fd, bytes), 0);
+  close(fd);
+}
+
+// A start on the left-over object makes the pair afresh.
+void expect_fresh_start(const std::string &name) {
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  std::string detail;
+  ASSERT_EQ(Owner::create_or_attach(name, small_spec(), false, o, created, detail), Status::ok) << detail;
+  EXPECT_TRUE(created);
+}
+
 Status attach(const std::string &name, bool reset, std::string &detail) {
   std::unique_ptr<Owner> o;
   bool created = false;
@@ -173,39 +191,23 @@ TEST(Adoption, ARemovedPairFreesItsStateMemoryWhileClientsStillMapIt) {
 // start (under the segment lock) makes the pair afresh instead of failing for ever.
 TEST(Adoption, AStateSegmentNeverFormattedIsReplacedAtTheNextStart) {
   Names n;
-  const int fd = shm_open(("/" + state_segment_name(n.name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0660);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, 1 << 20), 0);
-  close(fd);
-  std::unique_ptr<Owner> o;
-  bool created = false;
-  std::string detail;
-  ASSERT_EQ(Owner::create_or_attach(n.name, small_spec(), false, o, created, detail), Status::ok) << detail;
-  EXPECT_TRUE(created);
+  leave_raw_state(n.name, 1 << 20);
+  expect_fresh_start(n.name);
 }
 
 TEST(Adoption, AnEmptyStateObjectIsReplacedAtTheNextStart) {
   // A creator killed between shm_open and sizing the object leaves it empty; every
   // start used to refuse it ("state is empty") until --reset.
   Names n;
-  const int fd = shm_open(("/" + state_segment_name(n.name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0660);
-  ASSERT_GE(fd, 0);
-  close(fd);
-  std::unique_ptr<Owner> o;
-  bool created = false;
-  std::string detail;
-  ASSERT_EQ(Owner::create_or_attach(n.name, small_spec(), false, o, created, detail), Status::ok) << detail;
-  EXPECT_TRUE(created);
+  leave_raw_state(n.name, 0);
+  expect_fresh_start(n.name);
 }
 
 TEST(Adoption, AStateTooLargeForDevShmIsRefusedOnThePathThatReplacesAnUnformattedOne) {
   // The daemon checked the free space only when no state existed: an unformatted
   // one in the way led to a 155 GiB pair on a 24 GiB tmpfs, made "fine".
   Names n;
-  const int fd = shm_open(("/" + state_segment_name(n.name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0660);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, 1 << 16), 0);
-  close(fd);
+  leave_raw_state(n.name, 1 << 16);
   const LayoutSpec huge = test::spec_with({test::tier("t", 4, 1000, 1u << 20)}, 1'000'000, 32);
   ASSERT_GT(state_segment_bytes(huge), shm_free_bytes());
   std::unique_ptr<Owner> o;

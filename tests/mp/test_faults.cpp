@@ -16,6 +16,26 @@
 using namespace sluice;
 using namespace sluice::core;
 
+namespace {
+// A child acquires `cost` units of `key` in tier "t" and is killed (SIGKILL) at
+// its n-th fault point; exits 0 if it got through, allowed. Returns its wait status.
+int acquire_in_a_child_killed_at(const test::SegmentGuard &seg, long n, const std::string &key, uint32_t cost) {
+  const pid_t child = fork();
+  if (child == 0) {
+    auto l = seg.open();
+    Decision d;
+    std::string det;
+    arm_fault(n);
+    const Status s = l->acquire("t", key.data(), key.size(), cost, d, det);
+    arm_fault(0);
+    _exit(s == Status::ok && d.allowed ? 0 : 1);
+  }
+  int st = 0;
+  waitpid(child, &st, 0);
+  return st;
+}
+}  // namespace
+
 TEST(FaultPoints, ClientKilledAtEveryStepLeavesTheKeyWholeAndExact) {
   constexpr uint32_t kLimit = 4, kCost = 3;
   test::SegmentGuard seg("fault", test::spec_with({test::tier("t", kLimit, 60000, kLimit)}, 256));
@@ -24,18 +44,7 @@ TEST(FaultPoints, ClientKilledAtEveryStepLeavesTheKeyWholeAndExact) {
   bool completed = false;
   for (long n = 1; n < 64 && !completed; ++n) {
     const std::string key = "f" + std::to_string(n);
-    const pid_t child = fork();
-    if (child == 0) {
-      auto l = seg.open();
-      Decision d;
-      std::string det;
-      arm_fault(n);
-      const Status s = l->acquire("t", key.data(), key.size(), kCost, d, det);
-      arm_fault(0);
-      _exit(s == Status::ok && d.allowed ? 0 : 1);
-    }
-    int st = 0;
-    waitpid(child, &st, 0);
+    const int st = acquire_in_a_child_killed_at(seg, n, key, kCost);
     if (WIFSIGNALED(st)) {
       ASSERT_EQ(WTERMSIG(st), SIGKILL);
       ++deaths;
@@ -83,17 +92,7 @@ TEST(FaultPoints, AClaimFromOutsideTheDaemonsPidNamespaceIsNeverFreedAsDead) {
   };
   long slot = -1;
   for (long n = 1; n < 64 && slot < 0; ++n) {  // the first fault point after the claim
-    const pid_t child = fork();
-    if (child == 0) {
-      auto l = seg.open();
-      Decision d;
-      std::string det;
-      arm_fault(n);
-      l->acquire("t", "ns-key", 6, 1, d, det);
-      _exit(0);
-    }
-    int st = 0;
-    waitpid(child, &st, 0);
+    const int st = acquire_in_a_child_killed_at(seg, n, "ns-key", 1);
     slot = claimed_slot();
     if (!WIFSIGNALED(st)) break;  // completed without dying in a claim
   }
