@@ -81,13 +81,13 @@ def test_a_removed_lock_file_is_made_again_and_a_second_daemon_is_still_refused(
 
 def test_a_daemon_whose_lock_file_another_took_stops_and_leaves_the_segment_to_it(tmp_path):
     # A long tick: the second daemon starts before the first looks at its lock.
-    first = Daemon(tmp_path, args=("--tick-ms", "3000"))
+    first = Daemon(tmp_path, args=("--tick-ms", "6000"))
     second = None
     try:
         Path(f"/dev/shm/{first.segment}.lock").unlink()
         second = Daemon(tmp_path, segment=first.segment, args=("--tick-ms", "100"))
         second.policy_path = first.policy_path
-        first.proc.wait(timeout=10)
+        first.proc.wait(timeout=20)
         assert first.proc.returncode == 1
         assert "cannot be taken again" in first.log_path.read_text()
         # The segment is the second daemon's: still alive, its socket still in place.
