@@ -3,6 +3,7 @@
 #define SLUICE_BUILDING_LIBRARY 1
 #include "sluice.h"
 
+#include <cstddef>
 #include <new>
 #include <string>
 
@@ -35,7 +36,11 @@ constexpr uint32_t kDecisionV1Size = sizeof(sluice_decision);
 
 int decide(sluice_client *client, const char *tier, const char *key, size_t key_len, uint32_t cost,
            sluice_decision *out, bool record) noexcept {
-  if (!client || !tier || !key || !out) return SLUICE_ENULL;
+  if (!out) return SLUICE_ENULL;
+  // A caller that reuses one struct must never read the last call's "allowed"
+  // after an error (sluice.h: nothing is ever reported as allowed).
+  if (out->size >= offsetof(sluice_decision, allowed) + sizeof out->allowed) out->allowed = 0;
+  if (!client || !tier || !key) return SLUICE_ENULL;
   if (out->size != kDecisionV1Size) return SLUICE_ESIZE;
   try {
     Decision d;
