@@ -13,7 +13,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <optional>
 #include <string>
 
 #include "sluice.h"
@@ -22,10 +21,24 @@ namespace py = pybind11;
 
 namespace {
 
-PyObject *g_error_for = nullptr;  // sluice.errors.error_for
+PyObject *g_error_for = nullptr;  // sluice.errors.error_for, looked up at the first error
+
+// Looked up lazily: importing sluice.errors while _sluice initialises would
+// import the sluice package, which imports this half-made module.
+PyObject *error_for() {
+  if (!g_error_for) {
+    PyObject *mod = PyImport_ImportModule("sluice.errors");
+    if (!mod) return nullptr;
+    g_error_for = PyObject_GetAttrString(mod, "error_for");
+    Py_DECREF(mod);
+  }
+  return g_error_for;
+}
 
 PyObject *set_status_error(int status) {
-  PyObject *err = PyObject_CallFunction(g_error_for, "is", status, sluice_strerror(status));
+  PyObject *make = error_for();
+  if (!make) return nullptr;  // the import's own error is raised
+  PyObject *err = PyObject_CallFunction(make, "is", status, sluice_strerror(status));
   if (err) {
     PyErr_SetObject(reinterpret_cast<PyObject *>(Py_TYPE(err)), err);
     Py_DECREF(err);
@@ -139,6 +152,13 @@ PyObject *d_repr(PyObject *o) {
   return PyUnicode_FromString(buf);
 }
 
+// Neither type can be rebuilt from its state (a Decision is only made by a call;
+// a Client is a mapping), so pickle and copy refuse them at every protocol. Without
+// this, protocols 0 and 1 reach pybind11's tp_new through copyreg and abort.
+PyObject *refuse_reduce(PyObject *self, PyObject *) {
+  return PyErr_Format(PyExc_TypeError, "cannot pickle or copy a %.100s object", Py_TYPE(self)->tp_name);
+}
+
 int d_bool(PyObject *o) { return reinterpret_cast<DecisionObject *>(o)->d.allowed ? 1 : 0; }
 
 void d_dealloc(PyObject *o) {
@@ -165,6 +185,8 @@ PyMethodDef g_decision_methods[] = {
     {"headers", d_headers, METH_NOARGS,
      "Response headers: Retry-After (when denied), IETF RateLimit-Limit/-Remaining/-Reset and OpenAI-style "
      "x-ratelimit-limit-requests/-remaining-requests/-reset-requests."},
+    {"__reduce_ex__", refuse_reduce, METH_O, "Refused: a Decision cannot be pickled."},
+    {"__reduce__", refuse_reduce, METH_NOARGS, "Refused: a Decision cannot be pickled."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyType_Slot g_decision_slots[] = {{Py_tp_dealloc, reinterpret_cast<void *>(d_dealloc)},
@@ -183,11 +205,17 @@ PyType_Spec g_decision_spec = {"_sluice.Decision", sizeof(DecisionObject), 0,
 // ---- Client ------------------------------------------------------------------
 class Client {
  public:
-  explicit Client(std::optional<std::string> segment) {
-    // The C API takes a C string: "a\0b" would silently open "a".
-    if (segment && segment->find('\0') != std::string::npos)
-      throw py::value_error("segment name must not contain a NUL character");
-    const int rc = sluice_open(segment ? segment->c_str() : nullptr, &c_);
+  explicit Client(const py::object &segment) {
+    std::string name;
+    if (!segment.is_none()) {
+      // A str only: pybind11's string caster would also take bytes.
+      if (!PyUnicode_Check(segment.ptr()))
+        throw py::type_error(std::string("segment must be str or None, not ") + Py_TYPE(segment.ptr())->tp_name);
+      name = segment.cast<std::string>();
+      // The C API takes a C string: "a\0b" would silently open "a".
+      if (name.find('\0') != std::string::npos) throw py::value_error("segment name must not contain a NUL character");
+    }
+    const int rc = sluice_open(segment.is_none() ? nullptr : name.c_str(), &c_);
     if (rc != SLUICE_OK) raise_status(rc);
   }
   ~Client() { sluice_close(c_); }
@@ -204,11 +232,31 @@ class Client {
   sluice_client *c_ = nullptr;
 };
 
-// The C++ Client inside a pybind11 instance of our class.
+// The C++ Client inside a pybind11 instance of our class, or nullptr when there is
+// none: Client.__new__(Client), or a subclass whose __init__ raised before
+// super().__init__(), gives an instance whose holder was never constructed. Every
+// method treats that as closed (pybind11's own casts would hand them garbage).
+// Callers are our method descriptors, which have already checked self's type.
 Client *client_of(PyObject *self) {
   auto *inst = reinterpret_cast<py::detail::instance *>(self);
-  if (inst->simple_layout) return static_cast<Client *>(inst->simple_value_holder[0]);
-  return py::handle(self).cast<Client *>();
+  if (inst->simple_layout)
+    return inst->simple_holder_constructed ? static_cast<Client *>(inst->simple_value_holder[0]) : nullptr;
+  auto vh = inst->get_value_and_holder(nullptr, false);
+  return vh && vh.holder_constructed() ? vh.value_ptr<Client>() : nullptr;
+}
+
+PyObject *client_close(PyObject *self, PyObject *) {
+  if (Client *c = client_of(self)) c->close();
+  Py_RETURN_NONE;
+}
+PyObject *client_exit(PyObject *self, PyObject *) { return client_close(self, nullptr); }
+PyObject *client_enter(PyObject *self, PyObject *) {
+  Py_INCREF(self);
+  return self;
+}
+PyObject *client_closed(PyObject *self, void *) {
+  Client *c = client_of(self);
+  return PyBool_FromLong(!c || c->closed());
 }
 
 // Bytes of a str (UTF-8, cached by CPython), bytes, or any contiguous buffer.
@@ -245,23 +293,24 @@ struct KeyView {
 
 // acquire(key, tier, cost=1) / peek(...) as METH_FASTCALL | METH_KEYWORDS.
 PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, bool record) {
+  const char *fn = record ? "acquire" : "peek";
   PyObject *key = nargs > 0 ? args[0] : nullptr, *tier = nargs > 1 ? args[1] : nullptr,
            *cost_obj = nargs > 2 ? args[2] : nullptr;
-  if (nargs > 3) return PyErr_Format(PyExc_TypeError, "acquire() takes at most 3 arguments (%zd given)", nargs);
+  if (nargs > 3) return PyErr_Format(PyExc_TypeError, "%s() takes at most 3 arguments (%zd given)", fn, nargs);
   if (kwnames) {
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); ++i) {
-      const char *name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, i));
-      PyObject *v = args[nargs + i];
-      PyObject **slot = !name ? nullptr
-                        : !std::strcmp(name, "key")  ? &key
-                        : !std::strcmp(name, "tier") ? &tier
-                        : !std::strcmp(name, "cost") ? &cost_obj
-                                                     : nullptr;
-      if (!slot || *slot) return PyErr_Format(PyExc_TypeError, "unexpected or repeated argument '%s'", name ? name : "?");
-      *slot = v;
+      // Compared as whole str objects: "key\0x" is not "key".
+      PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+      PyObject **slot = !PyUnicode_CompareWithASCIIString(name, "key")    ? &key
+                        : !PyUnicode_CompareWithASCIIString(name, "tier") ? &tier
+                        : !PyUnicode_CompareWithASCIIString(name, "cost") ? &cost_obj
+                                                                           : nullptr;
+      if (!slot || *slot) return PyErr_Format(PyExc_TypeError, "%s() got an unexpected or repeated argument %R", fn, name);
+      *slot = args[nargs + i];
     }
   }
-  if (!key || !tier) return PyErr_Format(PyExc_TypeError, "missing required argument '%s'", key ? "tier" : "key");
+  if (!key || !tier)
+    return PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fn, key ? "tier" : "key");
   if (!PyUnicode_Check(tier)) return PyErr_Format(PyExc_TypeError, "tier must be str, not %.100s", Py_TYPE(tier)->tp_name);
   uint32_t cost = 1;
   if (cost_obj) {
@@ -275,14 +324,16 @@ PyObject *decide(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObje
       return PyErr_Format(PyExc_ValueError, "cost must be an int in 1..4294967295");
     cost = uint32_t(v);
   }
-  Client *c = client_of(self);
-  if (!c || c->closed()) return PyErr_Format(PyExc_ValueError, "the client is closed");
   KeyView k;
   if (!k.set(key)) return nullptr;
   Py_ssize_t tier_len = 0;
   const char *tier_s = PyUnicode_AsUTF8AndSize(tier, &tier_len);
   if (!tier_s) return nullptr;
   if (std::strlen(tier_s) != size_t(tier_len)) return set_status_error(SLUICE_ETIER);  // embedded NUL
+  // Looked at last, after everything that could reach other code, with the GIL
+  // held from here to the C call: a close() cannot come in between.
+  Client *c = client_of(self);
+  if (!c || c->closed()) return PyErr_Format(PyExc_ValueError, "the client is closed");
 
   auto *out = PyObject_New(DecisionObject, g_decision_type);
   if (!out) return nullptr;
@@ -314,20 +365,31 @@ PyMethodDef g_peek_def = {
     "peek", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(peek_fast)), METH_FASTCALL | METH_KEYWORDS,
     "peek(key, tier, cost=1) -> Decision\n\nThe decision acquire() would make now; records nothing."};
 
-void add_method(py::handle cls, PyMethodDef *def) {
-  PyObject *descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject *>(cls.ptr()), def);
-  if (!descr || PyObject_SetAttrString(cls.ptr(), def->ml_name, descr) != 0) {
+PyMethodDef g_client_methods[] = {
+    {"close", client_close, METH_NOARGS, "close()\n\nUnmap the segment. Further calls raise ValueError."},
+    {"__enter__", client_enter, METH_NOARGS, nullptr},
+    {"__exit__", client_exit, METH_VARARGS, nullptr},
+    {"__reduce_ex__", refuse_reduce, METH_O, "Refused: a Client cannot be pickled."},
+    {"__reduce__", refuse_reduce, METH_NOARGS, "Refused: a Client cannot be pickled."},
+};
+PyGetSetDef g_client_closed = {"closed", client_closed, nullptr, "True once closed (or never opened).", nullptr};
+
+// Our descriptors check self's type before the call, which client_of relies on.
+void set_descriptor(py::handle cls, const char *name, PyObject *descr) {
+  if (!descr || PyObject_SetAttrString(cls.ptr(), name, descr) != 0) {
     Py_XDECREF(descr);
     throw py::error_already_set();
   }
   Py_DECREF(descr);
+}
+void add_method(py::handle cls, PyMethodDef *def) {
+  set_descriptor(cls, def->ml_name, PyDescr_NewMethod(reinterpret_cast<PyTypeObject *>(cls.ptr()), def));
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_sluice, m) {
   m.doc() = "Private extension of the sluice package (C ABI bindings). Use `import sluice`.";
-  g_error_for = py::object(py::module_::import("sluice.errors").attr("error_for")).release().ptr();
   m.attr("ABI_VERSION") = sluice_abi_version();
 
   g_decision_type = reinterpret_cast<PyTypeObject *>(PyType_FromSpec(&g_decision_spec));
@@ -335,12 +397,11 @@ PYBIND11_MODULE(_sluice, m) {
   m.attr("Decision") = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject *>(g_decision_type));
 
   py::class_<Client> cls(m, "Client", "A handle on the host's Sluice segment. Thread-safe; share one per process.");
-  cls.def(py::init<std::optional<std::string>>(), py::arg("segment") = py::none(),
-          "Open the segment pair (None: $SLUICE_SEGMENT or 'sluice').")
-      .def("close", &Client::close, "Unmap the segment. Further calls raise ValueError.")
-      .def_property_readonly("closed", &Client::closed)
-      .def("__enter__", [](Client &c) -> Client & { return c; }, py::return_value_policy::reference)
-      .def("__exit__", [](Client &c, py::args) { c.close(); });
+  cls.def(py::init<const py::object &>(), py::arg("segment") = py::none(),
+          "Open the segment pair (None: $SLUICE_SEGMENT or 'sluice').");
+  for (PyMethodDef &def : g_client_methods) add_method(cls, &def);
+  set_descriptor(cls, g_client_closed.name,
+                 PyDescr_NewGetSet(reinterpret_cast<PyTypeObject *>(cls.ptr()), &g_client_closed));
   add_method(cls, &g_acquire_def);
   add_method(cls, &g_peek_def);
 

@@ -99,23 +99,27 @@ class Client:
         """Open the segment pair (None: $SLUICE_SEGMENT or 'sluice').
 
         Raises NoSegmentError (is sluiced running?), SegmentPermissionError,
-        VersionMismatchError, CorruptSegmentError, NotReadyError; ValueError for a
-        name with a NUL character."""
+        VersionMismatchError, CorruptSegmentError, NotReadyError, InternalError;
+        TypeError for a name that is not a str; ValueError for a name with a NUL
+        character. Not picklable or copyable (TypeError)."""
     def acquire(self, key: Key, tier: str, cost: int = 1) -> Decision:
         """Check and record ``cost`` units for (tier, key), all or nothing.
 
         A denial is a Decision with ``allowed`` False, not an exception. Raises a
         SluiceError on bad input (EmptyKeyError, KeyTooLongError, UnknownTierError,
-        CostZeroError, CostAboveCapacityError, TableFullError, BusyError), TypeError
-        for a key that is not str/bytes-like or a cost that is not an int, ValueError
-        for a cost outside 0..2**32-1 (0 raises CostZeroError) or once the client is
-        closed, and BufferError for a non-contiguous buffer key."""
+        CostZeroError, CostAboveCapacityError, TableFullError, BusyError,
+        InternalError), TypeError for a key that is not str/bytes-like or a cost
+        that is not an int, ValueError for a cost outside 0..2**32-1 (0 raises
+        CostZeroError) or once the client is closed, UnicodeEncodeError for a str
+        key or tier with no UTF-8 form (a lone surrogate), and BufferError for a
+        non-contiguous buffer key."""
     def peek(self, key: Key, tier: str, cost: int = 1) -> Decision:
         """The decision acquire() would make; records nothing."""
     def close(self) -> None:
         """Unmap the segment. Further calls raise ValueError."""
     @property
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """True once closed (or if ``__init__`` never ran)."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

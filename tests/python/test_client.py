@@ -7,6 +7,8 @@ import mmap
 import multiprocessing as mp
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -219,6 +221,82 @@ def test_context_manager_and_closed(daemon):
     assert c.closed
     with pytest.raises(ValueError):
         c.acquire("k", "pro")
+
+
+def test_a_client_whose_init_never_ran_is_closed_not_a_crash(daemon):
+    # Before: close() freed a garbage pointer (abort) and closed said False.
+    kept = []
+
+    class Failing(sluice.Client):
+        def __init__(self):
+            kept.append(self)
+            raise RuntimeError("before super().__init__()")
+
+    with pytest.raises(RuntimeError):
+        Failing()
+    for c in (sluice.Client.__new__(sluice.Client), kept[0]):
+        assert c.closed
+        with pytest.raises(ValueError, match="closed"):
+            c.acquire("k", "pro")
+        with pytest.raises(ValueError, match="closed"):
+            c.peek("k", "pro")
+        c.close()
+        with c as same:
+            assert same is c
+        assert c.closed
+    with pytest.raises(TypeError):
+        sluice.Client.close(42)  # the method checks its self's type
+
+
+@pytest.mark.parametrize("protocol", range(0, 6))
+def test_pickle_and_copy_refuse_a_client_and_a_decision(client, protocol):
+    import copy
+    import pickle
+
+    # Before: protocols 0 and 1 aborted the interpreter in pybind11's tp_new.
+    for obj in (client, sluice.Client.__new__(sluice.Client), client.acquire("k", "pro")):
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pickle.dumps(obj, protocol=protocol)
+        with pytest.raises(TypeError):
+            copy.copy(obj)
+    assert not client.closed and client.acquire("k", "pro").remaining == 3
+
+
+def test_the_extension_can_be_imported_before_the_package(daemon):
+    code = (
+        "import _sluice, sluice, sys\n"
+        "assert sluice.Decision is _sluice.Decision\n"
+        "c = _sluice.Client(sys.argv[1])\n"
+        "try:\n"
+        "    c.acquire('', 'pro')\n"
+        "except sluice.EmptyKeyError as e:\n"
+        "    print('EmptyKeyError', e.code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, daemon.segment], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["EmptyKeyError", "-3"]
+
+
+def test_argument_errors_name_the_method_and_the_whole_keyword(client):
+    with pytest.raises(TypeError, match=r"^peek\(\) takes at most 3"):
+        client.peek("k", "pro", 1, 2)
+    with pytest.raises(TypeError, match=r"^acquire\(\) missing required argument 'tier'"):
+        client.acquire("k")
+    # A keyword with a NUL in it is not the keyword before the NUL.
+    for name in ("key\0x", "tier\0", "cost\0y"):
+        args = {"key": "k", "tier": "pro"}
+        args[name] = args.pop(name.split("\0")[0], 1)
+        with pytest.raises(TypeError, match="unexpected or repeated argument"):
+            client.acquire(**args)
+    for key, tier in (("\ud800", "pro"), ("k", "pro\udfff")):  # no UTF-8 form
+        with pytest.raises(UnicodeEncodeError):
+            client.acquire(key, tier)
+    assert client.acquire(key="k", tier="pro", cost=2).remaining == 3, "nothing was consumed before"
+
+
+def test_a_segment_name_must_be_str(daemon):
+    with pytest.raises(TypeError, match="segment must be str or None, not bytes"):
+        sluice.Client(daemon.segment.encode())
 
 
 def test_one_client_shared_by_threads_is_exact(client):
