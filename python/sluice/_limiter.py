@@ -19,6 +19,7 @@ from sluice.errors import (
     EmptyKeyError,
     KeyTooLongError,
     SluiceError,
+    TableFullError,
     UnknownTierError,
 )
 
@@ -272,20 +273,25 @@ class _Limiter:
             shown = tier if len(tier) <= _TIER_SHOWN else tier[:_TIER_SHOWN] + "..."
             return 400, _invalid_body(f"The request names rate-limit tier {shown!r}, which does not exist.",
                                       code="unknown_rate_limit_tier", param="tier"), {}
+        except TableFullError as e:
+            # Refused even with on_error="allow": anyone can fill the table with made-up
+            # keys, and under "allow" every new key would then pass uncounted.
+            return self._failed(e, allow=False)
         except SluiceError as e:
             return self._failed(e)
         if d.allowed:
             return None, d
         return 429, _denied_body(d, cost), d.headers()
 
-    def _failed(self, e: SluiceError) -> tuple:
-        if self.allow_on_error:
+    def _failed(self, e: SluiceError, allow: Optional[bool] = None) -> tuple:
+        if self.allow_on_error if allow is None else allow:
             self._log(logging.WARNING, "sluice: rate limiter error, request ALLOWED (on_error='allow'): %s: %s",
                       type(e).__name__, e.message)
             return None, None
         self._log(logging.ERROR, "sluice: rate limiter error, request refused with %d: %s: %s",
                   self.error_status, type(e).__name__, e.message)
-        return self.error_status, _unavailable_body(e), {}
+        # A 503 says when to come back (RFC 9110 10.2.3); the outage's end is unknown.
+        return self.error_status, _unavailable_body(e), {"Retry-After": "1"} if self.error_status == 503 else {}
 
 
 

@@ -51,10 +51,20 @@ What a request gets:
   with ``on_error="allow"`` (otherwise an over-long API key or a made-up tier would
   bypass the limit);
 * the limiter itself fails (no segment: is ``sluiced`` running? a constant tier that
-  does not exist, full key table, ...): by default ``error_status`` (503) with ``"type":
-  "rate_limiter_unavailable"`` -- fail closed, never a silent allow.
+  does not exist, ...): by default ``error_status`` (503, with ``Retry-After: 1``)
+  and ``"type": "rate_limiter_unavailable"`` -- fail closed, never a silent allow.
   ``on_error="allow"`` is the explicit opt-in to let such requests through (each
-  failure is logged as a warning on the ``sluice`` logger, at most once a second).
+  failure is logged as a warning on the ``sluice`` logger, at most once a second);
+* the tier's key table is full (``segment.max_keys`` live keys): ``error_status``
+  even with ``on_error="allow"``, since anyone can fill it with made-up keys. Size
+  ``max_keys`` for the keys a flood can make, or take the key from an
+  authenticated identity, not from whatever the request says.
+
+Place it inside ``CORSMiddleware`` (add it first: Starlette runs the last added
+outermost), or exempt ``OPTIONS``: a browser's preflight carries no API key, and a
+429 sent from outside the CORS layer has no ``Access-Control-Allow-Origin``, so the
+browser reports a CORS error instead. List ``Retry-After`` and the ``RateLimit-*`` /
+``x-ratelimit-*`` headers in ``expose_headers`` for scripts to read them.
 
 Exceptions raised by your own key/tier/cost callables are not caught (the server
 answers 500). Scopes other than ``http`` (``lifespan``, ``websocket``) pass through

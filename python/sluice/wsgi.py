@@ -39,8 +39,11 @@ The responses are those of :mod:`sluice.asgi`:
 * no key/tier: ``missing_key_status`` (400), ``"type": "missing_rate_limit_key"``;
 * a key or cost the limiter can never accept, or a tier chosen by a callable that
   does not exist: 400 ``invalid_request_error`` (even with ``on_error="allow"``);
-* a limiter failure (is ``sluiced`` running?): ``error_status`` (503) by default --
-  fail closed; ``on_error="allow"`` is the explicit, logged opt-in to let it through.
+* a limiter failure (is ``sluiced`` running?): ``error_status`` (503, with
+  ``Retry-After: 1``) by default -- fail closed; ``on_error="allow"`` is the
+  explicit, logged opt-in to let it through;
+* a full key table: ``error_status`` even with ``on_error="allow"`` (anyone can fill
+  it with made-up keys; see :mod:`sluice.asgi`).
 
 The :class:`sluice.Client` is opened on the first request in each process (gunicorn
 forks its workers after loading the app with ``--preload``) unless ``client`` is given.

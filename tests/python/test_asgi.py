@@ -274,6 +274,39 @@ def test_on_error_allow_is_an_explicit_logged_opt_in(client, caplog):
     assert call(mw, scope())[0] == 200
 
 
+@pytest.mark.parametrize("on_error", ["deny", "allow"])
+def test_a_full_key_table_is_refused_even_with_allow(tmp_path, on_error):
+    # Before: under "allow", made-up keys filled the table and every new key then
+    # passed uncounted (a tier of 1 request a minute admitted 5 of 5).
+    from conftest import Daemon
+
+    d = Daemon(tmp_path, {"segment": {"max_keys": 4, "max_key_bytes": 16},
+                          "tiers": [{"name": "t", "limit": 1, "window_ms": 60000, "max_limit": 1}]})
+    try:
+        with sluice.Client(d.segment) as c:
+            app = App()
+            mw = RateLimitMiddleware(app, key=lambda sc: dict(sc["headers"])[b"x-api-key"], tier="t",
+                                     client=c, on_error=on_error)
+            statuses = [call(mw, scope(headers=[("x-api-key", f"junk-{i}")]))[0] for i in range(40)]
+            assert statuses.count(200) == 16 and statuses[16:] == [503] * 24  # 16 table slots
+            for _ in range(5):
+                status, h, body, _ = call(mw, scope(headers=[("x-api-key", "new-key")]))
+                assert status == 503 and h["retry-after"] == "1"
+                assert json.loads(body)["error"]["code"] == "TableFullError"
+            assert len(app.calls) == 16
+    finally:
+        d.stop()
+
+
+def test_a_fail_closed_503_says_when_to_retry(client):
+    mw = RateLimitMiddleware(App(), key="k", tier="gold", client=client)
+    status, h, _, _ = call(mw, scope())
+    assert status == 503 and h["retry-after"] == "1"
+    mw = RateLimitMiddleware(App(), key="k", tier="gold", client=client, error_status=500)
+    status, h, _, _ = call(mw, scope())
+    assert status == 500 and "retry-after" not in h, "Retry-After only where HTTP defines it"
+
+
 def test_bad_options_are_refused_at_construction():
     with pytest.raises(ValueError):
         RateLimitMiddleware(App(), key="k", tier="pro", on_error="maybe")

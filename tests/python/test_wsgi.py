@@ -162,6 +162,25 @@ def test_limiter_errors_fail_closed_unless_allow_is_opted_in(client, caplog):
     assert "ALLOWED" in caplog.text and "NoSegmentError" in caplog.text
 
 
+def test_a_full_key_table_is_refused_even_with_allow(tmp_path):
+    from conftest import Daemon
+
+    d = Daemon(tmp_path, {"segment": {"max_keys": 4, "max_key_bytes": 16},
+                          "tiers": [{"name": "t", "limit": 1, "window_ms": 60000, "max_limit": 1}]})
+    try:
+        with sluice.Client(d.segment) as c:
+            app = App()
+            mw = RateLimitMiddleware(app, key=lambda env: env["HTTP_X_API_KEY"], tier="t", client=c,
+                                     on_error="allow")
+            codes = [call(mw, environ(headers={"X-Api-Key": f"junk-{i}"}))[0] for i in range(20)]
+            assert codes == [200] * 16 + [503] * 4
+            code, h, body, _ = call(mw, environ(headers={"X-Api-Key": "new-key"}))
+            assert code == 503 and h["Retry-After"] == "1" and app.calls == 16
+            assert json.loads(body)["error"]["code"] == "TableFullError"
+    finally:
+        d.stop()
+
+
 def test_exempt_passes_through_without_the_limiter():
     app = App()
     mw = RateLimitMiddleware(app, key="k", tier="pro", segment="sluicetest-py-no-such-segment",
