@@ -19,8 +19,11 @@ constexpr int kMaxClockRereads = 64;  // ~2 us of clock reads before judging at 
 // Writes the followers of a cost-N claim at h and advances head past it. Any
 // process may run it for any claim it sees at head.
 void complete_claim(EntryHeader *e, AtomicU64 *ring, const RingCursor &rc, uint64_t h, uint64_t lead) {
-  // A lead always has count >= 1; treating a damaged 0 as 1 keeps the key moving.
-  const uint32_t n = std::max<uint32_t>(1, ring_count(lead));
+  // A lead always has count 1..capacity (decide refuses a larger cost). The count
+  // is read from client-writable memory: a damaged 0 is taken as 1 (keeps the key
+  // moving), and above capacity as capacity (RingCursor folds one lap only, so a
+  // larger count would write past this key's ring).
+  const uint32_t n = std::clamp<uint32_t>(ring_count(lead), 1, rc.cap);
   for (uint32_t k = 1; k < n; ++k) {
     const uint64_t p = h + k;
     AtomicU64 &slot = ring[rc.idx(p)];
@@ -114,7 +117,7 @@ void admit_fresh(uint32_t cost, Limits lim, Outcome &out) {
 }
 
 Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, int64_t now_ns, bool record,
-           Outcome &out, const TscClock &clock) {
+           Outcome &out, const TscClock &clock, bool reread_on_fresh_ring) {
   EntryHeader *e = t.entry(ref.slot);
   AtomicU64 *ring = t.ring(ref.slot);
   const uint32_t cap = t.capacity;
@@ -147,6 +150,15 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       continue;
     }
     const uint64_t newest = ring[rc.idx(h - 1)].load(acq);
+    if (reread_on_fresh_ring && ring_ts_us(newest) == 0) {
+      // Nothing recorded in this ring yet: it may be the new ring of a key sluiced
+      // reclaimed after our clock read, and that read would stamp a time before the
+      // old ring's last unit. A read now comes after the reclaim, which came a window
+      // after that unit. Once per call: first admissions into a ring are rare.
+      reread_on_fresh_ring = false;
+      now_ns = std::max<int64_t>(now_ns, clock.now_ns());
+      now_us = uint64_t(now_ns + 999) / 1000;
+    }
     // Everything a decision reads must belong to one instant: head, the slot at
     // head (a claim in flight there may already be visible in the ring) and ctrl.
     auto moved = [&] {

@@ -68,6 +68,14 @@ bool wait_while(const AtomicU64 &ctrl, uint64_t word) {
 // Decides a PENDING entry. Safe to run by anyone, any number of times.
 void resolve(const TierView &t, const KeyProbe &k, uint32_t s, uint64_t pending) {
   EntryHeader *me = t.entry(s);
+  // Two inserters of one key each publish, then scan for the other: a store then a
+  // load on different words (store buffering). Release and acquire allow both scans
+  // to miss (both entries go live: two rings for one key); only a seq_cst fence on
+  // each side forbids it. x86 already has it: the publishing CAS is a locked
+  // instruction, a full barrier.
+#if !defined(__x86_64__)
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
   const uint64_t my_seq = me->seq.load(acq);
   const uint32_t gen = ctrl_gen(pending);
   for (;;) {

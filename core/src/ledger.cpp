@@ -197,7 +197,7 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     if (found == Lookup::absent) {
       admit_fresh(cost, limits, o);
     } else {
-      const Step st = admit(tv, ref, cost, limits, now_ns, record, o, clock_);
+      const Step st = admit(tv, ref, cost, limits, now_ns, record, o, clock_, true);
       if (st == Step::stale) continue;  // the entry was reclaimed under us: look it up again
       if (st == Step::busy) return Status::busy;
     }

@@ -222,3 +222,46 @@ TEST_F(OneKey, AClockBehindTheNewestAdmissionIsJudgedAtItWithoutWaitingForIt) {
   EXPECT_EQ(o.reason, Reason::window_full);
   EXPECT_EQ(o.remaining, 0u);
 }
+
+TEST(ReclaimedKey, AClockReadFromBeforeAReclaimNeverStampsTheNewRingBeforeTheOldRingsLastUnit) {
+  // A reads its clock, stalls; the key goes idle and sluiced reclaims it; A re-inserts
+  // it and admits. Before: A's unit was stamped at its old read, 1 ms after the
+  // reclaimed ring's last unit: two units 1 ms apart on a limit of 1 a second.
+  test::SegmentGuard seg{"adm-reclaim", test::spec_with({test::tier("t", 1, 1000, 1)})};
+  const TierView tv = seg.owner->tier_view(0);
+  const KeyProbe k("tenant-1", 8);
+  const int64_t window = 1000 * kMs, t_b = mono_ns() - 10'000 * kMs;  // B, 10 s ago
+  EntryRef ref;
+  Outcome o;
+  ASSERT_EQ(find_or_insert_key(tv, k, seg.owner->state(), ref), Lookup::found);
+  ASSERT_EQ(admit(tv, ref, 1, Limits{1, window}, t_b, true, o), Step::decided);  // B stamped at its own (earlier) read
+  ASSERT_TRUE(o.allowed);
+  const int64_t a_read = t_b + 1 * kMs;  // A's clock read, then A stalls
+  ASSERT_TRUE(try_reclaim(tv, ref.slot, t_b + window + 1 * kMs, window));
+  ASSERT_EQ(find_or_insert_key(tv, k, seg.owner->state(), ref), Lookup::found);
+  ASSERT_EQ(admit(tv, ref, 1, Limits{1, window}, a_read, true, o, TscClock(), true), Step::decided);
+  if (o.allowed) {
+    EXPECT_GE(o.admitted_at_ns, t_b + window) << "two units less than a window apart";
+  }
+}
+
+TEST(HostileRing, ADamagedLeadCountNeverWritesPastItsKeysRing) {
+  // The lead's count is client-writable. Before: a count above capacity made the
+  // helpers write past the ring, into other keys' rings (or past the mapping).
+  test::SegmentGuard seg{"adm-lead", test::spec_with({test::tier("t", 4, 1000, 4)}, 16)};
+  const TierView tv = seg.owner->tier_view(0);
+  EntryRef ref;
+  ASSERT_EQ(find_or_insert_key(tv, KeyProbe("k", 1), seg.owner->state(), ref), Lookup::found);
+  const size_t ring_words = size_t(tv.slots) * tv.capacity;
+  std::vector<uint64_t> before(ring_words);
+  for (size_t i = 0; i < ring_words; ++i) before[i] = tv.rings[i].load();
+  const uint64_t h = tv.entry(ref.slot)->head.load();
+  const RingCursor rc(h, tv.capacity);
+  tv.ring(ref.slot)[rc.base_idx].store(rc.make(h, uint64_t(mono_ns() / 1000), 40));  // count 40 > capacity 4
+  Outcome o;
+  admit(tv, ref, 1, Limits{4, 1000 * kMs}, mono_ns(), true, o);
+  for (size_t i = 0; i < ring_words; ++i) {
+    if (i / tv.capacity == ref.slot) continue;
+    ASSERT_EQ(tv.rings[i].load(), before[i]) << "ring word " << i << " of slot " << i / tv.capacity << " was written";
+  }
+}

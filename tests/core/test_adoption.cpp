@@ -50,7 +50,9 @@ struct Names {  // removes both objects whoever made them (the test runs as root
 void leave_raw_state(const std::string &name, off_t bytes) {
   const int fd = shm_open(("/" + state_segment_name(name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0660);
   ASSERT_GE(fd, 0);
-  if (bytes) ASSERT_EQ(ftruncate(fd, bytes), 0);
+  if (bytes) {
+    ASSERT_EQ(ftruncate(fd, bytes), 0);
+  }
   close(fd);
 }
 

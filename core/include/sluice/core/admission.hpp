@@ -37,9 +37,11 @@ enum class Step { decided, stale, busy };
 
 // record=false is a peek: the same decision, no unit recorded (it may refresh the
 // entry's window hint, which only `remaining` reads).
-// `clock` is read again when the clock read `now_ns` proves stale.
+// `clock` is read again when the clock read `now_ns` proves stale, and, with
+// `reread_on_fresh_ring` (the ledger's calls; tests that drive explicit times leave it
+// off), before the first unit recorded in a ring.
 Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, int64_t now_ns, bool record,
-           Outcome &out, const TscClock &clock = TscClock());
+           Outcome &out, const TscClock &clock = TscClock(), bool reread_on_fresh_ring = false);
 
 // The decision for a key that has no entry yet (peek on an unknown key).
 void admit_fresh(uint32_t cost, Limits lim, Outcome &out);

@@ -3,7 +3,7 @@
 // scheme of libdivide, after Granlund and Montgomery). The hot path needs the
 // slot and lap of a position on every attempt, and a 64-bit DIV costs more than
 // the rest of that arithmetic together. Exact for every n and every d >= 1
-// (tests/core/test_fast_div.cpp checks it against '/' and '%').
+// (FastDivision.AgreesWithDivisionEverywhere in tests/core/test_codec.cpp checks it against '/' and '%').
 #pragma once
 #include <cstdint>
 
