@@ -169,7 +169,8 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
       out.reason = limit == 0 ? Reason::tier_closed : Reason::cost_above_limit;
       out.remaining = limit ? limit - std::min(limit, units_in_window(e, ring, rc, h >= limit ? h - limit : 0, h, now_ns, window)) : 0;
       out.retry_after_ns = window;
-      out.reset_after_ns = ring_ts_us(newest) ? std::max<int64_t>(0, ts_ns(newest) + window - now_ns) : 0;
+      // Times are stored rounded up to the microsecond: never report more than a window.
+      out.reset_after_ns = ring_ts_us(newest) ? std::clamp<int64_t>(ts_ns(newest) + window - now_ns, 0, window) : 0;
       return Step::decided;
     }
     // The unit our claim pushes out of the last `limit`.

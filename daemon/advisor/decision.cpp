@@ -37,9 +37,10 @@ const Value* member(const Value& obj, std::string_view key, Value::Type type, st
 }
 
 // Cut at a UTF-8 character boundary.
+// At most `max` bytes (the "..." that marks a cut included), cut between characters.
 std::string truncate_utf8(std::string s, size_t max) {
   if (s.size() <= max) return s;
-  size_t n = max;
+  size_t n = max - 3;
   while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
   s.resize(n);
   return s + "...";

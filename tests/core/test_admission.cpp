@@ -265,3 +265,17 @@ TEST(HostileRing, ADamagedLeadCountNeverWritesPastItsKeysRing) {
     ASSERT_EQ(tv.rings[i].load(), before[i]) << "ring word " << i << " of slot " << i / tv.capacity << " was written";
   }
 }
+
+TEST_F(OneKey, ACostAboveTheLimitNeverReportsAResetBeyondAWindow) {
+  // Times are stored rounded up to the microsecond, so the newest unit can be up to
+  // 999 ns after now. Before: the cost-above-limit denial reported a reset of a
+  // window plus that (found by fuzz_capi).
+  const int64_t now = t0 - t0 % 1000 + 1000 * kMs + 1;  // 999 ns before its microsecond
+  Outcome o;
+  ASSERT_EQ(admit(tv, ref, 1, Limits{3, 1000 * kMs}, now, true, o), Step::decided);
+  ASSERT_TRUE(o.allowed);
+  ASSERT_EQ(admit(tv, ref, 4, Limits{3, 1000 * kMs}, now, true, o), Step::decided);
+  EXPECT_EQ(o.reason, Reason::cost_above_limit);
+  EXPECT_LE(o.reset_after_ns, 1000 * kMs);
+  EXPECT_GE(o.reset_after_ns, 1000 * kMs - 1000);
+}
