@@ -184,6 +184,18 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   // Inserters tag their claims with their pids only once they see this daemon's
   // namespace (a restarted daemon may run in another: their claims then carry 0).
   const PidNamespace ns = PidNamespace::mine();
+  if (!created && (o->state_->pid_ns_dev.load(std::memory_order_relaxed) != ns.dev ||
+                   o->state_->pid_ns_ino.load(std::memory_order_relaxed) != ns.ino)) {
+    // Before the new namespace is published: a claim made after it carries 0 or a
+    // pid of ours, either of which collect() judges rightly.
+    for (uint32_t t = 0; t < o->tier_count(); ++t) {
+      const TierView &v = o->tier_view(t);
+      for (uint32_t slot = 0; slot < v.slots; ++slot) {
+        const uint64_t c = v.entry(slot)->ctrl.load(std::memory_order_acquire);
+        if (ctrl_state(c) == EntryState::claimed && ctrl_tag(c) != 0) o->foreign_claims_[(uint64_t(t) << 32) | slot] = c;
+      }
+    }
+  }
   o->state_->pid_ns_dev.store(ns.dev, std::memory_order_relaxed);
   o->state_->pid_ns_ino.store(ns.ino, std::memory_order_relaxed);
   o->publish(rows);
@@ -239,6 +251,11 @@ GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {
           state_->keys_reclaimed.fetch_add(1, std::memory_order_relaxed);
         }
       } else if (ctrl_state(c) == EntryState::claimed) {
+        if (!foreign_claims_.empty()) {
+          const auto f = foreign_claims_.find(id);
+          if (f != foreign_claims_.end() && f->second == c) continue;  // a pid of another namespace
+          if (f != foreign_claims_.end()) foreign_claims_.erase(f);
+        }
         auto [it, fresh] = claims_seen_.try_emplace(id, c, boot_now);
         if (!fresh && it->second.first != c) it->second = {c, boot_now};
         else if (!fresh && boot_now - it->second.second > kDeadClaimGraceNs &&
@@ -246,8 +263,9 @@ GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {
           ++st.dead_claims_freed;
           claims_seen_.erase(it);
         }
-      } else if (!claims_seen_.empty()) {
-        claims_seen_.erase(id);
+      } else {
+        if (!claims_seen_.empty()) claims_seen_.erase(id);
+        if (!foreign_claims_.empty()) foreign_claims_.erase(id);
       }
     }
   }

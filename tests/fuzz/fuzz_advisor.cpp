@@ -1,9 +1,11 @@
 // The advisor's readers on arbitrary bytes, as a model server could send them. The
 // first byte picks the reader: the JSON parser, the Ollama or the OpenAI envelope
-// followed by the decision, or the decision alone. Each either refuses with a
-// message or gives a result that keeps its promises: a parsed string quotes back to
-// itself; advice has one limit per tier, adaptive ones within [floor, ceiling], fixed
-// ones unchanged, a confidence in 0..1 and a bounded, well-formed rationale.
+// followed by the decision, the decision alone, or the escaping that carries model
+// text into sluicectl's JSON. Each either refuses with a message or gives a result
+// that keeps its promises: a parsed string quotes back to itself; advice has one
+// limit per tier, adaptive ones within [floor, ceiling], fixed ones unchanged, a
+// confidence in 0..1 and a bounded, well-formed rationale; escaped text parses back
+// to itself (ill-formed UTF-8 replaced).
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -11,6 +13,7 @@
 
 #include "advisor/decision.hpp"
 #include "advisor/json.hpp"
+#include "commands.hpp"
 #include "fuzz_check.hpp"
 #include "text/utf8.hpp"
 
@@ -78,7 +81,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size == 0) return 0;
   const std::string_view body(reinterpret_cast<const char *>(data) + 1, size - 1);
   std::string error;
-  switch (data[0] % 4) {
+  switch (data[0] % 5) {
     case 0: {
       const auto v = advisor::json::parse(body, &error);
       if (!v) {
@@ -94,7 +97,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     case 1:
     case 2: {
-      const auto kind = data[0] % 4 == 1 ? advisor::AdvisorConfig::ollama : advisor::AdvisorConfig::openai;
+      const auto kind = data[0] % 5 == 1 ? advisor::AdvisorConfig::ollama : advisor::AdvisorConfig::openai;
       const auto content = advisor::extract_content(kind, body, &error);
       if (!content) {
         FUZZ_CHECK(!error.empty(), "envelope refused without a reason");
@@ -103,8 +106,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       check_advice(*content);
       break;
     }
-    default:
+    case 3:
       check_advice(body);
+      break;
+    default: {
+      const std::string raw(body);
+      const auto v = advisor::json::parse(daemon::json_escape(raw), &error);
+      FUZZ_CHECK(v && v->type == advisor::json::Value::Type::string, "json_escape gave invalid JSON: %s", error.c_str());
+      FUZZ_CHECK(v->text == text::utf8_clean(raw), "json_escape did not round-trip");
+    }
   }
   return 0;
 }

@@ -107,6 +107,45 @@ TEST(FaultPoints, AClaimFromOutsideTheDaemonsPidNamespaceIsNeverFreedAsDead) {
   EXPECT_TRUE(process_alive_since(0, boottime_ns()));
 }
 
+TEST(FaultPoints, ClaimsMadeUnderADaemonInAnotherPidNamespaceAreNeverFreedByItsSuccessor) {
+  // The claim carries its inserter's pid in the namespace of the daemon then
+  // running. A successor in another namespace would look that pid up in its own
+  // and might free a live, stalled inserter's claim. Here the inserter is dead, so
+  // a same-namespace successor frees it (checked last): the successor in another
+  // namespace must not.
+  const auto spec = test::spec_with({test::tier("t", 4, 60000, 4)}, 256);
+  test::SegmentGuard seg("fault-ns-restart", spec);
+  const TierView &tv = seg.owner->tier_view(0);
+  long slot = -1;
+  for (long n = 1; n < 64 && slot < 0; ++n) {
+    const int st = acquire_in_a_child_killed_at(seg, n, "ns-restart", 1);
+    for (uint32_t s = 0; s < tv.slots && slot < 0; ++s)
+      if (ctrl_state(tv.entry(s)->ctrl.load()) == EntryState::claimed) slot = long(s);
+    if (!WIFSIGNALED(st)) break;
+  }
+  ASSERT_GE(slot, 0) << "no fault point left a claimed slot";
+  const uint64_t word = tv.entry(uint32_t(slot))->ctrl.load();
+  ASSERT_NE(ctrl_tag(word), 0u) << "made in this namespace: tagged with the child's pid";
+  auto restart = [&](bool other_namespace) {
+    if (other_namespace) seg.owner->state().pid_ns_ino.store(seg.owner->state().pid_ns_ino.load() + 1);
+    seg.owner.reset();
+    bool created = true;
+    std::string detail;
+    ASSERT_EQ(Owner::create_or_attach(seg.name, spec, false, seg.owner, created, detail), Status::ok) << detail;
+    ASSERT_FALSE(created);
+  };
+  auto freed_after_grace = [&] {
+    seg.owner->collect(1'000'000'000'000LL, 1 << 20);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+    return seg.owner->collect(1'000'000'000'000LL, 1 << 20).dead_claims_freed;
+  };
+  restart(true);
+  EXPECT_EQ(freed_after_grace(), 0u);
+  EXPECT_EQ(seg.owner->tier_view(0).entry(uint32_t(slot))->ctrl.load(), word);
+  restart(false);  // a successor in the namespace the claim was made in
+  EXPECT_EQ(freed_after_grace(), 1u);
+}
+
 namespace {
 Ledger *g_other = nullptr;
 bool g_in_hook = false;
