@@ -67,8 +67,9 @@ browser reports a CORS error instead. List ``Retry-After`` and the ``RateLimit-*
 ``x-ratelimit-*`` headers in ``expose_headers`` for scripts to read them.
 
 Exceptions raised by your own key/tier/cost callables are not caught (the server
-answers 500). Scopes other than ``http`` (``lifespan``, ``websocket``) pass through
-untouched, and so do requests for which ``exempt(scope)`` is true.
+answers 500). ``lifespan`` scopes pass through untouched, ``websocket`` ones too
+unless ``websocket=True`` (one admission per handshake), and so do requests for
+which ``exempt(scope)`` is true.
 
 The :class:`sluice.Client` is opened on the first request of each process (workers
 that fork or spawn each open their own) unless ``client`` is given; all middlewares
@@ -79,6 +80,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import re
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Optional, TypeVar, Union
 
@@ -307,6 +309,13 @@ class RateLimitMiddleware:
         through unlimited, no headers (health checks, metrics).
     :param max_body_bytes: the most body read for :func:`reads_body` functions
         (default 1 MiB); a larger body, or a Content-Length above it, answers 413.
+    :param websocket: also limit websocket connections (default False: they pass
+        through). Each handshake is one admission, decided before the app sees it;
+        body functions see an empty body. Admitted: the app's ``websocket.accept``
+        carries the rate-limit headers. Refused: the refusal's status, headers and
+        JSON body where the server supports the ``websocket.http.response``
+        extension, else a close before accept (code 1008, the reason in its text),
+        which the server sends as HTTP 403.
     """
 
     def __init__(
@@ -323,14 +332,21 @@ class RateLimitMiddleware:
         error_status: int = 503,
         exempt: Optional[ExemptSource] = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        websocket: bool = False,
     ) -> None:
+        if not isinstance(websocket, bool):
+            raise TypeError(f"websocket must be True or False, not {websocket!r}")
         self.app = app
+        self.websocket = websocket
         self._limiter = _Limiter(key, tier, cost, client, segment, on_error, missing_key_status,
                                  error_status, exempt)
         self.max_body_bytes = _check_max_body(max_body_bytes)
         self._reads_body = any(getattr(s, "reads_body", False) for s in (key, tier, cost))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.websocket:
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -379,6 +395,59 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lim = self._limiter
+        if lim.exempt is not None and await _resolve(lim.exempt, scope):
+            await self.app(scope, receive, send)
+            return
+        if self._reads_body:
+            scope["sluice.body"] = b""  # a handshake has no body
+        key = await _resolve(lim.key, scope)
+        tier = await _resolve(lim.tier, scope)
+        cost = await _resolve(lim.cost, scope)
+        status, *rest = lim.decide(key, tier, cost)
+        if status is not None:
+            body, headers = rest
+            await _refuse_websocket(scope, receive, send, status, body, headers)
+            return
+        decision = rest[0]
+        if decision is None:  # on_error="allow"
+            await self.app(scope, receive, send)
+            return
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in decision.headers().items()]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                message = {**message, "headers": _replace_headers(message.get("headers", ()), extra)}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, status: int, body: bytes,
+                            headers: Mapping[str, str]) -> None:
+    """Answers a handshake the limiter refused, before any accept."""
+    message = await receive()
+    if message.get("type") != "websocket.connect":
+        return  # the client left first: no one to answer
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    try:
+        text = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        text = "refused by the rate limiter"
+    if "Retry-After" in headers:
+        text = f"{status}: retry after {headers['Retry-After']} s: {text}"
+    else:
+        text = f"{status}: {text}"
+    # A close frame's reason holds at most 123 bytes of UTF-8.
+    reason = text.encode("utf-8")[:123].decode("utf-8", "ignore")
+    await send({"type": "websocket.close", "code": 1008, "reason": reason})
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: Mapping[str, str]) -> None:

@@ -698,6 +698,88 @@ def test_the_stub_covers_the_extension():
     assert (Path(sluice.__file__).parent / "py.typed").exists()
 
 
+# --- websockets (opt-in) -------------------------------------------------------------------------------
+
+def ws_call(mw, sc, first=None):
+    """One websocket handshake; returns the messages the middleware or app sent."""
+    sent = []
+    messages = [first or {"type": "websocket.connect"}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(mw(sc, receive, send))
+    return sent
+
+
+def test_websockets_pass_through_unless_opted_in(client):
+    app = App()
+    mw = RateLimitMiddleware(app, key="k", tier="tiny", client=client)
+    for _ in range(3):
+        assert ws_call(mw, scope(type_="websocket")) == [{"type": "websocket.accept"}]
+    assert client.acquire("k", "tiny").allowed, "nothing was counted before"
+    with pytest.raises(TypeError):
+        RateLimitMiddleware(app, key="k", tier="tiny", client=client, websocket="yes")
+
+
+def test_an_opted_in_websocket_handshake_is_one_admission(client):
+    app = App()
+    mw = RateLimitMiddleware(app, key=header("x-api-key"), tier="tiny", client=client, websocket=True)
+    sc = scope(type_="websocket", headers=[("x-api-key", "ws-1")])
+    sent = ws_call(mw, sc)
+    assert [m["type"] for m in sent] == ["websocket.accept"]
+    headers = dict(sent[0]["headers"])
+    assert headers[b"ratelimit-limit"] == b"1" and headers[b"ratelimit-remaining"] == b"0"
+    # Refused before accept: a close the server sends as 403, the reason in its text.
+    sent = ws_call(mw, scope(type_="websocket", headers=[("x-api-key", "ws-1")]))
+    assert len(sent) == 1 and sent[0]["type"] == "websocket.close" and sent[0]["code"] == 1008
+    assert sent[0]["reason"].startswith("429: retry after ") and len(sent[0]["reason"].encode()) <= 123
+    assert len(app.calls) == 1, "the app never saw the refused handshake"
+    # A server with the websocket.http.response extension gets the full 429.
+    sc = scope(type_="websocket", headers=[("x-api-key", "ws-1")])
+    sc["extensions"] = {"websocket.http.response": {}}
+    sent = ws_call(mw, sc)
+    assert [m["type"] for m in sent] == ["websocket.http.response.start", "websocket.http.response.body"]
+    assert sent[0]["status"] == 429 and dict(sent[0]["headers"])[b"retry-after"]
+    assert json.loads(sent[1]["body"])["error"]["type"] == "rate_limit_exceeded"
+    # No key: refused too; a client gone before connect gets nothing.
+    sent = ws_call(mw, scope(type_="websocket"))
+    assert sent[0]["type"] == "websocket.close" and sent[0]["reason"].startswith("400: ")
+    assert ws_call(mw, scope(type_="websocket"), first={"type": "websocket.disconnect", "code": 1001}) == []
+    assert len(app.calls) == 1
+
+
+def test_a_websocket_handshake_under_uvicorn_is_limited(daemon, tmp_path):
+    import socket as sk
+
+    argv = lambda port: [PYTHON, "-m", "uvicorn", "--app-dir", ".", "--host", "127.0.0.1", "--port", str(port),
+                         "--ws", "wsproto", "--log-level", "warning", "--no-access-log", "ws_app:app"]
+
+    def handshake(port, api_key):
+        with sk.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall((f"GET /v1/realtime HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       f"Sec-WebSocket-Version: 13\r\nx-api-key: {api_key}\r\n\r\n").encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+        lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        return int(lines[0].split()[1]), {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+
+    with serve(argv, tmp_path / "uvicorn-ws.log", {"SLUICE_SEGMENT": daemon.segment}) as server:
+        status, headers = handshake(server.port, "ws-e2e")
+        assert status == 101 and headers["ratelimit-remaining"] == "0", (status, headers, server.log_tail())
+        status, _ = handshake(server.port, "ws-e2e")
+        assert status == 403, server.log_tail()
+        assert handshake(server.port, "ws-e2e-other")[0] == 101
+
+
 # --- FastAPI under uvicorn --workers 4 ---------------------------------------------------------------
 
 def test_fastapi_under_uvicorn_with_4_workers_shares_one_exact_limit(daemon, tmp_path):
