@@ -375,26 +375,7 @@ class RateLimitMiddleware:
                     return
                 scope["sluice.body"] = raw
                 receive = _replay(raw, receive)
-        key = await _resolve(lim.key, scope)
-        tier = await _resolve(lim.tier, scope)
-        cost = await _resolve(lim.cost, scope)
-        status, *rest = lim.decide(key, tier, cost)
-        if status is not None:
-            body, headers = rest
-            await _respond(send, status, body, headers)
-            return
-        decision = rest[0]
-        if decision is None:  # on_error="allow"
-            await self.app(scope, receive, send)
-            return
-        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in decision.headers().items()]
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = _replace_headers(message.get("headers", ()), extra)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        await self._admit(scope, receive, send, lambda *refusal: _respond(send, *refusal), "http.response.start")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         lim = self._limiter
@@ -403,13 +384,20 @@ class RateLimitMiddleware:
             return
         if self._reads_body:
             scope["sluice.body"] = b""  # a handshake has no body
+        await self._admit(scope, receive, send,
+                          lambda *refusal: _refuse_websocket(scope, receive, send, *refusal), "websocket.accept")
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send,
+                     refuse: Callable[[int, bytes, Mapping[str, str]], Awaitable[None]], start_type: str) -> None:
+        """Decides; then refuses, or runs the app with the decision's headers added to
+        its ``start_type`` message (the response start, or the websocket accept)."""
+        lim = self._limiter
         key = await _resolve(lim.key, scope)
         tier = await _resolve(lim.tier, scope)
         cost = await _resolve(lim.cost, scope)
         status, *rest = lim.decide(key, tier, cost)
         if status is not None:
-            body, headers = rest
-            await _refuse_websocket(scope, receive, send, status, body, headers)
+            await refuse(status, *rest)
             return
         decision = rest[0]
         if decision is None:  # on_error="allow"
@@ -418,7 +406,7 @@ class RateLimitMiddleware:
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in decision.headers().items()]
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "websocket.accept":
+            if message["type"] == start_type:
                 message = {**message, "headers": _replace_headers(message.get("headers", ()), extra)}
             await send(message)
 
@@ -432,9 +420,7 @@ async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, status: 
     if message.get("type") != "websocket.connect":
         return  # the client left first: no one to answer
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+        await send({"type": "websocket.http.response.start", "status": status, "headers": _json_headers(body, headers)})
         await send({"type": "websocket.http.response.body", "body": body})
         return
     try:
@@ -450,8 +436,11 @@ async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, status: 
     await send({"type": "websocket.close", "code": 1008, "reason": reason})
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+def _json_headers(body: bytes, headers: Mapping[str, str]) -> list:
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
+    return raw + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": _json_headers(body, headers)})
     await send({"type": "http.response.body", "body": body})
