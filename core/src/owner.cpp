@@ -184,10 +184,16 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   // Inserters tag their claims with their pids only once they see this daemon's
   // namespace (a restarted daemon may run in another: their claims then carry 0).
   const PidNamespace ns = PidNamespace::mine();
-  if (!created && (o->state_->pid_ns_dev.load(std::memory_order_relaxed) != ns.dev ||
-                   o->state_->pid_ns_ino.load(std::memory_order_relaxed) != ns.ino)) {
-    // Before the new namespace is published: a claim made after it carries 0 or a
-    // pid of ours, either of which collect() judges rightly.
+  const bool other_namespace = !created && (o->state_->pid_ns_dev.load(std::memory_order_relaxed) != ns.dev ||
+                                            o->state_->pid_ns_ino.load(std::memory_order_relaxed) != ns.ino);
+  o->state_->pid_ns_dev.store(ns.dev, std::memory_order_relaxed);
+  o->state_->pid_ns_ino.store(ns.ino, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (other_namespace) {
+    // After the new namespace is published: a claim made later by an inserter that
+    // read it carries 0 or a pid of ours, which collect() judges rightly. Left: an
+    // inserter that read the old namespace, then stalled past this scan before its
+    // claim (its pid is then looked up here).
     for (uint32_t t = 0; t < o->tier_count(); ++t) {
       const TierView &v = o->tier_view(t);
       for (uint32_t slot = 0; slot < v.slots; ++slot) {
@@ -196,8 +202,6 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
       }
     }
   }
-  o->state_->pid_ns_dev.store(ns.dev, std::memory_order_relaxed);
-  o->state_->pid_ns_ino.store(ns.ino, std::memory_order_relaxed);
   o->publish(rows);
   o->state_->daemon_pid.store(getpid(), std::memory_order_relaxed);
   o->state_->daemon_starts.fetch_add(1, std::memory_order_relaxed);
