@@ -18,7 +18,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr size_t kMaxHeaderLine = 8 * 1024;
-constexpr size_t kMaxHeaderBytes = 64 * 1024;
+constexpr size_t kMaxHeaderBytes = 64 * 1024;  // per response head, and for the trailers
+// A chunk-size line is a hex size and, rarely, an extension nobody here reads.
+// Long extensions on 1-byte chunks would make the body cap mean gigabytes read.
+constexpr size_t kMaxChunkSizeLine = 1024;
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr auto kCancelPoll = std::chrono::milliseconds(50);
 
@@ -105,8 +108,8 @@ class Connection {
     return true;
   }
 
-  // One line without its CRLF (a bare LF is tolerated).
-  bool line(std::string& out) {
+  // One line without its CRLF (a bare LF is tolerated), at most `max` bytes.
+  bool line(std::string& out, size_t max = kMaxHeaderLine, const char* what = "header line") {
     out.clear();
     for (;;) {
       const size_t nl = buf_.find('\n', pos_);
@@ -114,9 +117,9 @@ class Connection {
         out.assign(buf_, pos_, nl - pos_);
         pos_ = nl + 1;
         if (!out.empty() && out.back() == '\r') out.pop_back();
-        return out.size() <= kMaxHeaderLine || fail(Error::io, "header line too long");
+        return out.size() <= max || fail(Error::io, std::string(what) + " too long");
       }
-      if (buf_.size() - pos_ > kMaxHeaderLine) return fail(Error::io, "header line too long");
+      if (buf_.size() - pos_ > max) return fail(Error::io, std::string(what) + " too long");
       if (!fill()) return eof_ ? fail(Error::io, "connection closed in the response headers") : false;
     }
   }
@@ -157,12 +160,18 @@ class Connection {
   }
 
  private:
+  // False once cancelled or past the deadline.
+  bool in_time(const char* doing, Clock::time_point now) {
+    if (cancel_ && cancel_->load(std::memory_order_relaxed))
+      return fail(Error::io, std::string("cancelled while ") + doing);
+    if (now >= deadline_) return fail(Error::timeout, std::string("deadline passed while ") + doing);
+    return true;
+  }
+
   bool wait(short events, const char* doing) {
     for (;;) {
-      if (cancel_ && cancel_->load(std::memory_order_relaxed))
-        return fail(Error::io, std::string("cancelled while ") + doing);
       const auto now = Clock::now();
-      if (now >= deadline_) return fail(Error::timeout, std::string("deadline passed while ") + doing);
+      if (!in_time(doing, now)) return false;
       auto slice = deadline_ - now;
       if (cancel_) slice = std::min<Clock::duration>(slice, kCancelPoll);
       // Round up so a sub-millisecond remainder does not spin.
@@ -174,8 +183,11 @@ class Connection {
     }
   }
 
-  // Reads more into buf_. False at EOF (eof_ set) or on error.
+  // Reads more into buf_. False at EOF (eof_ set) or on error. The deadline
+  // is checked on every read, not only when one would block: a server that
+  // always has the next byte ready must not outlast it.
   bool fill() {
+    if (!in_time("reading the response", Clock::now())) return false;
     if (pos_ > kReadChunk && pos_ * 2 > buf_.size()) {  // drop consumed bytes
       buf_.erase(0, pos_);
       pos_ = 0;
@@ -216,34 +228,65 @@ struct Head {
   size_t length = 0;
 };
 
+// "HTTP/1.<digit> <3 digits>" then a space and a reason, or the end.
+bool is_status_line(std::string_view l) {
+  return l.size() >= 12 && l.substr(0, 7) == "HTTP/1." && l[7] >= '0' && l[7] <= '9' && l[8] == ' ' &&
+         is_digits(l.substr(9, 3)) && (l.size() == 12 || l[12] == ' ');
+}
+
+// One header into h. Framing is taken strictly (RFC 9112 section 6): a body
+// whose end two headers disagree about is refused, never guessed at.
+bool read_header(Connection& c, std::string_view name_raw, std::string_view value_raw, Head& h) {
+  const std::string name = lower(trim(name_raw));
+  const std::string value = lower(trim(value_raw));
+  if (name == "transfer-encoding") {
+    // Only plain chunked: a coding before it (gzip, ...) could not be decoded.
+    if (value != "chunked" || h.chunked)
+      return c.fail(Error::io, "unsupported Transfer-Encoding: " + value.substr(0, 80));
+    h.chunked = true;
+  } else if (name == "content-length") {
+    if (!is_digits(value) || value.size() > 18) return c.fail(Error::io, "bad Content-Length");
+    const size_t length = std::stoull(value);
+    if (h.has_length && length != h.length) return c.fail(Error::io, "conflicting Content-Length headers");
+    h.has_length = true;
+    h.length = length;
+  }
+  if (h.chunked && h.has_length)
+    return c.fail(Error::io, "both Content-Length and Transfer-Encoding: ambiguous body framing");
+  return true;
+}
+
+// Header lines up to the blank one, all counted against one byte cap.
+template <class OnHeader>
+bool read_fields(Connection& c, const char* what, OnHeader on_header) {
+  std::string line;
+  size_t bytes = 0;
+  for (;;) {
+    if (!c.line(line)) return false;
+    bytes += line.size() + 2;
+    if (bytes > kMaxHeaderBytes) return c.fail(Error::io, std::string(what) + " too large");
+    if (line.empty()) return true;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) return c.fail(Error::io, std::string("malformed line in the ") + what);
+    const std::string_view l(line);
+    if (!on_header(l.substr(0, colon), l.substr(colon + 1))) return false;
+  }
+}
+
 bool read_head(Connection& c, Head& h) {
   std::string line;
-  size_t header_bytes = 0;
-  // Skip interim 1xx responses; the real one follows.
+  // Skip interim 1xx responses; the real one follows. Each is a whole head of
+  // its own, so nothing it says carries over.
   do {
+    h = Head{};
     if (!c.line(line)) return false;
-    if (line.rfind("HTTP/1.", 0) != 0 || line.size() < 12 || line[8] != ' ' ||
-        !is_digits(std::string_view(line).substr(9, 3)))
+    if (!is_status_line(line))
       return c.fail(Error::io, "not an HTTP/1.x status line: " + line.substr(0, 80));
     h.status = std::stoi(line.substr(9, 3));
-    h.reason = std::string(trim(std::string_view(line).substr(12)));
-    for (;;) {
-      if (!c.line(line)) return false;
-      header_bytes += line.size() + 2;
-      if (header_bytes > kMaxHeaderBytes) return c.fail(Error::io, "response headers too large");
-      if (line.empty()) break;
-      const size_t colon = line.find(':');
-      if (colon == std::string::npos) return c.fail(Error::io, "malformed header line");
-      const std::string name = lower(trim(std::string_view(line).substr(0, colon)));
-      const std::string value = lower(trim(std::string_view(line).substr(colon + 1)));
-      if (name == "transfer-encoding") {
-        h.chunked = value.find("chunked") != std::string::npos;
-      } else if (name == "content-length") {
-        if (!is_digits(value) || value.size() > 18) return c.fail(Error::io, "bad Content-Length");
-        h.has_length = true;
-        h.length = std::stoull(value);
-      }
-    }
+    h.reason = line.size() > 12 ? std::string(trim(std::string_view(line).substr(13))) : "";
+    if (!read_fields(c, "response headers",
+                     [&](std::string_view n, std::string_view v) { return read_header(c, n, v, h); }))
+      return false;
   } while (h.status >= 100 && h.status < 200);
   return true;
 }
@@ -251,7 +294,7 @@ bool read_head(Connection& c, Head& h) {
 bool read_chunked(Connection& c, std::string& body, size_t cap) {
   std::string line;
   for (;;) {
-    if (!c.line(line)) return false;
+    if (!c.line(line, kMaxChunkSizeLine, "chunk size line")) return false;
     const std::string_view size_text = trim(std::string_view(line).substr(0, line.find(';')));
     if (size_text.empty() || size_text.size() > 15 ||
         size_text.find_first_not_of("0123456789abcdefABCDEF") != std::string_view::npos)
@@ -262,11 +305,8 @@ bool read_chunked(Connection& c, std::string& body, size_t cap) {
     if (!c.take(size, body) || !c.line(line)) return false;
     if (!line.empty()) return c.fail(Error::io, "missing CRLF after chunk");
   }
-  // Trailers, up to the blank line; the connection closes after anyway.
-  do {
-    if (!c.line(line)) return false;
-  } while (!line.empty());
-  return true;
+  // Trailers, up to the blank line, read and dropped; capped like headers.
+  return read_fields(c, "trailers", [](std::string_view, std::string_view) { return true; });
 }
 
 std::string host_header(const Url& u) {

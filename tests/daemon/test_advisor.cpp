@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -56,6 +57,11 @@ struct Reply {
   std::chrono::milliseconds stall{0};     // after reading the request, before answering
   size_t flood_bytes = 0;                 // >0: send this much filler as the body instead
   std::chrono::milliseconds trickle{0};   // >0: send the body one byte per interval
+  // Hand-written responses for framing tests: when raw is set, it is sent
+  // verbatim instead of the head and body above; then `endless`, if set, is
+  // sent over and over, as fast as the client reads, for up to 10 s.
+  std::string raw;
+  std::string endless;
 };
 
 class StubServer {
@@ -165,6 +171,13 @@ class StubServer {
     const Reply r = handler_(request);
     if (r.stall.count() > 0) pause(r.stall);
     if (stopping()) return;
+    if (!r.raw.empty()) {
+      if (!send_all(fd, r.raw)) return;
+      const auto until = Clock::now() + 10s;
+      while (!r.endless.empty() && !stopping() && Clock::now() < until)
+        if (!send_all(fd, r.endless)) return;  // client gave up
+      return;
+    }
 
     const size_t body_size = r.flood_bytes ? r.flood_bytes : r.body.size();
     std::string head = "HTTP/1.1 " + std::to_string(r.status) + " Stub\r\nContent-Type: application/json\r\n";
@@ -704,6 +717,160 @@ INSTANTIATE_TEST_SUITE_P(Framing, LlmAdvisorTooLarge,
                              default: return std::string("until_close");
                            }
                          });
+
+// ---- HTTP framing ----------------------------------------------------------
+// Hand-written responses straight through http::post, so each framing rule is
+// seen on its own.
+
+Reply raw_reply(std::string raw, std::string endless = "") {
+  Reply r;
+  r.raw = std::move(raw);
+  r.endless = std::move(endless);
+  return r;
+}
+
+http::Response post_to(const StubServer& server, std::chrono::milliseconds budget = 5000ms) {
+  http::Request req;
+  req.url = server.url();
+  req.path = "/api/chat";
+  req.body = "{}";
+  req.deadline = Clock::now() + budget;
+  return http::post(req);
+}
+
+// Trailers count against the header cap: without it a server could send them
+// for ever, and nothing but the deadline would stop the read.
+TEST(HttpFraming, EndlessTrailersAreRefusedAtTheHeaderCap) {
+  StubServer server([](const std::string&) {
+    return raw_reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n",
+                     "X-Trailer: " + std::string(100, 'a') + "\r\n");
+  });
+  const auto start = Clock::now();
+  const http::Response r = post_to(server, 20s);
+  EXPECT_EQ(r.error, http::Error::io) << r.detail;
+  EXPECT_NE(r.detail.find("trailers too large"), std::string::npos) << r.detail;
+  EXPECT_LT(seconds_since(start), 10.0);  // a bound: the stub stops sending after 10 s
+  EXPECT_LE(r.bytes_read, 64 * 1024 + 2 * 16 * 1024 + 256) << r.bytes_read;
+}
+
+// 1-byte chunks with 8 KB extensions would make the 1 MiB body cap mean 8 GiB
+// read; a chunk-size line is capped at 1 KB.
+TEST(HttpFraming, LongChunkExtensionsAreRefused) {
+  StubServer server([](const std::string&) {
+    return raw_reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                     "1;" + std::string(8000, 'e') + "\r\nx\r\n");
+  });
+  const http::Response r = post_to(server, 20s);
+  EXPECT_EQ(r.error, http::Error::io) << r.detail;
+  EXPECT_NE(r.detail.find("chunk size line too long"), std::string::npos) << r.detail;
+}
+
+// A server that keeps data coming (1-byte chunks with 1000-byte extensions:
+// the body cap is a gigabyte away) is cut off at the deadline, and a cancelled
+// call stops too. The deadline is checked on every read; on loopback this
+// stub cannot outrun the reader, so these also pass with the check made only
+// when a read would block: they guard the outcome, not that line.
+TEST(HttpFraming, AServerThatNeverPausesIsStillCutOffAtTheDeadline) {
+  const std::string chunk = "1;" + std::string(1000, 'e') + "\r\nx\r\n";
+  std::string burst;
+  while (burst.size() < 256 * 1024) burst += chunk;
+  StubServer server([&](const std::string&) {
+    return raw_reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", burst);
+  });
+  const auto start = Clock::now();
+  const http::Response r = post_to(server, 300ms);
+  EXPECT_EQ(r.error, http::Error::timeout) << r.detail;
+  EXPECT_LT(seconds_since(start), 5.0);  // a bound; without the check this ran the stub's 10 s
+}
+
+TEST(HttpFraming, CancellationStopsAServerThatNeverPauses) {
+  const std::string chunk = "1;" + std::string(1000, 'e') + "\r\nx\r\n";
+  std::string burst;
+  while (burst.size() < 256 * 1024) burst += chunk;
+  StubServer server([&](const std::string&) {
+    return raw_reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", burst);
+  });
+  std::atomic<bool> cancel{false};
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(300ms);
+    cancel = true;
+  });
+  http::Request req;
+  req.url = server.url();
+  req.path = "/api/chat";
+  req.deadline = Clock::now() + 60s;
+  req.cancel = &cancel;
+  const auto start = Clock::now();
+  const http::Response r = http::post(req);
+  canceller.join();
+  EXPECT_EQ(r.error, http::Error::io) << r.detail;
+  EXPECT_NE(r.detail.find("cancelled"), std::string::npos) << r.detail;
+  EXPECT_LT(seconds_since(start), 5.0);
+}
+
+// An interim response's headers belong to it alone: its Content-Length must
+// not frame the final response's body.
+TEST(HttpFraming, InterimResponseHeadersDoNotCarryOver) {
+  StubServer server([](const std::string&) {
+    return raw_reply(
+        "HTTP/1.1 100 Continue\r\nContent-Length: 3\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"a\":1}");
+  });
+  const http::Response r = post_to(server);
+  EXPECT_EQ(r.error, http::Error::none) << r.detail;
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "{\"a\":1}");
+}
+
+struct BadFraming {
+  const char* name;
+  const char* head;  // status line and headers, without the blank line
+  const char* expect;
+};
+
+void PrintTo(const BadFraming& b, std::ostream* os) { *os << b.name; }
+
+class HttpFramingRefused : public testing::TestWithParam<BadFraming> {};
+
+// Each of these is ambiguous about where the body ends (the shapes used for
+// response splitting) or is not HTTP/1.x at all: refused, never guessed at.
+TEST_P(HttpFramingRefused, WithAMessage) {
+  const BadFraming& b = GetParam();
+  StubServer server([&](const std::string&) {
+    return raw_reply(std::string(b.head) + "\r\n\r\n2\r\n{}\r\n0\r\n\r\n");
+  });
+  const http::Response r = post_to(server);
+  EXPECT_EQ(r.error, http::Error::io) << b.name;
+  EXPECT_NE(r.detail.find(b.expect), std::string::npos) << b.name << ": " << r.detail;
+  EXPECT_TRUE(r.body.empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, HttpFramingRefused,
+    testing::Values(
+        BadFraming{"conflicting_lengths", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3",
+                   "conflicting Content-Length"},
+        BadFraming{"length_and_chunked",
+                   "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked",
+                   "both Content-Length and Transfer-Encoding"},
+        BadFraming{"chunked_as_a_substring", "HTTP/1.1 200 OK\r\nTransfer-Encoding: notchunked",
+                   "unsupported Transfer-Encoding"},
+        BadFraming{"gzip_then_chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked",
+                   "unsupported Transfer-Encoding"},
+        BadFraming{"four_digit_status", "HTTP/1.1 2000 OK", "not an HTTP/1.x status line"},
+        BadFraming{"minor_version_not_a_digit", "HTTP/1.x 200 OK", "not an HTTP/1.x status line"}),
+    [](const testing::TestParamInfo<BadFraming>& info) { return std::string(info.param.name); });
+
+TEST(HttpFraming, RepeatedEqualLengthsAndChunkedInAnyCaseAreAccepted) {
+  for (const char* head : {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n{}",
+                           "HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                           "HTTP/1.0 200\r\n\r\n{}"}) {
+    StubServer server([&](const std::string&) { return raw_reply(head); });
+    const http::Response r = post_to(server);
+    EXPECT_EQ(r.error, http::Error::none) << head << ": " << r.detail;
+    EXPECT_EQ(r.body, "{}") << head;
+  }
+}
 
 // ---- AsyncAdvisor ----------------------------------------------------------
 
