@@ -211,7 +211,12 @@ class Client {
       // A str only: pybind11's string caster would also take bytes.
       if (!PyUnicode_Check(segment.ptr()))
         throw py::type_error(std::string("segment must be str or None, not ") + Py_TYPE(segment.ptr())->tp_name);
-      name = segment.cast<std::string>();
+      // Encoded here, not by pybind11's caster, whose failure (a lone surrogate)
+      // would surface as a RuntimeError that names no argument.
+      Py_ssize_t len = 0;
+      const char *utf8 = PyUnicode_AsUTF8AndSize(segment.ptr(), &len);
+      if (!utf8) throw py::error_already_set();  // UnicodeEncodeError, a ValueError
+      name.assign(utf8, size_t(len));
       // The C API takes a C string: "a\0b" would silently open "a".
       if (name.find('\0') != std::string::npos) throw py::value_error("segment name must not contain a NUL character");
     }
@@ -237,11 +242,16 @@ class Client {
 // super().__init__(), gives an instance whose holder was never constructed. Every
 // method treats that as closed (pybind11's own casts would hand them garbage).
 // Callers are our method descriptors, which have already checked self's type.
+// A Python class deriving from Client and another pybind11 class has several
+// value slots; the Client one is found by its type (set at module init), never
+// by position.
+py::detail::type_info *g_client_type_info = nullptr;
+
 Client *client_of(PyObject *self) {
   auto *inst = reinterpret_cast<py::detail::instance *>(self);
   if (inst->simple_layout)
     return inst->simple_holder_constructed ? static_cast<Client *>(inst->simple_value_holder[0]) : nullptr;
-  auto vh = inst->get_value_and_holder(nullptr, false);
+  auto vh = inst->get_value_and_holder(g_client_type_info, false);
   return vh && vh.holder_constructed() ? vh.value_ptr<Client>() : nullptr;
 }
 
@@ -397,6 +407,7 @@ PYBIND11_MODULE(_sluice, m) {
   m.attr("Decision") = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject *>(g_decision_type));
 
   py::class_<Client> cls(m, "Client", "A handle on the host's Sluice segment. Thread-safe; share one per process.");
+  g_client_type_info = py::detail::get_type_info(typeid(Client));
   cls.def(py::init<const py::object &>(), py::arg("segment") = py::none(),
           "Open the segment pair (None: $SLUICE_SEGMENT or 'sluice').");
   for (PyMethodDef &def : g_client_methods) add_method(cls, &def);

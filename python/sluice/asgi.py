@@ -375,7 +375,7 @@ class RateLimitMiddleware:
                     return
                 scope["sluice.body"] = raw
                 receive = _replay(raw, receive)
-        await self._admit(scope, receive, send, lambda *refusal: _respond(send, *refusal), "http.response.start")
+        await self._admit(scope, receive, send, lambda *refusal: _respond(send, *refusal), ("http.response.start",))
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         lim = self._limiter
@@ -384,13 +384,18 @@ class RateLimitMiddleware:
             return
         if self._reads_body:
             scope["sluice.body"] = b""  # a handshake has no body
+        # The app may accept, or deny the handshake itself with an HTTP response
+        # (the websocket.http.response extension): either way it was counted.
         await self._admit(scope, receive, send,
-                          lambda *refusal: _refuse_websocket(scope, receive, send, *refusal), "websocket.accept")
+                          lambda *refusal: _refuse_websocket(scope, receive, send, *refusal),
+                          ("websocket.accept", "websocket.http.response.start"))
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send,
-                     refuse: Callable[[int, bytes, Mapping[str, str]], Awaitable[None]], start_type: str) -> None:
+                     refuse: Callable[[int, bytes, Mapping[str, str]], Awaitable[None]],
+                     start_types: tuple) -> None:
         """Decides; then refuses, or runs the app with the decision's headers added to
-        its ``start_type`` message (the response start, or the websocket accept)."""
+        the message of ``start_types`` that starts its answer (the response start,
+        or the websocket accept or the app's own HTTP answer to a handshake)."""
         lim = self._limiter
         key = await _resolve(lim.key, scope)
         tier = await _resolve(lim.tier, scope)
@@ -406,7 +411,7 @@ class RateLimitMiddleware:
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in decision.headers().items()]
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == start_type:
+            if message["type"] in start_types:
                 message = {**message, "headers": _replace_headers(message.get("headers", ()), extra)}
             await send(message)
 

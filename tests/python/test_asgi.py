@@ -752,6 +752,23 @@ def test_an_opted_in_websocket_handshake_is_one_admission(client):
     assert len(app.calls) == 1
 
 
+def test_an_app_that_denies_an_admitted_handshake_itself_still_gets_the_headers(client):
+    async def denying_app(scope, receive, send):  # e.g. a bad token, answered over the extension
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 401, "headers": [(b"x-app", b"1")]})
+        await send({"type": "websocket.http.response.body", "body": b"no"})
+
+    mw = RateLimitMiddleware(denying_app, key=header("x-api-key"), tier="pro", client=client, websocket=True)
+    sc = scope(type_="websocket", headers=[("x-api-key", "ws-app-denies")])
+    sc["extensions"] = {"websocket.http.response": {}}
+    sent = ws_call(mw, sc)
+    assert [m["type"] for m in sent] == ["websocket.http.response.start", "websocket.http.response.body"]
+    headers = dict(sent[0]["headers"])
+    assert sent[0]["status"] == 401 and headers[b"x-app"] == b"1"
+    assert headers[b"ratelimit-remaining"] == b"4", "the handshake was counted, and says so"
+    assert sent[1] == {"type": "websocket.http.response.body", "body": b"no"}
+
+
 def test_a_websocket_handshake_under_uvicorn_is_limited(daemon, tmp_path):
     import socket as sk
 

@@ -17,6 +17,8 @@ import pytest
 import sluice
 from sluice import errors
 
+from conftest import BUILD
+
 
 def test_acquire_until_the_limit_then_denied_with_headers(client):
     decisions = [client.acquire("cust-1", "pro") for _ in range(6)]
@@ -297,6 +299,72 @@ def test_argument_errors_name_the_method_and_the_whole_keyword(client):
 def test_a_segment_name_must_be_str(daemon):
     with pytest.raises(TypeError, match="segment must be str or None, not bytes"):
         sluice.Client(daemon.segment.encode())
+    with pytest.raises(UnicodeEncodeError):  # was pybind11's RuntimeError, naming nothing
+        sluice.Client("seg\ud800")
+
+
+# With another pybind11 base the instance holds two value slots; Client's
+# methods used to take the first one and read Other's bytes as the handle
+# (a segfault). Run in a child so a crash is a failure, not a dead suite.
+MIXED_BASES_CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+import sluice
+from _other_pybind_class import Other
+
+class OtherFirst(Other, sluice.Client):
+    def __init__(self, segment):
+        Other.__init__(self)
+        sluice.Client.__init__(self, segment)
+
+class ClientFirst(sluice.Client, Other):
+    def __init__(self, segment):
+        sluice.Client.__init__(self, segment)
+        Other.__init__(self)
+
+class OtherOnly(Other, sluice.Client):
+    def __init__(self, segment):
+        Other.__init__(self)  # Client's __init__ never runs
+
+for cls in (OtherFirst, ClientFirst):
+    x = cls(sys.argv[1])
+    assert not x.closed, cls
+    assert x.acquire("mixed-" + cls.__name__, "pro").allowed, cls
+    assert x.peek("mixed-" + cls.__name__, "pro").remaining == 3, cls  # after one more
+    assert x.a == 0x4141414141414141, cls
+    with x:
+        pass
+    assert x.closed, cls
+    try:
+        x.acquire("k", "pro")
+        raise SystemExit(f"{cls.__name__}: acquire after close was allowed")
+    except ValueError:
+        pass
+try:  # pybind11 itself refuses this one
+    OtherOnly(sys.argv[1])
+    raise SystemExit("a Client base left uninitialised was accepted")
+except TypeError as e:
+    assert "must be called" in str(e), e
+y = OtherOnly.__new__(OtherOnly)  # no __init__ at all: closed, never a crash
+assert y.closed
+try:
+    y.acquire("k", "pro")
+    raise SystemExit("acquire on an uninitialised Client was allowed")
+except ValueError:
+    pass
+y.close()
+print("ok")
+"""
+
+
+def test_a_client_mixed_with_another_pybind11_base_finds_its_own_handle(daemon):
+    testing_dir = BUILD / "bindings" / "testing"
+    assert list(testing_dir.glob("_other_pybind_class*.so")), "the test module is built with the tests"
+    r = subprocess.run(
+        [sys.executable, "-c", MIXED_BASES_CHILD, daemon.segment, str(testing_dir)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout, r.stderr[-2000:])
 
 
 def test_one_client_shared_by_threads_is_exact(client):
