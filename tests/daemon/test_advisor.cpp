@@ -729,13 +729,24 @@ Reply raw_reply(std::string raw, std::string endless = "") {
   return r;
 }
 
-http::Response post_to(const StubServer& server, std::chrono::milliseconds budget = 5000ms) {
+http::Response post_to(const StubServer& server, std::chrono::milliseconds budget = 5000ms,
+                       const std::atomic<bool>* cancel = nullptr) {
   http::Request req;
   req.url = server.url();
   req.path = "/api/chat";
   req.body = "{}";
   req.deadline = Clock::now() + budget;
+  req.cancel = cancel;
   return http::post(req);
+}
+
+// A chunked response of 1-byte chunks with 1000-byte extensions, sent without
+// pause: the 1 MiB body cap is a gigabyte away.
+Reply endless_tiny_chunks() {
+  const std::string chunk = "1;" + std::string(1000, 'e') + "\r\nx\r\n";
+  std::string burst;
+  while (burst.size() < 256 * 1024) burst += chunk;
+  return raw_reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", burst);
 }
 
 // Trailers count against the header cap: without it a server could send them
@@ -765,43 +776,27 @@ TEST(HttpFraming, LongChunkExtensionsAreRefused) {
   EXPECT_NE(r.detail.find("chunk size line too long"), std::string::npos) << r.detail;
 }
 
-// A server that keeps data coming (1-byte chunks with 1000-byte extensions:
-// the body cap is a gigabyte away) is cut off at the deadline, and a cancelled
+// A server that keeps data coming is cut off at the deadline, and a cancelled
 // call stops too. The deadline is checked on every read; on loopback this
 // stub cannot outrun the reader, so these also pass with the check made only
 // when a read would block: they guard the outcome, not that line.
 TEST(HttpFraming, AServerThatNeverPausesIsStillCutOffAtTheDeadline) {
-  const std::string chunk = "1;" + std::string(1000, 'e') + "\r\nx\r\n";
-  std::string burst;
-  while (burst.size() < 256 * 1024) burst += chunk;
-  StubServer server([&](const std::string&) {
-    return raw_reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", burst);
-  });
+  StubServer server([](const std::string&) { return endless_tiny_chunks(); });
   const auto start = Clock::now();
   const http::Response r = post_to(server, 300ms);
   EXPECT_EQ(r.error, http::Error::timeout) << r.detail;
-  EXPECT_LT(seconds_since(start), 5.0);  // a bound; without the check this ran the stub's 10 s
+  EXPECT_LT(seconds_since(start), 5.0);  // a bound: the stub sends for 10 s
 }
 
 TEST(HttpFraming, CancellationStopsAServerThatNeverPauses) {
-  const std::string chunk = "1;" + std::string(1000, 'e') + "\r\nx\r\n";
-  std::string burst;
-  while (burst.size() < 256 * 1024) burst += chunk;
-  StubServer server([&](const std::string&) {
-    return raw_reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", burst);
-  });
+  StubServer server([](const std::string&) { return endless_tiny_chunks(); });
   std::atomic<bool> cancel{false};
   std::thread canceller([&] {
     std::this_thread::sleep_for(300ms);
     cancel = true;
   });
-  http::Request req;
-  req.url = server.url();
-  req.path = "/api/chat";
-  req.deadline = Clock::now() + 60s;
-  req.cancel = &cancel;
   const auto start = Clock::now();
-  const http::Response r = http::post(req);
+  const http::Response r = post_to(server, 60s, &cancel);
   canceller.join();
   EXPECT_EQ(r.error, http::Error::io) << r.detail;
   EXPECT_NE(r.detail.find("cancelled"), std::string::npos) << r.detail;
