@@ -1,16 +1,18 @@
 #include "metrics/http_server.hpp"
 
 #include <arpa/inet.h>
-#include <httplib.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
-#include <chrono>
-#include <condition_variable>
-#include <cstdlib>
-#include <deque>
-#include <functional>
-#include <mutex>
+#include <cstring>
+#include <list>
 #include <thread>
 #include <vector>
 
@@ -18,58 +20,150 @@ namespace sluice::metrics {
 
 namespace {
 
-// httplib's ThreadPool queues every accepted connection without bound, each
-// holding a descriptor until a worker gets to it: 600 idle connections from a local
-// user gave sluiced 600 more open files, on the way to its limit (then the control
-// socket and the audit store cannot open theirs). Here at most `max_queued`
-// connections wait; past that the acceptor serves the next one itself, so it stops
-// accepting and the rest wait in the kernel's backlog, holding no descriptor of ours.
-class BoundedPool : public httplib::TaskQueue {
- public:
-  BoundedPool(size_t workers, size_t max_queued) : max_queued_(max_queued) {
-    for (size_t i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
-  }
-  void enqueue(std::function<void()> fn) override {
-    {
-      std::lock_guard lock(mu_);
-      if (jobs_.size() < max_queued_) {
-        jobs_.push_back(std::move(fn));
-        cv_.notify_one();
-        return;
-      }
-    }
-    fn();  // the acceptor's thread: bounded by the read and write timeouts
-  }
-  void shutdown() override {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto &t : threads_) t.join();
-  }
+using Clock = std::chrono::steady_clock;
 
- private:
-  void work() {
-    for (;;) {
-      std::function<void()> fn;
-      {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-        if (jobs_.empty()) return;  // stopping, and nothing left: every queued socket was served
-        fn = std::move(jobs_.front());
-        jobs_.pop_front();
-      }
-      fn();
+// After the answer: the client's last bytes are read (and dropped) for this long
+// before the close, so a close with unread data does not reset the connection
+// and lose the answer on the way.
+constexpr std::chrono::milliseconds kLinger{1000};
+
+struct Connection {
+  enum class Phase { reading, writing, lingering } phase = Phase::reading;
+  int fd = -1;
+  Clock::time_point deadline;
+  std::string in;
+  std::string out;
+  size_t sent = 0;
+};
+
+std::string answer(int status, const char *reason, const std::string &type, const std::string &body, bool head,
+                   const char *extra = "") {
+  std::string r = "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Type: " + type +
+                  "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" + extra +
+                  "Connection: close\r\n\r\n";
+  if (!head) r += body;
+  return r;
+}
+
+std::string text_answer(int status, const char *reason, const std::string &text, const char *extra = "") {
+  return answer(status, reason, "text/plain; charset=utf-8", text + "\n", false, extra);
+}
+
+// The answer to one request head ("METHOD TARGET HTTP/1.x", then headers we ignore).
+std::string respond(const std::string &head, const MetricsServer::Render &render) {
+  const std::string line = head.substr(0, head.find_first_of("\r\n"));
+  const size_t sp1 = line.find(' ');
+  const size_t sp2 = sp1 == std::string::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp2 == std::string::npos || line.compare(sp2 + 1, 7, "HTTP/1.") != 0 || line.size() != sp2 + 9)
+    return text_answer(400, "Bad Request", "not an HTTP/1.x request line");
+  const std::string method = line.substr(0, sp1);
+  std::string path = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  path = path.substr(0, path.find('?'));
+  const bool head_only = method == "HEAD";
+  if (method != "GET" && !head_only)
+    return text_answer(405, "Method Not Allowed", "only GET and HEAD", "Allow: GET, HEAD\r\n");
+  if (path == "/metrics") {
+    try {
+      return answer(200, "OK", "text/plain; version=0.0.4; charset=utf-8", render(), head_only);
+    } catch (const std::exception &e) {
+      return text_answer(500, "Internal Server Error", std::string("rendering failed: ") + e.what());
     }
   }
-  const size_t max_queued_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
-};
+  if (path == "/")
+    return answer(200, "OK", "text/html; charset=utf-8",
+                  "<html><body><h1>sluiced</h1><p><a href=\"/metrics\">/metrics</a></p></body></html>\n", head_only);
+  return text_answer(404, "Not Found", "not found: try /metrics");
+}
+
+bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
+
+enum class ReadResult { more, eof, failed };
+
+// Reads what is there; bytes after the request head are dropped.
+ReadResult read_some(Connection &c) {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      if (c.phase == Connection::Phase::reading) c.in.append(buf, size_t(n));
+      if (c.in.size() > kMaxRequestHeadBytes) return ReadResult::more;  // answered with 431
+      continue;
+    }
+    if (n == 0) return ReadResult::eof;
+    return would_block(errno) ? ReadResult::more : ReadResult::failed;
+  }
+}
+
+// Answers once the request head is complete (or too large). False: close it
+// (an error, the client gone before a whole head, or done lingering).
+bool after_read(Connection &c, ReadResult r, const MetricsServer::Render &render) {
+  if (r == ReadResult::failed || (r == ReadResult::eof && c.phase != Connection::Phase::reading)) return false;
+  if (c.phase != Connection::Phase::reading) return true;
+  size_t end = c.in.find("\r\n\r\n");
+  if (end == std::string::npos) end = c.in.find("\n\n");
+  if (end != std::string::npos && end <= kMaxRequestHeadBytes) {
+    c.out = respond(c.in.substr(0, end), render);
+  } else if (c.in.size() > kMaxRequestHeadBytes) {
+    c.out = text_answer(431, "Request Header Fields Too Large",
+                        "request head above " + std::to_string(kMaxRequestHeadBytes) + " bytes");
+  } else {
+    return r == ReadResult::more;  // a head still to come, unless the client left
+  }
+  c.in.clear();
+  c.in.shrink_to_fit();
+  c.phase = Connection::Phase::writing;
+  c.deadline = Clock::now() + kResponseDeadline;
+  return true;
+}
+
+// Sends what the socket takes. False: close it.
+bool write_some(Connection &c) {
+  while (c.sent < c.out.size()) {
+    const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      c.sent += size_t(n);
+    } else {
+      return n < 0 && would_block(errno);
+    }
+  }
+  ::shutdown(c.fd, SHUT_WR);
+  c.phase = Connection::Phase::lingering;
+  c.deadline = Clock::now() + kLinger;
+  return true;
+}
+
+int listen_on(const ListenAddress &addr, int &port, std::string &error) {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  auto *v4 = reinterpret_cast<sockaddr_in *>(&ss);
+  auto *v6 = reinterpret_cast<sockaddr_in6 *>(&ss);
+  if (::inet_pton(AF_INET, addr.host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(uint16_t(addr.port));
+    len = sizeof *v4;
+  } else if (::inet_pton(AF_INET6, addr.host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(uint16_t(addr.port));
+    len = sizeof *v6;
+  } else {
+    error = "metrics: '" + addr.host + "' is not a numeric address";
+    return -1;
+  }
+  const int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  // SO_REUSEADDR only: SO_REUSEPORT would let a second daemon share (and split
+  // the scrapes of) a port already in use.
+  const int yes = 1;
+  if (fd < 0 || ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes) != 0 ||
+      ::bind(fd, reinterpret_cast<sockaddr *>(&ss), len) != 0 || ::listen(fd, 64) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr *>(&ss), &len) != 0) {
+    error = "metrics: cannot listen on " + addr.host + ":" + std::to_string(addr.port) + ": " + std::strerror(errno) +
+            " (in use, or not an address here)";
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  port = ntohs(ss.ss_family == AF_INET ? v4->sin_port : v6->sin6_port);
+  return fd;
+}
 
 }  // namespace
 
@@ -107,66 +201,108 @@ bool parse_listen_address(const std::string &text, ListenAddress &out, std::stri
 }
 
 struct MetricsServer::Impl {
-  httplib::Server server;
-  std::atomic<bool> done{false};  // listen_after_bind() has returned
+  int listen_fd = -1;
+  int wake_fd = -1;
+  Render render;
+  std::list<Connection> conns;  // in accept order: the front is the oldest
   std::thread thread;
+
+  ~Impl() {
+    for (auto &c : conns) ::close(c.fd);
+    if (listen_fd >= 0) ::close(listen_fd);
+    if (wake_fd >= 0) ::close(wake_fd);
+  }
+
+  // Closes the oldest connection still reading its request; false if none is.
+  bool evict_oldest_reader() {
+    const auto it = std::find_if(conns.begin(), conns.end(),
+                                 [](const Connection &c) { return c.phase == Connection::Phase::reading; });
+    if (it == conns.end()) return false;
+    ::close(it->fd);
+    conns.erase(it);
+    return true;
+  }
+
+  // At most a quarter of the table per round: a connection just accepted gets
+  // rounds to send its request before a flood of newer ones could evict it.
+  void accept_some() {
+    for (size_t n = 0; n < kMaxConnections / 4; ++n) {
+      if (conns.size() >= kMaxConnections && !evict_oldest_reader()) return;  // the rest wait in the backlog
+      const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) return;  // EAGAIN, or a transient error (EMFILE...): poll again later
+      Connection c;
+      c.fd = fd;
+      c.deadline = Clock::now() + kRequestDeadline;
+      conns.push_back(std::move(c));
+    }
+  }
+
+  void serve() {
+    std::vector<pollfd> fds;
+    for (;;) {
+      fds.clear();
+      fds.push_back({wake_fd, POLLIN, 0});
+      const bool accepting = conns.size() < kMaxConnections ||
+                             std::any_of(conns.begin(), conns.end(), [](const Connection &c) {
+                               return c.phase == Connection::Phase::reading;
+                             });
+      fds.push_back({accepting ? listen_fd : -1, POLLIN, 0});
+      auto next = Clock::now() + std::chrono::seconds(1);
+      for (const auto &c : conns) {
+        fds.push_back({c.fd, short(c.phase == Connection::Phase::writing ? POLLOUT : POLLIN), 0});
+        next = std::min(next, c.deadline);
+      }
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next - Clock::now()).count();
+      const int rc = ::poll(fds.data(), fds.size(), int(std::clamp<int64_t>(wait, 0, 1000)));
+      if (rc < 0 && errno != EINTR) return;
+      if (fds[0].revents) return;  // stop
+      // Connections first (their pollfds follow in list order), then new ones.
+      const auto now = Clock::now();
+      size_t i = 2;
+      for (auto it = conns.begin(); it != conns.end(); ++i) {
+        Connection &c = *it;
+        bool keep = true;
+        if (c.phase == Connection::Phase::writing) {
+          if (fds[i].revents) keep = write_some(c);  // POLLOUT, or the error a send then reports
+        } else if (fds[i].revents) {
+          keep = after_read(c, read_some(c), render);
+          if (keep && c.phase == Connection::Phase::writing) keep = write_some(c);  // answer at once
+        }
+        if (keep && now >= c.deadline) keep = false;  // the whole head, or the whole answer, took too long
+        if (!keep) {
+          ::close(c.fd);
+          it = conns.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (fds[1].revents & POLLIN) accept_some();
+    }
+  }
 };
 
 std::unique_ptr<MetricsServer> MetricsServer::start(const ListenAddress &addr, Render render, std::string &error) {
   std::unique_ptr<MetricsServer> m(new MetricsServer());
   m->impl_ = std::make_unique<Impl>();
-  auto &srv = m->impl_->server;
-  // Two workers: scrapes are rare, and a stuck client must not hold them all. At
-  // most kMaxQueuedConnections accepted connections wait for them (BoundedPool).
-  srv.new_task_queue = [] { return new BoundedPool(2, kMaxQueuedConnections); };
-  // One request per connection and short timeouts: an idle or trickling client
-  // holds a worker (and a stopping daemon) for at most a second or two.
-  srv.set_read_timeout(2, 0);
-  srv.set_write_timeout(2, 0);
-  srv.set_keep_alive_max_count(1);
-  srv.set_keep_alive_timeout(1);
-  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a
-  // second daemon share (and split the scrapes of) a port already in use.
-  srv.set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
-  srv.Get("/metrics", [render](const httplib::Request &, httplib::Response &res) {
-    res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  srv.Get("/", [](const httplib::Request &, httplib::Response &res) {
-    res.set_content("<html><body><h1>sluiced</h1><p><a href=\"/metrics\">/metrics</a></p></body></html>\n",
-                    "text/html; charset=utf-8");
-  });
-  int port = addr.port;
-  if (port == 0) port = srv.bind_to_any_port(addr.host);
-  else if (!srv.bind_to_port(addr.host, port)) port = -1;
-  if (port <= 0) {
-    error = "metrics: cannot listen on " + addr.host + ":" + std::to_string(addr.port) + " (in use, or not an address here)";
+  Impl &impl = *m->impl_;
+  impl.render = std::move(render);
+  impl.listen_fd = listen_on(addr, m->port_, error);
+  if (impl.listen_fd < 0) return nullptr;
+  impl.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (impl.wake_fd < 0) {
+    error = std::string("metrics: eventfd: ") + std::strerror(errno);
     return nullptr;
   }
-  m->port_ = port;
   m->host_ = addr.host;
-  m->impl_->thread = std::thread([impl = m->impl_.get()] {
-    impl->server.listen_after_bind();
-    impl->done.store(true);
-  });
+  impl.thread = std::thread([&impl] { impl.serve(); });
   return m;
 }
 
 MetricsServer::~MetricsServer() {
   if (!impl_ || !impl_->thread.joinable()) return;  // never started (bind failed)
-  // httplib's stop() is a no-op until the thread is inside its accept loop, so a
-  // stop right after start (a SIGTERM during startup) would be lost and the join
-  // would hang: wait until it is running (or has given up), then stop it once.
-  while (!impl_->done.load()) {
-    if (impl_->server.is_running()) {
-      impl_->server.stop();
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  if (impl_->thread.joinable()) impl_->thread.join();
+  const uint64_t one = 1;
+  (void)!::write(impl_->wake_fd, &one, sizeof one);
+  impl_->thread.join();
 }
 
 }  // namespace sluice::metrics

@@ -1,6 +1,14 @@
-// A small HTTP server for /metrics on its own thread (cpp-httplib), so a slow or
-// stuck scraper never delays the policy loop. Serves GET /metrics and GET /.
+// A small HTTP/1.1 server for /metrics on its own thread, so a slow or stuck
+// scraper never delays the policy loop. Serves GET (and HEAD) /metrics and /.
+//
+// One thread polls every connection; each has a deadline for its whole request
+// head (not per read, so a client trickling a header line a second cannot hold
+// it) and one for its answer. At most kMaxConnections are open: a new one then
+// closes the oldest still reading its request, so clients that never finish a
+// request cannot keep a scraper out (slowloris) and cost a bounded number of
+// descriptors.
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -17,13 +25,14 @@ struct ListenAddress {
 // or "localhost". Returns false with a message naming what is wrong.
 bool parse_listen_address(const std::string &text, ListenAddress &out, std::string &error);
 
-// Accepted connections that may wait for a worker; past that the server stops
-// accepting until one is free (the rest wait in the kernel's backlog).
-constexpr size_t kMaxQueuedConnections = 16;
+constexpr size_t kMaxConnections = 64;
+constexpr size_t kMaxRequestHeadBytes = 8 * 1024;
+constexpr std::chrono::milliseconds kRequestDeadline{2000};   // from accept to the end of the head
+constexpr std::chrono::milliseconds kResponseDeadline{10000};  // to send the whole answer
 
 class MetricsServer {
  public:
-  using Render = std::function<std::string()>;  // called on the server's threads
+  using Render = std::function<std::string()>;  // called on the server's thread
   // Binds now (so a taken port is an error at startup), serves on a thread.
   static std::unique_ptr<MetricsServer> start(const ListenAddress &addr, Render render, std::string &error);
   ~MetricsServer();  // stops and joins

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <vector>
@@ -267,43 +268,162 @@ TEST(MetricsPage, ARestartKeepsAdmissionsButCountsRevenueAfresh) {
   EXPECT_DOUBLE_EQ(sample(page, "sluice_revenue_dollars_total{tier=\"free\"}"), 0.01);
 }
 
-// Idle connections cost the daemon a bounded number of descriptors: past
-// kMaxQueuedConnections waiting ones, the server stops accepting, and the rest
-// wait in the kernel's backlog. (httplib's own pool took one descriptor per
-// connection, without bound: 600 idle connections, 600 more open files.) Once the
-// idle ones time out, a scrape is served.
-TEST(MetricsServer, IdleConnectionsHoldABoundedNumberOfDescriptors) {
+// A non-blocking loopback connection to port (past the listen backlog a
+// blocking connect would wait for SYN retries).
+int connect_nonblocking(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const int rc = ::connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
+  EXPECT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
+  return fd;
+}
+
+// Sends `request` (then half-closes, if asked) and reads the answer to EOF.
+std::string exchange(int port, const std::string &request, bool half_close = false) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0) {
+    (void)!write(fd, request.data(), request.size());
+    if (half_close) shutdown(fd, SHUT_WR);
+    char buf[65536];
+    for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+  }
+  close(fd);
+  return out;
+}
+
+std::unique_ptr<metrics::MetricsServer> page_server(std::string page = "a 1\n") {
+  std::string err;
+  auto server = metrics::MetricsServer::start({"127.0.0.1", 0}, [page] { return page; }, err);
+  EXPECT_TRUE(server) << err;
+  return server;
+}
+
+// Idle connections cost the daemon a bounded number of descriptors, and never
+// keep a scraper out: past kMaxConnections a new connection closes the oldest
+// one still without a whole request. (httplib's pool took one descriptor per
+// connection without bound: 600 idle connections, 600 more open files; the
+// bounded pool that replaced it then let 20 of them block every scrape.)
+TEST(MetricsServer, IdleConnectionsHoldABoundedNumberOfDescriptorsAndKeepNoScraperOut) {
   auto open_fds = [] { return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
                                             std::filesystem::directory_iterator()); };
-  std::string err;
-  auto server = metrics::MetricsServer::start({"127.0.0.1", 0}, [] { return std::string("a 1\n"); }, err);
-  ASSERT_TRUE(server) << err;
+  auto server = page_server();
+  ASSERT_TRUE(server);
   const auto before = open_fds();
   constexpr int kIdle = 200;
   std::vector<int> idle;
-  for (int i = 0; i < kIdle; ++i) {
-    // Non-blocking: past the listen backlog a connect waits for SYN retries.
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(uint16_t(server->port()));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    const int rc = ::connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
-    ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
-    idle.push_back(fd);
-  }
-  // Let the server accept what it will: connects past the listen backlog are
-  // retried by the kernel after 1 s and 3 s.
-  std::this_thread::sleep_for(std::chrono::milliseconds(3500));
+  for (int i = 0; i < kIdle; ++i) idle.push_back(connect_nonblocking(server->port()));
+  // Connects past the listen backlog are retried by the kernel after 1 s.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   const auto server_side = open_fds() - before - kIdle;
-  // The workers' 2, the queue's 16 and the one the acceptor serves itself, with room.
-  EXPECT_LE(server_side, long(metrics::kMaxQueuedConnections) + 8) << "descriptors the server took";
+  EXPECT_LE(server_side, long(metrics::kMaxConnections) + 2) << "descriptors the server took";
+  // Still open, and the scrape is answered anyway.
+  EXPECT_NE(http_get(server->port(), "/metrics").find("\r\n\r\na 1\n"), std::string::npos);
   for (int fd : idle) ::close(fd);
-  // Closed, they are served at once (EOF); then a scrape is answered.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+}
+
+// A client that trickles a header line every 100 ms makes progress on every
+// read, so per-read timeouts never end it: the head has one deadline.
+TEST(MetricsServer, TricklingClientsNeitherHoldAConnectionNorBlockAScrape) {
+  auto server = page_server();
+  ASSERT_TRUE(server);
+  std::vector<int> slow;
+  for (int i = 0; i < 100; ++i) slow.push_back(connect_nonblocking(server->port()));
+  std::atomic<bool> stop{false};
+  std::thread trickle([&] {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);  // bounded
+    for (bool first = true; !stop && std::chrono::steady_clock::now() < until; first = false) {
+      for (int fd : slow) {
+        const char *line = first ? "GET /metrics HTTP/1.1\r\n" : "X-Slow: 1\r\n";
+        (void)!::send(fd, line, std::strlen(line), MSG_NOSIGNAL);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (int i = 0; i < 3; ++i)
+    EXPECT_NE(http_get(server->port(), "/metrics").find("\r\n\r\na 1\n"), std::string::npos) << "scrape " << i;
+  // Past the request deadline every trickler has been closed by the server.
+  std::this_thread::sleep_for(metrics::kRequestDeadline + std::chrono::milliseconds(1500));
+  int closed = 0;
+  for (int fd : slow) {
+    char c;
+    const ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT);
+    closed += n == 0 || (n < 0 && errno != EAGAIN);
+  }
+  stop = true;
+  trickle.join();
+  EXPECT_EQ(closed, 100);
+  for (int fd : slow) ::close(fd);
+}
+
+TEST(MetricsServer, AnswersEveryRequestShapeClearly) {
+  auto server = page_server("b 2\n");
+  ASSERT_TRUE(server);
+  const int port = server->port();
+  struct Case {
+    std::string request;
+    std::string status;
+    std::string in_answer;
+  };
+  const std::vector<Case> cases = {
+      {"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "200", "\r\n\r\nb 2\n"},
+      {"GET /metrics?name[]=x HTTP/1.0\r\n\r\n", "200", "Content-Length: 4\r\n"},
+      {"GET /metrics HTTP/1.1\n\n", "200", "b 2"},  // bare LFs
+      {"HEAD /metrics HTTP/1.1\r\n\r\n", "200", "Content-Length: 4\r\n"},
+      {"GET / HTTP/1.1\r\n\r\n", "200", "/metrics"},
+      {"GET /nothing HTTP/1.1\r\n\r\n", "404", "not found"},
+      {"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "405", "Allow: GET, HEAD"},
+      {"GET /metrics\r\n\r\n", "400", "request line"},
+      {"GET /metrics HTTP/2.0\r\n\r\n", "400", "request line"},
+      {"GET /metrics HTTP/1.1\r\nX: " + std::string(metrics::kMaxRequestHeadBytes, 'x') + "\r\n\r\n", "431",
+       "request head above"},
+  };
+  for (const Case &c : cases) {
+    const std::string got = exchange(port, c.request);
+    EXPECT_EQ(got.substr(0, 13), "HTTP/1.1 " + c.status + " ") << c.request.substr(0, 60) << "\n" << got;
+    EXPECT_NE(got.find(c.in_answer), std::string::npos) << c.request.substr(0, 60) << "\n" << got;
+    EXPECT_NE(got.find("Connection: close\r\n"), std::string::npos) << got;
+  }
+  EXPECT_EQ(exchange(port, "HEAD /metrics HTTP/1.1\r\n\r\n").find("b 2"), std::string::npos) << "HEAD has no body";
+  // A client that half-closes after its request still gets the answer.
+  EXPECT_NE(exchange(port, "GET /metrics HTTP/1.0\r\n\r\n", true).find("\r\n\r\nb 2\n"), std::string::npos);
+}
+
+TEST(MetricsServer, ALargePageReachesASlowReaderWhole) {
+  std::string page;
+  for (int i = 0; page.size() < (4u << 20); ++i) page += "sluice_test_series{i=\"" + std::to_string(i) + "\"} 1\n";
+  auto server = page_server(page);
+  ASSERT_TRUE(server);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int small = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(server->port()));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a), 0);
+  const std::string req = "GET /metrics HTTP/1.1\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
   std::string got;
-  while (std::chrono::steady_clock::now() < deadline &&
-         (got = http_get(server->port(), "/metrics")).find("\r\n\r\na 1\n") == std::string::npos)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_NE(got.find("\r\n\r\na 1\n"), std::string::npos) << got;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) {
+    got.append(buf, size_t(n));
+    if (got.size() < (1u << 20)) std::this_thread::sleep_for(std::chrono::microseconds(200));  // slow at first
+  }
+  close(fd);
+  const size_t body = got.find("\r\n\r\n");
+  ASSERT_NE(body, std::string::npos);
+  EXPECT_EQ(got.substr(body + 4), page);
 }
