@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 
 namespace sluice::policy_loop {
@@ -189,17 +190,15 @@ std::optional<PendingApproval> AuditStore::find_pending(const std::string &id, s
   return std::nullopt;
 }
 
-std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, size_t *total) {
+std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, bool *more) {
   std::vector<AuditRecord> out;
-  if (total) {
-    Stmt count(db_, "SELECT COUNT(*) FROM audit WHERE unix_ms >= ?");
-    count.i64(1, unix_ms);
-    *total = sqlite3_step(count.s) == SQLITE_ROW ? size_t(sqlite3_column_int64(count.s, 0)) : 0;
-  }
   // The newest rows: an operator asking for the trail wants what just happened.
-  Stmt st(db_, "SELECT * FROM (SELECT id,unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,"
-               "generation FROM audit WHERE unix_ms >= ? ORDER BY id DESC LIMIT ?) ORDER BY id");
-  st.i64(1, unix_ms).i64(2, int64_t(max_rows));
+  // Walked backwards on audit_time, so the cost is the rows returned, not the
+  // trail's length (which only grows): anyone local may ask, on the loop's
+  // thread. One row past max_rows says whether more were left out.
+  Stmt st(db_, "SELECT id,unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,"
+               "generation FROM audit INDEXED BY audit_time WHERE unix_ms >= ? ORDER BY unix_ms DESC, id DESC LIMIT ?");
+  st.i64(1, unix_ms).i64(2, int64_t(max_rows) + 1);
   while (sqlite3_step(st.s) == SQLITE_ROW) {
     AuditRecord r;
     r.id = sqlite3_column_int64(st.s, 0);
@@ -215,6 +214,10 @@ std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, siz
     r.generation = uint64_t(sqlite3_column_int64(st.s, 10));
     out.push_back(std::move(r));
   }
+  last_read_steps_ = sqlite3_stmt_status(st.s, SQLITE_STMTSTATUS_VM_STEP, 0);
+  if (more) *more = out.size() > max_rows;
+  if (out.size() > max_rows) out.pop_back();
+  std::reverse(out.begin(), out.end());  // oldest first, as they happened
   return out;
 }
 

@@ -57,8 +57,11 @@ class AuditStore {
   std::vector<PendingApproval> pending();  // for display: empty if the store cannot be read
   // nullopt with `error` empty: no such id; with `error` set: the store failed.
   std::optional<PendingApproval> find_pending(const std::string &id, std::string &error);
-  // The newest max_rows records at or after unix_ms, oldest first; *total: how many matched.
-  std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000, size_t *total = nullptr);
+  // The newest max_rows records at or after unix_ms, oldest first (by time, then
+  // id); *more: whether older matching ones were left out.
+  std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000, bool *more = nullptr);
+  // SQLite's VM steps for the last since(): what it cost, for the tests (a count, not a time).
+  int64_t last_read_steps() const { return last_read_steps_; }
   // The limit the newest record that set one for `tier` names (published, approved,
   // kept, start), or nullopt if there is none (or the store cannot be read).
   std::optional<int64_t> last_limit(const std::string &tier);
@@ -71,6 +74,7 @@ class AuditStore {
   bool exec(const char *sql, std::string &error);
   bool insert_record(const AuditRecord &r, std::string &error);
   sqlite3 *db_ = nullptr;
+  int64_t last_read_steps_ = 0;
   std::string path_;
 };
 

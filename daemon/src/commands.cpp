@@ -166,12 +166,12 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     long long since = 0;
     std::string fmt;
     in >> since >> fmt;
-    size_t total = 0;
-    const auto rs = engine.store().since(since, kAuditRowsPerReply, &total);
+    bool more = false;
+    const auto rs = engine.store().since(since, kAuditRowsPerReply, &more);
     if (fmt == "json") return "ok\n" + audit_json(rs) + "\n";
-    const std::string cut = total > rs.size() ? "(the newest " + std::to_string(rs.size()) + " of " +
-                                                    std::to_string(total) + " records; narrow with --since)\n"
-                                              : "";
+    const std::string cut = more ? "(the newest " + std::to_string(rs.size()) +
+                                       " records; older ones were left out: narrow with --since)\n"
+                                 : "";
     return "ok\n" + cut + audit_text(rs);
   }
   if (cmd == "snapshot") return "ok\n" + snapshot_json(engine) + "\n";

@@ -158,17 +158,23 @@ size_t ControlServer::connections() const {
   return open_;
 }
 
-size_t ControlServer::serve_pending(const Handler &handler, size_t max_requests) {
+size_t ControlServer::serve_pending(const Handler &handler, size_t max_requests, std::chrono::milliseconds budget) {
   drain_fd(ready_fd_);
+  const auto until = std::chrono::steady_clock::now() + budget;
   size_t served = 0;
-  for (; served < max_requests; ++served) {
+  for (; served < max_requests && (served == 0 || std::chrono::steady_clock::now() < until); ++served) {
     Request r;
     {
       std::lock_guard lock(mu_);
       if (requests_.empty()) break;
-      r = std::move(requests_.front());
-      requests_.pop_front();
+      // The oldest request of another uid than the last one run, else the oldest.
+      auto next = std::find_if(requests_.begin(), requests_.end(),
+                               [&](const Request &q) { return q.peer.uid != last_uid_; });
+      if (next == requests_.end()) next = requests_.begin();
+      r = std::move(*next);
+      requests_.erase(next);
     }
+    last_uid_ = r.peer.uid;
     std::string reply = handler(r.line, r.peer);
     {
       std::lock_guard lock(mu_);

@@ -10,6 +10,7 @@
 #pragma once
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -55,11 +56,15 @@ class ControlServer {
   ~ControlServer();
   // Readable while complete requests wait for serve_pending (the loop polls it).
   int fd() const { return ready_fd_; }
-  // Loop thread only. Runs the handler for up to max_requests requests already
-  // read in full; never waits for a client. Returns how many it ran; if more
-  // wait, fd() stays readable.
+  // Loop thread only. Runs the handler for requests already read in full, never
+  // waiting for a client: up to max_requests, and none after `budget` has been
+  // spent (anyone local may send costly commands; the tick must still run).
+  // Requests are taken in turn by uid, so one user's flood cannot keep an
+  // approver's command at the back. Returns how many it ran; if more wait,
+  // fd() stays readable.
   using Handler = std::function<std::string(const std::string &line, const Peer &peer)>;
-  size_t serve_pending(const Handler &handler, size_t max_requests = 32);
+  size_t serve_pending(const Handler &handler, size_t max_requests = 32,
+                       std::chrono::milliseconds budget = std::chrono::milliseconds(50));
   // Connections open now (any state); for tests.
   size_t connections() const;
 
@@ -88,6 +93,7 @@ class ControlServer {
   ino_t path_ino_ = 0;  // the socket file bound at path_ (unlinked on stop only if still ours)
   mutable std::mutex mu_;
   std::deque<Request> requests_;  // at most one per connection
+  uid_t last_uid_ = uid_t(-1);    // whose request ran last (loop thread only)
   std::vector<Reply> replies_;
   bool stop_ = false;
   size_t open_ = 0;  // connections, for connections()

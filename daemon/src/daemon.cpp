@@ -333,8 +333,12 @@ int64_t Daemon::do_work(int64_t now_ns) {
   if (control_) control_->serve_pending([this](const std::string &line, const Peer &peer) {
     const std::string reply = line == "overview" ? "ok\n" + overview_json(loop_state()) + "\n"
                                                  : handle_command(*engine_, line, peer);
-    shared_loop_.set(loop_state());
-    if (line.rfind("approve", 0) == 0 || line.rfind("reject", 0) == 0)
+    // Only a decision changes what /metrics shows; the other commands read.
+    const size_t at = std::min(line.find_first_not_of(' '), line.size());
+    const std::string_view word = std::string_view(line).substr(at);
+    const bool decision = word.starts_with("approve") || word.starts_with("reject");
+    if (decision) shared_loop_.set(loop_state());
+    if (decision)
       spdlog::info("control: uid {} pid {}: {} -> {}", peer.uid, peer.pid, line.substr(0, 80),
                    reply.substr(0, reply.find('\n')));
     return reply;

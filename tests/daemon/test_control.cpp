@@ -516,6 +516,98 @@ TEST(ControlServer, OneUidHoldingConnectionsCannotCrowdOutAnother) {
   ::close(done[1]);
 }
 
+// Anyone local may send commands that cost the loop time (an audit read, a
+// snapshot); the tick must still run. One serve_pending call stops once its
+// budget is spent, and the rest wait for the next call.
+TEST(ControlServer, ServingStopsAtItsTimeBudgetAndTheRestWaitTheirTurn) {
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  constexpr int kClients = 10;
+  std::vector<std::thread> clients;
+  std::atomic<int> answered{0};
+  for (int i = 0; i < kClients; ++i)
+    clients.emplace_back([&, i] {
+      std::string reply, e;
+      if (daemon::control_request(path, "slow " + std::to_string(i), reply, e, 20'000) && reply.starts_with("ok\nslow "))
+        answered.fetch_add(1);
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // all ten read and queued
+  auto slow = [](const std::string &line, const daemon::Peer &peer) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    return echo(line, peer);
+  };
+  const size_t first = server->serve_pending(slow);  // budget 50 ms: two of 30 ms
+  EXPECT_GE(first, 1u);
+  EXPECT_LE(first, 2u) << "one call ran every queued 30 ms command";
+  pollfd p{server->fd(), POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 0), 1) << "the rest are still announced to the loop";
+  size_t total = first;
+  for (int round = 0; total < kClients && round < 100; ++round) total += server->serve_pending(slow);
+  for (auto &c : clients) c.join();
+  EXPECT_EQ(total, size_t(kClients));
+  EXPECT_EQ(answered.load(), kClients);
+}
+
+// One user's flood of commands cannot keep another's at the back of the queue:
+// requests are taken in turn by uid.
+TEST(ControlServer, RequestsAreTakenInTurnByUid) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client as nobody";
+  const std::string path = socket_path();
+  std::string err;
+  auto server = daemon::ControlServer::listen(path, err);
+  ASSERT_TRUE(server) << err;
+  int go[2], result[2];
+  ASSERT_EQ(::pipe(go), 0);
+  ASSERT_EQ(::pipe(result), 0);
+  const pid_t child = ::fork();  // before any thread of ours: the child may allocate
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(go[1]);
+    ::close(result[0]);
+    char c;
+    if (::read(go[0], &c, 1) != 1) ::_exit(2);
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(3);
+    const int fd = connect_to(path);
+    if (fd < 0 || ::write(fd, "nobody\n", 7) != 7) ::_exit(4);
+    const char ok = read_all(fd).starts_with("ok\nnobody from uid 65534") ? 'y' : 'n';
+    (void)!::write(result[1], &ok, 1);
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  ::close(result[1]);
+  std::vector<std::thread> roots;
+  for (int i = 0; i < 6; ++i)
+    roots.emplace_back([&, i] {
+      std::string reply, e;
+      daemon::control_request(path, "root " + std::to_string(i), reply, e, 20'000);
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // root's six are queued first
+  (void)!::write(go[1], "x", 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // then nobody's one
+  std::vector<std::string> seen;
+  auto record = [&](const std::string &line, const daemon::Peer &peer) {
+    seen.push_back(line);
+    return echo(line, peer);
+  };
+  EXPECT_EQ(server->serve_pending(record, 2), 2u);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(seen[0].starts_with("root ")) << seen[0];
+  EXPECT_EQ(seen[1], "nobody") << "nobody's request waited behind root's whole queue";
+  for (int round = 0; seen.size() < 7 && round < 100; ++round) server->serve_pending(record);
+  for (auto &t : roots) t.join();
+  char ok = 0;
+  EXPECT_EQ(::read(result[0], &ok, 1), 1);
+  EXPECT_EQ(ok, 'y');
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child status " << st;
+  EXPECT_EQ(seen.size(), 7u);
+  ::close(go[1]);
+  ::close(result[0]);
+}
+
 // The server hands governance the caller's supplementary groups as the kernel
 // recorded them at connect (SO_PEERGROUPS), so an approver group need not be the
 // caller's primary one.
