@@ -55,12 +55,16 @@ std::string pending_json(const std::vector<PendingApproval> &ps) {
   return o + "]";
 }
 
+// The text forms go to a terminal: every field that came from outside (a
+// model, a reason typed by someone) is shown, never obeyed (terminal_safe).
 std::string pending_text(const std::vector<PendingApproval> &ps) {
+  using text::terminal_safe;
   if (ps.empty()) return "no pending approvals\n";
   std::string o;
   for (const auto &p : ps)
-    o += p.id + "  " + p.tier_name + "  " + std::to_string(p.old_limit) + " -> " + std::to_string(p.new_limit) +
-         "  by " + p.actor + "  expires " + iso_time(p.expires_unix_ms) + "\n    " + p.reason + "\n";
+    o += terminal_safe(p.id) + "  " + terminal_safe(p.tier_name) + "  " + std::to_string(p.old_limit) + " -> " +
+         std::to_string(p.new_limit) + "  by " + terminal_safe(p.actor) + "  expires " + iso_time(p.expires_unix_ms) +
+         "\n    " + terminal_safe(p.reason) + "\n";
   return o;
 }
 
@@ -81,11 +85,13 @@ std::string audit_json(const std::vector<AuditRecord> &rs) {
 }
 
 std::string audit_text(const std::vector<AuditRecord> &rs) {
+  using text::terminal_safe;
   std::string o;
   for (const auto &r : rs) {
-    o += iso_time(r.unix_ms) + "  " + r.event + "  " + r.tier + "  " + std::to_string(r.old_limit) + " -> " +
-         std::to_string(r.new_limit) + "  by " + r.actor + (r.approval_id.empty() ? "" : "  [" + r.approval_id + "]") +
-         "\n    " + r.reason + "\n";
+    o += iso_time(r.unix_ms) + "  " + terminal_safe(r.event) + "  " + terminal_safe(r.tier) + "  " +
+         std::to_string(r.old_limit) + " -> " + std::to_string(r.new_limit) + "  by " + terminal_safe(r.actor) +
+         (r.approval_id.empty() ? "" : "  [" + terminal_safe(r.approval_id) + "]") + "\n    " +
+         terminal_safe(r.reason) + "\n";
   }
   return o.empty() ? "no audit records in that period\n" : o;
 }
@@ -158,6 +164,22 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     if (const auto s = reason.find_first_not_of(' '); s != std::string::npos) reason = reason.substr(s);
     else reason.clear();
     if (id.empty()) return "error\nusage: " + cmd + " ID\n";
+    // Ids are hex digits (8 of them); anything else names no question, and is
+    // not echoed raw.
+    if (id.size() > 32 || id.find_first_not_of("0123456789abcdef") != std::string::npos)
+      return "error\nno pending approval with id '" + text::terminal_safe(id.substr(0, 64)) +
+             "' (ids are hex digits: see sluicectl pending)\n";
+    // The reason is shown on operators' terminals and kept in the trail: one line
+    // of printable text (sluicectl checks this too; other clients may not).
+    for (size_t k = 0; k < reason.size(); ++k) {
+      const auto c = static_cast<unsigned char>(reason[k]);
+      if (c < 0x20 || c == 0x7f) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02X", c);
+        return "error\nthe reason's byte " + std::to_string(k) + " (" + hex +
+               ") is a control character: give the reason on one line, printable\n";
+      }
+    }
     const auto r = cmd == "approve" ? engine.approve(id, peer.uid, peer.gid, peer.groups)
                                     : engine.reject(id, reason, peer.uid, peer.gid, peer.groups);
     return (r.ok ? "ok\n" : "error\n") + r.message + "\n";

@@ -2,6 +2,8 @@
 // error body) on its way into the audit trail and the JSON sluicectl prints.
 #pragma once
 #include <cstddef>
+#include <cstdint>
+#include <cstdio>
 #include <string>
 #include <string_view>
 
@@ -42,6 +44,39 @@ inline std::string utf8_clean(std::string_view s, size_t max_bytes = std::string
     if (out.size() + piece.size() > max_bytes) break;
     out.append(piece);
     i += n ? n : 1;
+  }
+  return out;
+}
+
+// Text from outside (a model's rationale, a reason, an id) made safe to print on
+// an operator's terminal: well-formed UTF-8 (utf8_clean) in which every control
+// character is shown as an escape instead of acting. C0 and DEL as \xNN (a
+// newline could forge a record line, ESC could rewrite the screen), C1 and the
+// bidirectional overrides as \uNNNN (they reorder what is shown). A backslash
+// is doubled, so an escape in the text itself cannot pass for one of these.
+inline std::string terminal_safe(std::string_view raw) {
+  const std::string s = utf8_clean(raw);
+  std::string out;
+  char buf[8];
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const size_t n = utf8_sequence(s, i);  // well-formed here: at least 1
+    uint32_t cp = c;
+    if (n == 2) cp = (uint32_t(c & 0x1F) << 6) | (uint32_t(s[i + 1]) & 0x3F);
+    if (n == 3) cp = (uint32_t(c & 0x0F) << 12) | ((uint32_t(s[i + 1]) & 0x3F) << 6) | (uint32_t(s[i + 2]) & 0x3F);
+    if (c < 0x20 || c == 0x7f) {
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else if ((cp >= 0x80 && cp <= 0x9F) || (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) ||
+               cp == 0x200E || cp == 0x200F || cp == 0x061C) {
+      std::snprintf(buf, sizeof buf, "\\u%04x", unsigned(cp));
+      out += buf;
+    } else {
+      out.append(s, i, n);
+    }
+    i += n;
   }
   return out;
 }

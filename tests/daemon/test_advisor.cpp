@@ -356,6 +356,17 @@ TEST(AdvisorJson, Utf8CleanCutsBetweenCharactersAndReplacesBadBytes) {
   EXPECT_EQ(sluice::text::utf8_clean("plain"), "plain");
 }
 
+TEST(TerminalSafe, ShowsControlsAndReorderingMarksAsEscapes) {
+  using sluice::text::terminal_safe;
+  EXPECT_EQ(terminal_safe("plain text, caf\xC3\xA9"), "plain text, caf\xC3\xA9");
+  EXPECT_EQ(terminal_safe("a\nb\rc\td\x1b[31me\x7f"), "a\\x0ab\\x0dc\\x09d\\x1b[31me\\x7f");
+  EXPECT_EQ(terminal_safe(std::string("nul\0x", 5)), "nul\\x00x");
+  EXPECT_EQ(terminal_safe("c1 \xC2\x85 \xC2\x9B"), "c1 \\u0085 \\u009b");
+  EXPECT_EQ(terminal_safe("rlo \xE2\x80\xAE lri \xE2\x81\xA6 rlm \xE2\x80\x8F"), "rlo \\u202e lri \\u2066 rlm \\u200f");
+  EXPECT_EQ(terminal_safe("a\\x0a"), "a\\\\x0a") << "a literal escape cannot pass for one";
+  EXPECT_EQ(terminal_safe("bad \xFF"), "bad \xEF\xBF\xBD");
+}
+
 TEST(AdvisorJson, BoundsNestingDepth) {
   std::string err;
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');

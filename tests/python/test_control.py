@@ -161,7 +161,7 @@ def test_concurrent_clients_all_get_correct_replies(fast):
         if cmd == "bogus":
             assert reply == UNKNOWN
         elif cmd == "approve":
-            assert reply == "error\nno pending approval with id 'nosuchid'\n"
+            assert reply == "error\nno pending approval with id 'nosuchid' (ids are hex digits: see sluicectl pending)\n"
         elif cmd == "pending" and line.endswith("json"):
             assert head == "ok" and json.loads(body) == []
         elif cmd == "pending":

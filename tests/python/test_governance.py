@@ -134,3 +134,49 @@ def test_snapshot_shows_the_loop_view(gov):
     assert snap["tick"] > 0 and snap["host_surge"] in ("normal", "surge", "ddos")
     ent = snap["tiers"][0]
     assert ent["name"] == "enterprise" and ent["offered_rps"] > 0 and ent["denied_rps"] > 0
+
+
+def test_text_from_outside_is_shown_on_the_terminal_never_obeyed(tmp_path):
+    """A model's rationale and a reason end up on an approver's terminal: a newline
+    in one forged a whole record line there, and ESC sequences rewrote the screen."""
+    import socket
+    import sqlite3
+
+    d = Daemon(tmp_path, governance_policy(approval_ttl_s=600))
+    try:
+        d.stop()  # write the store as a hostile model's answer would have filled it
+        forged = "2026-12-03T11:00:00Z  approved  enterprise  10 -> 80  by human:0  [deadbeef]"
+        evil = f"advisor: fine\n{forged}\n    \x1b[31mRED\x1b[0m\r\u202eLRO\u0085"
+        now = int(time.time() * 1000)
+        db = sqlite3.connect(str(tmp_path / f"{d.segment}.db"))
+        db.execute("INSERT INTO audit(unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,"
+                   "generation) VALUES(?,?,?,?,?,?,?,?,?,?)", (now, "advisor", "advisor", "*", -1, -1, evil, 1.0, "", 0))
+        db.execute("INSERT INTO pending VALUES(?,?,?,?,?,?,?,?,?,?)",
+                   ("00000000abcd1234", 0, "enterprise", 10, 80, evil, "advisor", 0.9, now, now + 600_000))
+        db.commit()
+        db.close()
+        d.log = open(d.log_path, "a")
+        d.start()
+        for args in (("pending",), ("audit",)):
+            out = d.ctl(*args).stdout
+            assert "\x1b" not in out and "\r" not in out and "\u202e" not in out and "\u0085" not in out, (args, out)
+            assert not any(line.startswith(forged[:20]) for line in out.splitlines()), (args, out)
+            assert "advisor: fine\\x0a2026-12-03T11:00:00Z" in out and "\\x1b[31mRED" in out, (args, out)
+            assert "\\u202eLRO\\u0085" in out, (args, out)
+        # --json keeps the exact text, escaped as JSON.
+        assert json.loads(d.ctl("pending", "--json").stdout)[0]["reason"] == evil
+
+        # The daemon refuses what sluicectl refuses, for any client of its socket.
+        def raw(line: bytes) -> str:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(f"/dev/shm/{d.segment}.sock")
+                s.sendall(line + b"\n")
+                s.shutdown(socket.SHUT_WR)
+                return b"".join(iter(lambda: s.recv(4096), b"")).decode("utf-8", "replace")
+        got = raw(b"reject 00000000abcd1234 held \x1b[2J")
+        assert got.startswith("error\n") and "control character" in got, got
+        got = raw(b"approve \x1b[2Jabc")
+        assert got.startswith("error\n") and "\x1b" not in got and "hex digits" in got, got
+        assert json.loads(d.ctl("pending", "--json").stdout)[0]["id"] == "00000000abcd1234", "nothing was run"
+    finally:
+        d.stop()
