@@ -71,11 +71,18 @@ std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::strin
 
 AuditStore::~AuditStore() { sqlite3_close(db_); }
 
+bool AuditStore::failed(std::string &error) {
+  error = sqlite3_errmsg(db_);
+  ++errors_;
+  return false;
+}
+
 bool AuditStore::exec(const char *sql, std::string &error) {
   char *msg = nullptr;
   if (sqlite3_exec(db_, sql, nullptr, nullptr, &msg) == SQLITE_OK) return true;
   error = msg ? msg : "sqlite error";
   sqlite3_free(msg);
+  ++errors_;
   return false;
 }
 
@@ -86,10 +93,7 @@ bool AuditStore::insert_record(const AuditRecord &r, std::string &error) {
   st.i64(1, r.unix_ms ? r.unix_ms : unix_ms_now()).text(2, r.event).text(3, r.actor).text(4, r.tier);
   st.i64(5, r.old_limit).i64(6, r.new_limit).text(7, r.reason).real(8, r.confidence).text(9, r.approval_id);
   st.i64(10, int64_t(r.generation));
-  if (sqlite3_step(st.s) != SQLITE_DONE) {
-    error = sqlite3_errmsg(db_);
-    return false;
-  }
+  if (sqlite3_step(st.s) != SQLITE_DONE) return failed(error);
   return true;
 }
 
@@ -123,7 +127,7 @@ bool AuditStore::put_pending(const PendingApproval &p, const AuditRecord &r, std
   const int rc = sqlite3_step(st.s);
   if (rc != SQLITE_DONE || !insert_record(r, error)) {
     if (duplicate_id && sqlite3_extended_errcode(db_) == SQLITE_CONSTRAINT_PRIMARYKEY) *duplicate_id = true;
-    if (error.empty()) error = sqlite3_errmsg(db_);
+    if (error.empty()) failed(error);
     std::string ignored;
     exec("ROLLBACK", ignored);
     return false;
@@ -135,7 +139,9 @@ bool AuditStore::close_pending(const std::string &id, const AuditRecord &r, std:
   if (!exec("BEGIN IMMEDIATE", error)) return false;
   Stmt st(db_, "DELETE FROM pending WHERE id = ?");
   st.text(1, id);
-  if (sqlite3_step(st.s) != SQLITE_DONE || sqlite3_changes(db_) != 1 || !insert_record(r, error)) {
+  const int rc = sqlite3_step(st.s);
+  if (rc != SQLITE_DONE || sqlite3_changes(db_) != 1 || !insert_record(r, error)) {
+    if (rc != SQLITE_DONE) failed(error);
     if (error.empty()) error = "no pending approval " + id;
     std::string ignored;
     exec("ROLLBACK", ignored);
@@ -165,11 +171,7 @@ bool AuditStore::pending(std::vector<PendingApproval> &out, std::string &error) 
                "expires_unix_ms FROM pending ORDER BY created_unix_ms");
   int rc;
   while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) out.push_back(read_pending(st));
-  if (rc != SQLITE_DONE) {
-    error = sqlite3_errmsg(db_);
-    return false;
-  }
-  return true;
+  return rc == SQLITE_DONE || failed(error);
 }
 
 std::vector<PendingApproval> AuditStore::pending() {
@@ -186,11 +188,11 @@ std::optional<PendingApproval> AuditStore::find_pending(const std::string &id, s
   st.text(1, id);
   const int rc = sqlite3_step(st.s);
   if (rc == SQLITE_ROW) return read_pending(st);
-  if (rc != SQLITE_DONE) error = sqlite3_errmsg(db_);
+  if (rc != SQLITE_DONE) failed(error);
   return std::nullopt;
 }
 
-std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, bool *more) {
+std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, bool *more, std::string *error) {
   std::vector<AuditRecord> out;
   // The newest rows: an operator asking for the trail wants what just happened.
   // Walked backwards on audit_time, so the cost is the rows returned, not the
@@ -199,7 +201,8 @@ std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, boo
   Stmt st(db_, "SELECT id,unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,"
                "generation FROM audit INDEXED BY audit_time WHERE unix_ms >= ? ORDER BY unix_ms DESC, id DESC LIMIT ?");
   st.i64(1, unix_ms).i64(2, int64_t(max_rows) + 1);
-  while (sqlite3_step(st.s) == SQLITE_ROW) {
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
     AuditRecord r;
     r.id = sqlite3_column_int64(st.s, 0);
     r.unix_ms = sqlite3_column_int64(st.s, 1);
@@ -213,6 +216,11 @@ std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, boo
     r.approval_id = st.col_text(9);
     r.generation = uint64_t(sqlite3_column_int64(st.s, 10));
     out.push_back(std::move(r));
+  }
+  if (rc != SQLITE_DONE) {
+    std::string why;
+    failed(why);
+    if (error) *error = why;
   }
   last_read_steps_ = sqlite3_stmt_status(st.s, SQLITE_STMTSTATUS_VM_STEP, 0);
   if (more) *more = out.size() > max_rows;

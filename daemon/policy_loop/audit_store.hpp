@@ -58,8 +58,10 @@ class AuditStore {
   // nullopt with `error` empty: no such id; with `error` set: the store failed.
   std::optional<PendingApproval> find_pending(const std::string &id, std::string &error);
   // The newest max_rows records at or after unix_ms, oldest first (by time, then
-  // id); *more: whether older matching ones were left out.
-  std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000, bool *more = nullptr);
+  // id); *more: whether older matching ones were left out; *error: set if the
+  // store failed part way (what was read is returned).
+  std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000, bool *more = nullptr,
+                                 std::string *error = nullptr);
   // SQLite's VM steps for the last since(): what it cost, for the tests (a count, not a time).
   int64_t last_read_steps() const { return last_read_steps_; }
   // The limit the newest record that set one for `tier` names (published, approved,
@@ -68,6 +70,10 @@ class AuditStore {
   // Is `id` taken by an open question or named by any record?
   bool id_in_use(const std::string &id);
   const std::string &path() const { return path_; }
+  // SQLite operations that failed since open (a full disk, a lock held past the
+  // busy timeout, I/O errors): while any fail, the loop publishes nothing, so
+  // this is on /metrics for an alert. Logical refusals (no such id) are not counted.
+  uint64_t errors() const { return errors_; }
 
  private:
   AuditStore() = default;
@@ -75,6 +81,8 @@ class AuditStore {
   bool insert_record(const AuditRecord &r, std::string &error);
   sqlite3 *db_ = nullptr;
   int64_t last_read_steps_ = 0;
+  uint64_t errors_ = 0;
+  bool failed(std::string &error);  // error = SQLite's message; counts it; false
   std::string path_;
 };
 

@@ -154,7 +154,10 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
   if (cmd == "pending") {
     std::string fmt;
     in >> fmt;
-    const auto ps = engine.store().pending();
+    std::vector<PendingApproval> ps;
+    std::string err;
+    if (!engine.store().pending(ps, err))  // an unreadable store is not "none pending"
+      return "error\nthe audit store failed (" + err + "): pending approvals cannot be listed\n";
     return "ok\n" + (fmt == "json" ? pending_json(ps) + "\n" : pending_text(ps));
   }
   if (cmd == "approve" || cmd == "reject") {
@@ -189,7 +192,9 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     std::string fmt;
     in >> since >> fmt;
     bool more = false;
-    const auto rs = engine.store().since(since, kAuditRowsPerReply, &more);
+    std::string err;
+    const auto rs = engine.store().since(since, kAuditRowsPerReply, &more, &err);
+    if (!err.empty()) return "error\nthe audit store failed (" + err + "): the trail cannot be read\n";
     if (fmt == "json") return "ok\n" + audit_json(rs) + "\n";
     const std::string cut = more ? "(the newest " + std::to_string(rs.size()) +
                                        " records; older ones were left out: narrow with --since)\n"

@@ -312,6 +312,7 @@ LoopState Daemon::loop_state() {
   s.snapshot = engine_->snapshot();
   s.pending = store_->pending();
   s.governance = engine_->governance_counts();
+  s.audit_store_errors = store_->errors();
   s.admitted_at_start = admitted_at_start_;
   if (advisor_) {
     s.advisor_kind = policy_.advisor.kind;

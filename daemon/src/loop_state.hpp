@@ -18,6 +18,7 @@ struct LoopState {
   policy_loop::Snapshot snapshot;
   std::vector<policy_loop::PendingApproval> pending;
   policy_loop::GovernanceCounts governance;
+  uint64_t audit_store_errors = 0;  // AuditStore::errors()
   std::string advisor_kind = "none";  // "none": the built-in rules only
   std::string advisor_model;
   std::optional<advisor::AdvisorStats> advisor;  // set when an LLM advisor is configured

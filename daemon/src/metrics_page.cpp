@@ -104,6 +104,10 @@ void governance(Exposition &e, const LoopState &loop) {
   e.sample("sluice_governance_events_total", {{"event", "void"}}, g.voided);
   e.family("sluice_policy_publications_total", "counter", "Tier tables published since sluiced started.");
   e.sample("sluice_policy_publications_total", {}, g.published);
+  e.family("sluice_audit_store_errors_total", "counter",
+           "Audit store (SQLite) operations that failed since sluiced started: a full disk, a lock held too long, "
+           "I/O errors. While writes fail the loop publishes nothing (every publication is recorded first).");
+  e.sample("sluice_audit_store_errors_total", {}, double(loop.audit_store_errors));
 }
 
 void advisor_view(Exposition &e, const LoopState &loop) {

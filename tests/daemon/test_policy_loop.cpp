@@ -443,8 +443,10 @@ TEST_F(EngineFixture, AnApprovalCountsAndPublishesOnlyOnceItsAuditRowIsCommitted
   const uint64_t gen_before = seg.owner->policy().generation.load();
   {
     AuditRefusal refuse(db, "approved");
+    const uint64_t errors_before = store->errors();
     const auto failed = engine->approve(id, getuid(), getgid());
     EXPECT_FALSE(failed.ok) << "an approval whose audit row failed is reported as an error";
+    EXPECT_GT(store->errors(), errors_before) << "the failure is counted for /metrics";
     EXPECT_NE(failed.message.find("audit store failed"), std::string::npos) << failed.message;
     EXPECT_EQ(engine->governance_counts().approved, before.approved) << "counted before its audit row was committed";
     EXPECT_EQ(engine->governance_counts().published, before.published);
@@ -468,17 +470,21 @@ TEST_F(EngineFixture, ALoopPublicationCountsAndPublishesOnlyOnceItsAuditRowsAreC
   {
     AuditRefusal refuse(db, "published");
     traffic(0, 10, 5);  // wants 17 (1.7x): published without a human when the audit works
+    const uint64_t errors_before = store->errors();
     const auto r = tick();
     EXPECT_TRUE(r.published.empty());
+    EXPECT_GT(store->errors(), errors_before) << "the failure is counted for /metrics";
     EXPECT_EQ(engine->governance_counts().published, 0u) << "counted before its audit rows were committed";
     EXPECT_EQ(seg.owner->policy().generation.load(), gen_before) << "published without its audit rows";
     EXPECT_EQ(published(0), 10u);
   }
   traffic(0, 10, 5);
+  const uint64_t errors_after = store->errors();
   const auto r = tick();
   ASSERT_EQ(r.published.size(), 1u);
   EXPECT_EQ(published(0), 17u);
   EXPECT_EQ(engine->governance_counts().published, 1u);
+  EXPECT_EQ(store->errors(), errors_after) << "a healthy store counts no failure";
   size_t rows = 0;
   for (const auto &a : store->since(0))
     if (a.event == "published") {
