@@ -64,9 +64,14 @@ class AuditStore {
                                  std::string *error = nullptr);
   // SQLite's VM steps for the last since(): what it cost, for the tests (a count, not a time).
   int64_t last_read_steps() const { return last_read_steps_; }
-  // The limit the newest record that set one for `tier` names (published, approved,
-  // kept, start), or nullopt if there is none (or the store cannot be read).
-  std::optional<int64_t> last_limit(const std::string &tier);
+  // The newest record that set a limit for `tier` (published, approved, kept,
+  // start), or nullopt if there is none (or the store cannot be read).
+  struct LimitRecord {
+    int64_t limit = 0;
+    std::string event;
+    uint64_t generation = 0;  // the table generation it published (0: none named)
+  };
+  std::optional<LimitRecord> last_limit(const std::string &tier);
   // Is `id` taken by an open question or named by any record?
   bool id_in_use(const std::string &id);
   const std::string &path() const { return path_; }

@@ -115,6 +115,7 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
     error = "segment '" + opt.segment + "': " + detail;
     return nullptr;
   }
+  if (d->created_) d->record_created_table();
   const bool opened = d->open_services(error);
   if (opened) d->ready_.store(true, std::memory_order_release);  // /metrics may read the segment now
   if (!opened) {
@@ -180,16 +181,29 @@ bool Daemon::keep_limits(std::vector<core::TierLimits> &rows, const std::vector<
     // Kept only if the loop or a human set it (the trail's newest limit for the tier
     // says so) on a tier adaptive then and now: an old file's baseline or a fixed
     // limit is not the loop's choice, and the new file's baseline replaces it.
+    // A publication or approval committed to the trail for a generation the table
+    // never reached (a kill -9 between the commit and the publication) was a
+    // decision already made: it is published now rather than lost.
     const auto last = store_->last_limit(t.name);
-    if (t.adaptive && (was.flags & core::kTierAdaptive) && last && *last == int64_t(was.limit) &&
-        was.limit != t.limit) {
-      rows[i].limit = std::clamp(was.limit, t.floor, t.ceiling);
+    const bool adaptive = t.adaptive && (was.flags & core::kTierAdaptive);
+    const bool on_table = last && last->limit == int64_t(was.limit);
+    const bool never_published = last && (last->event == "published" || last->event == "approved") &&
+                                 last->generation > was.generation && last->limit >= 0 &&
+                                 last->limit <= int64_t(UINT32_MAX);
+    const uint32_t chosen = never_published ? uint32_t(last->limit) : was.limit;
+    if (adaptive && (on_table || never_published) && chosen != t.limit) {
+      rows[i].limit = std::clamp(chosen, t.floor, t.ceiling);
+      const std::string within =
+          rows[i].limit != chosen
+              ? ", brought within the policy's " + std::to_string(t.floor) + ".." + std::to_string(t.ceiling)
+              : std::string();
       r.event = "kept";
-      r.reason = "restart: kept the limit the loop or an approval published (" + std::to_string(was.limit) +
-                 (rows[i].limit != was.limit
-                      ? ", brought within the policy's " + std::to_string(t.floor) + ".." + std::to_string(t.ceiling)
-                      : std::string()) +
-                 ") rather than the policy file's baseline " + std::to_string(t.limit);
+      r.reason = on_table ? "restart: kept the limit the loop or an approval published (" + std::to_string(chosen) +
+                                within + ") rather than the policy file's baseline " + std::to_string(t.limit)
+                          : "restart: published the limit " + std::to_string(chosen) + within + " that the trail's '" +
+                                last->event + "' record (generation " + std::to_string(last->generation) +
+                                ") committed, but sluiced stopped before publishing (the table was at generation " +
+                                std::to_string(was.generation) + ")";
     } else if (rows[i].limit != was.limit) {
       r.event = "start";
       r.reason = "start: the policy file's limit replaces " + std::to_string(was.limit);
@@ -217,6 +231,18 @@ void Daemon::restore_table(const std::string &why) {
   r.reason = "start failed (" + text::utf8_clean(why, 300) + "): the table published before it is back";
   std::string err;
   if (store_ && !store_->append(r, err)) spdlog::error("audit: {}", err);
+}
+
+void Daemon::record_created_table() {
+  std::vector<policy_loop::AuditRecord> recs;
+  for (uint32_t i = 0; i < owner_->tier_count() && i < policy_.tiers.size(); ++i) {
+    core::TierLimits t;
+    core::read_tier(owner_->policy(), i, t);
+    recs.push_back(policy_loop::AuditRecord{0, 0, "start", "system", policy_.tiers[i].name, -1, t.limit,
+                                            "created the segment: the policy file's limit", 1.0, "", t.generation});
+  }
+  std::string err;
+  if (!store_->append_all(recs, err)) spdlog::error("audit: {} (the new table's limits are not in the trail)", err);
 }
 
 bool Daemon::open_services(std::string &error) {

@@ -78,6 +78,9 @@ class Daemon {
                    std::string &why);
   // After a re-attach, when a later step fails: the table as it was before.
   void restore_table(const std::string &why);
+  // After a create: the trail records the new table (a --reset changes limits too,
+  // and the records of the pair before must not speak for this one's table).
+  void record_created_table();
   // After the segment: the engine, the advisor's worker and /metrics.
   bool open_services(std::string &error);
   bool advisor_config(std::string &error);

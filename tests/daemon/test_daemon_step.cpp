@@ -115,13 +115,23 @@ uint32_t enterprise_limit(daemon::Daemon &d) {
 }
 
 std::unique_ptr<daemon::Daemon> restart(DaemonGuard &g, std::string &err,
-                                        std::optional<std::string> policy = std::nullopt) {
+                                        std::optional<std::string> policy = std::nullopt, bool reset = false) {
   g.d.reset();  // a clean stop; the pair stays
   daemon::Options o;
   o.segment = g.name;
   o.state_dir = "/tmp/sluicetest-state";
   o.policy_path = policy;
+  o.reset = reset;
   return daemon::Daemon::start(o, err);
+}
+
+// What a kill -9 between an approval's commit and its publication leaves: the
+// trail's record for a generation the table never reached.
+void commit_unpublished_approval(daemon::Daemon &d, uint32_t limit, uint64_t generation) {
+  policy_loop::AuditRecord r{0, 0, "approved", "human:0", "enterprise", 15, limit, "approved: test", 0.9,
+                             "0123abcd", generation};
+  std::string err;
+  ASSERT_TRUE(d.engine().store().append(r, err)) << err;
 }
 
 bool recorded(daemon::Daemon &d, const std::string &event, int64_t new_limit) {
@@ -141,6 +151,43 @@ TEST(DaemonStep, ARestartKeepsTheLimitTheLoopPublishedAndSaysSoInTheAudit) {
   EXPECT_EQ(enterprise_limit(*g.d), 40u) << "a restart put enterprise back to the policy file's limit";
   EXPECT_EQ(g.d->engine().limits()[0], 40u) << "the loop starts from what clients see";
   EXPECT_TRUE(recorded(*g.d, "kept", 40)) << "the trail does not say why the table differs from the policy file";
+}
+
+TEST(DaemonStep, AnApprovalCommittedButNeverPublishedIsPublishedByTheRestart) {
+  DaemonGuard g;
+  const uint64_t gen = g.d->owner().policy().generation.load();
+  commit_unpublished_approval(*g.d, 60, gen + 1);  // then sluiced died before publishing
+  std::string err;
+  g.d = restart(g, err);
+  ASSERT_TRUE(g.d) << err;
+  EXPECT_EQ(enterprise_limit(*g.d), 60u) << "the human's committed decision was lost on restart";
+  EXPECT_TRUE(recorded(*g.d, "kept", 60));
+}
+
+TEST(DaemonStep, AnApprovalTheTableAlreadyMovedPastIsNotRepublished) {
+  DaemonGuard g;
+  const uint64_t gen = g.d->owner().policy().generation.load();
+  commit_unpublished_approval(*g.d, 60, gen);  // names a generation the table reached: not lost, replaced
+  std::string err;
+  g.d = restart(g, err);
+  ASSERT_TRUE(g.d) << err;
+  EXPECT_EQ(enterprise_limit(*g.d), 15u);
+  EXPECT_TRUE(recorded(*g.d, "start", 15));
+}
+
+TEST(DaemonStep, AResetPairIsNotGivenTheOldPairsUnpublishedApproval) {
+  // A --reset restarts the generations; the trail records the new table, so an
+  // old pair's record for a high generation cannot speak for it on a later start.
+  DaemonGuard g;
+  commit_unpublished_approval(*g.d, 60, 1'000'000);
+  std::string err;
+  g.d = restart(g, err, std::nullopt, true);
+  ASSERT_TRUE(g.d) << err;
+  ASSERT_TRUE(g.d->created());
+  EXPECT_TRUE(recorded(*g.d, "start", 15)) << "the created table is in the trail";
+  g.d = restart(g, err);
+  ASSERT_TRUE(g.d) << err;
+  EXPECT_EQ(enterprise_limit(*g.d), 15u) << "an old pair's approval was published on this pair";
 }
 
 TEST(DaemonStep, ARestartReplacesALimitNoRecordSaysTheLoopChose) {
