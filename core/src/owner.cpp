@@ -191,14 +191,22 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (other_namespace) {
     // After the new namespace is published: a claim made later by an inserter that
-    // read it carries 0 or a pid of ours, which collect() judges rightly. Left: an
-    // inserter that read the old namespace, then stalled past this scan before its
-    // claim (its pid is then looked up here).
+    // read it carries 0 or a pid of ours, which collect() judges rightly. A claim
+    // already there carries a pid of the old namespace: it is retagged 0 in the
+    // segment itself (never freed), so no later daemon, which sees only the new
+    // namespace in the header, can take that pid for one of its own. A live
+    // inserter's claimed -> pending CAS then fails and it inserts again elsewhere:
+    // the slot is lost, never the key. Left: an inserter that read the old
+    // namespace, then stalled past this scan before its claim.
     for (uint32_t t = 0; t < o->tier_count(); ++t) {
       const TierView &v = o->tier_view(t);
       for (uint32_t slot = 0; slot < v.slots; ++slot) {
-        const uint64_t c = v.entry(slot)->ctrl.load(std::memory_order_acquire);
-        if (ctrl_state(c) == EntryState::claimed && ctrl_tag(c) != 0) o->foreign_claims_[(uint64_t(t) << 32) | slot] = c;
+        AtomicU64 &ctrl = v.entry(slot)->ctrl;
+        uint64_t c = ctrl.load(std::memory_order_acquire);
+        while (ctrl_state(c) == EntryState::claimed && ctrl_tag(c) != 0 &&
+               !ctrl.compare_exchange_weak(c, ctrl_make(EntryState::claimed, ctrl_gen(c), 0),
+                                           std::memory_order_acq_rel)) {
+        }
       }
     }
   }
@@ -255,11 +263,6 @@ GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {
           state_->keys_reclaimed.fetch_add(1, std::memory_order_relaxed);
         }
       } else if (ctrl_state(c) == EntryState::claimed) {
-        if (!foreign_claims_.empty()) {
-          const auto f = foreign_claims_.find(id);
-          if (f != foreign_claims_.end() && f->second == c) continue;  // a pid of another namespace
-          if (f != foreign_claims_.end()) foreign_claims_.erase(f);
-        }
         auto [it, fresh] = claims_seen_.try_emplace(id, c, boot_now);
         if (!fresh && it->second.first != c) it->second = {c, boot_now};
         else if (!fresh && boot_now - it->second.second > kDeadClaimGraceNs &&
@@ -269,7 +272,6 @@ GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {
         }
       } else {
         if (!claims_seen_.empty()) claims_seen_.erase(id);
-        if (!foreign_claims_.empty()) foreign_claims_.erase(id);
       }
     }
   }

@@ -85,10 +85,6 @@ class Owner {
   std::vector<TierLimits> rows_before_attach_;
   // CLAIMED words first seen at (boottime ns): an owner that is gone is freed.
   std::unordered_map<uint64_t, std::pair<uint64_t, int64_t>> claims_seen_;
-  // CLAIMED words present when this owner attached to a pair whose last daemon ran
-  // in another pid namespace: their pids name processes there, not here, so they
-  // are never freed (a slot may be lost; a live inserter's slot is never taken).
-  std::unordered_map<uint64_t, uint64_t> foreign_claims_;
 };
 
 }  // namespace sluice::core
