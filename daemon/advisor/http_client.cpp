@@ -11,6 +11,8 @@
 #include <cstring>
 #include <new>
 
+#include "net/numeric_address.hpp"
+
 namespace sluice::advisor::http {
 
 namespace {
@@ -62,21 +64,9 @@ class Connection {
   bool connect(const Url& url) {
     sockaddr_storage addr{};
     socklen_t len = 0;
-    int family = AF_INET;
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&addr);
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&addr);
-    if (::inet_pton(AF_INET, url.host.c_str(), &v4->sin_addr) == 1) {
-      v4->sin_family = AF_INET;
-      v4->sin_port = htons(uint16_t(url.port));
-      len = sizeof *v4;
-    } else if (::inet_pton(AF_INET6, url.host.c_str(), &v6->sin6_addr) == 1) {
-      family = AF_INET6;
-      v6->sin6_family = AF_INET6;
-      v6->sin6_port = htons(uint16_t(url.port));
-      len = sizeof *v6;
-    } else {
+    if (!net::numeric_sockaddr(url.host, url.port, addr, len))
       return fail(Error::bad_url, "not a numeric address: " + url.host);
-    }
+    const int family = addr.ss_family;
     fd_ = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd_ < 0) return fail(Error::io, "socket: " + errno_text(errno));
     int rc = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), len);

@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "net/numeric_address.hpp"
+
 namespace sluice::metrics {
 
 namespace {
@@ -135,17 +137,7 @@ bool write_some(Connection &c) {
 int listen_on(const ListenAddress &addr, int &port, std::string &error) {
   sockaddr_storage ss{};
   socklen_t len = 0;
-  auto *v4 = reinterpret_cast<sockaddr_in *>(&ss);
-  auto *v6 = reinterpret_cast<sockaddr_in6 *>(&ss);
-  if (::inet_pton(AF_INET, addr.host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(uint16_t(addr.port));
-    len = sizeof *v4;
-  } else if (::inet_pton(AF_INET6, addr.host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(uint16_t(addr.port));
-    len = sizeof *v6;
-  } else {
+  if (!net::numeric_sockaddr(addr.host, addr.port, ss, len)) {
     error = "metrics: '" + addr.host + "' is not a numeric address";
     return -1;
   }
@@ -161,7 +153,8 @@ int listen_on(const ListenAddress &addr, int &port, std::string &error) {
     if (fd >= 0) ::close(fd);
     return -1;
   }
-  port = ntohs(ss.ss_family == AF_INET ? v4->sin_port : v6->sin6_port);
+  port = ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in *>(&ss)->sin_port
+                                        : reinterpret_cast<sockaddr_in6 *>(&ss)->sin6_port);
   return fd;
 }
 
