@@ -237,6 +237,25 @@ std::optional<AuditStore::LimitRecord> AuditStore::last_limit(const std::string 
   return LimitRecord{sqlite3_column_int64(st.s, 0), st.col_text(1), uint64_t(sqlite3_column_int64(st.s, 2))};
 }
 
+std::vector<AuditStore::LimitChange> AuditStore::limits_since(const std::string &tier, int64_t unix_ms) {
+  std::vector<LimitChange> out;
+  constexpr const char *kEvents = "event IN ('published','approved','kept','start')";
+  Stmt before(db_, (std::string("SELECT new_limit FROM audit INDEXED BY audit_time WHERE unix_ms < ? AND tier = ? AND ") +
+                    kEvents + " ORDER BY unix_ms DESC, id DESC LIMIT 1").c_str());
+  before.i64(1, unix_ms).text(2, tier);
+  if (sqlite3_step(before.s) == SQLITE_ROW) out.push_back({INT64_MIN, sqlite3_column_int64(before.s, 0), "before"});
+  Stmt after(db_, (std::string("SELECT unix_ms, old_limit, new_limit, event FROM audit INDEXED BY audit_time "
+                               "WHERE unix_ms >= ? AND tier = ? AND ") +
+                   kEvents + " ORDER BY unix_ms, id").c_str());
+  after.i64(1, unix_ms).text(2, tier);
+  while (sqlite3_step(after.s) == SQLITE_ROW) {
+    const int64_t old_limit = sqlite3_column_int64(after.s, 1);
+    if (out.empty() && old_limit >= 0) out.push_back({INT64_MIN, old_limit, "before"});
+    out.push_back({sqlite3_column_int64(after.s, 0), sqlite3_column_int64(after.s, 2), after.col_text(3)});
+  }
+  return out;
+}
+
 bool AuditStore::id_in_use(const std::string &id) {
   Stmt st(db_, "SELECT 1 FROM pending WHERE id = ?1 UNION ALL SELECT 1 FROM audit WHERE approval_id = ?1 LIMIT 1");
   st.text(1, id);

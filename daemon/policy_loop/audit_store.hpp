@@ -72,6 +72,15 @@ class AuditStore {
     uint64_t generation = 0;  // the table generation it published (0: none named)
   };
   std::optional<LimitRecord> last_limit(const std::string &tier);
+  // The limits `tier` had from unix_ms on, oldest first: (time, limit, event). The
+  // first is the one in force at unix_ms (the newest record before it, or the
+  // first record's old limit); empty if the trail names none (or cannot be read).
+  struct LimitChange {
+    int64_t unix_ms = 0;
+    int64_t limit = 0;
+    std::string event;
+  };
+  std::vector<LimitChange> limits_since(const std::string &tier, int64_t unix_ms);
   // Is `id` taken by an open question or named by any record?
   bool id_in_use(const std::string &id);
   const std::string &path() const { return path_; }

@@ -26,6 +26,7 @@ PolicyEngine::PolicyEngine(const policy::PolicySpec &spec, core::Owner &owner, A
     core::read_tier(owner.policy(), i, t);
     limits_.push_back(t.limit);
     history_.push_back({{INT64_MIN, t.limit}});  // the window starts with what is published now
+    if (spec.governance.approval_window_s) restore_history(i, unix_ms_now());
   }
   snap_.capacity_rps = spec.capacity_rps;
 }
@@ -84,6 +85,23 @@ uint32_t PolicyEngine::limit_window_ago(uint32_t tier, int64_t now_unix_ms) {
   const int64_t cutoff = now_unix_ms - int64_t(spec_.governance.approval_window_s) * 1000;
   while (h.size() > 1 && h[1].first <= cutoff) h.pop_front();  // front: the one in force at the cutoff
   return h.front().second;
+}
+
+// The window's history from the trail: a restart must not make the limits of the
+// last approval_window_s seconds forget the steps that led to them (the loop
+// could otherwise climb past the ratio by restarting). An approval resets the
+// reference, as it does live; what is published now ends the history.
+void PolicyEngine::restore_history(uint32_t tier, int64_t now_unix_ms) {
+  const auto changes =
+      store_.limits_since(spec_.tiers[tier].name, now_unix_ms - int64_t(spec_.governance.approval_window_s) * 1000);
+  auto &h = history_[tier];
+  for (const auto &c : changes) {
+    if (c.limit < 0 || c.limit > int64_t(UINT32_MAX)) continue;
+    const uint32_t v = uint32_t(c.limit);
+    if (c.unix_ms == INT64_MIN || c.event == "approved") h = {{INT64_MIN, v}};
+    else h.emplace_back(c.unix_ms, v);
+  }
+  if (h.back().second != limits_[tier]) h.emplace_back(now_unix_ms, limits_[tier]);
 }
 
 void PolicyEngine::remember(uint32_t tier, int64_t now_unix_ms, uint32_t limit) {

@@ -107,6 +107,7 @@ class PolicyEngine {
   // force approval_window_s ago: a raise's ratio is also taken against that one.
   std::vector<std::deque<std::pair<int64_t, uint32_t>>> history_;
   uint32_t limit_window_ago(uint32_t tier, int64_t now_unix_ms);
+  void restore_history(uint32_t tier, int64_t now_unix_ms);
   void remember(uint32_t tier, int64_t now_unix_ms, uint32_t limit);
   GovernanceCounts counts_;
 };

@@ -739,8 +739,42 @@ TEST_F(EngineFixture, ReadingTheRecentTrailCostsTheRowsReadNotTheTrail) {
   EXPECT_LT(store->last_read_steps(), 400'000) << "VM steps for 10,001 rows of 50,005";
 }
 
+// The window's reference survives a restart: it is rebuilt from the trail, so
+// restarting sluiced does not let the loop forget the steps it just climbed.
+TEST_F(EngineFixture, TheApprovalWindowRemembersItsStepsAcrossARestart) {
+  spec.governance.approval_window_s = 300;
+  engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());
+  tick();
+  uint32_t want = 17;  // 1.7x of 10
+  engine->set_advice_source(enterprise_at(want));
+  ASSERT_TRUE(tick().new_pending.empty());
+  ASSERT_EQ(published(0), 17u);
+  engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());  // a restart
+  tick();  // primes the rates
+  want = 29;  // 1.7x of 17, 2.9x of the 10 of the window's start
+  engine->set_advice_source(enterprise_at(want));
+  const auto r = tick();
+  ASSERT_EQ(r.new_pending.size(), 1u) << "a restart let the loop climb 2.9x in the window without a human";
+  EXPECT_EQ(published(0), 17u);
+  bool says_why = false;
+  for (const auto &a : store->since(0))
+    says_why |= a.event == "pending" && a.reason.find("300 s ago (10)") != std::string::npos;
+  EXPECT_TRUE(says_why);
+  // An approval resets the reference, in the trail as live.
+  ASSERT_TRUE(engine->approve(r.new_pending[0].id, getuid(), getgid()).ok);
+  engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());
+  tick();
+  want = 49;  // 1.69x of the approved 29
+  engine->set_advice_source(enterprise_at(want));
+  EXPECT_TRUE(tick().new_pending.empty()) << "the approval did not become the reference after a restart";
+  EXPECT_EQ(published(0), 49u);
+}
+
 TEST_F(EngineFixture, StepsUnderTheRatioAddUpWithinTheApprovalWindow) {
   // Per change (the default), 10 -> 17 -> 29 needs no human: each step is 1.7x.
+  // (1000 s ago, so that the trail's steps lie before the window below.)
+  const int64_t real_ms = t_ms;
+  t_ms -= 1'000'000;
   uint32_t want = 17;
   engine->set_advice_source(enterprise_at(want));
   tick();
@@ -750,8 +784,9 @@ TEST_F(EngineFixture, StepsUnderTheRatioAddUpWithinTheApprovalWindow) {
 
   // With a 300 s window the second step is 2.9x the limit of 300 s ago: it waits.
   spec.governance.approval_window_s = 300;
+  t_ms = real_ms;
   engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());
-  tick();  // primes the rates; the window starts at 29
+  tick();  // primes the rates; the window starts at 29 (the trail's steps are older)
   want = 49;  // 1.69x of 29
   engine->set_advice_source(enterprise_at(want));
   ASSERT_TRUE(tick().new_pending.empty());
