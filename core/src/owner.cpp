@@ -175,7 +175,7 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
       read_tier(*o->policy_, i, now);
       o->rows_before_attach_.push_back(now);
     }
-    if (on_attach && !on_attach(rows, o->rows_before_attach_, detail)) return Status::internal;
+    if (on_attach && !on_attach(rows, o->rows_before_attach_, o->state_->created_ns, detail)) return Status::internal;
     if (rows.size() != spec.tiers.size()) {
       detail = "the attach hook changed the number of tiers";
       return Status::internal;

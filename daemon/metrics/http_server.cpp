@@ -32,6 +32,7 @@ constexpr std::chrono::milliseconds kLinger{1000};
 struct Connection {
   enum class Phase { reading, writing, lingering } phase = Phase::reading;
   int fd = -1;
+  uint64_t round = 0;  // the poll round that accepted it: never evicted in that round
   Clock::time_point deadline;
   std::string in;
   std::string out;
@@ -47,8 +48,9 @@ std::string answer(int status, const char *reason, const std::string &type, cons
   return r;
 }
 
-std::string text_answer(int status, const char *reason, const std::string &text, const char *extra = "") {
-  return answer(status, reason, "text/plain; charset=utf-8", text + "\n", false, extra);
+std::string text_answer(int status, const char *reason, const std::string &text, bool head = false,
+                        const char *extra = "") {
+  return answer(status, reason, "text/plain; charset=utf-8", text + "\n", head, extra);
 }
 
 // The answer to one request head ("METHOD TARGET HTTP/1.x", then headers we ignore).
@@ -63,28 +65,30 @@ std::string respond(const std::string &head, const MetricsServer::Render &render
   path = path.substr(0, path.find('?'));
   const bool head_only = method == "HEAD";
   if (method != "GET" && !head_only)
-    return text_answer(405, "Method Not Allowed", "only GET and HEAD", "Allow: GET, HEAD\r\n");
+    return text_answer(405, "Method Not Allowed", "only GET and HEAD", false, "Allow: GET, HEAD\r\n");
   if (path == "/metrics") {
     try {
       return answer(200, "OK", "text/plain; version=0.0.4; charset=utf-8", render(), head_only);
     } catch (const std::exception &e) {
-      return text_answer(500, "Internal Server Error", std::string("rendering failed: ") + e.what());
+      return text_answer(500, "Internal Server Error", std::string("rendering failed: ") + e.what(), head_only);
     }
   }
   if (path == "/")
     return answer(200, "OK", "text/html; charset=utf-8",
                   "<html><body><h1>sluiced</h1><p><a href=\"/metrics\">/metrics</a></p></body></html>\n", head_only);
-  return text_answer(404, "Not Found", "not found: try /metrics");
+  return text_answer(404, "Not Found", "not found: try /metrics", head_only);
 }
 
 bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
 
 enum class ReadResult { more, eof, failed };
 
-// Reads what is there; bytes after the request head are dropped.
+// Reads what is there, up to 64 KB a round (a client that floods after its
+// request must not keep the thread from the others); bytes after the request
+// head are dropped.
 ReadResult read_some(Connection &c) {
   char buf[4096];
-  for (;;) {
+  for (int reads = 0; reads < 16; ++reads) {
     const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
     if (n > 0) {
       if (c.phase == Connection::Phase::reading) c.in.append(buf, size_t(n));
@@ -94,6 +98,7 @@ ReadResult read_some(Connection &c) {
     if (n == 0) return ReadResult::eof;
     return would_block(errno) ? ReadResult::more : ReadResult::failed;
   }
+  return ReadResult::more;
 }
 
 // Answers once the request head is complete (or too large). False: close it
@@ -206,25 +211,43 @@ struct MetricsServer::Impl {
     if (wake_fd >= 0) ::close(wake_fd);
   }
 
-  // Closes the oldest connection still reading its request; false if none is.
-  bool evict_oldest_reader() {
-    const auto it = std::find_if(conns.begin(), conns.end(),
-                                 [](const Connection &c) { return c.phase == Connection::Phase::reading; });
-    if (it == conns.end()) return false;
-    ::close(it->fd);
-    conns.erase(it);
-    return true;
+  uint64_t round = 0;
+  Clock::time_point accept_paused_until{};  // after EMFILE and the like: see accept_some
+
+  // The oldest connection still reading its request and accepted before this
+  // round (one just accepted has not had a chance to send it), or end().
+  std::list<Connection>::iterator evictable() {
+    return std::find_if(conns.begin(), conns.end(), [&](const Connection &c) {
+      return c.phase == Connection::Phase::reading && c.round != round;
+    });
+  }
+
+  bool accepting(Clock::time_point now) {
+    return now >= accept_paused_until && (conns.size() < kMaxConnections || evictable() != conns.end());
   }
 
   // At most a quarter of the table per round: a connection just accepted gets
-  // rounds to send its request before a flood of newer ones could evict it.
+  // rounds to send its request before a flood of newer ones could evict it. A
+  // connection is evicted only once a new one is in hand.
   void accept_some() {
-    for (size_t n = 0; n < kMaxConnections / 4; ++n) {
-      if (conns.size() >= kMaxConnections && !evict_oldest_reader()) return;  // the rest wait in the backlog
+    for (size_t n = 0; n < kMaxConnections / 4 && accepting(Clock::now()); ++n) {
       const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) return;  // EAGAIN, or a transient error (EMFILE...): poll again later
+      if (fd < 0) {
+        // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): the
+        // connection stays in the backlog and the socket readable, so it is not
+        // polled for a while (else this thread spins).
+        if (!would_block(errno) && errno != ECONNABORTED)
+          accept_paused_until = Clock::now() + std::chrono::milliseconds(100);
+        return;
+      }
+      if (conns.size() >= kMaxConnections) {
+        const auto old = evictable();
+        ::close(old->fd);
+        conns.erase(old);
+      }
       Connection c;
       c.fd = fd;
+      c.round = round;
       c.deadline = Clock::now() + kRequestDeadline;
       conns.push_back(std::move(c));
     }
@@ -235,12 +258,11 @@ struct MetricsServer::Impl {
     for (;;) {
       fds.clear();
       fds.push_back({wake_fd, POLLIN, 0});
-      const bool accepting = conns.size() < kMaxConnections ||
-                             std::any_of(conns.begin(), conns.end(), [](const Connection &c) {
-                               return c.phase == Connection::Phase::reading;
-                             });
-      fds.push_back({accepting ? listen_fd : -1, POLLIN, 0});
+      ++round;
+      const bool listen = accepting(Clock::now());
+      fds.push_back({listen ? listen_fd : -1, POLLIN, 0});
       auto next = Clock::now() + std::chrono::seconds(1);
+      if (!listen && accept_paused_until > Clock::now()) next = std::min(next, accept_paused_until);
       for (const auto &c : conns) {
         fds.push_back({c.fd, short(c.phase == Connection::Phase::writing ? POLLOUT : POLLIN), 0});
         next = std::min(next, c.deadline);

@@ -230,11 +230,12 @@ std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, boo
 }
 
 std::optional<AuditStore::LimitRecord> AuditStore::last_limit(const std::string &tier) {
-  Stmt st(db_, "SELECT new_limit, event, generation FROM audit WHERE tier = ? AND "
+  Stmt st(db_, "SELECT new_limit, event, generation, unix_ms FROM audit WHERE tier = ? AND "
                "event IN ('published','approved','kept','start') ORDER BY id DESC LIMIT 1");
   st.text(1, tier);
   if (sqlite3_step(st.s) != SQLITE_ROW) return std::nullopt;
-  return LimitRecord{sqlite3_column_int64(st.s, 0), st.col_text(1), uint64_t(sqlite3_column_int64(st.s, 2))};
+  return LimitRecord{sqlite3_column_int64(st.s, 0), st.col_text(1), uint64_t(sqlite3_column_int64(st.s, 2)),
+                     sqlite3_column_int64(st.s, 3)};
 }
 
 std::vector<AuditStore::LimitChange> AuditStore::limits_since(const std::string &tier, int64_t unix_ms) {

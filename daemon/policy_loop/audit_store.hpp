@@ -70,6 +70,7 @@ class AuditStore {
     int64_t limit = 0;
     std::string event;
     uint64_t generation = 0;  // the table generation it published (0: none named)
+    int64_t unix_ms = 0;
   };
   std::optional<LimitRecord> last_limit(const std::string &tier);
   // The limits `tier` had from unix_ms on, oldest first: (time, limit, event). The

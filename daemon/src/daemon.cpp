@@ -108,9 +108,8 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
   std::string detail;
   const core::Status s = core::Owner::create_or_attach(
       opt.segment, layout_of(d->policy_), opt.reset, d->owner_, d->created_, detail,
-      [&dd = *d](std::vector<core::TierLimits> &rows, const std::vector<core::TierLimits> &before, std::string &why) {
-        return dd.keep_limits(rows, before, why);
-      });
+      [&dd = *d](std::vector<core::TierLimits> &rows, const std::vector<core::TierLimits> &before,
+                 int64_t created_ns, std::string &why) { return dd.keep_limits(rows, before, created_ns, why); });
   if (s != core::Status::ok) {
     error = "segment '" + opt.segment + "': " + detail;
     return nullptr;
@@ -169,7 +168,10 @@ bool Daemon::segment_fits(std::string &error) const {
 }
 
 bool Daemon::keep_limits(std::vector<core::TierLimits> &rows, const std::vector<core::TierLimits> &before,
-                         std::string &why) {
+                         int64_t created_ns, std::string &why) {
+  // When this pair was made, on the trail's clock: a record from before then is an
+  // earlier pair's (a reboot, or a --reset), whose generations mean nothing here.
+  const int64_t pair_made_unix_ms = policy_loop::unix_ms_now() - (core::mono_ns() - created_ns) / 1'000'000;
   std::vector<policy_loop::AuditRecord> recs;
   for (size_t i = 0; i < rows.size() && i < before.size() && i < policy_.tiers.size(); ++i) {
     const auto &t = policy_.tiers[i];
@@ -188,8 +190,8 @@ bool Daemon::keep_limits(std::vector<core::TierLimits> &rows, const std::vector<
     const bool adaptive = t.adaptive && (was.flags & core::kTierAdaptive);
     const bool on_table = last && last->limit == int64_t(was.limit);
     const bool never_published = last && (last->event == "published" || last->event == "approved") &&
-                                 last->generation > was.generation && last->limit >= 0 &&
-                                 last->limit <= int64_t(UINT32_MAX);
+                                 last->unix_ms >= pair_made_unix_ms && last->generation > was.generation &&
+                                 last->limit >= 0 && last->limit <= int64_t(UINT32_MAX);
     const uint32_t chosen = never_published ? uint32_t(last->limit) : was.limit;
     if (adaptive && (on_table || never_published) && chosen != t.limit) {
       rows[i].limit = std::clamp(chosen, t.floor, t.ceiling);
@@ -361,13 +363,13 @@ int64_t Daemon::do_work(int64_t now_ns) {
     const std::string reply = line == "overview" ? "ok\n" + overview_json(loop_state()) + "\n"
                                                  : handle_command(*engine_, line, peer);
     // Only a decision changes what /metrics shows; the other commands read.
-    const size_t at = std::min(line.find_first_not_of(' '), line.size());
+    const size_t at = std::min(line.find_first_not_of(" \t"), line.size());
     const std::string_view word = std::string_view(line).substr(at);
     const bool decision = word.starts_with("approve") || word.starts_with("reject");
     if (decision) shared_loop_.set(loop_state());
     if (decision)
-      spdlog::info("control: uid {} pid {}: {} -> {}", peer.uid, peer.pid, line.substr(0, 80),
-                   reply.substr(0, reply.find('\n')));
+      spdlog::info("control: uid {} pid {}: {} -> {}", peer.uid, peer.pid, text::terminal_safe(line.substr(0, 80)),
+                   text::terminal_safe(reply.substr(0, reply.find('\n'))));
     return reply;
   });
   if (now_ns >= next_tick_ns_) {

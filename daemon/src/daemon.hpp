@@ -75,7 +75,7 @@ class Daemon {
   // The re-attach hook (Owner::AttachHook): keeps the limits the loop or a human
   // set on adaptive tiers, and records every limit the start changes, first.
   bool keep_limits(std::vector<core::TierLimits> &rows, const std::vector<core::TierLimits> &before,
-                   std::string &why);
+                   int64_t created_ns, std::string &why);
   // After a re-attach, when a later step fails: the table as it was before.
   void restore_table(const std::string &why);
   // After a create: the trail records the new table (a --reset changes limits too,

@@ -255,9 +255,11 @@ TEST(Adoption, AReattachLetsItsHookChooseTheRowsOrRefuseBeforeAnythingIsPublishe
   bool created = false;
   std::string detail;
   int calls = 0;
+  int64_t made_ns = 0;
   const Owner::AttachHook keep_a = [&](std::vector<TierLimits> &rows, const std::vector<TierLimits> &before,
-                                       std::string &) {
+                                       int64_t created_ns, std::string &) {
     ++calls;
+    made_ns = created_ns;
     rows[0].limit = before[0].limit;
     return true;
   };
@@ -280,10 +282,12 @@ TEST(Adoption, AReattachLetsItsHookChooseTheRowsOrRefuseBeforeAnythingIsPublishe
   EXPECT_EQ(o->rows_before_attach()[1].limit, 9u);
   EXPECT_EQ(limit(0), 17u) << "the hook's choice was not published";
   EXPECT_EQ(limit(1), 4u) << "the spec's row for the rest";
+  EXPECT_EQ(made_ns, o->state().created_ns) << "the hook is told when the pair was made";
   o->publish(rows);
   const uint64_t gen = o->policy().generation.load();
   o.reset();
-  const Owner::AttachHook refuse = [](std::vector<TierLimits> &rows, const std::vector<TierLimits> &, std::string &why) {
+  const Owner::AttachHook refuse = [](std::vector<TierLimits> &rows, const std::vector<TierLimits> &, int64_t,
+                                      std::string &why) {
     rows[0].limit = 1;
     why = "the audit store is full";
     return false;
@@ -291,7 +295,7 @@ TEST(Adoption, AReattachLetsItsHookChooseTheRowsOrRefuseBeforeAnythingIsPublishe
   EXPECT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail, refuse), Status::internal);
   EXPECT_EQ(detail, "the audit store is full");
   std::unique_ptr<Owner> again;
-  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, again, created, detail, [&](auto &, const auto &before, auto &) {
+  ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, again, created, detail, [&](auto &, const auto &before, int64_t, auto &) {
               EXPECT_EQ(before[0].limit, 17u) << "a refused start changed the table";
               EXPECT_EQ(before[0].generation, gen);
               return true;

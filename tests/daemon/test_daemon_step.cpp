@@ -127,8 +127,8 @@ std::unique_ptr<daemon::Daemon> restart(DaemonGuard &g, std::string &err,
 
 // What a kill -9 between an approval's commit and its publication leaves: the
 // trail's record for a generation the table never reached.
-void commit_unpublished_approval(daemon::Daemon &d, uint32_t limit, uint64_t generation) {
-  policy_loop::AuditRecord r{0, 0, "approved", "human:0", "enterprise", 15, limit, "approved: test", 0.9,
+void commit_unpublished_approval(daemon::Daemon &d, uint32_t limit, uint64_t generation, int64_t unix_ms = 0) {
+  policy_loop::AuditRecord r{0, unix_ms, "approved", "human:0", "enterprise", 15, limit, "approved: test", 0.9,
                              "0123abcd", generation};
   std::string err;
   ASSERT_TRUE(d.engine().store().append(r, err)) << err;
@@ -188,6 +188,20 @@ TEST(DaemonStep, AResetPairIsNotGivenTheOldPairsUnpublishedApproval) {
   g.d = restart(g, err);
   ASSERT_TRUE(g.d) << err;
   EXPECT_EQ(enterprise_limit(*g.d), 15u) << "an old pair's approval was published on this pair";
+}
+
+TEST(DaemonStep, AnEarlierPairsRecordIsNotPublishedOnThisOne) {
+  // A pair made by an older build has no 'start' rows: the newest record may be an
+  // earlier pair's (before a reboot), with a generation above this pair's. It is
+  // older than this pair, so it cannot be this pair's unpublished decision (a
+  // review republished pro 8 -> 30 that way, past the approval ratio).
+  DaemonGuard g;
+  const uint64_t gen = g.d->owner().policy().generation.load();
+  commit_unpublished_approval(*g.d, 60, gen + 50, policy_loop::unix_ms_now() - 3'600'000);
+  std::string err;
+  g.d = restart(g, err);
+  ASSERT_TRUE(g.d) << err;
+  EXPECT_EQ(enterprise_limit(*g.d), 15u) << "an earlier pair's approval was published on this pair";
 }
 
 TEST(DaemonStep, ARestartReplacesALimitNoRecordSaysTheLoopChose) {

@@ -1,6 +1,9 @@
 // /metrics: the exposition writer, the listen-address parser, and a daemon run
 // in-process whose page is fetched over real HTTP after real admissions.
 #include <arpa/inet.h>
+#include <sys/resource.h>
+#include <poll.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -366,6 +369,80 @@ TEST(MetricsServer, TricklingClientsNeitherHoldAConnectionNorBlockAScrape) {
   for (int fd : slow) ::close(fd);
 }
 
+// Clients that were answered and hold their connections fill the table; a
+// scraper that arrives then must be served, not evicted in the round that
+// accepted it (a review found it reset: it was the only one still reading).
+TEST(MetricsServer, AScraperArrivingAtAFullTableOfAnsweredClientsIsServed) {
+  auto server = page_server();
+  ASSERT_TRUE(server);
+  std::vector<int> held;
+  for (size_t i = 0; i + 1 < metrics::kMaxConnections; ++i) {
+    const int fd = connect_nonblocking(server->port());
+    const char *req = "GET / HTTP/1.1\r\n\r\n";
+    pollfd p{fd, POLLOUT, 0};
+    ASSERT_EQ(::poll(&p, 1, 5000), 1);
+    ASSERT_EQ(::send(fd, req, std::strlen(req), MSG_NOSIGNAL), ssize_t(std::strlen(req)));
+    held.push_back(fd);  // never read, never closed: each lingers on the server
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  for (int i = 0; i < 3; ++i)
+    EXPECT_NE(http_get(server->port(), "/metrics").find("\r\n\r\na 1\n"), std::string::npos) << "scrape " << i;
+  for (int fd : held) ::close(fd);
+}
+
+// Out of descriptors, accept4 fails and the connection stays in the backlog, so
+// the listening socket stays readable: the server must not spin on it.
+TEST(MetricsServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
+  auto server = page_server();
+  ASSERT_TRUE(server);
+  int highest = 0;
+  for (const auto &e : std::filesystem::directory_iterator("/proc/self/fd"))
+    highest = std::max(highest, std::stoi(e.path().filename().string()));
+  const int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);  // made before the cap, connected after
+  ASSERT_GE(client, 0);
+  highest = std::max(highest, client);
+  std::vector<int> fillers;
+  for (;;) {
+    const int f = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(f, 0);
+    if (f > highest) {
+      ::close(f);
+      break;
+    }
+    fillers.push_back(f);
+  }
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  rlimit cap = old;
+  cap.rlim_cur = rlim_t(highest + 1);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &cap), 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(server->port()));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const int rc = ::connect(client, reinterpret_cast<sockaddr *>(&a), sizeof a);  // waits in the backlog
+  const int connect_errno = errno;
+  timespec c0{}, c1{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+  for (int f : fillers) ::close(f);
+  ASSERT_EQ(rc, 0) << std::strerror(connect_errno);
+  const int64_t cpu_ms = (int64_t(c1.tv_sec - c0.tv_sec) * 1'000'000'000 + (c1.tv_nsec - c0.tv_nsec)) / 1'000'000;
+  EXPECT_LT(cpu_ms, 100) << "the server's thread spun on accept4 (EMFILE) for 500 ms";
+  // Once descriptors are free again the waiting client is served.
+  const char *req = "GET /metrics HTTP/1.1\r\n\r\n";
+  ASSERT_EQ(::send(client, req, std::strlen(req), MSG_NOSIGNAL), ssize_t(std::strlen(req)));
+  pollfd p{client, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1) << "not served after the shortage";
+  char buf[256];
+  const ssize_t n = ::recv(client, buf, sizeof buf, 0);
+  EXPECT_GT(n, 0);
+  EXPECT_EQ(std::string(buf, size_t(std::max<ssize_t>(n, 0))).substr(0, 12), "HTTP/1.1 200");
+  ::close(client);
+}
+
 TEST(MetricsServer, AnswersEveryRequestShapeClearly) {
   auto server = page_server("b 2\n");
   ASSERT_TRUE(server);
@@ -395,6 +472,8 @@ TEST(MetricsServer, AnswersEveryRequestShapeClearly) {
     EXPECT_NE(got.find("Connection: close\r\n"), std::string::npos) << got;
   }
   EXPECT_EQ(exchange(port, "HEAD /metrics HTTP/1.1\r\n\r\n").find("b 2"), std::string::npos) << "HEAD has no body";
+  const std::string head404 = exchange(port, "HEAD /nope HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(head404.substr(head404.find("\r\n\r\n") + 4), "") << "HEAD has no body, on a 404 too";
   // A client that half-closes after its request still gets the answer.
   EXPECT_NE(exchange(port, "GET /metrics HTTP/1.0\r\n\r\n", true).find("\r\n\r\nb 2\n"), std::string::npos);
 }

@@ -32,9 +32,10 @@ class Owner {
   // On a re-attach, `on_attach` (if set) sees the rows about to be published (the
   // spec's) and the rows published before, and may change the former (sluiced keeps
   // what its loop published across a restart) or refuse with `detail`: nothing is
-  // published then and the call fails with Status::internal.
+  // published then and the call fails with Status::internal. `created_ns` is when
+  // the pair was made (CLOCK_MONOTONIC; from the header, so client-writable).
   using AttachHook = std::function<bool(std::vector<TierLimits> &rows, const std::vector<TierLimits> &before,
-                                        std::string &detail)>;
+                                        int64_t created_ns, std::string &detail)>;
   static Status create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
                                  std::unique_ptr<Owner> &out, bool &created, std::string &detail,
                                  const AttachHook &on_attach = {});
