@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/descriptor_shortage.hpp"
 #include "control.hpp"
 #include "daemon.hpp"
 #include "policy/policy.hpp"
@@ -331,26 +332,8 @@ TEST(ControlServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
   ASSERT_TRUE(server) << err;
   const int client = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_GE(client, 0);
-  // Fill every free descriptor below the highest one in use, then cap the
-  // process there: the server's accept4 can only fail with EMFILE.
-  int highest = 0;
-  for (const auto &e : std::filesystem::directory_iterator("/proc/self/fd"))
-    highest = std::max(highest, std::stoi(e.path().filename().string()));
-  std::vector<int> fillers;
-  for (;;) {
-    const int f = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    ASSERT_GE(f, 0);
-    if (f > highest) {
-      ::close(f);
-      break;
-    }
-    fillers.push_back(f);
-  }
-  rlimit old{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
-  rlimit cap = old;
-  cap.rlim_cur = rlim_t(highest + 1);
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &cap), 0);
+  // The server's accept4 can only fail with EMFILE.
+  test::DescriptorShortage shortage(client);
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
@@ -360,8 +343,7 @@ TEST(ControlServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
-  for (int f : fillers) ::close(f);
+  shortage.end();
   ASSERT_EQ(rc, 0) << std::strerror(connect_errno);
   const int64_t cpu_ms = (int64_t(c1.tv_sec - c0.tv_sec) * 1'000'000'000 + (c1.tv_nsec - c0.tv_nsec)) / 1'000'000;
   EXPECT_LT(cpu_ms, 100) << "the server's thread spun on accept4 (EMFILE) for 500 ms";

@@ -19,6 +19,7 @@
 #include <sstream>
 #include <thread>
 
+#include "../support/descriptor_shortage.hpp"
 #include "../support/fixture.hpp"
 #include "daemon.hpp"
 #include "metrics/exposition.hpp"
@@ -395,27 +396,9 @@ TEST(MetricsServer, AScraperArrivingAtAFullTableOfAnsweredClientsIsServed) {
 TEST(MetricsServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
   auto server = page_server();
   ASSERT_TRUE(server);
-  int highest = 0;
-  for (const auto &e : std::filesystem::directory_iterator("/proc/self/fd"))
-    highest = std::max(highest, std::stoi(e.path().filename().string()));
-  const int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);  // made before the cap, connected after
+  const int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);  // made before the shortage, connected in it
   ASSERT_GE(client, 0);
-  highest = std::max(highest, client);
-  std::vector<int> fillers;
-  for (;;) {
-    const int f = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    ASSERT_GE(f, 0);
-    if (f > highest) {
-      ::close(f);
-      break;
-    }
-    fillers.push_back(f);
-  }
-  rlimit old{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
-  rlimit cap = old;
-  cap.rlim_cur = rlim_t(highest + 1);
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &cap), 0);
+  test::DescriptorShortage shortage(client);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(uint16_t(server->port()));
@@ -426,8 +409,7 @@ TEST(MetricsServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
-  for (int f : fillers) ::close(f);
+  shortage.end();
   ASSERT_EQ(rc, 0) << std::strerror(connect_errno);
   const int64_t cpu_ms = (int64_t(c1.tv_sec - c0.tv_sec) * 1'000'000'000 + (c1.tv_nsec - c0.tv_nsec)) / 1'000'000;
   EXPECT_LT(cpu_ms, 100) << "the server's thread spun on accept4 (EMFILE) for 500 ms";
