@@ -339,13 +339,9 @@ TEST(ControlServer, OutOfFileDescriptorsDoesNotSpinTheServerThread) {
   std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
   const int rc = ::connect(client, reinterpret_cast<sockaddr *>(&a), sizeof a);
   const int connect_errno = errno;
-  timespec c0{}, c1{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+  const int64_t cpu_ms = test::process_cpu_ms_during(std::chrono::milliseconds(500));
   shortage.end();
   ASSERT_EQ(rc, 0) << std::strerror(connect_errno);
-  const int64_t cpu_ms = (int64_t(c1.tv_sec - c0.tv_sec) * 1'000'000'000 + (c1.tv_nsec - c0.tv_nsec)) / 1'000'000;
   EXPECT_LT(cpu_ms, 100) << "the server's thread spun on accept4 (EMFILE) for 500 ms";
   // Once descriptors are free again the waiting client is served.
   Loop loop(*server, echo);

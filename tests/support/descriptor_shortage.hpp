@@ -9,8 +9,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -56,5 +60,15 @@ class DescriptorShortage {
   rlimit old_{};
   bool capped_ = false;
 };
+
+// CPU time this process spends while sleeping for `d`: what its other threads
+// burn meanwhile (a thread spinning on a readable socket shows as about d).
+inline int64_t process_cpu_ms_during(std::chrono::milliseconds d) {
+  timespec c0{}, c1{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+  std::this_thread::sleep_for(d);
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+  return (int64_t(c1.tv_sec - c0.tv_sec) * 1'000'000'000 + (c1.tv_nsec - c0.tv_nsec)) / 1'000'000;
+}
 
 }  // namespace sluice::test
