@@ -74,6 +74,9 @@ def governance_pressure(segment: str, seconds: float) -> None:
             time.sleep(0.001)
 
 
+_STARTED: list["Daemon"] = []  # every Daemon made so far, in order (see _stop_leftovers)
+
+
 class Daemon:
     """A running sluiced on its own segment; stopped (SIGTERM) and removed after."""
 
@@ -86,6 +89,7 @@ class Daemon:
         self.policy_path.write_text(json.dumps(policy or TEST_POLICY))
         self.log_path = tmp / f"{self.segment}.log"
         self.log = open(self.log_path, "a")
+        _STARTED.append(self)  # before start: one that never got ready is removed too
         self.start(reset=True)
 
     def start(self, reset: bool = False) -> None:
@@ -119,15 +123,35 @@ class Daemon:
         return json.loads(out)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """Idempotent. A sluiced that ignores SIGTERM for 10 s is killed, and the
+        test fails: its segment is removed either way."""
+        hung = False
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                hung = True
+                self.proc.kill()
+                self.proc.wait()
         self.log.close()
         for suffix in (".state", ".policy", ".lock", ".sock"):
             try:
                 os.unlink(f"/dev/shm/{self.segment}{suffix}")
             except FileNotFoundError:
                 pass
+        assert not hung, f"sluiced ignored SIGTERM for 10 s: {self.log_path.read_text()[-2000:]}"
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftovers():
+    """Stops and removes every Daemon a test made and did not stop (it failed or
+    returned early), so no sluiced or /dev/shm segment outlives its test. Daemons
+    of wider-scoped fixtures were made before this runs and are left to them."""
+    mark = len(_STARTED)
+    yield
+    while len(_STARTED) > mark:
+        _STARTED.pop().stop()
 
 
 def metrics_port(d: Daemon) -> int:
