@@ -457,6 +457,8 @@ PolicySpec to_spec(std::string_view source,
   if (spec.advisor.kind != "none" && spec.advisor.model.empty()) fail(source, "advisor.model", "missing");
   require_range(source, "advisor.timeout_ms", spec.advisor.timeout_ms, 1u, 600000u);
   if (p.audit_db()) spec.audit_db = p.audit_db()->str();
+  spec.audit_retention_days = p.audit_retention_days();
+  require_range(source, "audit_retention_days", spec.audit_retention_days, 0u, 36500u);
   check_segment_size(source, spec);
   return spec;
 }
@@ -596,7 +598,8 @@ std::string to_json(const PolicySpec& spec) {
          ", \"approvers\": " + list(g.approvers) + ", \"approver_gids\": " + list(g.approver_gids) +
          "},\n  \"advisor\": {\"kind\": " + str(a.kind) + ", \"url\": " + str(a.url) +
          ", \"model\": " + str(a.model) + ", \"timeout_ms\": " + num(a.timeout_ms) + "}" +
-         (spec.audit_db.empty() ? "" : ",\n  \"audit_db\": " + str(spec.audit_db)) + "\n}\n";
+         (spec.audit_db.empty() ? "" : ",\n  \"audit_db\": " + str(spec.audit_db)) +
+         ",\n  \"audit_retention_days\": " + num(spec.audit_retention_days) + "\n}\n";
   return out;
 }
 

@@ -79,6 +79,8 @@ struct PolicySpec {
   GovernanceSpec governance;
   AdvisorSpec advisor;
   std::string audit_db;     // empty: the daemon picks a default path
+  uint32_t audit_retention_days = 0;  // 0: keep every record
+
 
   bool operator==(const PolicySpec&) const = default;
 };

@@ -73,6 +73,7 @@ class AuditStore {
     int64_t unix_ms = 0;
   };
   std::optional<LimitRecord> last_limit(const std::string &tier);
+  std::optional<int64_t> last_limit_id(const std::string &tier);  // that record's id
   // The limits `tier` had from unix_ms on, oldest first: (time, limit, event). The
   // first is the one in force at unix_ms (the newest record before it, or the
   // first record's old limit); empty if the trail names none (or cannot be read).
@@ -82,6 +83,11 @@ class AuditStore {
     std::string event;
   };
   std::vector<LimitChange> limits_since(const std::string &tier, int64_t unix_ms);
+  // Retention: deletes up to max_rows records older than unix_ms, oldest first,
+  // in one commit. Never deletes the newest limit record of any of `tiers` (the
+  // limit in force and why: what a restart and limits_since read) nor a record
+  // naming a still-pending approval. Returns how many went, -1 with `error`.
+  int64_t prune(int64_t unix_ms, size_t max_rows, const std::vector<std::string> &tiers, std::string &error);
   // Is `id` taken by an open question or named by any record?
   bool id_in_use(const std::string &id);
   const std::string &path() const { return path_; }

@@ -341,6 +341,7 @@ LoopState Daemon::loop_state() {
   s.pending = store_->pending();
   s.governance = engine_->governance_counts();
   s.audit_store_errors = store_->errors();
+  s.audit_records_pruned = audit_pruned_;
   s.admitted_at_start = admitted_at_start_;
   if (advisor_) {
     s.advisor_kind = policy_.advisor.kind;
@@ -392,6 +393,7 @@ int64_t Daemon::do_work(int64_t now_ns) {
     for (const auto &p : rep.new_pending)
       spdlog::warn("approval {} needed: {} -> {} for {}: {}", p.id, p.old_limit, p.new_limit, p.tier_name, p.reason);
     for (const auto &p : rep.expired) spdlog::info("approval {} expired", p.id);
+    prune_audit();
     shared_loop_.set(loop_state());
     const int64_t idle_ns = int64_t(policy_.segment.idle_ttl_ms) * 1'000'000;
     const core::GcStats gc = owner_->collect(idle_ns, opt_.gc_slots_per_tick);
@@ -402,6 +404,20 @@ int64_t Daemon::do_work(int64_t now_ns) {
       spdlog::debug("gc: reclaimed {} idle keys, freed {} dead claims", gc.reclaimed, gc.dead_claims_freed);
   }
   return std::min(next_tick_ns_, now_ns + opt_.heartbeat_ns);
+}
+
+void Daemon::prune_audit() {
+  if (policy_.audit_retention_days == 0) return;
+  // A batch a tick keeps the loop's thread (and its fsync) short; at 1,000 a
+  // second it outruns any rate the loop records at.
+  constexpr size_t kBatch = 1000;
+  std::vector<std::string> tiers;
+  for (const auto &t : policy_.tiers) tiers.push_back(t.name);
+  const int64_t cutoff = policy_loop::unix_ms_now() - int64_t(policy_.audit_retention_days) * 86'400'000;
+  std::string err;
+  const int64_t n = store_->prune(cutoff, kBatch, tiers, err);
+  if (n < 0) spdlog::error("audit: retention: {}", err);
+  else audit_pruned_ += uint64_t(n);
 }
 
 bool Daemon::retake_lock() {

@@ -106,6 +106,8 @@ class Daemon {
   bool retake_lock();
   int64_t next_tick_ns_ = 0;
   core::GcStats gc_totals_;
+  uint64_t audit_pruned_ = 0;
+  void prune_audit();  // one batch of audit_retention_days, on the tick
   std::vector<uint64_t> admitted_at_start_;  // per tier (see LoopState)
   SharedLoopState shared_loop_;  // loop_state() as of the last tick or command, for the metrics thread
   std::unique_ptr<metrics::MetricsServer> metrics_;  // stopped in stop(), before what it reads

@@ -19,6 +19,7 @@ struct LoopState {
   std::vector<policy_loop::PendingApproval> pending;
   policy_loop::GovernanceCounts governance;
   uint64_t audit_store_errors = 0;  // AuditStore::errors()
+  uint64_t audit_records_pruned = 0;  // deleted by audit_retention_days since sluiced started
   std::string advisor_kind = "none";  // "none": the built-in rules only
   std::string advisor_model;
   std::optional<advisor::AdvisorStats> advisor;  // set when an LLM advisor is configured

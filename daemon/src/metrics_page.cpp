@@ -108,6 +108,9 @@ void governance(Exposition &e, const LoopState &loop) {
            "Audit store (SQLite) operations that failed since sluiced started: a full disk, a lock held too long, "
            "I/O errors. While writes fail the loop publishes nothing (every publication is recorded first).");
   e.sample("sluice_audit_store_errors_total", {}, double(loop.audit_store_errors));
+  e.family("sluice_audit_records_pruned_total", "counter",
+           "Audit records older than the policy's audit_retention_days deleted since sluiced started.");
+  e.sample("sluice_audit_records_pruned_total", {}, double(loop.audit_records_pruned));
 }
 
 void advisor_view(Exposition &e, const LoopState &loop) {

@@ -16,6 +16,7 @@
 #include "../support/fixture.hpp"
 #include "advice_turn.hpp"
 #include "daemon.hpp"
+#include "metrics_page.hpp"
 #include "sluice/core/clock.hpp"
 #include "sluice/core/tier_table.hpp"
 #include "status.hpp"
@@ -382,4 +383,48 @@ TEST(AdviceTurn, FreshnessIsTheSnapshotsAgeInTime) {
   EXPECT_NE(stale.fallback.find("stale"), std::string::npos) << stale.fallback;
   EXPECT_FALSE(daemon::next_advice(held, answer_about(14 * s1, 14), at(13 * s1), ages).use)
       << "an answer about a snapshot from the future";
+}
+
+// audit_retention_days at work: a tick deletes records past it (a batch at a
+// time) and /metrics counts them; without the setting, nothing is deleted.
+TEST(DaemonStep, RetentionPrunesTheTrailOnTheTickAndCountsIt) {
+  DaemonGuard g;
+  std::vector<policy_loop::AuditRecord> old;
+  const int64_t two_days_ago = policy_loop::unix_ms_now() - 2 * 86'400'000;
+  for (int i = 0; i < 1'500; ++i)
+    old.push_back({0, two_days_ago + i, "held", "rules", "pro", 8, 8, "old", 1.0, "", 0});
+  std::string err;
+  ASSERT_TRUE(g.d->engine().store().append_all(old, err)) << err;
+  auto count_old = [&] {
+    size_t n = 0;
+    for (const auto &r : g.d->engine().store().since(0, 100'000)) n += r.reason == "old";
+    return n;
+  };
+  int64_t now = core::mono_ns();
+  g.d->do_work(now);
+  g.d->do_work(now += 2'000'000'000);
+  EXPECT_EQ(count_old(), 1'500u) << "the default keeps every record";
+  const std::string path = "/tmp/sluicetest-state/" + g.name + "-retention.json";
+  {
+    std::ofstream f(path);
+    f << R"({"tiers": [{"name": "enterprise", "limit": 15, "window_ms": 1000, "max_limit": 120},
+                       {"name": "pro", "limit": 8, "window_ms": 1000, "max_limit": 40},
+                       {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9}],
+           "audit_retention_days": 1})";
+  }
+  g.d = restart(g, err, path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(g.d) << err;
+  now = core::mono_ns();
+  g.d->do_work(now);
+  EXPECT_EQ(count_old(), 500u) << "one tick deletes one batch";
+  g.d->do_work(now += 2'000'000'000);
+  EXPECT_EQ(count_old(), 0u);
+  EXPECT_EQ(g.d->loop_state().audit_records_pruned, 1'500u);
+  EXPECT_NE(daemon::render_metrics(daemon::status_of(g.d->owner().state(), g.d->owner().policy(),
+                                                     g.d->owner().geometry(), g.name),
+                                   g.d->loop_state())
+                .find("sluice_audit_records_pruned_total 1500"),
+            std::string::npos);
+  EXPECT_TRUE(g.d->engine().store().last_limit("enterprise")) << "the limit in force keeps its record";
 }

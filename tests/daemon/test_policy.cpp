@@ -104,7 +104,7 @@ TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
       "governance": {"approval_ratio": 2.5, "min_confidence": 0.7, "approval_ttl_s": 60, "approvers": [1000, 0],
                      "approval_window_s": 300},
       "advisor": {"kind": "ollama", "url": "http://127.0.0.1:11434", "model": "llama3"},
-      "audit_db": "/tmp/x.db"})");
+      "audit_db": "/tmp/x.db", "audit_retention_days": 90})");
   EXPECT_EQ(p.tiers[0].floor, 2u);
   EXPECT_EQ(p.tiers[0].ceiling, 12u);
   EXPECT_EQ(p.capacity_rps, 250.5);
@@ -121,6 +121,8 @@ TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
   EXPECT_EQ(default_policy().governance.approval_window_s, 0u) << "each change on its own unless asked";
   EXPECT_EQ(p.advisor.kind, "ollama");
   EXPECT_EQ(p.audit_db, "/tmp/x.db");
+  EXPECT_EQ(p.audit_retention_days, 90u);
+  EXPECT_EQ(default_policy().audit_retention_days, 0u) << "every record is kept unless asked";
   EXPECT_EQ(parse_policy_json(to_json(p)), p);
   const std::string tier = R"({"name": "a", "limit": 4, "window_ms": 1000, "max_limit": 16)";
   const std::vector<std::pair<std::string, std::string>> bad = {
@@ -139,6 +141,8 @@ TEST(Policy, PolicyLoopSectionsParseAndAreRangeChecked) {
       {tier + R"(}], "advisor": {"kind": "ollama", "url": "https://x", "model": "m"}})", "advisor.url"},
       {tier + R"(}], "advisor": {"kind": "openai", "url": "http://127.0.0.1:1"}})", "advisor.model"},
       {tier + R"(}], "governance": {"approvers": ["root"]}})", "approvers"},
+      {tier + R"(}], "audit_retention_days": 36501})", "audit_retention_days"},
+      {tier + R"(}], "audit_retention_days": -1})", "audit_retention_days"},
   };
   for (const auto &[json, field] : bad) {
     try {

@@ -807,3 +807,42 @@ TEST_F(EngineFixture, StepsUnderTheRatioAddUpWithinTheApprovalWindow) {
   EXPECT_TRUE(tick().new_pending.empty()) << "a human's approval did not become the window's reference";
   EXPECT_EQ(published(0), 80u);
 }
+
+// audit_retention_days: old records go, oldest first and a batch at a time, but
+// the record of each tier's limit in force, and what names an open question, stay.
+TEST_F(EngineFixture, RetentionDeletesOldRecordsButKeepsEachTiersLimitAndOpenQuestions) {
+  const int64_t old = t_ms - 3 * 86'400'000, cutoff = t_ms - 86'400'000;
+  std::vector<AuditRecord> rows;
+  rows.push_back(AuditRecord{0, old, "published", "rules", "enterprise", 10, 12, "ent first", 1.0, "", 0});
+  rows.push_back(AuditRecord{0, old + 1, "published", "rules", "enterprise", 12, 14, "ent in force", 1.0, "", 0});
+  rows.push_back(AuditRecord{0, old + 2, "published", "rules", "free", 3, 2, "free old", 1.0, "", 0});
+  rows.push_back(AuditRecord{0, old + 3, "pending", "rules", "enterprise", 14, 40, "open question", 1.0, "q1", 0});
+  rows.push_back(AuditRecord{0, old + 4, "pending", "rules", "enterprise", 14, 40, "closed question", 1.0, "q2", 0});
+  rows.push_back(AuditRecord{0, old + 5, "rejected", "human:0", "enterprise", 14, 40, "no", 1.0, "q2", 0});
+  for (int i = 0; i < 2'500; ++i)
+    rows.push_back(AuditRecord{0, old + 10 + i, "held", "rules", "enterprise", 14, 14, "held", 1.0, "", 0});
+  rows.push_back(AuditRecord{0, t_ms, "published", "rules", "free", 2, 3, "free new", 1.0, "", 0});
+  PendingApproval q;
+  q.id = "q1";
+  q.tier_name = "enterprise";
+  q.created_unix_ms = old + 3;
+  q.expires_unix_ms = t_ms + 86'400'000;
+  std::string err;
+  ASSERT_TRUE(store->put_pending(q, AuditRecord{0, t_ms, "note", "rules", "enterprise", 14, 40, "asked", 1.0, "q1", 0},
+                                 err)) << err;
+  ASSERT_TRUE(store->append_all(rows, err)) << err;
+  const std::vector<std::string> tiers = {"enterprise", "free"};
+  EXPECT_EQ(store->prune(cutoff, 1000, tiers, err), 1000) << err << ": one batch at most";
+  EXPECT_EQ(store->prune(cutoff, 1000, tiers, err), 1000) << err;
+  EXPECT_EQ(store->prune(cutoff, 1000, tiers, err), 504) << err << ": 2,500 held + 3 old records + q2's pending";
+  EXPECT_EQ(store->prune(cutoff, 1000, tiers, err), 0) << err;
+  std::vector<std::string> left;
+  for (const AuditRecord &r : store->since(0)) left.push_back(r.reason);
+  EXPECT_EQ(left, (std::vector<std::string>{"ent in force", "open question", "asked", "free new"}));
+  const auto ent = store->last_limit("enterprise");
+  ASSERT_TRUE(ent);
+  EXPECT_EQ(ent->limit, 14) << "the limit in force is still explained by the trail";
+  // Not in the policy any more: nothing to keep it for.
+  EXPECT_EQ(store->prune(cutoff, 1000, {"free"}, err), 1) << err;
+  EXPECT_FALSE(store->last_limit("enterprise"));
+}
