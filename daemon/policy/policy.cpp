@@ -417,7 +417,8 @@ PolicySpec to_spec(std::string_view source,
   require_range(source, "tick_ms", spec.tick_ms, 10u, 600000u);
   if (const auto* sg = p.surge()) {
     spec.surge = {sg->surge_ratio(), sg->ddos_ratio(), sg->enter_ticks(), sg->exit_ticks(),
-                  sg->ewma_alpha(), sg->min_baseline_rps(), sg->fast_exit_ratio(), sg->fast_exit_ticks()};
+                  sg->ewma_alpha(), sg->min_baseline_rps(), sg->fast_exit_ratio(), sg->fast_exit_ticks(),
+                  sg->relearn_ticks()};
   }
   require_real(source, "surge.surge_ratio", spec.surge.surge_ratio, 1.0, 1e6);
   require_real(source, "surge.ddos_ratio", spec.surge.ddos_ratio, spec.surge.surge_ratio, 1e6);
@@ -430,6 +431,10 @@ PolicySpec to_spec(std::string_view source,
     fail(source, "surge.fast_exit_ratio",
          num(r) + " is not allowed (must be 0 (off) or below surge.surge_ratio " + num(spec.surge.surge_ratio) + ")");
   require_range(source, "surge.fast_exit_ticks", spec.surge.fast_exit_ticks, 1u, 1000u);
+  if (const uint32_t r = spec.surge.relearn_ticks; r != 0 && (r < spec.surge.exit_ticks || r > 1'000'000u))
+    fail(source, "surge.relearn_ticks",
+         std::to_string(r) + " is not allowed (must be 0 (never) or exit_ticks " +
+             std::to_string(spec.surge.exit_ticks) + "..1000000)");
   if (const auto* g = p.governance()) {
     spec.governance.approval_ratio = g->approval_ratio();
     spec.governance.min_confidence = g->min_confidence();
@@ -592,6 +597,7 @@ std::string to_json(const PolicySpec& spec) {
          ", \"enter_ticks\": " + num(sg.enter_ticks) + ", \"exit_ticks\": " + num(sg.exit_ticks) +
          ", \"ewma_alpha\": " + num(sg.ewma_alpha) + ", \"min_baseline_rps\": " + num(sg.min_baseline_rps) +
          ", \"fast_exit_ratio\": " + num(sg.fast_exit_ratio) + ", \"fast_exit_ticks\": " + num(sg.fast_exit_ticks) +
+         ", \"relearn_ticks\": " + num(sg.relearn_ticks) +
          "},\n  \"governance\": {\"approval_ratio\": " + num(g.approval_ratio) +
          ", \"min_confidence\": " + num(g.min_confidence) + ", \"approval_ttl_s\": " + num(g.approval_ttl_s) +
          ", \"approval_window_s\": " + num(g.approval_window_s) +

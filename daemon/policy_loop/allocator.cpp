@@ -34,6 +34,13 @@ double load_at(const TierView &t, uint32_t limit) {
 // The limit that would serve the tier's demand, before capacity.
 uint32_t wanted(const TierView &t, std::string &why) {
   const double demand = std::max(t.offered_rps, t.forecast_rps);
+  if (t.limit < t.baseline) {
+    // Below the policy file's own limit only because a DDoS or capacity cut it:
+    // back there first (capacity, applied after, cuts it again while it still
+    // binds; the ddos rule, while the DDoS lasts). Needs no approval (engine).
+    why = fmt("%.0f req/s offered: back to baseline %u after a cut", demand, t.baseline);
+    return clamp_to(t, t.baseline);
+  }
   if (t.denied_rps > 0 && t.admitted_rps > 0) {
     const double want = t.limit * (demand / t.admitted_rps) * 1.1;  // 10% headroom
     why = fmt("%.0f of %.0f req/s denied (forecast %.0f): serve demand", t.denied_rps, t.offered_rps,
@@ -44,9 +51,16 @@ uint32_t wanted(const TierView &t, std::string &why) {
     why = fmt("%.0f req/s denied and none admitted: reopen", t.denied_rps);
     return clamp_to(t, std::max<double>(t.baseline, t.limit * 2.0));
   }
+  if (t.calm_ticks < kHoldTicks) {
+    why = "held: denials within the last ticks";
+    return clamp_to(t, t.limit);
+  }
   // No denials: step back toward the baseline by 10% a tick (a jump straight
-  // down would deny the very traffic that was just served, and oscillate).
-  const double down = std::max<double>(t.baseline, std::floor(t.limit * 0.9));
+  // down would deny the very traffic that was just served), never onto a limit
+  // that denied lately: steady demand between two limits settles on the higher
+  // one instead of flapping between them.
+  const double down = std::max<double>({double(t.baseline), std::floor(t.limit * 0.9),
+                                        t.denied_limit ? double(t.denied_limit) + 1 : 0.0});
   why = demand > 0 ? fmt("no denials at %.0f req/s: easing back toward baseline %u", demand, t.baseline)
                    : fmt("idle: easing back to baseline %u", t.baseline);
   return clamp_to(t, std::min<double>(t.limit, down));

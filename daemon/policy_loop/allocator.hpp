@@ -1,7 +1,8 @@
 // The built-in advisor: business rules over one snapshot.
 //  - each adaptive tier wants the per-key limit that serves its offered traffic
-//    (denials with spare capacity -> raise; no denials -> drift back to baseline),
-//    within [floor, ceiling];
+//    (denials with spare capacity -> raise; no denials for kHoldTicks -> drift
+//    back to baseline, never onto a limit that denied lately; below baseline
+//    after a cut -> straight back), within [floor, ceiling];
 //  - capacity (requests/s the backend can serve) goes to tiers in order of
 //    revenue per request: high-value tiers scale up first, low-value ones shrink
 //    first;
@@ -16,6 +17,11 @@
 #include "policy_loop/types.hpp"
 
 namespace sluice::policy_loop {
+
+// After a tick with denials, the limit holds this many ticks before it eases down.
+constexpr uint32_t kHoldTicks = 30;
+// How long a limit that denied is remembered (easing never goes back onto it).
+constexpr uint32_t kDeniedMemoryTicks = 600;
 
 struct Proposal {
   uint32_t tier = 0;

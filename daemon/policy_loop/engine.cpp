@@ -160,6 +160,22 @@ AuditRecord PolicyEngine::record(const std::string &event, const Proposal &p, co
   return r;
 }
 
+// This tick's denials were made under v.limit, the limit published until now.
+void PolicyEngine::remember_denials(uint32_t tier, TierView &v) {
+  if (denials_.size() <= tier) denials_.resize(tier + 1);
+  Denials &d = denials_[tier];
+  const uint64_t now = snap_.tick;
+  if (v.denied_rps > 0) {
+    d.last_tick = now;
+    if (v.limit >= d.limit || now - d.limit_tick > kDeniedMemoryTicks) {
+      d.limit = v.limit;
+      d.limit_tick = now;
+    }
+  }
+  v.calm_ticks = d.last_tick ? uint32_t(std::min<uint64_t>(now - d.last_tick, UINT32_MAX)) : UINT32_MAX;
+  v.denied_limit = d.limit && now - d.limit_tick <= kDeniedMemoryTicks ? d.limit : 0;
+}
+
 TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   TickReport rep;
   const double dt = last_tick_ns_ ? double(now_ns - last_tick_ns_) / 1e9 : 0;
@@ -180,6 +196,7 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
     v.revenue_per_request = t.revenue_per_request;
     v.adaptive = t.adaptive;
     traffic_.observe(i, core::sum_counters(owner_.state(), i), dt, v);
+    remember_denials(i, v);
   }
   snap_.host_surge = host_surge(snap_.tiers, spec_.capacity_rps);
 
@@ -223,7 +240,11 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   for (const Proposal &p : rep.proposals) {
     const uint32_t before = spec_.governance.approval_window_s ? limit_window_ago(p.tier, now_unix_ms) : p.old_limit;
     const bool by_steps = p.new_limit > p.old_limit && needs_approval(before, p.new_limit, ratio_limit);
-    if (!needs_approval(p.old_limit, p.new_limit, ratio_limit) && !by_steps) {
+    // Back up to the policy file's own limit, after a cut (cuts never wait), is
+    // what the operator wrote, not a new decision: without this, a tier cut by a
+    // DDoS stayed at its floor until someone approved its return.
+    const bool to_baseline = p.new_limit <= spec_.tiers[p.tier].limit;
+    if (to_baseline || (!needs_approval(p.old_limit, p.new_limit, ratio_limit) && !by_steps)) {
       apply.push_back(p);
       continue;
     }

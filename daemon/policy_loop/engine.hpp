@@ -97,6 +97,13 @@ class PolicyEngine {
   AuditStore &store_;
   uid_t daemon_uid_;
   TrafficModel traffic_;
+  struct Denials {  // per tier, for TierView::calm_ticks and denied_limit
+    uint64_t last_tick = 0;   // the last tick with denials (0: none yet)
+    uint32_t limit = 0;       // the highest limit that denied, since limit_tick
+    uint64_t limit_tick = 0;
+  };
+  std::vector<Denials> denials_;
+  void remember_denials(uint32_t tier, TierView &v);
   Snapshot snap_;
   std::vector<uint32_t> limits_;
   int64_t last_tick_ns_ = 0;

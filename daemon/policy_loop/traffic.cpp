@@ -29,10 +29,15 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
     s.last = now;
     return;
   }
+  const auto denials = [](const core::TierCounters &c) { return c.denied_window + c.denied_cost + c.denied_closed; };
+  if (now.admitted < s.last.admitted || denials(now) < denials(s.last)) {
+    // Moved back (the counters are client-writable): not a rate (it was one of
+    // 1.8e19 req/s, a DDoS). Counted from here on.
+    s.last = now;
+    return;
+  }
   const double admitted = double(now.admitted - s.last.admitted) / dt_s;
-  const double denied = double((now.denied_window + now.denied_cost + now.denied_closed) -
-                               (s.last.denied_window + s.last.denied_cost + s.last.denied_closed)) /
-                        dt_s;
+  const double denied = double(denials(now) - denials(s.last)) / dt_s;
   s.last = now;
   const double offered = admitted + denied;
 
@@ -102,11 +107,22 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
   } else {
     s.above = s.below = s.back = 0;
   }
+  // A level above normal held relearn_ticks in a row is the new normal (a
+  // launch, a new customer): the baseline never learns during a surge, so a step
+  // past surge_ratio would otherwise stay a surge, or a DDoS, for ever.
+  s.held = s.surge == Surge::normal ? 0 : s.held + 1;
+  if (spec_.relearn_ticks && s.held >= spec_.relearn_ticks) {
+    s.ewma = s.level;
+    s.surge = Surge::normal;
+    s.held = s.above = s.below = s.back = 0;
+  }
   // The baseline learns only calm traffic: not a surge, and not a rise under
   // way (a ramp learned tick by tick never reaches surge_ratio: a 5x ramp went
   // unflagged). Once a step has levelled off, the trend stops being up on
-  // every tick and the baseline learns the new level.
-  if (s.surge == Surge::normal && seen == Surge::normal && !rising) {
+  // every tick and the baseline learns the new level. An idle tick teaches
+  // nothing: a tier whose clients restart for 20 s has not a new normal of 0
+  // (learned, its usual traffic coming back was a DDoS that never ended).
+  if (s.surge == Surge::normal && seen == Surge::normal && !rising && offered > 0) {
     const double d = offered - s.ewma;
     s.ewma += spec_.ewma_alpha * d;
     s.var = (1 - spec_.ewma_alpha) * (s.var + spec_.ewma_alpha * d * d);

@@ -29,6 +29,9 @@ struct TierView {
   double ewma_rps = 0;         // baseline of offered traffic
   double forecast_rps = 0;     // Holt's linear trend, a few ticks ahead
   Surge surge = Surge::normal;
+  // Denials, remembered by the engine across ticks (the allocator is stateless):
+  uint32_t calm_ticks = UINT32_MAX;  // ticks since the last one with denials
+  uint32_t denied_limit = 0;         // the highest limit that denied lately (0: none)
 };
 
 struct Snapshot {
