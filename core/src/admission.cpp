@@ -13,7 +13,10 @@ namespace {
 
 constexpr auto acq = std::memory_order_acquire;
 constexpr auto rlx = std::memory_order_relaxed;
-constexpr int kPoisonWaitSpins = 20000;
+// Passes one call may take: a word that never settles (a ring frozen by sluiced,
+// which thaws it within microseconds; or client-writable memory left poisoned or
+// garbled by a buggy process) ends in busy, never a spin for ever.
+constexpr int kMaxSpins = 20000;
 constexpr int kMaxClockRereads = 64;  // ~2 us of clock reads before judging at the newest unit
 
 // Writes the followers of a cost-N claim at h and advances head past it. Any
@@ -130,14 +133,13 @@ Step admit(const TierView &t, const EntryRef &ref, uint32_t cost, Limits lim, in
   out = Outcome{};
 
   for (int spins = 0;; ++spins) {
+    // Every pass below that ends in `continue` saw a word move or not yet settle.
+    if (spins > kMaxSpins) return Step::busy;
+    if (spins > 64) sched_yield();
     const uint64_t c = e->ctrl.load(acq);
     if (c != ref.ctrl) {
       // Frozen by sluiced for an idle check: wait for it to thaw or free the slot.
-      if (ctrl_state(c) == EntryState::reclaiming && ctrl_gen(c) == ctrl_gen(ref.ctrl)) {
-        if (spins > kPoisonWaitSpins) return Step::busy;
-        if (spins > 64) sched_yield();
-        continue;
-      }
+      if (ctrl_state(c) == EntryState::reclaiming && ctrl_gen(c) == ctrl_gen(ref.ctrl)) continue;
       return Step::stale;
     }
     const uint64_t h = e->head.load(acq);

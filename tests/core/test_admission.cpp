@@ -6,6 +6,10 @@
 #include "sluice/core/admission.hpp"
 #include "sluice/core/clock.hpp"
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <random>
 
 using namespace sluice;
@@ -264,6 +268,42 @@ TEST(HostileRing, ADamagedLeadCountNeverWritesPastItsKeysRing) {
     if (i / tv.capacity == ref.slot) continue;
     ASSERT_EQ(tv.rings[i].load(), before[i]) << "ring word " << i << " of slot " << i / tv.capacity << " was written";
   }
+}
+
+// Only sluiced poisons a ring word, and only while ctrl says reclaiming; a word
+// poisoned under a LIVE ctrl (a buggy client's write) made every caller of the key
+// spin for ever at 100% CPU. Each call now ends (busy; a peek may decide), review finding.
+TEST_F(OneKey, APoisonedWordUnderALiveCtrlEndsInBusyNotASpinForEver) {
+  for (int i = 0; i < 3; ++i) at(i);  // limit 3 reached: a fourth unit pushes out position 0
+  const uint64_t h = tv.entry(ref.slot)->head.load();
+  const RingCursor rc(h, tv.capacity);
+  struct Case {
+    const char *what;
+    uint64_t pos;
+  };
+  for (const Case c : {Case{"the word at head", h}, Case{"the newest unit", h - 1}, Case{"the blocker", h - 3}}) {
+    for (const bool record : {true, false}) {
+      AtomicU64 &w = tv.ring(ref.slot)[rc.idx(c.pos)];
+      const uint64_t before = w.load();
+      w.store(before | kRingPoison);
+      const pid_t pid = fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {  // in a child, under an alarm: a hang fails the test instead of stalling it
+        alarm(10);
+        Outcome o;
+        const Step st = admit(tv, ref, 1, Limits{3, 1000 * kMs}, t0 + 2000 * kMs, record, o);
+        // A peek may judge by a poisoned newest unit (its time is whole); nothing may record past one.
+        _exit(st == Step::busy || (st == Step::decided && !record) ? 0 : 1);
+      }
+      int status = 0;
+      ASSERT_EQ(waitpid(pid, &status, 0), pid);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+          << c.what << (record ? " (acquire)" : " (peek)") << ": "
+          << (WIFSIGNALED(status) ? "still spinning after 10 s" : "recorded past a poisoned word");
+      w.store(before);
+    }
+  }
+  EXPECT_TRUE(at(2000).allowed) << "the key works again once the word is whole";
 }
 
 TEST_F(OneKey, ACostAboveTheLimitNeverReportsAResetBeyondAWindow) {
