@@ -224,14 +224,20 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
 }
 
 TierCounters sum_counters(const StateHeader &h, uint32_t tier) {
+  // Saturating: the stripes are client-writable, and a wrapped sum made /metrics'
+  // counters go from 2^64 to 4 (Prometheus reads that as a reset).
+  const auto add = [](uint64_t &sum, uint64_t v) {
+    if (__builtin_add_overflow(sum, v, &sum)) sum = UINT64_MAX;
+  };
   TierCounters c;
   constexpr auto rlx = std::memory_order_relaxed;
   for (const CounterStripe &s : h.counters[tier]) {
-    c.admitted += s.admitted.load(rlx);
-    c.denied_window += s.denied_window.load(rlx);
-    c.denied_cost += s.denied_cost.load(rlx);
-    c.denied_closed += s.denied_closed.load(rlx);
-    c.cost_units += s.admitted.load(rlx) + s.extra_units.load(rlx);
+    add(c.admitted, s.admitted.load(rlx));
+    add(c.denied_window, s.denied_window.load(rlx));
+    add(c.denied_cost, s.denied_cost.load(rlx));
+    add(c.denied_closed, s.denied_closed.load(rlx));
+    add(c.cost_units, s.admitted.load(rlx));
+    add(c.cost_units, s.extra_units.load(rlx));
   }
   return c;
 }

@@ -171,7 +171,11 @@ bool Daemon::keep_limits(std::vector<core::TierLimits> &rows, const std::vector<
                          int64_t created_ns, std::string &why) {
   // When this pair was made, on the trail's clock: a record from before then is an
   // earlier pair's (a reboot, or a --reset), whose generations mean nothing here.
-  const int64_t pair_made_unix_ms = policy_loop::unix_ms_now() - (core::mono_ns() - created_ns) / 1'000'000;
+  // created_ns is client-writable: one in the future (or garbage) counts as
+  // "made now", so no record is taken for this pair's.
+  const int64_t age_ns = core::elapsed_since(core::mono_ns(), created_ns);
+  const int64_t pair_made_unix_ms =
+      age_ns == INT64_MAX ? policy_loop::unix_ms_now() : policy_loop::unix_ms_now() - age_ns / 1'000'000;
   std::vector<policy_loop::AuditRecord> recs;
   for (size_t i = 0; i < rows.size() && i < before.size() && i < policy_.tiers.size(); ++i) {
     const auto &t = policy_.tiers[i];

@@ -17,7 +17,7 @@ Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const 
   out.segment = segment;
   out.daemon_pid = h.daemon_pid.load();
   const int64_t hb = h.heartbeat_ns.load();
-  out.heartbeat_age_ns = hb == kHeartbeatStopped ? -1 : mono_ns() - hb;
+  out.heartbeat_age_ns = hb == kHeartbeatStopped ? -1 : elapsed_since(mono_ns(), hb);  // client-writable
   out.daemon_alive = hb != kHeartbeatStopped && out.heartbeat_age_ns < 3'000'000'000LL &&
                      out.daemon_pid > 0 && (kill(pid_t(out.daemon_pid), 0) == 0 || errno == EPERM);
   out.daemon_starts = h.daemon_starts.load();

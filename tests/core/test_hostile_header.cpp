@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../support/fixture.hpp"
+#include "sluice/core/clock.hpp"
 #include "sluice/core/ledger.hpp"
 
 namespace sluice::core {
@@ -110,6 +111,30 @@ TEST(HostileHeader, AValidHeaderMovedFromWhereThisVersionPlacesItIsNotAdopted) {
   bool created = false;
   std::string detail;
   EXPECT_EQ(Owner::create_or_attach(seg.name, two_tiers(), false, again, created, detail), Status::version_mismatch);
+}
+
+}  // namespace
+}  // namespace sluice::core
+
+namespace sluice::core {
+namespace {
+
+TEST(HostileCounters, StripeSumsSaturateInsteadOfWrapping) {
+  test::SegmentGuard seg("hostile-sum", two_tiers());
+  StateHeader &h = seg.owner->state();
+  h.counters[0][0].admitted.store(UINT64_MAX);  // a client-writable stripe
+  h.counters[0][1].admitted.store(5);
+  h.counters[0][2].extra_units.store(UINT64_MAX);
+  const TierCounters c = sum_counters(h, 0);
+  EXPECT_EQ(c.admitted, UINT64_MAX) << "wrapped to 4: /metrics went backwards";
+  EXPECT_EQ(c.cost_units, UINT64_MAX);
+}
+
+TEST(HostileCounters, ElapsedTimeFromAWordInTheFutureOrFarPastIsUnknown) {
+  EXPECT_EQ(elapsed_since(100, 40), 60);
+  EXPECT_EQ(elapsed_since(100, 101), INT64_MAX);
+  EXPECT_EQ(elapsed_since(100, INT64_MIN), INT64_MAX) << "the subtraction overflows";
+  EXPECT_EQ(elapsed_since(-5, INT64_MAX), INT64_MAX);
 }
 
 }  // namespace

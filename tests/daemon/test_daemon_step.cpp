@@ -428,3 +428,19 @@ TEST(DaemonStep, RetentionPrunesTheTrailOnTheTickAndCountsIt) {
             std::string::npos);
   EXPECT_TRUE(g.d->engine().store().last_limit("enterprise")) << "the limit in force keeps its record";
 }
+
+// The heartbeat word is client-writable: one forged far in the past overflowed
+// the age (undefined; it came out negative, "alive"), one in the future was alive too.
+TEST(DaemonStep, AForgedHeartbeatNeverReadsAsALiveDaemon) {
+  DaemonGuard g;
+  auto &h = g.d->owner().state();
+  auto status = [&] { return daemon::status_of(h, g.d->owner().policy(), g.d->owner().geometry(), g.name); };
+  g.d->do_work(core::mono_ns());
+  EXPECT_TRUE(status().daemon_alive);
+  for (const int64_t forged : {INT64_MIN, core::mono_ns() + 3'600'000'000'000}) {
+    h.heartbeat_ns.store(forged);
+    const auto st = status();
+    EXPECT_FALSE(st.daemon_alive) << forged;
+    EXPECT_EQ(st.heartbeat_age_ns, INT64_MAX) << forged;
+  }
+}
