@@ -303,17 +303,28 @@ bool try_reclaim(const TierView &t, uint32_t slot, int64_t now_ns, int64_t idle_
   return true;
 }
 
+bool thaw(const TierView &t, uint32_t slot) {
+  EntryHeader *e = t.entry(slot);
+  const uint64_t c = e->ctrl.load(acq);
+  if (ctrl_state(c) != EntryState::reclaiming) return false;
+  set_poison(t.ring(slot), t.capacity, false);
+  e->ctrl.store(ctrl_make(EntryState::live, ctrl_gen(c), ctrl_tag(c)), rel);
+  return true;
+}
+
 uint32_t thaw_interrupted_reclaims(const TierView &t) {
   uint32_t n = 0;
-  for (uint32_t s = 0; s < t.slots; ++s) {
-    EntryHeader *e = t.entry(s);
-    const uint64_t c = e->ctrl.load(acq);
-    if (ctrl_state(c) != EntryState::reclaiming) continue;
-    set_poison(t.ring(s), t.capacity, false);
-    e->ctrl.store(ctrl_make(EntryState::live, ctrl_gen(c), ctrl_tag(c)), rel);
-    ++n;
-  }
+  for (uint32_t s = 0; s < t.slots; ++s) n += thaw(t, s);
   return n;
+}
+
+bool free_unknown_state(const TierView &t, uint32_t slot) {
+  EntryHeader *e = t.entry(slot);
+  uint64_t c = e->ctrl.load(acq);
+  if (ctrl_state(c) <= EntryState::reclaiming) return false;
+  // No client writes such a state, so no client holds the slot: free it for the
+  // next key (a claim resets the ring and head before it publishes).
+  return e->ctrl.compare_exchange_strong(c, ctrl_make(EntryState::free, ctrl_gen(c), 0), acq);
 }
 
 int64_t boottime_ns() {

@@ -272,6 +272,12 @@ GcStats Owner::collect(int64_t idle_ns, uint32_t budget) {
         }
       } else {
         if (!claims_seen_.empty()) claims_seen_.erase(id);
+        // Only try_reclaim, above and on this thread, freezes a ring, and it
+        // thaws or frees it before it returns: one frozen now was frozen by a
+        // client's write (or by a sluiced that died, thawed at attach), and its
+        // key would answer busy until a restart.
+        if (thaw(v, slot)) ++st.thawed;
+        else if (free_unknown_state(v, slot)) ++st.unknown_freed;
       }
     }
   }

@@ -406,6 +406,10 @@ int64_t Daemon::do_work(int64_t now_ns) {
     gc_totals_.dead_claims_freed += gc.dead_claims_freed;
     if (gc.reclaimed || gc.dead_claims_freed)
       spdlog::debug("gc: reclaimed {} idle keys, freed {} dead claims", gc.reclaimed, gc.dead_claims_freed);
+    if (gc.thawed || gc.unknown_freed)
+      spdlog::warn("gc: {} key rings frozen and {} slots in no known state, written by a client (not sluiced): "
+                   "thawed and freed",
+                   gc.thawed, gc.unknown_freed);
   }
   return std::min(next_tick_ns_, now_ns + opt_.heartbeat_ns);
 }

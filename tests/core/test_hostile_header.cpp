@@ -10,6 +10,7 @@
 
 #include "../support/fixture.hpp"
 #include "sluice/core/clock.hpp"
+#include "sluice/core/key_table.hpp"
 #include "sluice/core/ledger.hpp"
 
 namespace sluice::core {
@@ -135,6 +136,50 @@ TEST(HostileCounters, ElapsedTimeFromAWordInTheFutureOrFarPastIsUnknown) {
   EXPECT_EQ(elapsed_since(100, 101), INT64_MAX);
   EXPECT_EQ(elapsed_since(100, INT64_MIN), INT64_MAX) << "the subtraction overflows";
   EXPECT_EQ(elapsed_since(-5, INT64_MAX), INT64_MAX);
+}
+
+}  // namespace
+}  // namespace sluice::core
+
+namespace sluice::core {
+namespace {
+
+// Entries' ctrl words are client-writable too. Two writes no client of the
+// protocol makes left a slot, or a key, unusable until a --reset or a restart
+// (review findings): sluiced's sweep now undoes each.
+TEST(HostileEntries, SlotsInAStateTheProtocolHasNotAreFreedByTheSweep) {
+  test::SegmentGuard seg("hostile-state", test::spec_with({test::tier("a", 4, 1000, 4)}, 4));
+  const TierView tv = seg.owner->tier_view(0);
+  for (uint32_t s = 0; s < tv.slots; ++s) tv.entry(s)->ctrl.store(ctrl_make(EntryState(6 + s % 2), 3, 0));
+  auto client = seg.open();
+  Decision d;
+  std::string detail;
+  ASSERT_EQ(client->acquire("a", "k", 1, 1, d, detail), Status::table_full) << "every slot was leaked";
+  const GcStats st = seg.owner->collect(0, 1'000'000);
+  EXPECT_EQ(st.unknown_freed, tv.slots);
+  EXPECT_EQ(client->acquire("a", "k", 1, 1, d, detail), Status::ok) << detail;
+  EXPECT_TRUE(d.allowed);
+}
+
+TEST(HostileEntries, ARingFrozenByAClientIsThawedByTheSweep) {
+  test::SegmentGuard seg("hostile-freeze", test::spec_with({test::tier("a", 4, 1000, 4)}, 16));
+  const TierView tv = seg.owner->tier_view(0);
+  auto client = seg.open();
+  Decision d;
+  std::string detail;
+  ASSERT_EQ(client->acquire("a", "k", 1, 1, d, detail), Status::ok);
+  EntryRef ref;
+  ASSERT_EQ(find_key(tv, KeyProbe("k", 1), ref), Lookup::found);
+  EntryHeader *e = tv.entry(ref.slot);
+  // What sluiced writes to check a key is idle, written by someone else.
+  e->ctrl.store(ctrl_make(EntryState::reclaiming, ctrl_gen(ref.ctrl), ctrl_tag(ref.ctrl)));
+  for (uint32_t j = 0; j < tv.capacity; ++j) tv.ring(ref.slot)[j].fetch_or(kRingPoison);
+  EXPECT_EQ(client->acquire("a", "k", 1, 1, d, detail), Status::busy);
+  const GcStats st = seg.owner->collect(int64_t(3600) * 1'000'000'000, 1'000'000);  // nothing idle
+  EXPECT_EQ(st.thawed, 1u);
+  ASSERT_EQ(client->acquire("a", "k", 1, 1, d, detail), Status::ok) << detail;
+  EXPECT_TRUE(d.allowed);
+  EXPECT_EQ(d.remaining, 2u) << "the key kept its units: thawed, not wiped";
 }
 
 }  // namespace

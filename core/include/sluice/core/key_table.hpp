@@ -69,6 +69,11 @@ Lookup find_or_insert_key(const TierView &t, const KeyProbe &k, StateHeader &h, 
 bool try_reclaim(const TierView &t, uint32_t slot, int64_t now_ns, int64_t idle_ns);
 // After a daemon crash: thaw every ring left frozen by an interrupted reclaim.
 uint32_t thaw_interrupted_reclaims(const TierView &t);
+// One slot of it: true if it was frozen (and is now live again).
+bool thaw(const TierView &t, uint32_t slot);
+// A ctrl word in no state the protocol has (client-writable memory written by a
+// buggy process) leaked its slot for good: true if it was freed.
+bool free_unknown_state(const TierView &t, uint32_t slot);
 // Frees slots CLAIMED by an inserter that has died (pid gone or reused since
 // `seen_since_boot_ns`, CLOCK_BOOTTIME). Returns the number freed.
 bool free_dead_claim(const TierView &t, uint32_t slot, uint64_t claimed_word, int64_t seen_since_boot_ns);

@@ -20,6 +20,8 @@ struct GcStats {
   uint64_t scanned = 0;
   uint64_t reclaimed = 0;
   uint64_t dead_claims_freed = 0;
+  uint64_t thawed = 0;         // rings found frozen outside a reclaim (a client's write)
+  uint64_t unknown_freed = 0;  // slots in no state the protocol has, freed
 };
 
 class Owner {
