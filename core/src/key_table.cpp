@@ -305,10 +305,12 @@ bool try_reclaim(const TierView &t, uint32_t slot, int64_t now_ns, int64_t idle_
 
 bool thaw(const TierView &t, uint32_t slot) {
   EntryHeader *e = t.entry(slot);
-  const uint64_t c = e->ctrl.load(acq);
+  uint64_t c = e->ctrl.load(acq);
   if (ctrl_state(c) != EntryState::reclaiming) return false;
+  // A CAS: the word may have moved since (freed, claimed again). Clients that see
+  // it live before the ring is whole wait on the poison, as after any freeze.
+  if (!e->ctrl.compare_exchange_strong(c, ctrl_make(EntryState::live, ctrl_gen(c), ctrl_tag(c)), acq)) return false;
   set_poison(t.ring(slot), t.capacity, false);
-  e->ctrl.store(ctrl_make(EntryState::live, ctrl_gen(c), ctrl_tag(c)), rel);
   return true;
 }
 

@@ -223,11 +223,12 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
   return Status::busy;
 }
 
-TierCounters sum_counters(const StateHeader &h, uint32_t tier) {
-  // Saturating: the stripes are client-writable, and a wrapped sum made /metrics'
-  // counters go from 2^64 to 4 (Prometheus reads that as a reset).
-  const auto add = [](uint64_t &sum, uint64_t v) {
-    if (__builtin_add_overflow(sum, v, &sum)) sum = UINT64_MAX;
+TierCounters sum_counters(const StateHeader &h, uint32_t tier, CounterSum mode) {
+  // The stripes are client-writable: a wrapped sum made /metrics' counters go
+  // from 2^64 to 4 (Prometheus reads that as a reset).
+  const bool saturate = mode == CounterSum::saturating;
+  const auto add = [saturate](uint64_t &sum, uint64_t v) {
+    if (__builtin_add_overflow(sum, v, &sum) && saturate) sum = UINT64_MAX;
   };
   TierCounters c;
   constexpr auto rlx = std::memory_order_relaxed;

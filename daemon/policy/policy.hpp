@@ -38,8 +38,8 @@ struct SurgeSpec {
   // to the baseline, instead of exit_ticks: traffic is clearly back. 0: off.
   double fast_exit_ratio = 1.25;
   uint32_t fast_exit_ticks = 2;
-  // A level above normal held this many ticks in a row is the new baseline (a
-  // launch, a new customer): a step never learned would stay a surge for ever. 0: never.
+  // A surge held this many ticks in a row is the new baseline (a launch, a new
+  // customer): a step never learned would stay a surge for ever. Never a DDoS. 0: never.
   uint32_t relearn_ticks = 600;
   bool operator==(const SurgeSpec&) const = default;
 };

@@ -170,10 +170,14 @@ void PolicyEngine::remember_denials(uint32_t tier, TierView &v) {
     if (v.limit >= d.limit || now - d.limit_tick > kDeniedMemoryTicks) {
       d.limit = v.limit;
       d.limit_tick = now;
+      d.offered_rps = v.offered_rps;
     }
   }
   v.calm_ticks = d.last_tick ? uint32_t(std::min<uint64_t>(now - d.last_tick, UINT32_MAX)) : UINT32_MAX;
-  v.denied_limit = d.limit && now - d.limit_tick <= kDeniedMemoryTicks ? d.limit : 0;
+  // Only while the demand that met it is still here: once traffic falls, a limit
+  // that denied it says nothing (it pinned an idle tier's limit for 600 ticks).
+  const bool same_demand = v.offered_rps >= 0.9 * d.offered_rps;
+  v.denied_limit = d.limit && now - d.limit_tick <= kDeniedMemoryTicks && same_demand ? d.limit : 0;
 }
 
 TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
@@ -195,7 +199,7 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
     v.window_ns = int64_t(t.window_ms) * 1'000'000;
     v.revenue_per_request = t.revenue_per_request;
     v.adaptive = t.adaptive;
-    traffic_.observe(i, core::sum_counters(owner_.state(), i), dt, v);
+    traffic_.observe(i, core::sum_counters(owner_.state(), i, core::CounterSum::wrapping), dt, v);
     remember_denials(i, v);
   }
   snap_.host_surge = host_surge(snap_.tiers, spec_.capacity_rps);
@@ -240,10 +244,12 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   for (const Proposal &p : rep.proposals) {
     const uint32_t before = spec_.governance.approval_window_s ? limit_window_ago(p.tier, now_unix_ms) : p.old_limit;
     const bool by_steps = p.new_limit > p.old_limit && needs_approval(before, p.new_limit, ratio_limit);
-    // Back up to the policy file's own limit, after a cut (cuts never wait), is
-    // what the operator wrote, not a new decision: without this, a tier cut by a
-    // DDoS stayed at its floor until someone approved its return.
-    const bool to_baseline = p.new_limit <= spec_.tiers[p.tier].limit;
+    // The rules' way back up to the policy file's own limit, after a cut (cuts
+    // never wait), is what the operator wrote, not a new decision: without this, a
+    // tier cut by a DDoS stayed at its floor until someone approved its return.
+    // The rules take it only once no DDoS or capacity holds the tier down; an
+    // advisor's raise is judged as any other.
+    const bool to_baseline = p.actor == "rules" && p.new_limit <= spec_.tiers[p.tier].limit;
     if (to_baseline || (!needs_approval(p.old_limit, p.new_limit, ratio_limit) && !by_steps)) {
       apply.push_back(p);
       continue;

@@ -101,6 +101,7 @@ class PolicyEngine {
     uint64_t last_tick = 0;   // the last tick with denials (0: none yet)
     uint32_t limit = 0;       // the highest limit that denied, since limit_tick
     uint64_t limit_tick = 0;
+    double offered_rps = 0;   // what was offered when it did
   };
   std::vector<Denials> denials_;
   void remember_denials(uint32_t tier, TierView &v);

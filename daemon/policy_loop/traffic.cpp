@@ -30,9 +30,13 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
     return;
   }
   const auto denials = [](const core::TierCounters &c) { return c.denied_window + c.denied_cost + c.denied_closed; };
-  if (now.admitted < s.last.admitted || denials(now) < denials(s.last)) {
-    // Moved back (the counters are client-writable): not a rate (it was one of
-    // 1.8e19 req/s, a DDoS). Counted from here on.
+  // Far above what any host admits (a call takes tens of ns a core).
+  const double kMaxPlausible = 1e10 * dt_s;
+  if (now.admitted < s.last.admitted || denials(now) < denials(s.last) ||
+      double(now.admitted - s.last.admitted) > kMaxPlausible || double(denials(now) - denials(s.last)) > kMaxPlausible) {
+    // Moved back, or on by more than any host admits: a stripe was written by
+    // someone (they are client-writable), not a rate (read as one, it was 1.8e19
+    // req/s: a DDoS). Counted from here on.
     s.last = now;
     return;
   }
@@ -107,10 +111,12 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
   } else {
     s.above = s.below = s.back = 0;
   }
-  // A level above normal held relearn_ticks in a row is the new normal (a
-  // launch, a new customer): the baseline never learns during a surge, so a step
-  // past surge_ratio would otherwise stay a surge, or a DDoS, for ever.
-  s.held = s.surge == Surge::normal ? 0 : s.held + 1;
+  // A surge held relearn_ticks in a row is the new normal (a launch, a new
+  // customer): the baseline never learns during a surge, so a step past
+  // surge_ratio would otherwise stay a surge for ever. Never a DDoS: a flood kept
+  // up that long would switch its own mitigation off (a restart of sluiced, which
+  // learns the baseline afresh, is the way out of a DDoS level that is real traffic).
+  s.held = s.surge == Surge::surge ? s.held + 1 : 0;
   if (spec_.relearn_ticks && s.held >= spec_.relearn_ticks) {
     s.ewma = s.level;
     s.surge = Surge::normal;

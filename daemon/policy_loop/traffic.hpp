@@ -4,7 +4,7 @@
 // never becomes the new normal) and not from idle ticks, Holt's linear-trend
 // forecast, and the surge level with hysteresis (enter after N ticks above a
 // threshold, leave after M below; a surge whose traffic is clearly back at its
-// baseline leaves after fewer; a level held relearn_ticks is the new baseline).
+// baseline leaves after fewer; a surge held relearn_ticks is the new baseline).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -40,7 +40,7 @@ class TrafficModel {
     Surge surge = Surge::normal;
     uint32_t above = 0, below = 0;
     uint32_t back = 0;  // ticks in a row at or below fast_exit_ratio (while leaving)
-    uint32_t held = 0;  // ticks in a row above normal (relearn_ticks)
+    uint32_t held = 0;  // ticks in a row in surge (relearn_ticks)
     uint32_t warm = 0;  // ticks with traffic seen, up to kWarmupTicks
   };
   Surge candidate(double ratio) const;

@@ -31,7 +31,7 @@ struct TierView {
   Surge surge = Surge::normal;
   // Denials, remembered by the engine across ticks (the allocator is stateless):
   uint32_t calm_ticks = UINT32_MAX;  // ticks since the last one with denials
-  uint32_t denied_limit = 0;         // the highest limit that denied lately (0: none)
+  uint32_t denied_limit = 0;         // the highest limit that denied lately, at about today's demand (0: none)
 };
 
 struct Snapshot {

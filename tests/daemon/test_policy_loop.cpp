@@ -563,12 +563,16 @@ TEST_F(EngineFixture, AReturnUpToThePolicyFilesLimitAfterACutNeedsNoApproval) {
   engine->set_advice_source(enterprise_at(want));
   tick();
   ASSERT_EQ(published(0), 2u);
-  want = 10;  // 2 -> 10: 5x, but no higher than the baseline
+  want = 10;  // 2 -> 10 from the advisor: 5x, judged as any raise
+  EXPECT_EQ(tick().new_pending.size(), 1u);
+  EXPECT_EQ(published(0), 2u);
+  engine->set_advice_source({});
+  traffic(0, 2, 6);  // the rules: demand is back, the tier is below its baseline
   const auto r = tick();
   EXPECT_TRUE(r.new_pending.empty());
-  EXPECT_EQ(published(0), 10u);
-  want = 20;  // 10 -> 20: past the baseline, 2x: waits as before
-  EXPECT_EQ(tick().new_pending.size(), 1u);
+  EXPECT_EQ(published(0), 10u) << "the rules' way back to the policy file's limit waited for a human";
+  traffic(0, 10, 30);  // 10 -> 44 (demand x 1.1): past the baseline, waits as before
+  tick();
   EXPECT_EQ(published(0), 10u);
 }
 
@@ -976,4 +980,43 @@ TEST_F(EngineFixture, AnEnterpriseRedeployDoesNotLeaveTheHostInDdos) {
   }
   EXPECT_EQ(ddos, 0);
   EXPECT_EQ(published(1), 3u) << "free was cut for a DDoS that was enterprise's usual traffic";
+}
+
+// ---- review of session 11's own changes: each failed on the first version ----
+
+TEST(Traffic, ADdosIsNeverRelearnedHoweverLongItLasts) {
+  policy::SurgeSpec spec;
+  spec.relearn_ticks = 100;
+  Feeder f(spec);
+  for (int i = 0; i < 40; ++i) f.feed(10);
+  for (int i = 0; i < 300; ++i) f.feed(1000);
+  EXPECT_EQ(f.v.surge, Surge::ddos) << "a flood kept up relearn_ticks switched its own mitigation off";
+  EXPECT_NEAR(f.v.ewma_rps, 10, 0.5);
+}
+
+TEST_F(EngineFixture, ALimitThatDeniedEasesOnceTheDemandIsGone) {
+  traffic(0, 10, 5);  // enterprise denies at 10: raised
+  tick();
+  const uint32_t raised = published(0);
+  ASSERT_GT(raised, 10u);
+  for (int i = 0; i < 5; ++i) {  // and denies at the raised limit too, far more than 1.8x would serve
+    traffic(0, raised, 3 * raised);
+    tick();
+  }
+  ASSERT_EQ(published(0), raised) << "the next raise waits for a human";
+  for (int i = 0; i < 60; ++i) tick();  // then nothing is offered
+  EXPECT_EQ(published(0), 10u) << "pinned at a limit that denied a demand long gone";
+}
+
+TEST_F(EngineFixture, AScribbledCounterStripeDoesNotBlindTheLoop) {
+  for (int i = 0; i < 10; ++i) {
+    traffic(0, 10, 0);
+    tick();
+  }
+  seg.owner->state().counters[0][3].admitted.store(UINT64_MAX - 4);  // client-writable
+  tick();
+  traffic(0, 10, 1);
+  tick();
+  EXPECT_NEAR(engine->snapshot().tiers[0].admitted_rps, 10, 1) << "a saturated total read 0 req/s for ever";
+  EXPECT_NEAR(engine->snapshot().tiers[0].denied_rps, 1, 0.5);
 }

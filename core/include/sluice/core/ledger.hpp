@@ -80,6 +80,10 @@ class Ledger {
 struct TierCounters {
   uint64_t admitted = 0, denied_window = 0, denied_cost = 0, denied_closed = 0, cost_units = 0;
 };
-TierCounters sum_counters(const StateHeader &h, uint32_t tier);
+// Saturating, for display: a wrapped total would make /metrics' counters go back.
+// Wrapping, for rates: deltas of a wrapping total stay true after a stripe is
+// scribbled, where a saturated one would pin the total and read 0 for ever.
+enum class CounterSum { saturating, wrapping };
+TierCounters sum_counters(const StateHeader &h, uint32_t tier, CounterSum mode = CounterSum::saturating);
 
 }  // namespace sluice::core
