@@ -28,6 +28,10 @@ PolicyEngine::PolicyEngine(const policy::PolicySpec &spec, core::Owner &owner, A
     history_.push_back({{INT64_MIN, t.limit}});  // the window starts with what is published now
     if (spec.governance.approval_window_s) restore_history(i, unix_ms_now());
   }
+  // A start counts as a tick with denials: a limit kept above the baseline was
+  // raised by denials this process never saw, and easing it on the first tick
+  // after a routine restart brought them straight back (the hold is in memory).
+  denials_.assign(spec.tiers.size(), Denials{1, 0, 0, 0});
   snap_.capacity_rps = spec.capacity_rps;
 }
 

@@ -29,7 +29,7 @@ bool lock_still_named(const std::string &segment, int fd) {
          held.st_ino == named.st_ino;
 }
 
-int take_segment_lock(const std::string &segment, std::string &error, int attempt) {
+int take_segment_lock(const std::string &segment, std::string &error, int attempt, bool *held) {
   const std::string path = lock_path(segment);
   // /dev/shm is world-writable: the name may be another user's file (which would
   // let them hold our lock) or a symlink (which O_CREAT would follow). Neither is used.
@@ -56,6 +56,7 @@ int take_segment_lock(const std::string &segment, std::string &error, int attemp
     char pid[32] = {};
     (void)!pread(fd, pid, sizeof pid - 1, 0);
     ::close(fd);
+    if (held) *held = err == EWOULDBLOCK;
     error = err == EWOULDBLOCK ? "another sluiced (pid " + std::string(pid[0] ? pid : "?") +
                                      ") already owns segment '" + segment + "'"
                                : "cannot lock " + path + ": " + std::strerror(err);
@@ -69,7 +70,7 @@ int take_segment_lock(const std::string &segment, std::string &error, int attemp
       error = "lock file " + path + " kept being replaced while it was locked";
       return -1;
     }
-    return take_segment_lock(segment, error, attempt + 1);
+    return take_segment_lock(segment, error, attempt + 1, held);
   }
   const std::string me = std::to_string(getpid());
   (void)!ftruncate(fd, 0);
@@ -87,7 +88,10 @@ std::string audit_db_path(const policy::PolicySpec &p, const Options &opt) {
   return dir + "/" + opt.segment + ".db";
 }
 
-std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
+std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error, StartFailure *why) {
+  StartFailure ignored;
+  StartFailure &kind = why ? *why : ignored;
+  kind = StartFailure::config;
   std::unique_ptr<Daemon> d(new Daemon());
   d->opt_ = opt;
   if (!core::valid_segment_name(opt.segment)) {
@@ -100,8 +104,15 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
     error = e.what();
     return nullptr;
   }
-  d->lock_fd_ = take_segment_lock(opt.segment, error);
-  if (d->lock_fd_ < 0) return nullptr;
+  // The policy's advisor section, checked before anything is touched.
+  if (!d->advisor_config(error)) return nullptr;
+  kind = StartFailure::environment;  // from here on, what the host has or lacks
+  bool held = false;
+  d->lock_fd_ = take_segment_lock(opt.segment, error, 0, &held);
+  if (d->lock_fd_ < 0) {
+    if (held) kind = StartFailure::busy;
+    return nullptr;
+  }
   // Whatever can refuse this start without the segment comes first: a start that
   // fails must leave a running pair's table as it was.
   if (!d->open_before_attach(error)) return nullptr;
@@ -112,6 +123,8 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
                  int64_t created_ns, std::string &why) { return dd.keep_limits(rows, before, created_ns, why); });
   if (s != core::Status::ok) {
     error = "segment '" + opt.segment + "': " + detail;
+    // The policy and the pair disagree: change the policy back, or --reset.
+    if (s == core::Status::version_mismatch) kind = StartFailure::config;
     return nullptr;
   }
   if (d->created_) d->record_created_table();
@@ -128,6 +141,7 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error) {
     }
     return nullptr;
   }
+  kind = StartFailure::none;
   return d;
 }
 
@@ -141,7 +155,6 @@ bool Daemon::open_before_attach(std::string &error) {
     error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
     return false;
   }
-  if (!advisor_config(error)) return false;
   // Bound now, served once the start is done (until then a scrape gets no samples):
   // a port in use must fail the start before it publishes anything.
   if (opt_.metrics_addr && !serve_metrics(error)) return false;

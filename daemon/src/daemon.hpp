@@ -37,7 +37,10 @@ class Daemon {
  public:
   // Takes the per-segment lock, loads the policy, creates or re-attaches the
   // segments. Returns nullptr with `error` set on any failure.
-  static std::unique_ptr<Daemon> start(const Options &opt, std::string &error);
+  // What kind of failure a start was, for sluiced's exit status: a supervisor
+  // retries a busy or environment failure, not a config one.
+  enum class StartFailure { none, config, busy, environment };
+  static std::unique_ptr<Daemon> start(const Options &opt, std::string &error, StartFailure *why = nullptr);
   ~Daemon();
 
   // One step of work: heartbeat, the control requests already read in full by
@@ -116,7 +119,8 @@ class Daemon {
 // /dev/shm/<segment>.lock: one daemon per segment (flock, dropped by the kernel
 // when the holder dies).
 inline std::string lock_path(const std::string &segment) { return "/dev/shm/" + segment + ".lock"; }
-int take_segment_lock(const std::string &segment, std::string &error, int attempt = 0);
+// The lock's fd, or -1 with `error`; *held: another process holds the lock.
+int take_segment_lock(const std::string &segment, std::string &error, int attempt = 0, bool *held = nullptr);
 // Is the file `fd` locks still the one under the lock name? Removed by hand, it lets
 // another sluiced start on the same segment.
 bool lock_still_named(const std::string &segment, int fd);

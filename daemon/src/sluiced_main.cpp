@@ -26,7 +26,17 @@ void usage(std::ostream &os) {
         "  --state-dir DIR  audit store directory (default $SLUICE_STATE_DIR or /var/lib/sluice)\n"
         "  --metrics-addr [HOST:]PORT  serve Prometheus /metrics (HOST default 127.0.0.1; PORT 0: any free port)\n"
         "  --log-level LEVEL  trace, debug, info (default), warning, error, critical or off\n"
-        "  --print-default-policy  print the built-in policy as JSON and exit\n";
+        "  --print-default-policy  print the built-in policy as JSON and exit\n"
+        "exit status: 0 stopped by a signal; 2 bad arguments; 78 the policy file or a\n"
+        "  setting is wrong (fix it: a retry fails the same way); 75 another sluiced owns\n"
+        "  the segment (retry later); 1 any other failure, at start or while running\n";
+}
+
+// sysexits.h's EX_CONFIG and EX_TEMPFAIL: what a supervisor should not retry
+// (systemd's RestartPreventExitStatus=78) and what it may.
+int exit_status_for(sluice::daemon::Daemon::StartFailure why) {
+  using F = sluice::daemon::Daemon::StartFailure;
+  return why == F::config ? 78 : why == F::busy ? 75 : 1;
 }
 
 }  // namespace
@@ -103,10 +113,11 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   std::string error;
-  auto d = daemon::Daemon::start(opt, error);
+  daemon::Daemon::StartFailure why;
+  auto d = daemon::Daemon::start(opt, error, &why);
   if (!d) {
     spdlog::error("{}", error);
-    return 1;
+    return exit_status_for(why);
   }
   for (size_t i = 0; i < d->policy().tiers.size(); ++i) {
     const auto &t = d->policy().tiers[i];

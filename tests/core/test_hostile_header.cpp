@@ -162,7 +162,8 @@ TEST(HostileEntries, SlotsInAStateTheProtocolHasNotAreFreedByTheSweep) {
 }
 
 TEST(HostileEntries, ARingFrozenByAClientIsThawedByTheSweep) {
-  test::SegmentGuard seg("hostile-freeze", test::spec_with({test::tier("a", 4, 1000, 4)}, 16));
+  // An hour's window: the busy wait below must not let the first unit leave it.
+  test::SegmentGuard seg("hostile-freeze", test::spec_with({test::tier("a", 4, 3'600'000, 4)}, 16));
   const TierView tv = seg.owner->tier_view(0);
   auto client = seg.open();
   Decision d;

@@ -1020,3 +1020,25 @@ TEST_F(EngineFixture, AScribbledCounterStripeDoesNotBlindTheLoop) {
   EXPECT_NEAR(engine->snapshot().tiers[0].admitted_rps, 10, 1) << "a saturated total read 0 req/s for ever";
   EXPECT_NEAR(engine->snapshot().tiers[0].denied_rps, 1, 0.5);
 }
+
+// A restart keeps the limits clients see; the denials that raised them are in the
+// last process's memory. Easing a kept limit on the first tick brought them back
+// after every routine restart (an operations review, against the real daemon).
+TEST_F(EngineFixture, ALimitKeptAcrossARestartHoldsBeforeItEases) {
+  traffic(0, 10, 5);
+  tick();
+  const uint32_t raised = published(0);
+  ASSERT_GT(raised, 10u);
+  engine = std::make_unique<PolicyEngine>(spec, *seg.owner, *store, getuid());  // the restart
+  tick();  // primes the rates
+  for (uint32_t i = 1; i < kHoldTicks; ++i) {
+    traffic(0, 10, 0);
+    tick();
+    ASSERT_EQ(published(0), raised) << "eased " << i << " ticks after a restart";
+  }
+  for (int i = 0; i < 20; ++i) {
+    traffic(0, 10, 0);
+    tick();
+  }
+  EXPECT_EQ(published(0), 10u) << "and then eases as usual";
+}

@@ -142,7 +142,7 @@ TEST(Sluiced, OneDaemonPerSegment) {
   Proc a = spawn({SLUICED_PATH, "--segment", seg.name, "--reset"});
   ASSERT_TRUE(wait_ready(a, seg.name));
   Proc b = spawn({SLUICED_PATH, "--segment", seg.name});
-  EXPECT_EQ(wait_exit(b), 1);
+  EXPECT_EQ(wait_exit(b), 75) << "EX_TEMPFAIL: a supervisor may retry (the other may be on its way out)";
   EXPECT_NE(b.output().find("already owns"), std::string::npos) << b.output();
   kill(a.pid, SIGTERM);
   EXPECT_EQ(wait_exit(a), 0);
@@ -152,10 +152,10 @@ TEST(Sluiced, BadPolicyIsRefusedNamingTheField) {
   Segment seg;
   const std::string bad = write_policy(R"({"tiers": [{"name": "a", "limit": 5, "window_ms": 1000, "max_limit": 5, "burst": 3}]})");
   Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", bad});
-  EXPECT_EQ(wait_exit(d), 1);
+  EXPECT_EQ(wait_exit(d), 78) << "EX_CONFIG: a retry fails the same way";
   EXPECT_NE(d.output().find("burst"), std::string::npos) << d.output();
   Proc missing = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", "/nonexistent/policy.json"});
-  EXPECT_EQ(wait_exit(missing), 1);
+  EXPECT_EQ(wait_exit(missing), 78);
   EXPECT_NE(missing.output().find("/nonexistent/policy.json"), std::string::npos) << missing.output();
   Proc flag = spawn({SLUICED_PATH, "--bogus"});
   EXPECT_EQ(wait_exit(flag), 2);
@@ -237,7 +237,7 @@ TEST(Sluiced, ResetWipesAndAMismatchedPolicyIsRefused) {
   other.replace(other.find("\"max_limit\": 10"), 15, "\"max_limit\": 20");
   const std::string policy2 = write_policy(other);
   Proc refused = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy2});
-  EXPECT_EQ(wait_exit(refused), 1);
+  EXPECT_EQ(wait_exit(refused), 78) << "the policy and the pair disagree: an operator's call";
   EXPECT_NE(refused.output().find("--reset"), std::string::npos) << refused.output();
   Proc reset = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy2, "--reset"});
   ASSERT_TRUE(wait_ready(reset, seg.name));
