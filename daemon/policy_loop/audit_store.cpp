@@ -229,33 +229,20 @@ std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, boo
   return out;
 }
 
-namespace {
-// The newest record that set `tier`'s limit, on the (tier, id) index.
-constexpr const char *kLastLimitSql =
-    "SELECT new_limit, event, generation, unix_ms, id FROM audit WHERE tier = ? AND "
-    "event IN ('published','approved','kept','start') ORDER BY id DESC LIMIT 1";
-}  // namespace
-
 std::optional<AuditStore::LimitRecord> AuditStore::last_limit(const std::string &tier) {
-  Stmt st(db_, kLastLimitSql);
+  Stmt st(db_, "SELECT new_limit, event, generation, unix_ms, id FROM audit WHERE tier = ? AND "
+               "event IN ('published','approved','kept','start') ORDER BY id DESC LIMIT 1");
   st.text(1, tier);
   if (sqlite3_step(st.s) != SQLITE_ROW) return std::nullopt;
   return LimitRecord{sqlite3_column_int64(st.s, 0), st.col_text(1), uint64_t(sqlite3_column_int64(st.s, 2)),
-                     sqlite3_column_int64(st.s, 3)};
-}
-
-std::optional<int64_t> AuditStore::last_limit_id(const std::string &tier) {
-  Stmt st(db_, kLastLimitSql);
-  st.text(1, tier);
-  if (sqlite3_step(st.s) != SQLITE_ROW) return std::nullopt;
-  return sqlite3_column_int64(st.s, 4);
+                     sqlite3_column_int64(st.s, 3), sqlite3_column_int64(st.s, 4)};
 }
 
 int64_t AuditStore::prune(int64_t unix_ms, size_t max_rows, const std::vector<std::string> &tiers,
                           std::string &error) {
   std::string keep;  // integer ids only: safe to splice into the statement
   for (const std::string &t : tiers)
-    if (const auto id = last_limit_id(t)) keep += (keep.empty() ? "" : ",") + std::to_string(*id);
+    if (const auto r = last_limit(t)) keep += (keep.empty() ? "" : ",") + std::to_string(r->id);
   // Walked forwards on audit_time: the cost is the rows deleted plus the few kept
   // ones in front of them, not the trail's length.
   const std::string sql =

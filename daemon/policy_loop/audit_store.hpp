@@ -71,9 +71,9 @@ class AuditStore {
     std::string event;
     uint64_t generation = 0;  // the table generation it published (0: none named)
     int64_t unix_ms = 0;
+    int64_t id = 0;           // the record's own
   };
   std::optional<LimitRecord> last_limit(const std::string &tier);
-  std::optional<int64_t> last_limit_id(const std::string &tier);  // that record's id
   // The limits `tier` had from unix_ms on, oldest first: (time, limit, event). The
   // first is the one in force at unix_ms (the newest record before it, or the
   // first record's old limit); empty if the trail names none (or cannot be read).

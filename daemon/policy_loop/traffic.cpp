@@ -32,16 +32,17 @@ void TrafficModel::observe(size_t tier, const core::TierCounters &now, double dt
   const auto denials = [](const core::TierCounters &c) { return c.denied_window + c.denied_cost + c.denied_closed; };
   // Far above what any host admits (a call takes tens of ns a core).
   const double kMaxPlausible = 1e10 * dt_s;
-  if (now.admitted < s.last.admitted || denials(now) < denials(s.last) ||
-      double(now.admitted - s.last.admitted) > kMaxPlausible || double(denials(now) - denials(s.last)) > kMaxPlausible) {
+  const uint64_t new_admitted = now.admitted - s.last.admitted, new_denied = denials(now) - denials(s.last);
+  if (now.admitted < s.last.admitted || denials(now) < denials(s.last) || double(new_admitted) > kMaxPlausible ||
+      double(new_denied) > kMaxPlausible) {
     // Moved back, or on by more than any host admits: a stripe was written by
     // someone (they are client-writable), not a rate (read as one, it was 1.8e19
     // req/s: a DDoS). Counted from here on.
     s.last = now;
     return;
   }
-  const double admitted = double(now.admitted - s.last.admitted) / dt_s;
-  const double denied = double(denials(now) - denials(s.last)) / dt_s;
+  const double admitted = double(new_admitted) / dt_s;
+  const double denied = double(new_denied) / dt_s;
   s.last = now;
   const double offered = admitted + denied;
 
