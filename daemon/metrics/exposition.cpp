@@ -1,5 +1,6 @@
 #include "metrics/exposition.hpp"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -40,7 +41,14 @@ void Exposition::sample(const std::string &name, Labels labels, double value) {
   char buf[64];
   if (std::isnan(value)) std::snprintf(buf, sizeof buf, " NaN\n");
   else if (std::isinf(value)) std::snprintf(buf, sizeof buf, value > 0 ? " +Inf\n" : " -Inf\n");
-  else std::snprintf(buf, sizeof buf, " %.10g\n", value);
+  else {
+    // The shortest text that reads back as the same double: %.10g lost digits
+    // (a counter of seconds or dollars above 1e10, a gauge's small changes).
+    buf[0] = ' ';
+    char *end = std::to_chars(buf + 1, buf + sizeof buf - 1, value).ptr;
+    *end++ = '\n';
+    *end = '\0';
+  }
   out_ += buf;
 }
 

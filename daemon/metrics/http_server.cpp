@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -53,6 +54,19 @@ std::string text_answer(int status, const char *reason, const std::string &text,
   return answer(status, reason, "text/plain; charset=utf-8", text + "\n", head, extra);
 }
 
+// RFC 9112 3.2.2: a server must accept the absolute form ("http://host/path",
+// as sent to proxies) too; the authority is dropped, the path kept.
+std::string origin_form(const std::string &target) {
+  const auto scheme_end = target.find("://");
+  if (target.empty() || target[0] == '/' || scheme_end == std::string::npos) return target;
+  std::string scheme = target.substr(0, scheme_end);
+  std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (scheme != "http" && scheme != "https") return target;
+  const auto path = target.find_first_of("/?", scheme_end + 3);
+  if (path == std::string::npos) return "/";
+  return target[path] == '?' ? "/" + target.substr(path) : target.substr(path);
+}
+
 // The answer to one request head ("METHOD TARGET HTTP/1.x", then headers we ignore).
 std::string respond(const std::string &head, const MetricsServer::Render &render) {
   const std::string line = head.substr(0, head.find_first_of("\r\n"));
@@ -61,7 +75,7 @@ std::string respond(const std::string &head, const MetricsServer::Render &render
   if (sp2 == std::string::npos || line.compare(sp2 + 1, 7, "HTTP/1.") != 0 || line.size() != sp2 + 9)
     return text_answer(400, "Bad Request", "not an HTTP/1.x request line");
   const std::string method = line.substr(0, sp1);
-  std::string path = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  std::string path = origin_form(line.substr(sp1 + 1, sp2 - sp1 - 1));
   path = path.substr(0, path.find('?'));
   const bool head_only = method == "HEAD";
   if (method != "GET" && !head_only)
@@ -69,6 +83,8 @@ std::string respond(const std::string &head, const MetricsServer::Render &render
   if (path == "/metrics") {
     try {
       return answer(200, "OK", "text/plain; version=0.0.4; charset=utf-8", render(), head_only);
+    } catch (const Unavailable &e) {
+      return text_answer(503, "Service Unavailable", e.what(), head_only, "Retry-After: 1\r\n");
     } catch (const std::exception &e) {
       return text_answer(500, "Internal Server Error", std::string("rendering failed: ") + e.what(), head_only);
     }
@@ -111,8 +127,12 @@ bool after_read(Connection &c, ReadResult r, const MetricsServer::Render &render
   if (end != std::string::npos && end <= kMaxRequestHeadBytes) {
     c.out = respond(c.in.substr(0, end), render);
   } else if (c.in.size() > kMaxRequestHeadBytes) {
-    c.out = text_answer(431, "Request Header Fields Too Large",
-                        "request head above " + std::to_string(kMaxRequestHeadBytes) + " bytes");
+    // No line end within the limit: the request line itself is too long (the target).
+    if (c.in.find('\n') > kMaxRequestHeadBytes)
+      c.out = text_answer(414, "URI Too Long", "request line above " + std::to_string(kMaxRequestHeadBytes) + " bytes");
+    else
+      c.out = text_answer(431, "Request Header Fields Too Large",
+                          "request head above " + std::to_string(kMaxRequestHeadBytes) + " bytes");
   } else {
     return r == ReadResult::more;  // a head still to come, unless the client left
   }

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 namespace sluice::metrics {
@@ -30,9 +31,16 @@ constexpr size_t kMaxRequestHeadBytes = 8 * 1024;
 constexpr std::chrono::milliseconds kRequestDeadline{2000};   // from accept to the end of the head
 constexpr std::chrono::milliseconds kResponseDeadline{10000};  // to send the whole answer
 
+// Thrown by a Render that has no page yet (a daemon still starting): the
+// scrape gets 503 with Retry-After, so Prometheus marks it down instead of
+// storing an empty, successful scrape.
+struct Unavailable : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 class MetricsServer {
  public:
-  using Render = std::function<std::string()>;  // called on the server's thread
+  using Render = std::function<std::string()>;  // called on the server's thread; may throw Unavailable
   // Binds now (so a taken port is an error at startup), serves on a thread.
   static std::unique_ptr<MetricsServer> start(const ListenAddress &addr, Render render, std::string &error);
   ~MetricsServer();  // stops and joins

@@ -341,7 +341,7 @@ bool Daemon::serve_metrics(std::string &error) {
   metrics_ = metrics::MetricsServer::start(
       *opt_.metrics_addr,
       [this] {
-        if (!ready_.load(std::memory_order_acquire)) return std::string("# sluiced is starting: no samples yet\n");
+        if (!ready_.load(std::memory_order_acquire)) throw metrics::Unavailable("sluiced is starting: no samples yet");
         LoopState loop = shared_loop_.get();
         if (advisor_) loop.advisor = advisor_->stats();
         return render_metrics(status_of(owner_->state(), owner_->policy(), owner_->geometry(), opt_.segment), loop);

@@ -161,7 +161,8 @@ std::string render_metrics(const Status &st, const LoopState &loop) {
   e.sample("sluice_keys_reclaimed_total", {}, st.keys_reclaimed);
   e.family("sluice_segment_bytes", "gauge", "Size of the state segment.");
   e.sample("sluice_segment_bytes", {}, double(st.segment_bytes));
-  e.family("sluice_policy_generation", "gauge", "Generation of the published tier table (one more per publication).");
+  e.family("sluice_policy_generation", "gauge", "Generation of the published tier table: one more per publication, and per start of sluiced "
+           "(which re-publishes the policy file's table); sluice_policy_publications_total counts only the former.");
   e.sample("sluice_policy_generation", {}, double(st.policy_generation));
   tier_counters(e, st, loop);
   tier_table(e, st);

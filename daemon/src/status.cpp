@@ -85,8 +85,10 @@ std::string render_status_text(const Status &s) {
                 (unsigned long long)s.policy_generation);
   o += line;
   std::snprintf(line, sizeof line, "%-12s %7s %8s %6s %8s %9s %10s %10s %8s %8s %12s\n", "tier", "limit", "window",
-                "max", "$/req", "keys", "admitted", "denied", "cost>lim", "closed", "revenue $");
+                "max", "$/req", "keys", "admitted", "denied", "cost>lim", "closed", "adm x $/req");
   o += line;
+  // Every admission since the segment was made at today's price: not the
+  // revenue /metrics counts (from this sluiced's start), hence not "revenue".
   for (const TierStatus &t : s.tiers) {
     const double revenue = double(t.counters.admitted) * t.revenue_per_request;
     std::snprintf(line, sizeof line, "%-12s %7u %7.3fs %6u %8.2f %9llu %10llu %10llu %8llu %8llu %12.2f\n",

@@ -469,17 +469,18 @@ std::vector<std::string> render_top(const TopFrame &f, int width_in, int height_
     if (st.tiers.empty()) b.lines.push_back(Line("(no tiers)"));
     blocks.push_back(std::move(b));
 
-    // Totals since the segment was created: the least needed, dropped first.
+    // Totals since the segment was created (admitted x today's $/req, not the
+    // since-start revenue of /metrics): the least needed, dropped first.
     Block tot{{}, 20};
     tot.lines.push_back(Line());
-    tot.lines.push_back(Line(pad_right("totals", name_w) + printf_str(" %8s %8s %8s %8s %10s %6s", "admitted",
-                                                                      "den:win", "den:cost", "closed", "revenue $",
+    tot.lines.push_back(Line(pad_right("totals", name_w) + printf_str(" %8s %8s %8s %8s %11s %6s", "admitted",
+                                                                      "den:win", "den:cost", "closed", "adm x $/req",
                                                                       "$/req"),
                              kBold));
     for (const TierStatus &t : st.tiers) {
       tot.lines.push_back(Line(
           pad_right(t.name, name_w) +
-          printf_str(" %8s %8s %8s %8s %10.2f %6.2f", fmt_count(t.counters.admitted).c_str(),
+          printf_str(" %8s %8s %8s %8s %11.2f %6.2f", fmt_count(t.counters.admitted).c_str(),
                      fmt_count(t.counters.denied_window).c_str(), fmt_count(t.counters.denied_cost).c_str(),
                      fmt_count(t.counters.denied_closed).c_str(),
                      double(t.counters.admitted) * t.revenue_per_request, t.revenue_per_request)));
@@ -717,6 +718,12 @@ int run_top(const TopOptions &opt) {
     else h = 1000;  // to a file or pipe: the whole frame, 80 columns
     for (const std::string &l : render_top(f, w, h, false)) std::cout << l << "\n";
     std::cout.flush();
+    // The frame clips its lines to the width; a script (or cron) needs the whole
+    // reason, and a status it can test, as `sluicectl status` gives.
+    if (!f.status_ok) {
+      std::cerr << "sluicectl: segment '" << opt.segment << "': " << f.status_error << "\n";
+      return 1;
+    }
     return 0;
   }
   if (!::isatty(STDIN_FILENO) || !::isatty(STDOUT_FILENO)) {

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <filesystem>
 #include <vector>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -106,6 +107,33 @@ TEST(Exposition, FormatsSpecialFloatsAsPrometheusExpects) {
   e.sample("g", {}, std::numeric_limits<double>::infinity());
   e.sample("g", {}, std::nan(""));
   EXPECT_EQ(e.text(), "g 0.25\ng +Inf\ng NaN\n");
+}
+
+TEST(Exposition, WritesTheShortestTextThatReadsBackAsTheSameDouble) {
+  const double values[] = {0.1, 1.0 / 3.0, 12345678901.25, 1e-300, -2.5e22, 0.0, 1764806400.123456};
+  for (const double v : values) {
+    metrics::Exposition e;
+    e.sample("g", {}, v);
+    const std::string t = e.text();
+    ASSERT_EQ(t.substr(0, 2), "g ") << t;
+    EXPECT_EQ(std::strtod(t.c_str() + 2, nullptr), v) << t;  // %.10g lost 12345678901.25 and 1/3
+    EXPECT_EQ(t.back(), '\n');
+  }
+  metrics::Exposition e;
+  e.sample("g", {}, 0.1);
+  e.sample("g", {}, 3.0);
+  EXPECT_EQ(e.text(), "g 0.1\ng 3\n");
+}
+
+TEST(MetricsServer, APageNotReadyYetIs503WithRetryAfter) {
+  std::string err;
+  auto server = metrics::MetricsServer::start(
+      {"127.0.0.1", 0}, []() -> std::string { throw metrics::Unavailable("sluiced is starting"); }, err);
+  ASSERT_TRUE(server) << err;
+  const std::string got = http_get(server->port(), "/metrics");
+  EXPECT_EQ(got.substr(0, 13), "HTTP/1.1 503 ") << got;
+  EXPECT_NE(got.find("Retry-After: 1\r\n"), std::string::npos) << got;
+  EXPECT_NE(got.find("sluiced is starting"), std::string::npos) << got;
 }
 
 TEST(ListenAddress, AcceptsPortHostPortAndIpv6AndRefusesTheRest) {
@@ -442,6 +470,14 @@ TEST(MetricsServer, AnswersEveryRequestShapeClearly) {
       {"GET /metrics HTTP/2.0\r\n\r\n", "400", "request line"},
       {"GET /metrics HTTP/1.1\r\nX: " + std::string(metrics::kMaxRequestHeadBytes, 'x') + "\r\n\r\n", "431",
        "request head above"},
+      {"GET /metrics?" + std::string(metrics::kMaxRequestHeadBytes, 'x') + " HTTP/1.1\r\n\r\n", "414",
+       "request line above"},
+      // The absolute form (RFC 9112 3.2.2), as a client configured with a proxy sends it.
+      {"GET http://127.0.0.1:9464/metrics HTTP/1.1\r\n\r\n", "200", "\r\n\r\nb 2\n"},
+      {"GET HTTP://h/metrics?x=1 HTTP/1.1\r\n\r\n", "200", "\r\n\r\nb 2\n"},
+      {"GET http://h HTTP/1.1\r\n\r\n", "200", "/metrics"},
+      {"GET http://h/other HTTP/1.1\r\n\r\n", "404", "not found"},
+      {"GET ftp://h/metrics HTTP/1.1\r\n\r\n", "404", "not found"},
   };
   for (const Case &c : cases) {
     const std::string got = exchange(port, c.request);

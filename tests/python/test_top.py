@@ -258,6 +258,15 @@ def test_once_prints_one_plain_frame(daemon, client, tmp_path):
     assert daemon.ctl("top", "--once", "--banner", str(tmp_path / "missing")).returncode == 0
 
 
+def test_once_without_a_segment_fails_with_the_whole_reason():
+    out = subprocess.run([str(SLUICECTL), "--segment", "sluice-top-no-such-segment", "top", "--once"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "segment unavailable" in out.stdout  # the frame still says so, clipped to its width
+    assert "does not exist (is sluiced running?)" in out.stderr, out.stderr
+    assert "/dev/shm/sluice-top-no-such-segment.state" in out.stderr, out.stderr  # not cut at 80 columns
+
+
 GOV_POLICY = governance_policy(approval_ttl_s=30)
 
 
