@@ -1,6 +1,7 @@
 #include "sluice/core/segment.hpp"
 #include "sluice/core/tsc_clock.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -236,6 +237,19 @@ Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mod
     made = true;
     what = "cannot size /dev/shm/" + shm_name + " to " + size;
     shm.truncate(bip::offset_t(bytes));
+    // The check above is a moment's view: other objects may fill /dev/shm later,
+    // and a client that then touches a page no one allocated dies of SIGBUS
+    // mid-admission. Every page is reserved now, so a shortage fails the start
+    // (ENOSPC) instead. A filesystem without fallocate keeps the check alone.
+    if (::fallocate(shm.get_mapping_handle().handle, 0, 0, off_t(bytes)) != 0 && errno != EOPNOTSUPP &&
+        errno != ENOSYS) {
+      const int err = errno;
+      discard();
+      return from_errno(err, "cannot reserve " + size + " of /dev/shm/" + shm_name +
+                                 (err == ENOSPC ? " (/dev/shm is full: lower segment.max_keys or the tiers' max_limit)"
+                                                : ""),
+                        detail);
+    }
     what = "cannot map " + size + " of /dev/shm/" + shm_name;
     auto impl = std::make_unique<Impl>();
     impl->region = bip::mapped_region(shm, bip::read_write);

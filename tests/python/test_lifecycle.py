@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLUICED, TEST_POLICY, Daemon
+from conftest import SLUICECTL, SLUICED, TEST_POLICY, Daemon
 
 
 
@@ -112,3 +114,49 @@ def test_a_hangup_stops_sluiced_cleanly(tmp_path):
         assert not Path(f"/dev/shm/{d.segment}.sock").exists()
     finally:
         d.stop()
+
+
+# Runs inside a private mount namespace with a small tmpfs over /dev/shm: sluiced
+# makes its segment, something else then fills /dev/shm, and a client inserts
+# keys across the whole table. tmpfs allocates a page when it is first touched,
+# so a segment that reserved nothing killed that client with SIGBUS (rc 135).
+FULL_SHM_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=40m tmpfs /dev/shm || exit 90
+"$SLUICED" --segment fullshm --policy "$POLICY" --state-dir "$STATE" > "$STATE/sluiced.log" 2>&1 &
+pid=$!
+i=0
+until "$SLUICECTL" --segment fullshm status > /dev/null 2>&1; do
+  i=$((i + 1)); [ $i -gt 250 ] && { kill $pid; cat "$STATE/sluiced.log"; exit 91; }
+  kill -0 $pid 2> /dev/null || { cat "$STATE/sluiced.log"; exit 92; }
+  sleep 0.02
+done
+dd if=/dev/zero of=/dev/shm/filler bs=1M > /dev/null 2>&1  # until ENOSPC
+df -k /dev/shm | tail -1
+/usr/bin/python3 -c '
+import sluice
+with sluice.Client("fullshm") as c:
+    admitted = sum(c.acquire(b"k%d" % i, "t").allowed for i in range(60000))
+print("admitted", admitted)
+'
+rc=$?
+kill $pid; wait $pid
+echo "client rc $rc"
+"""
+
+
+def test_a_full_dev_shm_after_the_start_never_kills_a_client(tmp_path):
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs a private mount namespace (unshare -m: root or CAP_SYS_ADMIN)")
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({
+        "segment": {"max_keys": 100000, "max_key_bytes": 16},
+        "tiers": [{"name": "t", "limit": 1, "window_ms": 60000, "max_limit": 16, "revenue_per_request": 0.0}],
+    }))
+    env = dict(os.environ, SLUICED=str(SLUICED), SLUICECTL=str(SLUICECTL), POLICY=str(policy), STATE=str(tmp_path))
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", FULL_SHM_SCRIPT],
+                       capture_output=True, text=True, timeout=120, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "client rc 0" in out, out
+    assert "admitted 60000" in out, out  # every key got its own ring: nothing lost to the full disk
