@@ -2,8 +2,12 @@
 
 #include <sqlite3.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 
 namespace sluice::policy_loop {
 
@@ -51,28 +55,45 @@ CREATE TABLE IF NOT EXISTS pending (
   actor TEXT NOT NULL, confidence REAL, created_unix_ms INTEGER NOT NULL, expires_unix_ms INTEGER NOT NULL);
 )";
 
+// SQLite's message, with the system's reason when there is one: "disk I/O
+// error" alone does not say the disk is full.
+std::string system_reason(sqlite3 *db) {
+  const int e = sqlite3_system_errno(db);
+  return e ? std::string(" (") + std::strerror(e) + ")" : "";
+}
+
+std::string describe(sqlite3 *db) {
+  return db ? sqlite3_errmsg(db) + system_reason(db) : "cannot open (out of memory)";
+}
+
 }  // namespace
 
-std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::string &error) {
+std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::string &error, bool *disk_failed) {
   std::unique_ptr<AuditStore> s(new AuditStore());
   s->path_ = path;
-  if (sqlite3_open_v2(path.c_str(), &s->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    error = "audit store " + path + ": " + (s->db_ ? sqlite3_errmsg(s->db_) : "cannot open");
+  auto fail = [&](const std::string &why) {
+    error = "audit store " + path + ": " + why;
+    const int code = s->db_ ? sqlite3_errcode(s->db_) : SQLITE_NOMEM;
+    if (disk_failed) *disk_failed = code == SQLITE_FULL || code == SQLITE_IOERR;
     return nullptr;
-  }
+  };
+  // Owner and group only, as the segments' state: reasons and limits are the
+  // operator's business. (SQLite gives the -wal and -shm files the same mode.)
+  const mode_t old_mask = ::umask(027);
+  const int rc = sqlite3_open_v2(path.c_str(), &s->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                                 nullptr);
+  ::umask(old_mask);
+  if (rc != SQLITE_OK) return fail(describe(s->db_));
   sqlite3_busy_timeout(s->db_, 2000);
-  if (!s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", error) || !s->exec(kSchema, error)) {
-    error = "audit store " + path + ": " + error;
-    return nullptr;
-  }
+  if (!s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", error) || !s->exec(kSchema, error))
+    return fail(error);
   return s;
 }
 
 AuditStore::~AuditStore() { sqlite3_close(db_); }
 
 bool AuditStore::failed(std::string &error) {
-  error = sqlite3_errmsg(db_);
+  error = describe(db_);
   ++errors_;
   return false;
 }
@@ -80,7 +101,7 @@ bool AuditStore::failed(std::string &error) {
 bool AuditStore::exec(const char *sql, std::string &error) {
   char *msg = nullptr;
   if (sqlite3_exec(db_, sql, nullptr, nullptr, &msg) == SQLITE_OK) return true;
-  error = msg ? msg : "sqlite error";
+  error = (msg ? msg : "sqlite error") + system_reason(db_);
   sqlite3_free(msg);
   ++errors_;
   return false;

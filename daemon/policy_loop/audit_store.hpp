@@ -42,7 +42,9 @@ struct PendingApproval {
 
 class AuditStore {
  public:
-  static std::unique_ptr<AuditStore> open(const std::string &path, std::string &error);
+  // disk_failed: set when the failure was a full or failing disk (SQLITE_FULL,
+  // SQLITE_IOERR), not a location or permission that a setting would change.
+  static std::unique_ptr<AuditStore> open(const std::string &path, std::string &error, bool *disk_failed = nullptr);
   ~AuditStore();
 
   bool append(const AuditRecord &r, std::string &error);
@@ -103,7 +105,7 @@ class AuditStore {
   sqlite3 *db_ = nullptr;
   int64_t last_read_steps_ = 0;
   uint64_t errors_ = 0;
-  bool failed(std::string &error);  // error = SQLite's message; counts it; false
+  bool failed(std::string &error);  // error = SQLite's message (and errno's); counts it; false
   std::string path_;
 };
 

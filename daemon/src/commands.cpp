@@ -202,7 +202,7 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     return "ok\n" + cut + audit_text(rs);
   }
   if (cmd == "snapshot") return "ok\n" + snapshot_json(engine) + "\n";
-  return "error\nunknown command '" + cmd.substr(0, 32) + "' (pending, approve, reject, audit, snapshot, overview)\n";
+  return "error\nunknown command '" + text::terminal_safe(cmd.substr(0, 32)) + "' (pending, approve, reject, audit, snapshot, overview)\n";
 }
 
 }  // namespace sluice::daemon

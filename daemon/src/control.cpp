@@ -221,8 +221,20 @@ void ControlServer::run() {
     c.deadline_ms = now + limits_.write_timeout_ms;
     write_some(c);
   };
-  // The request is what arrived up to the newline (or all of it at EOF or the
-  // read deadline), as before: the loop answers even an empty one.
+  // A line cut by the read deadline is refused, not run: its cut may be another
+  // request ("reject ID" without the reason still on its way, "snap" for
+  // "snapshot"). EOF does end a request (a client that half-closes has sent it all).
+  auto refuse_unfinished = [&](Conn &c, int64_t now) {
+    c.in.clear();
+    c.in.shrink_to_fit();
+    c.out = "error\nrequest line not finished (no newline) within " + std::to_string(limits_.read_timeout_ms) +
+            " ms: not run\n";
+    c.phase = Conn::writing;
+    c.deadline_ms = now + limits_.write_timeout_ms;
+    write_some(c);
+  };
+  // The request is what arrived up to the newline (or all of it at EOF); a
+  // client silent until the read deadline is answered too (an empty request).
   auto dispatch = [&](Conn &c, int64_t now) {
     std::string line = std::move(c.in);
     if (const auto nl = line.find('\n'); nl != std::string::npos) line.resize(nl);
@@ -300,7 +312,10 @@ void ControlServer::run() {
         else write_some(c);
       }
       if (c.fd >= 0 && now >= c.deadline_ms) {
-        if (c.phase == Conn::reading) dispatch(c, now);  // what arrived in time is the request
+        if (c.phase == Conn::reading) {
+          if (c.in.empty()) dispatch(c, now);  // silent: answered as an empty request
+          else refuse_unfinished(c, now);
+        }
         else close_conn(c);  // no answer from the loop, or a client that does not read
       }
     }

@@ -39,7 +39,7 @@ struct ControlLimits {
   // local user holding connections cannot keep an approver waiting in the backlog.
   size_t max_per_uid = 32;
   size_t max_line = 4096;        // longest request line; a longer one is answered "error", never run
-  int read_timeout_ms = 1000;    // from accept to a whole line; then what arrived is the request
+  int read_timeout_ms = 1000;    // from accept to a whole line; a part line is then refused, not run
   int answer_timeout_ms = 30'000;  // the loop's answer (only a hung loop takes this long)
   int write_timeout_ms = 5000;   // to write the whole reply to a client that reads slowly
   int stop_flush_ms = 200;       // at stop, to finish writing replies the loop has already made

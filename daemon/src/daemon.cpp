@@ -150,12 +150,14 @@ bool Daemon::open_before_attach(std::string &error) {
   const std::string db = audit_db_path(policy_, opt_);
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(db).parent_path(), ec);
-  store_ = policy_loop::AuditStore::open(db, error);
+  bool disk_failed = false;
+  store_ = policy_loop::AuditStore::open(db, error, &disk_failed);
   if (!store_) {
-    error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
+    // A full or failing disk is not a setting to change.
+    if (!disk_failed) error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
     return false;
   }
-  // Bound now, served once the start is done (until then a scrape gets no samples):
+  // Bound now, served once the start is done (until then a scrape gets 503):
   // a port in use must fail the start before it publishes anything.
   if (opt_.metrics_addr && !serve_metrics(error)) return false;
   control_ = ControlServer::listen(control_socket_path(opt_.segment), error);

@@ -18,7 +18,8 @@ std::atomic<int> g_signal{0};
 void on_signal(int sig) { g_signal.store(sig); }
 
 void usage(std::ostream &os) {
-  os << "usage: sluiced [--policy FILE] [--segment NAME] [--reset] [--tick-ms N] [--metrics-addr [HOST:]PORT] [--log-level LEVEL]\n"
+  os << "usage: sluiced [--policy FILE] [--segment NAME] [--reset] [--tick-ms N] [--state-dir DIR]\n"
+        "               [--metrics-addr [HOST:]PORT] [--log-level LEVEL] | --print-default-policy\n"
         "  --policy FILE    JSON policy (schema: daemon/policy/policy.fbs); default: built-in tiers\n"
         "  --segment NAME   segment pair /dev/shm/NAME.{state,policy}; default $SLUICE_SEGMENT or 'sluice'\n"
         "  --reset          remove an existing segment pair first (wipes keys and counters)\n"

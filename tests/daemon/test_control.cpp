@@ -149,9 +149,47 @@ TEST(ControlServer, ADribblingClientNeverHoldsTheLoop) {
   for (auto &t : dribblers) t.join();
   EXPECT_LT(loop.longest_us.load(), 100'000) << "a serve_pending call waited for a dribbling client";
   for (const auto &r : replies) {
-    // The request is what arrived before the read deadline: some x's, answered.
-    EXPECT_TRUE(r.starts_with("ok\nx")) << r;
+    // A line still without its newline at the read deadline is refused, never run cut.
+    EXPECT_EQ(r, "error\nrequest line not finished (no newline) within 1000 ms: not run\n") << r;
   }
+}
+
+// The cut of a line is another request: "reject ID" without the reason that was
+// still on its way ran as a reject with none.
+TEST(ControlServer, ALineCutByTheReadDeadlineIsRefusedNotRun) {
+  const std::string path = socket_path();
+  std::string err;
+  daemon::ControlLimits limits;
+  limits.read_timeout_ms = 200;
+  auto server = daemon::ControlServer::listen(path, err, limits);
+  ASSERT_TRUE(server) << err;
+  std::vector<std::string> seen;
+  std::mutex mu;
+  Loop loop(*server, [&](const std::string &line, const daemon::Peer &) {
+    std::lock_guard lock(mu);
+    seen.push_back(line);
+    return "ok\nran\n";
+  });
+  const int fd = connect_to(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::send(fd, "reject 41a99dd1 ", 16, MSG_NOSIGNAL), 16);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  (void)::send(fd, "launch week\n", 12, MSG_NOSIGNAL);  // too late: the server may have closed
+  EXPECT_EQ(read_all(fd), "error\nrequest line not finished (no newline) within 200 ms: not run\n");
+  ::close(fd);
+  // A silent client is still answered (an empty request), and EOF still ends a request.
+  const int silent = connect_to(path);
+  ASSERT_GE(silent, 0);
+  EXPECT_EQ(read_all(silent), "ok\nran\n");
+  ::close(silent);
+  const int half = connect_to(path);
+  ASSERT_GE(half, 0);
+  ASSERT_EQ(::send(half, "pending", 7, MSG_NOSIGNAL), 7);
+  ::shutdown(half, SHUT_WR);
+  EXPECT_EQ(read_all(half), "ok\nran\n");
+  ::close(half);
+  std::lock_guard lock(mu);
+  EXPECT_EQ(seen, (std::vector<std::string>{"", "pending"}));
 }
 
 TEST(ControlServer, ConcurrentClientsEachGetTheirOwnReplyAndRequestsRunOnTheLoopThread) {

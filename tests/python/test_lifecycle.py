@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -146,9 +147,7 @@ echo "client rc $rc"
 
 
 def test_a_full_dev_shm_after_the_start_never_kills_a_client(tmp_path):
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs a private mount namespace (unshare -m: root or CAP_SYS_ADMIN)")
+    unshare_or_skip()
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({
         "segment": {"max_keys": 100000, "max_key_bytes": 16},
@@ -160,3 +159,38 @@ def test_a_full_dev_shm_after_the_start_never_kills_a_client(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "client rc 0" in out, out
     assert "admitted 60000" in out, out  # every key got its own ring: nothing lost to the full disk
+
+
+def unshare_or_skip() -> None:
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs a private mount namespace (unshare -m: root or CAP_SYS_ADMIN)")
+
+
+def test_an_audit_store_on_a_full_disk_fails_the_start_saying_so(tmp_path):
+    unshare_or_skip()
+    state = tmp_path / "state"
+    state.mkdir()
+    seg = f"sluicetest-fullaudit-{uuid.uuid4().hex[:8]}"
+    script = f'mount -t tmpfs -o size=4k tmpfs "{state}" && exec "{SLUICED}" --segment {seg} --state-dir "{state}"'
+    try:
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        for ext in ("state", "policy", "lock", "sock"):
+            Path(f"/dev/shm/{seg}.{ext}").unlink(missing_ok=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "disk is full" in out, out
+    assert "set audit_db" not in out, out  # a full disk is not a setting to change
+
+
+def test_the_audit_store_is_created_for_owner_and_group_only(tmp_path):
+    d = Daemon(tmp_path)
+    try:
+        dbs = list(Path(d.tmp).glob("*.db"))
+        assert dbs, list(Path(d.tmp).iterdir())
+        for f in dbs + list(Path(d.tmp).glob("*.db-wal")):
+            assert f.stat().st_mode & 0o777 == 0o640, (f, oct(f.stat().st_mode))
+    finally:
+        d.stop()
