@@ -3,11 +3,13 @@
 #include <sqlite3.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 
 namespace sluice::policy_loop {
 
@@ -87,7 +89,108 @@ std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::strin
   sqlite3_busy_timeout(s->db_, 2000);
   if (!s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", error) || !s->exec(kSchema, error))
     return fail(error);
+  if (!s->note_identity()) return fail(std::string("cannot stat it: ") + std::strerror(errno));
   return s;
+}
+
+bool AuditStore::note_identity() {
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) != 0) return false;
+  dev_ = uint64_t(st.st_dev);
+  ino_ = uint64_t(st.st_ino);
+  return true;
+}
+
+AuditStore::Placement AuditStore::keep_in_place(std::string &what) {
+  what.clear();
+  if (!durable_) {
+    // The restored file could not be opened: records are going to memory. Try again.
+    std::string err;
+    if (auto fresh = open(path_, err)) {
+      adopt(*fresh);
+      what = path_ + " is open again; records made while it was not are lost";
+      return Placement::restored;
+    }
+    ++errors_;
+    what = path_ + " cannot be opened (" + err + "): records are not durable until it can";
+    return Placement::failed;
+  }
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) == 0) {
+    if (uint64_t(st.st_dev) == dev_ && uint64_t(st.st_ino) == ino_) {
+      replaced_reported_ = false;
+      return Placement::in_place;
+    }
+    if (!replaced_reported_) {
+      replaced_reported_ = true;
+      ++errors_;
+      what = path_ + " is now another file than the one sluiced writes: records go on into the removed one "
+                     "(sluicectl audit shows them) that a restart will not read; remove the new file (and its "
+                     "-wal, -shm) and sluiced restores its own there";
+    }
+    return Placement::replaced;
+  }
+  const int err = errno;
+  ++errors_;
+  if (err != ENOENT) {
+    what = "cannot stat " + path_ + ": " + std::strerror(err);
+    return Placement::failed;
+  }
+  // Removed: the whole store, as this connection still reads it (WAL included),
+  // copied beside its name first; this connection is closed before anything
+  // opens the name again (its -wal and -shm, if still named, are its own and go
+  // with it), then the copy takes the name.
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
+  const std::string copy_path = path_ + ".restoring";
+  std::filesystem::remove(copy_path, ec);
+  sqlite3 *copy = nullptr;
+  const mode_t old_mask = ::umask(027);
+  int rc = sqlite3_open_v2(copy_path.c_str(), &copy, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+  ::umask(old_mask);
+  if (rc == SQLITE_OK) {
+    if (sqlite3_backup *b = sqlite3_backup_init(copy, "main", db_, "main")) {
+      sqlite3_backup_step(b, -1);
+      sqlite3_backup_finish(b);
+    }
+    rc = sqlite3_errcode(copy);
+  }
+  const std::string why = copy ? describe(copy) : "out of memory";
+  sqlite3_close(copy);
+  if (rc != SQLITE_OK) {
+    std::filesystem::remove(copy_path, ec);
+    what = path_ + " was removed while sluiced ran and could not be copied back (" + why +
+           "); records go on into the removed file, retried each tick";
+    return Placement::failed;
+  }
+  sqlite3_close(db_);
+  db_ = nullptr;
+  std::string open_err;
+  std::unique_ptr<AuditStore> fresh;
+  if (::rename(copy_path.c_str(), path_.c_str()) == 0) fresh = open(path_, open_err);
+  else open_err = std::string("rename: ") + std::strerror(errno);
+  if (!fresh) {
+    // Not expected (the copy was just written there); records go to memory until it opens.
+    durable_ = false;
+    sqlite3_open(":memory:", &db_);
+    std::string e;
+    exec(kSchema, e);
+    what = path_ + " was removed while sluiced ran; its copy could not be opened (" + open_err +
+           "): records are not durable until it can";
+    return Placement::failed;
+  }
+  adopt(*fresh);
+  what = path_ + " was removed while sluiced ran: restored it from the open store, every record and pending "
+                 "approval kept";
+  return Placement::restored;
+}
+
+void AuditStore::adopt(AuditStore &fresh) {
+  std::swap(db_, fresh.db_);  // `fresh` closes what this had
+  dev_ = fresh.dev_;
+  ino_ = fresh.ino_;
+  durable_ = true;
+  replaced_reported_ = false;
 }
 
 AuditStore::~AuditStore() { sqlite3_close(db_); }

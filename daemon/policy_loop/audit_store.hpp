@@ -93,6 +93,13 @@ class AuditStore {
   // Is `id` taken by an open question or named by any record?
   bool id_in_use(const std::string &id);
   const std::string &path() const { return path_; }
+  // Whether path() still names the file this store writes, checked each tick: a
+  // store removed under sluiced (by hand, or a cleaner) took every later record
+  // into an unlinked file that a restart never reads. A removed one is restored
+  // under its name from the open connection (WAL included); one replaced by
+  // another file is reported once (and counted) and left alone. `what` says it.
+  enum class Placement { in_place, restored, replaced, failed };
+  Placement keep_in_place(std::string &what);
   // SQLite operations that failed since open (a full disk, a lock held past the
   // busy timeout, I/O errors): while any fail, the loop publishes nothing, so
   // this is on /metrics for an alert. Logical refusals (no such id) are not counted.
@@ -107,6 +114,11 @@ class AuditStore {
   uint64_t errors_ = 0;
   bool failed(std::string &error);  // error = SQLite's message (and errno's); counts it; false
   std::string path_;
+  uint64_t dev_ = 0, ino_ = 0;  // the file opened under path_
+  bool replaced_reported_ = false;
+  bool durable_ = true;  // false: the restored file would not open, records go to memory
+  bool note_identity();
+  void adopt(AuditStore &fresh);  // takes fresh's connection and identity
 };
 
 int64_t unix_ms_now();

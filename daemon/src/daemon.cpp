@@ -407,6 +407,10 @@ int64_t Daemon::do_work(int64_t now_ns) {
                     opt_.segment);
       return now_ns;
     }
+    std::string placement;
+    const auto where = store_->keep_in_place(placement);
+    if (where == policy_loop::AuditStore::Placement::restored) spdlog::warn("audit: {}", placement);
+    else if (!placement.empty()) spdlog::error("audit: {}", placement);
     const auto rep = engine_->tick(now_ns, policy_loop::unix_ms_now());
     for (const auto &p : rep.published) spdlog::info("published: {}", p.reason);
     for (const auto &p : rep.new_pending)

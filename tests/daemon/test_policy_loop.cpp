@@ -1042,3 +1042,63 @@ TEST_F(EngineFixture, ALimitKeptAcrossARestartHoldsBeforeItEases) {
   }
   EXPECT_EQ(published(0), 10u) << "and then eases as usual";
 }
+
+// A store whose file was replaced by another under sluiced says so once (and
+// counts it), never writes over the newcomer, and is in place again once the
+// newcomer is moved away and its own file restored.
+TEST_F(EngineFixture, AnAuditStoreReplacedUnderItIsReportedOnceAndNeverOverwritten) {
+  using P = AuditStore::Placement;
+  std::string what, err;
+  ASSERT_EQ(store->keep_in_place(what), P::in_place);
+  EXPECT_TRUE(what.empty());
+  ASSERT_TRUE(store->append(AuditRecord{0, 1, "start", "system", "t", 1, 2, "mine", 1.0, "", 0}, err)) << err;
+  const std::string other = db + ".other";
+  {
+    auto newcomer = AuditStore::open(other, err);
+    ASSERT_TRUE(newcomer) << err;
+  }
+  // Replaced whole, as a restore from a backup would do it (a database renamed
+  // over a live one's -wal would read that WAL: SQLite's own warning).
+  for (const char *ext : {"", "-wal", "-shm"}) std::filesystem::remove(db + ext);
+  std::filesystem::rename(other, db);
+  const uint64_t errors = store->errors();
+  EXPECT_EQ(store->keep_in_place(what), P::replaced);
+  EXPECT_NE(what.find("is now another file"), std::string::npos) << what;
+  EXPECT_EQ(store->errors(), errors + 1);
+  EXPECT_EQ(store->keep_in_place(what), P::replaced);
+  EXPECT_TRUE(what.empty()) << "said once";
+  EXPECT_EQ(store->errors(), errors + 1);
+  {
+    auto newcomer = AuditStore::open(db, err);
+    ASSERT_TRUE(newcomer) << err;
+    EXPECT_TRUE(newcomer->since(0).empty()) << "the newcomer was written over";
+  }
+  for (const char *ext : {"", "-wal", "-shm"}) std::filesystem::remove(db + ext);
+  EXPECT_EQ(store->keep_in_place(what), P::restored) << what;
+  EXPECT_EQ(store->keep_in_place(what), P::in_place);
+  auto reread = AuditStore::open(db, err);
+  ASSERT_TRUE(reread) << err;
+  const auto rs = reread->since(0);
+  EXPECT_TRUE(std::any_of(rs.begin(), rs.end(), [](const AuditRecord &r) { return r.reason == "mine"; }));
+}
+
+// Only the main file removed: its -wal and -shm are still named, and the live
+// connection's. They go with that connection before the copy takes the name (a
+// copy opened beside them would read the old WAL as its own).
+TEST_F(EngineFixture, AnAuditStoreWhoseMainFileAloneWasRemovedIsRestoredWhole) {
+  std::string what, err;
+  for (int i = 0; i < 50; ++i)
+    ASSERT_TRUE(store->append(AuditRecord{0, 1 + i, "start", "system", "t", 1, 2, "r" + std::to_string(i), 1.0, "", 0},
+                              err))
+        << err;
+  ASSERT_TRUE(std::filesystem::exists(db + "-wal"));
+  std::filesystem::remove(db);
+  ASSERT_EQ(store->keep_in_place(what), AuditStore::Placement::restored) << what;
+  ASSERT_TRUE(store->append(AuditRecord{0, 99, "start", "system", "t", 2, 3, "after", 1.0, "", 0}, err)) << err;
+  auto reread = AuditStore::open(db, err);
+  ASSERT_TRUE(reread) << err;
+  const auto rs = reread->since(0);
+  for (const std::string r : {"r0", "r49", "after"})
+    EXPECT_TRUE(std::any_of(rs.begin(), rs.end(), [&](const AuditRecord &x) { return x.reason == r; })) << r;
+  EXPECT_FALSE(std::filesystem::exists(db + ".restoring"));
+}

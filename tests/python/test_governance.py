@@ -107,6 +107,35 @@ def test_pending_survives_kill_9_and_restart(gov):
     assert_approval_published(gov, p)
 
 
+def test_an_audit_store_removed_under_sluiced_is_restored_whole(tmp_path):
+    d = Daemon(tmp_path, governance_policy(approval_ttl_s=60))
+    try:
+        p = wait_pending(d)[0]
+        before = json.loads(d.ctl("audit", "--json").stdout)
+        removed = sorted(tmp_path.glob(f"{d.segment}.db*"))
+        assert removed, list(tmp_path.iterdir())
+        for f in removed:  # the database, its -wal and -shm: as `rm -f state/*` would
+            f.unlink()
+        deadline = time.monotonic() + 5
+        while "restored it from the open store" not in d.log_path.read_text():
+            assert time.monotonic() < deadline, d.log_path.read_text()
+            time.sleep(0.05)
+        assert (tmp_path / f"{d.segment}.db").stat().st_mode & 0o777 == 0o640
+        # A record after the restoration lands in the restored file, and a restart
+        # reads every one of them (before: the restart found an empty trail).
+        assert d.ctl("reject", p["id"], "--reason", "after the removal").returncode == 0
+        d.proc.terminate()
+        assert d.proc.wait(timeout=10) == 0
+        d.start()
+        after = json.loads(d.ctl("audit", "--json").stdout)
+        ids = {a["id"] for a in after}
+        assert all(a["id"] in ids for a in before), "a record from before the removal was lost"
+        assert any(a["event"] == "rejected" and a["approval_id"] == p["id"] and "after the removal" in a["reason"]
+                   for a in after), after
+    finally:
+        d.stop()
+
+
 def test_non_adaptive_tier_is_never_changed(gov):
     with sluice.Client(gov.segment) as c:
         for _ in range(3):
