@@ -1,5 +1,6 @@
 // sluicectl [--segment NAME] COMMAND
-//   status [--json]                     tiers, limits, keys, counters (reads shared memory)
+//   status [--json]                     tiers, limits, keys, counters (reads shared memory);
+//                                       exits 0 if the daemon is alive, 3 if not (LSB), 1 no segment
 //   pending [--json]                    approvals waiting for a human
 //   approve ID                          publish a pending change (approvers only)
 //   reject ID --reason TEXT             drop it, with a reason (approvers only)
@@ -25,7 +26,7 @@
 namespace {
 
 int usage(std::ostream &os, int rc) {
-  os << "usage: sluicectl [--segment NAME] status [--json]\n"
+  os << "usage: sluicectl [--segment NAME] status [--json]   (exit 0 daemon alive, 3 not, 1 no segment)\n"
         "       sluicectl [--segment NAME] pending [--json]\n"
         "       sluicectl [--segment NAME] approve ID\n"
         "       sluicectl [--segment NAME] reject ID --reason TEXT\n"
@@ -145,7 +146,7 @@ int main(int argc, char **argv) {
       return 1;
     }
     std::cout << (json ? daemon::render_status_json(st) + "\n" : daemon::render_status_text(st));
-    return 0;
+    return daemon::status_exit_code(st);
   }
   if (cmd == "snapshot" && args.size() == 1) return remote(segment, "snapshot");
   if (cmd == "pending" && args.size() == 1) return remote(segment, std::string("pending ") + (json ? "json" : "text"));

@@ -18,8 +18,12 @@ Status status_of(const core::StateHeader &h, const core::PolicyHeader &p, const 
   out.daemon_pid = h.daemon_pid.load();
   const int64_t hb = h.heartbeat_ns.load();
   out.heartbeat_age_ns = hb == kHeartbeatStopped ? -1 : elapsed_since(mono_ns(), hb);  // client-writable
-  out.daemon_alive = hb != kHeartbeatStopped && out.heartbeat_age_ns < 3'000'000'000LL &&
-                     out.daemon_pid > 0 && (kill(pid_t(out.daemon_pid), 0) == 0 || errno == EPERM);
+  const bool pid_lives = out.daemon_pid > 0 && (kill(pid_t(out.daemon_pid), 0) == 0 || errno == EPERM);
+  if (hb == kHeartbeatStopped) out.daemon_state = DaemonState::stopped;
+  else if (!pid_lives) out.daemon_state = DaemonState::gone;
+  else if (out.heartbeat_age_ns >= 3'000'000'000LL) out.daemon_state = DaemonState::hung;
+  else out.daemon_state = DaemonState::alive;
+  out.daemon_alive = out.daemon_state == DaemonState::alive;
   out.daemon_starts = h.daemon_starts.load();
   out.keys_reclaimed = h.keys_reclaimed.load();
   out.segment_bytes = h.segment_bytes;
@@ -73,13 +77,34 @@ bool read_status(const std::string &segment, Status &out, std::string &error) {
   return true;
 }
 
+const char *daemon_state_name(DaemonState s) {
+  switch (s) {
+    case DaemonState::alive: return "alive";
+    case DaemonState::stopped: return "stopped";
+    case DaemonState::gone: return "gone";
+    case DaemonState::hung: return "not_answering";
+  }
+  return "gone";
+}
+
+int status_exit_code(const Status &s) { return s.daemon_alive ? 0 : 3; }
+
+static const char *daemon_state_text(DaemonState s) {
+  switch (s) {
+    case DaemonState::alive: return "daemon alive";
+    case DaemonState::stopped: return "daemon NOT running (stopped)";
+    case DaemonState::gone: return "daemon NOT running (its pid is gone: killed or crashed)";
+    case DaemonState::hung: return "daemon NOT answering (its pid lives, the heartbeat is stale: stopped or stuck)";
+  }
+  return "";
+}
+
 std::string render_status_text(const Status &s) {
   std::string o;
   char line[512];
   std::snprintf(line, sizeof line, "segment %s%s: %s, daemon pid %lld, %s, policy generation %llu\n",
                 s.segment.c_str(), s.retired ? " (RETIRED: clients reopen the name)" : "",
-                s.daemon_alive ? "daemon alive" : "daemon NOT running",
-                (long long)s.daemon_pid,
+                daemon_state_text(s.daemon_state), (long long)s.daemon_pid,
                 s.heartbeat_age_ns < 0 ? "stopped cleanly"
                                        : ("heartbeat " + std::to_string(s.heartbeat_age_ns / 1'000'000) + " ms ago").c_str(),
                 (unsigned long long)s.policy_generation);
@@ -128,6 +153,7 @@ static std::string json_str(const std::string &v) {
 std::string render_status_json(const Status &s) {
   std::string o = "{\"segment\":" + json_str(s.segment) + ",\"daemon_pid\":" + std::to_string(s.daemon_pid) +
                   ",\"daemon_alive\":" + (s.daemon_alive ? "true" : "false") +
+                  ",\"daemon_state\":\"" + daemon_state_name(s.daemon_state) + "\"" +
                   ",\"heartbeat_age_ns\":" + std::to_string(s.heartbeat_age_ns) +
                   ",\"policy_generation\":" + std::to_string(s.policy_generation) + ",\"retired\":" + (s.retired ? "true" : "false") +
                   ",\"daemon_starts\":" + std::to_string(s.daemon_starts) +

@@ -19,11 +19,17 @@ struct TierStatus {
   core::TierCounters counters;
 };
 
+// What the segment says of its daemon. `hung`: its pid lives but the heartbeat
+// is stale (SIGSTOPped, a stuck tick, or a pid reused since it died).
+enum class DaemonState { alive, stopped, gone, hung };
+const char *daemon_state_name(DaemonState s);  // "alive", "stopped", "gone", "not_answering"
+
 struct Status {
   std::string segment;
   int64_t daemon_pid = 0;
   int64_t heartbeat_age_ns = -1;  // -1: stopped cleanly
-  bool daemon_alive = false;
+  bool daemon_alive = false;       // state == alive
+  DaemonState daemon_state = DaemonState::gone;
   uint64_t policy_generation = 0;  // without the retired bit
   bool retired = false;            // sluiced retired the pair (--reset or its removal): clients reopen
   uint64_t daemon_starts = 0, keys_reclaimed = 0;
@@ -42,5 +48,8 @@ Status status_of(const core::StateHeader &state, const core::PolicyHeader &polic
 bool read_status(const std::string &segment, Status &out, std::string &error);
 std::string render_status_text(const Status &s);
 std::string render_status_json(const Status &s);
+// sluicectl status's exit code, LSB-style: 0 alive, 3 otherwise (stopped, gone,
+// not answering); the whole status is printed either way.
+int status_exit_code(const Status &s);
 
 }  // namespace sluice::daemon

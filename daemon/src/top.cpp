@@ -412,6 +412,7 @@ std::vector<std::string> render_top(const TopFrame &f, int width_in, int height_
     } else {
       l2.add("daemon pid " + std::to_string(st.daemon_pid) + " ");
       if (st.daemon_alive) l2.add("alive", kGreen);
+      else if (st.daemon_state == DaemonState::hung) l2.add("NOT ANSWERING", kRed);
       else l2.add("NOT RUNNING", kRed);
       l2.add(st.heartbeat_age_ns < 0 ? "  stopped cleanly"
                                      : "  heartbeat " + fmt_duration_ms(st.heartbeat_age_ns / 1'000'000));
@@ -428,7 +429,9 @@ std::vector<std::string> render_top(const TopFrame &f, int width_in, int height_
   if (!f.overview_ok) {
     const bool down = !f.status_ok || !st.daemon_alive || f.daemon_unreachable;
     Line l;
-    l.add(down ? "daemon not running: loop view unavailable" : "loop view unavailable", kRed);
+    const bool hung = f.status_ok && st.daemon_state == DaemonState::hung;
+    l.add(hung ? "daemon not answering: loop view unavailable"
+               : down ? "daemon not running: loop view unavailable" : "loop view unavailable", kRed);
     if (!f.overview_error.empty()) l.add(" (" + f.overview_error + ")");
     blocks.push_back({{l}, 950});
   }

@@ -29,6 +29,7 @@ Status two_tiers() {
   s.segment = "seg";
   s.daemon_pid = 4242;
   s.daemon_alive = true;
+  s.daemon_state = DaemonState::alive;
   s.heartbeat_age_ns = 120'000'000;
   s.policy_generation = 9;
   TierStatus e;
@@ -205,6 +206,20 @@ TEST(TopRender, ColourOnlyWhenAsked) {
   const std::string c = joined(render_top(f, 80, 24, true));
   EXPECT_NE(c.find("\x1b[31;1mddos"), std::string::npos) << c;
   EXPECT_NE(c.find("\x1b[32malive"), std::string::npos) << c;
+}
+
+TEST(TopRender, AHungDaemonIsNotAnsweringNotDown) {
+  TopFrame f = frame();
+  f.status.daemon_alive = false;
+  f.status.daemon_state = DaemonState::hung;
+  f.status.heartbeat_age_ns = 9'000'000'000;
+  f.overview_ok = false;
+  f.daemon_unreachable = true;
+  f.overview_error = "cannot reach sluiced";
+  const std::string all = joined(render_top(f, 80, 24, false));
+  EXPECT_NE(all.find("NOT ANSWERING"), std::string::npos) << all;
+  EXPECT_NE(all.find("daemon not answering: loop view unavailable"), std::string::npos) << all;
+  EXPECT_EQ(all.find("NOT RUNNING"), std::string::npos) << all;
 }
 
 TEST(TopRender, DaemonDown) {

@@ -118,9 +118,12 @@ class Daemon:
         self.proc.wait(timeout=10)
 
     def status(self) -> dict:
-        out = subprocess.run([str(SLUICECTL), "--segment", self.segment, "status", "--json"],
-                             check=True, capture_output=True, text=True).stdout
-        return json.loads(out)
+        # 0: the daemon is alive, 3: it is not (the status is printed either way).
+        r = subprocess.run([str(SLUICECTL), "--segment", self.segment, "status", "--json"],
+                           capture_output=True, text=True)
+        st = json.loads(r.stdout) if r.returncode in (0, 3) else None
+        assert st is not None and r.returncode == (0 if st["daemon_alive"] else 3), (r.returncode, r.stderr)
+        return st
 
     def stop(self) -> None:
         """Idempotent. A sluiced that ignores SIGTERM for 10 s is killed, and the

@@ -112,6 +112,7 @@ def test_a_hangup_stops_sluiced_cleanly(tmp_path):
         st = d.status()
         assert not st["daemon_alive"]
         assert st["heartbeat_age_ns"] == -1  # stopped cleanly, not a stale heartbeat
+        assert st["daemon_state"] == "stopped"
         assert not Path(f"/dev/shm/{d.segment}.sock").exists()
     finally:
         d.stop()
@@ -193,4 +194,31 @@ def test_the_audit_store_is_created_for_owner_and_group_only(tmp_path):
         for f in dbs + list(Path(d.tmp).glob("*.db-wal")):
             assert f.stat().st_mode & 0o777 == 0o640, (f, oct(f.stat().st_mode))
     finally:
+        d.stop()
+
+
+def test_status_tells_a_hung_daemon_from_a_dead_one_and_exits_3_for_both(tmp_path):
+    d = Daemon(tmp_path, args=("--tick-ms", "100"))
+    try:
+        r = d.ctl("status")
+        assert r.returncode == 0 and "daemon alive" in r.stdout, r.stdout
+        d.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and d.status()["daemon_state"] != "not_answering":
+            time.sleep(0.2)
+        st = d.status()
+        assert st["daemon_state"] == "not_answering" and not st["daemon_alive"]
+        r = d.ctl("status")
+        assert r.returncode == 3 and "NOT answering" in r.stdout and "NOT running" not in r.stdout, r.stdout
+        d.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and d.ctl("status").returncode != 0:
+            time.sleep(0.1)
+        assert d.status()["daemon_state"] == "alive"
+        d.kill9()
+        r = d.ctl("status")
+        assert r.returncode == 3 and "pid is gone" in r.stdout, r.stdout
+        assert d.status()["daemon_state"] == "gone"
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
         d.stop()
