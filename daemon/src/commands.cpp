@@ -143,7 +143,8 @@ std::string overview_json(const LoopState &l) {
   return "{" + snapshot_fields(l.snapshot) + ",\"pending\":" + pending_json(l.pending) +
          ",\"governance\":{\"requested\":" + std::to_string(g.requested) + ",\"approved\":" +
          std::to_string(g.approved) + ",\"rejected\":" + std::to_string(g.rejected) + ",\"expired\":" +
-         std::to_string(g.expired) + ",\"published\":" + std::to_string(g.published) + "},\"advisor\":" +
+         std::to_string(g.expired) + ",\"published\":" + std::to_string(g.published) +
+         "},\"audit\":{\"store_errors\":" + std::to_string(l.audit_store_errors) + "},\"advisor\":" +
          advisor_json(l) + "}";
 }
 

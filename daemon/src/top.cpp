@@ -137,6 +137,7 @@ bool parse_overview(const std::string &text, Overview &out, std::string &error) 
     r.count(*g, "expired", out.expired, w);
     r.count(*g, "published", out.published, w);
   }
+  if (const auto *a = r.member(*doc, "audit", T::object, "")) r.count(*a, "store_errors", out.audit_store_errors, "audit.");
   if (const auto *a = r.member(*doc, "advisor", T::object, "")) {
     const std::string w = "advisor.";
     r.boolean(*a, "enabled", out.advisor_enabled, w);
@@ -511,11 +512,15 @@ std::vector<std::string> render_top(const TopFrame &f, int width_in, int height_
       pb.lines.push_back(l);
     }
     blocks.push_back(std::move(pb));
-    blocks.push_back({{Line("governance  requested " + std::to_string(ov.requested) + "  approved " +
-                            std::to_string(ov.approved) + "  rejected " + std::to_string(ov.rejected) +
-                            "  expired " + std::to_string(ov.expired) + "  published " +
-                            std::to_string(ov.published))},
-                      700});
+    Line gov("governance  requested " + std::to_string(ov.requested) + "  approved " +
+             std::to_string(ov.approved) + "  rejected " + std::to_string(ov.rejected) + "  expired " +
+             std::to_string(ov.expired) + "  published " + std::to_string(ov.published));
+    Block gb{{gov}, 700};
+    // A failed audit write holds publication back: the operator must see it here.
+    if (ov.audit_store_errors > 0)
+      gb.lines.push_back(Line("audit store errors " + std::to_string(ov.audit_store_errors) +
+                              " since start: see sluiced's log", kRed));
+    blocks.push_back(std::move(gb));
     Line adv;
     adv.add("advisor  ");
     if (!ov.advisor_enabled || ov.advisor_kind.empty() || ov.advisor_kind == "none") {

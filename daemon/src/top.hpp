@@ -34,6 +34,7 @@ struct Overview {
   std::vector<Tier> tiers;
   std::vector<Pending> pending;
   uint64_t requested = 0, approved = 0, rejected = 0, expired = 0, published = 0;
+  uint64_t audit_store_errors = 0;  // failed audit writes since start: publishing waits on them
   bool advisor_enabled = false, advisor_busy = false;
   std::string advisor_kind, advisor_model, advisor_last_outcome;
   double advisor_last_latency_ms = 0;

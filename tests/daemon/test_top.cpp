@@ -208,6 +208,17 @@ TEST(TopRender, ColourOnlyWhenAsked) {
   EXPECT_NE(c.find("\x1b[32malive"), std::string::npos) << c;
 }
 
+TEST(TopRender, AuditStoreErrorsAreShownInRedOnlyWhenThereAreSome) {
+  TopFrame f = frame();
+  EXPECT_EQ(joined(render_top(f, 120, 40, true)).find("audit store errors"), std::string::npos);
+  std::string error;
+  ASSERT_TRUE(parse_overview(R"({"audit":{"store_errors":3}})", f.overview, error)) << error;
+  EXPECT_EQ(f.overview.audit_store_errors, 3u);
+  const std::string c = joined(render_top(f, 80, 40, true));
+  EXPECT_NE(c.find("\x1b[31;1maudit store errors 3 since start"), std::string::npos) << c;
+  EXPECT_FALSE(parse_overview(R"({"audit":{"store_errors":"3"}})", f.overview, error));
+}
+
 TEST(TopRender, AHungDaemonIsNotAnsweringNotDown) {
   TopFrame f = frame();
   f.status.daemon_alive = false;

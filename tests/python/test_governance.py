@@ -121,6 +121,11 @@ def test_an_audit_store_removed_under_sluiced_is_restored_whole(tmp_path):
             assert time.monotonic() < deadline, d.log_path.read_text()
             time.sleep(0.05)
         assert (tmp_path / f"{d.segment}.db").stat().st_mode & 0o777 == 0o640
+        # The operator sees it counted in the live view too, not only on /metrics.
+        deadline = time.monotonic() + 5
+        while "audit store errors 1" not in (top := d.ctl("top", "--once").stdout):
+            assert time.monotonic() < deadline, top
+            time.sleep(0.1)
         # A record after the restoration lands in the restored file, and a restart
         # reads every one of them (before: the restart found an empty trail).
         assert d.ctl("reject", p["id"], "--reason", "after the removal").returncode == 0
