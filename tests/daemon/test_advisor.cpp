@@ -741,8 +741,9 @@ Reply raw_reply(std::string raw, std::string endless = "") {
 }
 
 http::Response post_to(const StubServer& server, std::chrono::milliseconds budget = 5000ms,
-                       const std::atomic<bool>* cancel = nullptr) {
+                       const std::atomic<bool>* cancel = nullptr, size_t max_body_bytes = 0) {
   http::Request req;
+  if (max_body_bytes) req.max_body_bytes = max_body_bytes;
   req.url = server.url();
   req.path = "/api/chat";
   req.body = "{}";
@@ -752,7 +753,10 @@ http::Response post_to(const StubServer& server, std::chrono::milliseconds budge
 }
 
 // A chunked response of 1-byte chunks with 1000-byte extensions, sent without
-// pause: the 1 MiB body cap is a gigabyte away.
+// pause. Loopback here moves a gigabyte in a quarter second, so the tests that
+// want the deadline (not the body cap) to stop it lift the cap out of reach: at
+// 1 byte per KiB, the stub's 10 s of sending decode to well under kNoCap.
+constexpr size_t kNoCap = size_t(1) << 30;
 Reply endless_tiny_chunks() {
   const std::string chunk = "1;" + std::string(1000, 'e') + "\r\nx\r\n";
   std::string burst;
@@ -794,7 +798,7 @@ TEST(HttpFraming, LongChunkExtensionsAreRefused) {
 TEST(HttpFraming, AServerThatNeverPausesIsStillCutOffAtTheDeadline) {
   StubServer server([](const std::string&) { return endless_tiny_chunks(); });
   const auto start = Clock::now();
-  const http::Response r = post_to(server, 300ms);
+  const http::Response r = post_to(server, 300ms, nullptr, kNoCap);
   EXPECT_EQ(r.error, http::Error::timeout) << r.detail;
   EXPECT_LT(seconds_since(start), 5.0);  // a bound: the stub sends for 10 s
 }
@@ -807,7 +811,7 @@ TEST(HttpFraming, CancellationStopsAServerThatNeverPauses) {
     cancel = true;
   });
   const auto start = Clock::now();
-  const http::Response r = post_to(server, 60s, &cancel);
+  const http::Response r = post_to(server, 60s, &cancel, kNoCap);
   canceller.join();
   EXPECT_EQ(r.error, http::Error::io) << r.detail;
   EXPECT_NE(r.detail.find("cancelled"), std::string::npos) << r.detail;
