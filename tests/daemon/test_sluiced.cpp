@@ -132,7 +132,8 @@ TEST(Sluiced, StartsServesAndStopsCleanlyOnSigterm) {
   ASSERT_EQ(sluice_acquire(c, "enterprise", "acme", 4, 1, &dec), SLUICE_OK);
   sluice_close(c);
   Proc ctl = spawn({SLUICECTL_PATH, "--segment", seg.name, "status"});
-  EXPECT_EQ(wait_exit(ctl), 0);
+  EXPECT_EQ(wait_exit(ctl), 3) << "read whole, but the daemon is not running (LSB status 3)";
+  EXPECT_NE(ctl.output().find("daemon NOT running (stopped)"), std::string::npos) << ctl.output();
   EXPECT_NE(ctl.output().find("stopped cleanly"), std::string::npos) << ctl.output();
   EXPECT_NE(ctl.output().find("enterprise"), std::string::npos);
 }
