@@ -179,6 +179,8 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     TierLimits lim;
     read_tier(*policy_hdr_, uint32_t(tier), lim);
     if (retired(lim.generation)) return Status::retired;
+    if (now_ns >= next_name_check_ns_.load(std::memory_order_relaxed)) [[unlikely]]
+      if (claim_name_check(now_ns)) return Status::name_check;
     const Limits limits{std::min(lim.limit, tv.capacity), lim.window_ns};
     out = Decision{};
     out.tier = uint32_t(tier);
@@ -221,6 +223,12 @@ Status Ledger::decide_in(uint32_t tier, const void *key, size_t key_len, uint32_
     return Status::ok;
   }
   return Status::busy;
+}
+
+bool Ledger::claim_name_check(int64_t now_ns) {
+  int64_t due = next_name_check_ns_.load(std::memory_order_relaxed);
+  if (now_ns < due) return false;
+  return next_name_check_ns_.compare_exchange_strong(due, now_ns + kNameCheckIntervalNs, std::memory_order_relaxed);
 }
 
 TierCounters sum_counters(const StateHeader &h, uint32_t tier, CounterSum mode) {

@@ -23,6 +23,7 @@ Status LedgerHandle::open(const std::string &name, std::unique_ptr<LedgerHandle>
   std::unique_ptr<LedgerHandle> h(new (std::nothrow) LedgerHandle());
   if (!h) return Status::internal;
   h->name_ = name;
+  h->watch_name(*l);
   h->cur_.store(l.release(), std::memory_order_release);
   out = std::move(h);
   return Status::ok;
@@ -55,6 +56,7 @@ Ledger *LedgerHandle::reopen(Ledger *seen, Status &why, std::string &detail) {
     detail = "segment '" + name_ + "' was reset by sluiced and cannot be reopened: " + detail;
   } else {
     Ledger *expect = seen;
+    watch_name(*fresh);
     fresh->replaced_.reset(seen);  // the chain keeps `seen` mapped for threads still in it
     Ledger *raw = fresh.release();
     if (cur_.compare_exchange_strong(expect, raw, std::memory_order_acq_rel)) {
@@ -70,20 +72,47 @@ Ledger *LedgerHandle::reopen(Ledger *seen, Status &why, std::string &detail) {
   return nullptr;
 }
 
-Status LedgerHandle::decide_after_miss(Ledger *l, int t, const char *tier, const void *key, size_t key_len,
-                                       uint32_t cost, bool record, Decision &out, std::string &detail) {
+void LedgerHandle::watch_name(Ledger &l) const {
+  l.next_name_check_ns_.store(mono_ns() + kNameCheckIntervalNs, std::memory_order_relaxed);
+}
+
+Ledger *LedgerHandle::follow_name(Ledger *l) {
+  if (l->state_map_.still_named(state_segment_name(name_))) return l;
+  Status why = Status::ok;
+  std::string detail;  // a failure here is not the caller's: it goes on in `l`
+  Ledger *now = reopen(l, why, detail);
+  return now ? now : l;
+}
+
+Status LedgerHandle::decide_after_miss(Ledger *l, int t, Status s, const char *tier, const void *key,
+                                       size_t key_len, uint32_t cost, bool record, Decision &out,
+                                       std::string &detail) {
+  // A name check claimed moves the next one an interval on, so a second
+  // name_check in a row means a call preempted for that long: check again.
+  const auto decide_here = [&] {
+    for (int checks = 0; checks < kMaxReopensPerCall && s == Status::name_check; ++checks) {
+      if (Ledger *now = follow_name(l); now != l) {
+        l = now;
+        if ((t = l->find_tier(tier)) < 0) return;
+      }
+      s = l->decide_in(uint32_t(t), key, key_len, cost, record, out, detail);
+    }
+    if (s == Status::name_check) s = Status::busy;
+  };
+  decide_here();
   // Here the tier was not found (t < 0) or the ledger was retired under the decision.
-  for (int round = 0;; ++round) {
+  for (int round = 0; t < 0 || s == Status::retired; ++round) {
     if (t < 0 && !l->is_retired()) return Status::unknown_tier;  // else it may be a tier the new pair added
     out = Decision{};  // nothing decided in a retired ledger reaches the caller
     if (round == kMaxReopensPerCall) return Status::busy;
     Status why = Status::ok;
     if (!(l = reopen(l, why, detail))) return why;
     if ((t = l->find_tier(tier)) >= 0) {
-      const Status s = l->decide_in(uint32_t(t), key, key_len, cost, record, out, detail);
-      if (s != Status::retired) return s;
+      s = l->decide_in(uint32_t(t), key, key_len, cost, record, out, detail);
+      decide_here();
     }
   }
+  return s;
 }
 
 }  // namespace sluice::core

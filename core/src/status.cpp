@@ -21,6 +21,7 @@ const char *status_message(Status s) noexcept {
     case Status::not_ready: return "the segment exists but its creator has not finished initialising it";
     case Status::internal: return "internal error";
     case Status::retired: return "the segment was retired by sluiced (--reset) and must be reopened";
+    case Status::name_check: return "the segment's name must be checked (an internal step, never returned)";
   }
   return "unknown status code";
 }

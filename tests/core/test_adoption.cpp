@@ -165,6 +165,45 @@ TEST(Adoption, AHandleDoesNotFollowItsNameIntoAnotherUsersPair) {
   EXPECT_TRUE(d.allowed);
 }
 
+// sluiced killed -9 cannot retire its pair; someone then removes its files by hand
+// (rm /dev/shm/NAME.*) and a new sluiced makes a new pair. A handle that mapped the
+// old one must move to the new one, where everyone else counts: before, it kept
+// counting in the unlinked pair for good (the host's limit, twice over).
+TEST(Adoption, AHandleLeavesAPairRemovedByHandForTheNewPairUnderItsName) {
+  Names n;
+  std::string detail;
+  ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;
+  std::unique_ptr<LedgerHandle> h;
+  ASSERT_EQ(LedgerHandle::open(n.name, h, detail), Status::ok) << detail;
+  Decision d;
+  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  ASSERT_TRUE(d.allowed && d.remaining == 3);
+  const auto past_a_check = [] {
+    std::this_thread::sleep_for(std::chrono::nanoseconds(kNameCheckIntervalNs) + std::chrono::milliseconds(50));
+  };
+  ASSERT_TRUE(Mapping::remove(state_segment_name(n.name)));  // not retired: no sluiced ran to do it
+  ASSERT_TRUE(Mapping::remove(policy_segment_name(n.name)));
+  // While nothing is under the name, the clients that map the pair still share it.
+  past_a_check();
+  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  EXPECT_TRUE(d.allowed && d.remaining == 2) << d.remaining;
+  ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;  // the new sluiced's pair
+  past_a_check();
+  for (uint32_t left = 3;; --left) {  // the new pair's full limit of 4, then a denial
+    ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+    ASSERT_TRUE(d.allowed) << "still judged in the removed pair";
+    EXPECT_EQ(d.remaining, left);
+    if (left == 0) break;
+  }
+  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(h->reopens(), 1u);
+  std::unique_ptr<Ledger> fresh;  // what every other process sees under the name
+  ASSERT_EQ(Ledger::open(n.name, fresh, detail), Status::ok) << detail;
+  ASSERT_EQ(fresh->peek("t", "k", 1, 1, d, detail), Status::ok) << detail;
+  EXPECT_FALSE(d.allowed) << "the handle's admissions are not in the pair under the name";
+}
+
 // tmpfs keeps an unlinked object's pages until its last mapping goes. A client
 // that mapped the pair before a reset (and may not call again for hours) must not
 // keep a whole state segment allocated: remove frees it once it is retired.

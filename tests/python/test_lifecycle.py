@@ -222,3 +222,25 @@ def test_status_tells_a_hung_daemon_from_a_dead_one_and_exits_3_for_both(tmp_pat
     finally:
         d.proc.send_signal(signal.SIGCONT)
         d.stop()
+
+
+def test_a_client_moves_to_the_new_pair_after_sluiced_was_killed_and_its_files_removed(tmp_path):
+    # kill -9 leaves the pair unretired; `rm /dev/shm/SEG.*` unlinks it; a new
+    # sluiced makes a new pair. A client that mapped the old one counted there for
+    # good (twice the host's limit with the new pair's clients); now it moves.
+    import sluice
+    d = Daemon(tmp_path)
+    try:
+        with sluice.Client(d.segment) as c:
+            assert c.acquire("k", "pro").allowed  # pro: 5 per 2 s
+            d.kill9()
+            for part in ("state", "policy"):
+                Path(f"/dev/shm/{d.segment}.{part}").unlink()
+            d.start()
+            time.sleep(0.3)  # past the client's name check (every 200 ms)
+            got = [c.acquire("k", "pro").allowed for _ in range(6)]
+            assert got == [True] * 5 + [False], got
+        pro = {t["name"]: t for t in d.status()["tiers"]}["pro"]
+        assert pro["admitted"] == 5 and pro["denied_window"] == 1, pro
+    finally:
+        d.stop()

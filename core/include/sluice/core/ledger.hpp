@@ -2,6 +2,7 @@
 // C ABI's sluice_client wraps one of these. Safe to share between threads: every
 // call reads the maps and touches shared memory only through atomics.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -25,6 +26,10 @@ struct Decision {
   int64_t admitted_at_ns = 0;
   uint64_t policy_generation = 0;
 };
+
+// How often a handle checks that its segment name still maps its pair (one
+// stat(2) per process): the longest a client counts in a pair removed by hand.
+constexpr int64_t kNameCheckIntervalNs = 200'000'000;
 
 class Ledger {
  public:
@@ -64,6 +69,13 @@ class Ledger {
   // path keeps private (tier views, names).
   Status map_pair(const std::string &name, int wait_ms, std::string &detail);
   std::unique_ptr<Ledger> replaced_;  // the retired ledger this one took over from (LedgerHandle)
+  // When a LedgerHandle next checks that its name still maps this pair (INT64_MAX:
+  // never, a bare Ledger). decide_in returns Status::name_check to the one thread
+  // that moves it on. A pair unlinked by hand while its sluiced was dead (kill -9,
+  // then rm /dev/shm/...) is never retired: without the check, clients that mapped
+  // it keep counting there after a new sluiced makes a new pair under the name.
+  std::atomic<int64_t> next_name_check_ns_{INT64_MAX};
+  bool claim_name_check(int64_t now_ns);
   Mapping state_map_, policy_map_;
   StateHeader *state_hdr_ = nullptr;
   const PolicyHeader *policy_hdr_ = nullptr;

@@ -25,6 +25,9 @@ enum class Status : int {
   // Not a C ABI code: the segment pair was retired (sluiced --reset removed it).
   // Ledger returns it; LedgerHandle reopens the name and decides again.
   retired = -16,
+  // Not a C ABI code either: a handle's ledger asks it to check that the name
+  // still maps to it (LedgerHandle::follow_name); it decides nothing first.
+  name_check = -17,
 };
 
 enum class Reason : int32_t {
