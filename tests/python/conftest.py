@@ -74,6 +74,12 @@ def governance_pressure(segment: str, seconds: float) -> None:
             time.sleep(0.001)
 
 
+def unshare_or_skip() -> None:
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs a private mount namespace (unshare -m: root or CAP_SYS_ADMIN)")
+
+
 _STARTED: list["Daemon"] = []  # every Daemon made so far, in order (see _stop_leftovers)
 
 
@@ -81,8 +87,10 @@ class Daemon:
     """A running sluiced on its own segment; stopped (SIGTERM) and removed after."""
 
     def __init__(self, tmp: Path, policy: dict | None = None, segment: str | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), state_dir: Path | None = None, wrap: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
+        self.state_dir = state_dir or tmp  # the audit store's directory
+        self.wrap = list(wrap)  # a command sluiced's own runs under (e.g. unshare), its args last
         self.args = list(args)  # extra sluiced flags, e.g. ("--metrics-addr", "127.0.0.1:0")
         self.segment = segment or f"sluicetest-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.policy_path = tmp / f"{self.segment}.json"
@@ -96,8 +104,8 @@ class Daemon:
         """(Re)starts sluiced on the same segment and audit store."""
         self.log_path.write_text("")
         self.proc = subprocess.Popen(
-            [str(SLUICED), "--segment", self.segment, "--policy", str(self.policy_path),
-             "--state-dir", str(self.tmp)] + self.args + (["--reset"] if reset else []),
+            self.wrap + [str(SLUICED), "--segment", self.segment, "--policy", str(self.policy_path),
+                         "--state-dir", str(self.state_dir)] + self.args + (["--reset"] if reset else []),
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10

@@ -5,12 +5,13 @@ another uid is refused, and pending items survive a kill -9 and restart."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
 
 import sluice
-from conftest import Daemon, governance_policy, governance_pressure
+from conftest import Daemon, governance_policy, governance_pressure, unshare_or_skip
 
 POLICY = governance_policy(approval_ttl_s=3)
 
@@ -212,5 +213,34 @@ def test_text_from_outside_is_shown_on_the_terminal_never_obeyed(tmp_path):
         got = raw(b"approve \x1b[2Jabc")
         assert got.startswith("error\n") and "\x1b" not in got and "hex digits" in got, got
         assert json.loads(d.ctl("pending", "--json").stdout)[0]["id"] == "00000000abcd1234", "nothing was run"
+    finally:
+        d.stop()
+
+
+def test_an_approval_waits_while_the_audit_disk_is_full_and_goes_through_after(tmp_path):
+    # The audit store on its own small tmpfs, in sluiced's private mount namespace,
+    # which the test then fills (as another writer on the disk would) and frees.
+    unshare_or_skip()
+    state = tmp_path / "state"
+    state.mkdir()
+    mount_then_run = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+                      'mount -t tmpfs -o size=4m,mode=0700 tmpfs "$0" && exec "$@"', str(state))
+    d = Daemon(tmp_path, governance_policy(approval_ttl_s=60), state_dir=state, wrap=mount_then_run)
+
+    def in_its_namespace(script: str) -> None:
+        subprocess.run(["nsenter", "-t", str(d.proc.pid), "-m", "sh", "-c", script], check=True, capture_output=True)
+    try:
+        p = wait_pending(d)[0]
+        in_its_namespace(f'dd if=/dev/zero of="{state}/filler" bs=64k 2> /dev/null; sync; df -k "{state}"')
+        before = current_limit(d.segment)
+        refused = d.ctl("approve", p["id"])
+        assert refused.returncode != 0, refused.stdout
+        assert "full" in refused.stderr, refused.stderr
+        assert current_limit(d.segment) == before, "published without its record"
+        assert d.proc.poll() is None, "sluiced died on a full audit disk"
+        in_its_namespace(f'rm "{state}/filler"')
+        ok = d.ctl("approve", p["id"])
+        assert ok.returncode == 0, ok.stderr
+        assert_approval_published(d, p)
     finally:
         d.stop()

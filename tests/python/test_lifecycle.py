@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLUICECTL, SLUICED, TEST_POLICY, Daemon
+from conftest import SLUICECTL, SLUICED, TEST_POLICY, Daemon, unshare_or_skip
 
 
 
@@ -160,12 +160,6 @@ def test_a_full_dev_shm_after_the_start_never_kills_a_client(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "client rc 0" in out, out
     assert "admitted 60000" in out, out  # every key got its own ring: nothing lost to the full disk
-
-
-def unshare_or_skip() -> None:
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs a private mount namespace (unshare -m: root or CAP_SYS_ADMIN)")
 
 
 def test_an_audit_store_on_a_full_disk_fails_the_start_saying_so(tmp_path):
