@@ -70,3 +70,78 @@ def test_a_surge_peak_outside_1_to_50_is_refused_with_the_reason(peak):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "--surge-peak" in r.stderr and "1 to 50" in r.stderr
+
+
+def test_bots_earn_nothing_and_are_counted_apart():
+    per = {(50, "free"): (100, 100), (50, eval_policy.BOT): (800, 700)}
+    s = eval_policy.summarize(_run(per), 80)
+    assert s["revenue_total"] == pytest.approx(100 * 0.01, abs=1e-6)
+    assert s["bot_requests_offered_ddos"] == 800 and s["bot_requests_admitted_ddos"] == 700
+
+
+def test_a_second_over_capacity_fails_its_excess_evenly():
+    cap = eval_policy.CAPACITY_RPS
+    # Second 50 (DDoS) admits twice the capacity: half of everything fails.
+    per = {(50, "enterprise"): (100, 100), (50, eval_policy.BOT): (int(2 * cap) - 100, int(2 * cap) - 100),
+           (51, "enterprise"): (100, 90)}
+    s = eval_policy.summarize(_run(per), 80)
+    assert s["enterprise_denial_rate_ddos"] == pytest.approx(10 / 200)
+    assert s["enterprise_unserved_rate_ddos"] == pytest.approx(1 - (50 + 90) / 200)
+    assert s["seconds_over_capacity"] == 1
+    assert s["revenue_served_per_trace_hour"] == pytest.approx((50 + 90) * 0.2 * 3600 / 80)
+
+
+def test_each_level_is_scored_against_its_own_window_and_the_lag_is_from_the_labelled_start():
+    flags = [(t, lvl, {}) for t, lvl in [
+        (10.0, "surge"),    # a false alarm in the normal phase
+        (19.5, "normal"),
+        (20.0, "normal"), (22.0, "normal"), (24.0, "surge"), (30.0, "ddos"), (36.0, "surge"),  # labelled surge
+        (42.0, "normal"),
+        (50.0, "ddos"), (55.0, "surge"),  # labelled DDoS
+        (62.0, "surge"),  # the flag's tail after the DDoS
+        (70.0, "normal"),
+    ]]
+    s = eval_policy.summarize({"per_second": {}, "flags": flags, "samples": []}, 80)
+    assert s["precision_surge"] == pytest.approx(2 / 5, abs=1e-3)  # 24, 36 against 10, 55, 62
+    assert s["recall_surge"] == pytest.approx(2 / 5, abs=1e-3)  # 30 s, called a DDoS, is a miss
+    assert s["surge_window_share_flagged_ddos"] == pytest.approx(1 / 5, abs=1e-3)
+    assert s["precision_ddos"] == pytest.approx(1 / 2, abs=1e-3)  # 30 s is a false DDoS
+    assert s["recall_ddos"] == pytest.approx(1 / 2, abs=1e-3)
+    assert s["precision_any_level"] == pytest.approx(5 / 7, abs=1e-3)
+    assert s["recall_any_level"] == pytest.approx(5 / 7, abs=1e-3)
+    assert s["flag_lag_after_start_s"] == pytest.approx(4.0, abs=1e-3)
+    assert s["lead_before_peak_s"] == pytest.approx(35.0 - 24.0, abs=1e-3)
+    assert s["flagged_just_before_start"] is False
+
+
+def test_a_dump_is_rescored_to_the_same_report(tmp_path):
+    per = {(25, "enterprise"): (200, 50), (50, eval_policy.BOT): (800, 700)}
+    samples = [{"asked": 24.0, "returned": 24.01, "snapshot": {"host_surge": "surge"}},
+               {"asked": 70.0, "returned": 70.01, "snapshot": {"host_surge": "normal"}}]
+    runs = {m: {"per_second": per, "samples": samples, "max_client_lag_s": 0.1,
+                "flags": [(x["returned"], x["snapshot"]["host_surge"], {}) for x in samples]}
+            for m in ("adaptive", "static")}
+    meta = {"seconds": 80, "seed": 5, "tick_ms": 250, "surge_peak": 5.0, "approval_ratio": 1000}
+    dump = tmp_path / "d.json.gz"
+    eval_policy.write_dump(str(dump), runs, meta)
+    again, meta2 = eval_policy.read_dump(str(dump), {})
+    assert meta2["seed"] == 5 and meta2["rescored_from"] == "d.json.gz"
+    first, second = eval_policy.report(runs, meta), eval_policy.report(again, meta2)
+    second.pop("rescored_from")
+    assert first == second and first["same_offered_trace"] is True
+
+
+def test_a_file_that_is_not_a_dump_is_refused(tmp_path):
+    import subprocess
+    bad = tmp_path / "x.json"
+    bad.write_text("[1, 2]")
+    r = subprocess.run([sys.executable, eval_policy.__file__, "--rescore", str(bad)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "not a dump" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args,msg", [(["--tick-ms", "10"], "--tick-ms"), (["--seed", "x"], "--seed")])
+def test_bad_seed_or_tick_is_refused(args, msg):
+    import subprocess
+    r = subprocess.run([sys.executable, eval_policy.__file__, *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
