@@ -625,6 +625,9 @@ Result run_single_impl(const std::string &id, const std::string &label, sluice_c
 
 constexpr int kMaxProcs = 2;
 constexpr int kMaxBuckets = 600;  // 100 ms buckets
+// Phase 1 times one call in 64 (the first of each batch), up to this many a process:
+// the latency under the very contention the throughput is measured at.
+constexpr size_t kPhase1Samples = size_t(1) << 20;
 
 struct alignas(64) ChildOut {
   uint64_t calls, allowed, errors;
@@ -632,6 +635,7 @@ struct alignas(64) ChildOut {
   uint32_t nbuckets;  // complete 100 ms buckets
   uint64_t bucket_allowed[kMaxBuckets];
   uint64_t lat_n;
+  uint64_t lat1_n;  // phase-1 samples
   int ok;
 };
 
@@ -674,7 +678,7 @@ void pin_to_cpu(int i) {
   if (sched_setaffinity(0, sizeof set, &set) != 0) _exit(4);
 }
 
-void child_main(const MpSpec &spec, int idx, MpShared *sh, uint32_t *lat) {
+void child_main(const MpSpec &spec, int idx, MpShared *sh, uint32_t *lat, uint32_t *lat1) {
   ChildOut &o = sh->out[idx];
   sluice_client *c = nullptr;
   if (sluice_open(spec.segment, &c) != SLUICE_OK) _exit(3);
@@ -692,9 +696,19 @@ void child_main(const MpSpec &spec, int idx, MpShared *sh, uint32_t *lat) {
   const uint64_t c0 = ticks_raw();
   const int64_t deadline = t0 + int64_t(g_cfg.mp_secs * 1e9);
   int64_t t1 = t0;
+  size_t n1 = 0;
   for (uint32_t batch = 0;; ++batch) {
     const uint64_t before = st.allowed;
-    for (int j = 0; j < 64; ++j) {
+    int j = 0;
+    if (spec.latency_phase && n1 < kPhase1Samples) {
+      const uint64_t a = ticks();
+      one_call(c, spec.tier, keys[pos], d, st);
+      const uint64_t z = ticks();
+      lat1[n1++] = uint32_t(std::min<uint64_t>(z - a, UINT32_MAX));
+      pos = pos + 1 == nk ? 0 : pos + 1;
+      j = 1;
+    }
+    for (; j < 64; ++j) {
       one_call(c, spec.tier, keys[pos], d, st);
       pos = pos + 1 == nk ? 0 : pos + 1;
     }
@@ -707,6 +721,7 @@ void child_main(const MpSpec &spec, int idx, MpShared *sh, uint32_t *lat) {
     }
   }
   o.calls = st.calls, o.allowed = st.allowed, o.errors = st.errors;
+  o.lat1_n = n1;
   o.elapsed_ns = t1 - t0;
   o.nbuckets = uint32_t(std::min<int64_t>(kMaxBuckets, (t1 - t0) / 100'000'000));
 
@@ -742,6 +757,7 @@ struct MpRun {
   uint64_t min_bucket = UINT64_MAX;   // fewest admissions of any process in any 100 ms
   uint32_t buckets = 0;
   std::vector<uint32_t> lat;          // merged samples (sorted) when latency_phase
+  std::vector<uint32_t> lat1;         // phase 1's one-in-64 samples (sorted), the same
   bool ok = true;
 };
 
@@ -750,6 +766,8 @@ MpRun run_mp(const MpSpec &spec) {
   new (sh) MpShared();
   const size_t lat_bytes = spec.latency_phase ? sizeof(uint32_t) * g_cfg.lat_calls * spec.nprocs : 4096;
   auto *lat = shared_alloc<uint32_t>(lat_bytes);
+  const size_t lat1_bytes = spec.latency_phase ? sizeof(uint32_t) * kPhase1Samples * spec.nprocs : 4096;
+  auto *lat1 = shared_alloc<uint32_t>(lat1_bytes);
   std::fflush(stdout);
   std::fflush(stderr);
   std::vector<pid_t> pids;
@@ -758,7 +776,7 @@ MpRun run_mp(const MpSpec &spec) {
     if (p < 0) die("fork: %s", std::strerror(errno));
     if (p == 0) {
       if (g_cfg.pin) pin_to_cpu(i);
-      child_main(spec, i, sh, lat + size_t(i) * g_cfg.lat_calls);
+      child_main(spec, i, sh, lat + size_t(i) * g_cfg.lat_calls, lat1 + size_t(i) * kPhase1Samples);
     }
     pids.push_back(p);
   }
@@ -779,10 +797,15 @@ MpRun run_mp(const MpSpec &spec) {
     }
     r.buckets = std::max(r.buckets, o.nbuckets);
     for (uint32_t b = 0; b < o.nbuckets; ++b) r.min_bucket = std::min(r.min_bucket, o.bucket_allowed[b]);
-    if (spec.latency_phase) r.lat.insert(r.lat.end(), lat + size_t(i) * g_cfg.lat_calls, lat + size_t(i) * g_cfg.lat_calls + o.lat_n);
+    if (spec.latency_phase) {
+      r.lat.insert(r.lat.end(), lat + size_t(i) * g_cfg.lat_calls, lat + size_t(i) * g_cfg.lat_calls + o.lat_n);
+      r.lat1.insert(r.lat1.end(), lat1 + size_t(i) * kPhase1Samples, lat1 + size_t(i) * kPhase1Samples + o.lat1_n);
+    }
   }
   std::sort(r.lat.begin(), r.lat.end());
+  std::sort(r.lat1.begin(), r.lat1.end());
   munmap(lat, lat_bytes);
+  munmap(lat1, lat1_bytes);
   munmap(sh, sizeof(MpShared));
   if (!r.ok) die("a benchmark child process failed");
   return r;
@@ -1488,12 +1511,13 @@ int main(int argc, char **argv) {
       const std::vector<KeyRec> shared{make_key("shared-", 0)};
       Result res;
       res.id = "e", res.label = "2 processes, 1 shared key, admit (1024/1us)";
-      std::vector<double> adm;
+      std::vector<double> adm, p999_together;
       uint64_t min_bucket = UINT64_MAX;
       uint32_t buckets = 0;
       for (int rep = 0; rep < g_cfg.reps; ++rep) {
         MpSpec s{seg->name.c_str(), kTierHot, {&shared, &shared}, 2, true};
         const MpRun r = run_mp(s);
+        p999_together.push_back(pct_ns(r.lat1, 0.999));
         Rep p;
         p.tput = r.aggregate_per_s, p.calls = r.calls, p.allowed = r.allowed, p.errors = r.errors;
         p.med = pct_ns(r.lat, 0.5), p.p99 = pct_ns(r.lat, 0.99), p.p999 = pct_ns(r.lat, 0.999);
@@ -1506,9 +1530,11 @@ int main(int argc, char **argv) {
       progress("\n");
       res.summarize();
       res.extra.push_back({"admissions_per_s", median_of(adm)});
+      res.extra.push_back({"p999_ns_in_throughput_phase", median_of(p999_together)});
       res.extra.push_back({"min_admissions_per_100ms_per_process", double(min_bucket)});
       res.extra.push_back({"buckets_100ms_per_process", double(buckets)});
-      res.note = "latency: both processes timing at once, samples merged";
+      res.note = "latency: both processes timing every call at once, samples merged; "
+                 "p999_ns_in_throughput_phase: one call in 64 timed while the throughput is measured";
       add_result(res);
     }
     drop_segment(seg);
@@ -1646,7 +1672,11 @@ int main(int argc, char **argv) {
     const double adm = e->get("admissions_per_s"), minp = e->get("min_admissions_per_100ms_per_process");
     g_aims.push_back({"two processes, one shared key: >= 10 M admissions/s together", fmt("%.2f M/s", adm / 1e6) + noisy({e}),
                       adm >= 10e6});
-    g_aims.push_back({"two processes, one shared key: p99.9 < 2 us", fmt("%.1f ns", e->p999) + noisy({e}), e->p999 < 2000});
+    // "Together": the p99.9 of the calls timed during the throughput phase itself
+    // (one in 64); the all-calls-timed phase runs slower, with less contention.
+    const double p999 = e->get("p999_ns_in_throughput_phase");
+    g_aims.push_back({"two processes, one shared key: p99.9 < 2 us (in the throughput phase)",
+                      fmt("%.1f ns (all calls timed: %.1f ns)", p999, e->p999) + noisy({e}), p999 < 2000});
     g_aims.push_back({"two processes, one shared key: no livelock (progress every 100 ms)",
                       fmt("min %.0f admissions per process per 100 ms", minp), minp > 0});
   }
