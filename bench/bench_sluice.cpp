@@ -112,17 +112,19 @@ void calibrate_timer(double ms) {
   g_timer.calib_ms = double(m1 - m0) / 1e6;
   g_timer.ticks_per_100ms = uint64_t(1e8 / g_timer.ns_per_tick);
 
-  // Resolution: the largest step k that (nearly) every nonzero difference between
-  // back-to-back reads is a multiple of (a virtualised TSC may tick in coarse steps).
-  // Read as the samples are (lfence-bracketed): raw back-to-back reads here moved by
-  // 1 tick while every bracketed sample was a multiple of 26 (10 ns).
+  // Resolution: the largest step k that (nearly) every timed interval is a multiple
+  // of (a virtualised TSC may tick in coarse steps). Timed as the samples are
+  // (lfence-bracketed) around work of varying length: raw back-to-back reads here
+  // moved by 1 tick while every bracketed sample was a multiple of 26 (10 ns), and
+  // back-to-back bracketed reads all differ by the same amount, the pair's own cost.
   std::vector<uint64_t> deltas;
   deltas.reserve(100000);
-  uint64_t prev = ticks();
   for (int i = 0; i < 100000; ++i) {
-    const uint64_t t = ticks();
-    if (t != prev) deltas.push_back(t - prev);
-    prev = t;
+    const uint64_t a = ticks();
+    volatile int w = 0;
+    while (w < i % 61) w = w + 1;
+    const uint64_t z = ticks();
+    if (z != a) deltas.push_back(z - a);
   }
   g_timer.resolution_ticks = 1;
   for (uint64_t k = 128; k >= 2; --k) {
