@@ -71,6 +71,21 @@ Status attach(const std::string &name, bool reset, std::string &detail) {
   return Owner::create_or_attach(name, small_spec(), reset, o, created, detail);
 }
 
+// A pair under `name` (its owner gone at once, as a killed sluiced's is) and a handle
+// on it that has admitted one unit of key "k" (tier "t": 4 per window).
+std::unique_ptr<LedgerHandle> handle_after_one_admission(const std::string &name) {
+  std::string detail;
+  std::unique_ptr<LedgerHandle> h;
+  EXPECT_EQ(attach(name, false, detail), Status::ok) << detail;
+  EXPECT_EQ(LedgerHandle::open(name, h, detail), Status::ok) << detail;
+  Decision d;
+  if (h) {
+    EXPECT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  }
+  EXPECT_TRUE(d.allowed && d.remaining == 3);
+  return h;
+}
+
 TEST(Adoption, ASegmentPairAnotherUserMadeFirstIsRefusedNamingItsOwner) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
   Names n;
@@ -142,12 +157,10 @@ namespace {
 TEST(Adoption, AHandleDoesNotFollowItsNameIntoAnotherUsersPair) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
   Names n;
+  std::unique_ptr<LedgerHandle> h = handle_after_one_admission(n.name);
+  ASSERT_TRUE(h);
   std::string detail;
-  ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;
-  std::unique_ptr<LedgerHandle> h;
-  ASSERT_EQ(LedgerHandle::open(n.name, h, detail), Status::ok) << detail;
   Decision d;
-  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok);
   Owner::remove(n.name);  // the unlink of a reset...
   ASSERT_EQ(run_as(kNobody, [&] {  // ...and nobody gets there first, open to all
               std::string e;
@@ -171,13 +184,10 @@ TEST(Adoption, AHandleDoesNotFollowItsNameIntoAnotherUsersPair) {
 // counting in the unlinked pair for good (the host's limit, twice over).
 TEST(Adoption, AHandleLeavesAPairRemovedByHandForTheNewPairUnderItsName) {
   Names n;
+  std::unique_ptr<LedgerHandle> h = handle_after_one_admission(n.name);
+  ASSERT_TRUE(h);
   std::string detail;
-  ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;
-  std::unique_ptr<LedgerHandle> h;
-  ASSERT_EQ(LedgerHandle::open(n.name, h, detail), Status::ok) << detail;
   Decision d;
-  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
-  ASSERT_TRUE(d.allowed && d.remaining == 3);
   const auto past_a_check = [] {
     std::this_thread::sleep_for(std::chrono::nanoseconds(kNameCheckIntervalNs) + std::chrono::milliseconds(50));
   };

@@ -18,6 +18,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -93,6 +95,30 @@ struct Loop {
   ~Loop() { halt(); }
 };
 
+// A served socket whose handler records every line it runs and answers reply(line).
+struct RecordingServer {
+  std::string path = socket_path();
+  std::unique_ptr<daemon::ControlServer> server;
+  std::mutex mu;
+  std::vector<std::string> lines;
+  std::unique_ptr<Loop> loop;  // after `server`: stopped before it closes
+  RecordingServer(const daemon::ControlLimits &limits, std::function<std::string(const std::string &)> reply) {
+    std::string err;
+    server = daemon::ControlServer::listen(path, err, limits);
+    EXPECT_TRUE(server) << err;
+    if (server)
+      loop = std::make_unique<Loop>(*server, [this, reply](const std::string &line, const daemon::Peer &) {
+        std::lock_guard lock(mu);
+        lines.push_back(line);
+        return reply(line);
+      });
+  }
+  std::vector<std::string> seen() {
+    std::lock_guard lock(mu);
+    return lines;
+  }
+};
+
 std::string echo(const std::string &line, const daemon::Peer &peer) {
   return "ok\n" + line + " from uid " + std::to_string(peer.uid) + " pid " + std::to_string(peer.pid) + "\n";
 }
@@ -157,19 +183,11 @@ TEST(ControlServer, ADribblingClientNeverHoldsTheLoop) {
 // The cut of a line is another request: "reject ID" without the reason that was
 // still on its way ran as a reject with none.
 TEST(ControlServer, ALineCutByTheReadDeadlineIsRefusedNotRun) {
-  const std::string path = socket_path();
-  std::string err;
   daemon::ControlLimits limits;
   limits.read_timeout_ms = 200;
-  auto server = daemon::ControlServer::listen(path, err, limits);
-  ASSERT_TRUE(server) << err;
-  std::vector<std::string> seen;
-  std::mutex mu;
-  Loop loop(*server, [&](const std::string &line, const daemon::Peer &) {
-    std::lock_guard lock(mu);
-    seen.push_back(line);
-    return "ok\nran\n";
-  });
+  RecordingServer rs(limits, [](const std::string &) { return std::string("ok\nran\n"); });
+  ASSERT_TRUE(rs.server);
+  const std::string &path = rs.path;
   const int fd = connect_to(path);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::send(fd, "reject 41a99dd1 ", 16, MSG_NOSIGNAL), 16);
@@ -188,8 +206,7 @@ TEST(ControlServer, ALineCutByTheReadDeadlineIsRefusedNotRun) {
   ::shutdown(half, SHUT_WR);
   EXPECT_EQ(read_all(half), "ok\nran\n");
   ::close(half);
-  std::lock_guard lock(mu);
-  EXPECT_EQ(seen, (std::vector<std::string>{"", "pending"}));
+  EXPECT_EQ(rs.seen(), (std::vector<std::string>{"", "pending"}));
 }
 
 TEST(ControlServer, ConcurrentClientsEachGetTheirOwnReplyAndRequestsRunOnTheLoopThread) {
@@ -418,19 +435,12 @@ TEST(ControlServer, ARequestLongerThanTheSocketBufferIsAnsweredNotReportedAsFail
 // with half its reason, reported as success. Up to max_line it runs whole;
 // past it, the loop never sees it.
 TEST(ControlServer, ALineLongerThanMaxLineIsRefusedNotRunCut) {
-  const std::string path = socket_path();
-  std::string err;
   daemon::ControlLimits limits;
   limits.max_line = 64;
-  auto server = daemon::ControlServer::listen(path, err, limits);
-  ASSERT_TRUE(server) << err;
-  std::vector<std::string> seen;
-  std::mutex mu;
-  Loop loop(*server, [&](const std::string &line, const daemon::Peer &) {
-    std::lock_guard lock(mu);
-    seen.push_back(line);
-    return "ok\nran " + std::to_string(line.size()) + "\n";
-  });
+  RecordingServer rs(limits, [](const std::string &line) { return "ok\nran " + std::to_string(line.size()) + "\n"; });
+  ASSERT_TRUE(rs.server);
+  const std::string &path = rs.path;
+  std::string err;
   const std::string exact = "reject p-1 " + std::string(64 - 11, 'r');
   std::string reply;
   ASSERT_TRUE(daemon::control_request(path, exact, reply, err, 5000)) << err;
@@ -447,8 +457,7 @@ TEST(ControlServer, ALineLongerThanMaxLineIsRefusedNotRunCut) {
   ASSERT_EQ(::send(fd, long_line.data(), long_line.size(), MSG_NOSIGNAL), ssize_t(long_line.size()));
   EXPECT_EQ(read_all(fd), "error\nrequest line longer than 64 bytes: not run\n");
   ::close(fd);
-  std::lock_guard lock(mu);
-  EXPECT_EQ(seen, std::vector<std::string>{exact});
+  EXPECT_EQ(rs.seen(), std::vector<std::string>{exact});
 }
 
 // `--segment ../x` must not stat /dev/shm/../x.state nor connect outside /dev/shm.
