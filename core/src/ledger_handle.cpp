@@ -77,7 +77,8 @@ void LedgerHandle::watch_name(Ledger &l) const {
 }
 
 Ledger *LedgerHandle::follow_name(Ledger *l) {
-  if (l->state_map_.still_named(state_segment_name(name_))) return l;
+  if (l->state_map_.still_named(state_segment_name(name_)) && l->policy_map_.still_named(policy_segment_name(name_)))
+    return l;
   Status why = Status::ok;
   std::string detail;  // a failure here is not the caller's: it goes on in `l`
   Ledger *now = reopen(l, why, detail);
@@ -100,6 +101,14 @@ Status LedgerHandle::decide_after_miss(Ledger *l, int t, Status s, const char *t
     if (s == Status::name_check) s = Status::busy;
   };
   decide_here();
+  // A tier unknown here may be one a new pair under the name has: a client that
+  // calls only such a tier never reaches decide_in's check, so it is made here.
+  if (t < 0 && !l->is_retired() && l->claim_name_check(mono_ns())) {
+    if (Ledger *now = follow_name(l); now != l && (t = (l = now)->find_tier(tier)) >= 0) {
+      s = l->decide_in(uint32_t(t), key, key_len, cost, record, out, detail);
+      decide_here();
+    }
+  }
   // Here the tier was not found (t < 0) or the ledger was retired under the decision.
   for (int round = 0; t < 0 || s == Status::retired; ++round) {
     if (t < 0 && !l->is_retired()) return Status::unknown_tier;  // else it may be a tier the new pair added

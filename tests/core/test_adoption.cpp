@@ -71,6 +71,10 @@ Status attach(const std::string &name, bool reset, std::string &detail) {
   return Owner::create_or_attach(name, small_spec(), reset, o, created, detail);
 }
 
+void sleep_past_a_name_check() {
+  std::this_thread::sleep_for(std::chrono::nanoseconds(kNameCheckIntervalNs) + std::chrono::milliseconds(50));
+}
+
 // A pair under `name` (its owner gone at once, as a killed sluiced's is) and a handle
 // on it that has admitted one unit of key "k" (tier "t": 4 per window).
 std::unique_ptr<LedgerHandle> handle_after_one_admission(const std::string &name) {
@@ -188,17 +192,14 @@ TEST(Adoption, AHandleLeavesAPairRemovedByHandForTheNewPairUnderItsName) {
   ASSERT_TRUE(h);
   std::string detail;
   Decision d;
-  const auto past_a_check = [] {
-    std::this_thread::sleep_for(std::chrono::nanoseconds(kNameCheckIntervalNs) + std::chrono::milliseconds(50));
-  };
   ASSERT_TRUE(Mapping::remove(state_segment_name(n.name)));  // not retired: no sluiced ran to do it
   ASSERT_TRUE(Mapping::remove(policy_segment_name(n.name)));
   // While nothing is under the name, the clients that map the pair still share it.
-  past_a_check();
+  sleep_past_a_name_check();
   ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
   EXPECT_TRUE(d.allowed && d.remaining == 2) << d.remaining;
   ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;  // the new sluiced's pair
-  past_a_check();
+  sleep_past_a_name_check();
   for (uint32_t left = 3;; --left) {  // the new pair's full limit of 4, then a denial
     ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
     ASSERT_TRUE(d.allowed) << "still judged in the removed pair";
@@ -212,6 +213,109 @@ TEST(Adoption, AHandleLeavesAPairRemovedByHandForTheNewPairUnderItsName) {
   ASSERT_EQ(Ledger::open(n.name, fresh, detail), Status::ok) << detail;
   ASSERT_EQ(fresh->peek("t", "k", 1, 1, d, detail), Status::ok) << detail;
   EXPECT_FALSE(d.allowed) << "the handle's admissions are not in the pair under the name";
+}
+
+// kill -9, then only the policy removed: the next sluiced keeps the state (its keys
+// and counters) and makes a new policy. Old clients must see the new limits.
+TEST(Adoption, AHandleFollowsANewPolicyMadeForItsStateAfterTheOldOneWasRemovedByHand) {
+  Names n;
+  std::unique_ptr<LedgerHandle> h = handle_after_one_admission(n.name);  // limit 4
+  ASSERT_TRUE(h);
+  ASSERT_TRUE(Mapping::remove(policy_segment_name(n.name)));
+  std::unique_ptr<Owner> o;
+  bool created = true;
+  std::string detail;
+  ASSERT_EQ(Owner::create_or_attach(n.name, test::spec_with({test::tier("t", 2, 1000, 8)}, 64, 32), false, o,
+                                    created, detail),
+            Status::ok)
+      << detail;
+  ASSERT_FALSE(created);
+  sleep_past_a_name_check();
+  Decision d;
+  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  EXPECT_EQ(d.limit, 2u) << "still deciding under the removed policy's limit";
+  EXPECT_TRUE(d.allowed && d.remaining == 0) << "k's unit from before is in the kept state";
+  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(h->reopens(), 1u);
+}
+
+// A client that calls only a tier the new pair added never reached the check.
+TEST(Adoption, AHandleCallingOnlyATierTheNewPairAddedMovesToIt) {
+  Names n;
+  std::unique_ptr<LedgerHandle> h = handle_after_one_admission(n.name);
+  ASSERT_TRUE(h);
+  ASSERT_TRUE(Mapping::remove(state_segment_name(n.name)));
+  ASSERT_TRUE(Mapping::remove(policy_segment_name(n.name)));
+  std::unique_ptr<Owner> o;
+  bool created = false;
+  std::string detail;
+  ASSERT_EQ(Owner::create_or_attach(
+                n.name, test::spec_with({test::tier("t", 4, 1000, 8), test::tier("u", 3, 1000, 8)}, 64, 32), false,
+                o, created, detail),
+            Status::ok)
+      << detail;
+  Decision d;
+  EXPECT_EQ(h->decide("u", "k", 1, 1, true, d, detail), Status::unknown_tier) << "not due yet";
+  sleep_past_a_name_check();
+  ASSERT_EQ(h->decide("u", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  EXPECT_TRUE(d.allowed && d.limit == 3 && d.remaining == 2);
+  EXPECT_EQ(h->decide("nope", "k", 1, 1, true, d, detail), Status::unknown_tier);
+}
+
+// The call that wins the check records nothing in the pair it leaves. (Calls on
+// other threads meanwhile go on in it until the new pair is installed.)
+TEST(Adoption, TheCallThatWinsTheNameCheckRecordsNothingInThePairItLeaves) {
+  Names n;
+  std::unique_ptr<LedgerHandle> h = handle_after_one_admission(n.name);  // k: 1 of 4 used
+  ASSERT_TRUE(h);
+  std::string detail;
+  std::unique_ptr<Ledger> old;  // the removed pair, as the old clients still see it
+  ASSERT_EQ(Ledger::open(n.name, old, detail), Status::ok) << detail;
+  Decision before, d;
+  ASSERT_EQ(old->peek("t", "k", 1, 1, before, detail), Status::ok) << detail;
+  ASSERT_TRUE(Mapping::remove(state_segment_name(n.name)));
+  ASSERT_TRUE(Mapping::remove(policy_segment_name(n.name)));
+  ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;
+  sleep_past_a_name_check();
+  ASSERT_EQ(h->decide("t", "k", 1, 1, true, d, detail), Status::ok) << detail;
+  EXPECT_TRUE(d.allowed && d.remaining == 3) << "decided in the new pair, k's first unit there";
+  EXPECT_EQ(h->reopens(), 1u);
+  ASSERT_EQ(old->peek("t", "k", 1, 1, d, detail), Status::ok) << detail;
+  EXPECT_EQ(d.remaining, before.remaining) << "the checking call recorded in the pair it left";
+}
+
+// Threads racing through the check all get decisions, never an internal status,
+// and the handle moves once per new pair.
+TEST(Adoption, ThreadsRacingThroughNameChecksSeeOnlyDecisions) {
+  Names n;
+  std::unique_ptr<LedgerHandle> h = handle_after_one_admission(n.name);
+  ASSERT_TRUE(h);
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::atomic<uint64_t> calls{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      Decision d;
+      std::string e;
+      const std::string key = "racer-" + std::to_string(i);
+      while (!stop.load(std::memory_order_relaxed)) {
+        if (h->decide("t", key.data(), key.size(), 1, true, d, e) != Status::ok) bad.fetch_add(1);
+        calls.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  std::string detail;
+  for (int cycle = 0; cycle < 3; ++cycle) {
+    ASSERT_TRUE(Mapping::remove(state_segment_name(n.name)));
+    ASSERT_TRUE(Mapping::remove(policy_segment_name(n.name)));
+    ASSERT_EQ(attach(n.name, false, detail), Status::ok) << detail;
+    sleep_past_a_name_check();
+  }
+  stop.store(true);
+  for (auto &t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0) << "of " << calls.load() << " calls";
+  EXPECT_EQ(h->reopens(), 3u);
 }
 
 // tmpfs keeps an unlinked object's pages until its last mapping goes. A client

@@ -27,8 +27,8 @@ struct Decision {
   uint64_t policy_generation = 0;
 };
 
-// How often a handle checks that its segment name still maps its pair (one
-// stat(2) per process): the longest a client counts in a pair removed by hand.
+// How often a handle checks that its segment name still maps its pair (two
+// stat(2) calls per handle): the longest a client counts in a pair removed by hand.
 constexpr int64_t kNameCheckIntervalNs = 200'000'000;
 
 class Ledger {

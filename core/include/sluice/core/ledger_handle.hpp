@@ -42,7 +42,6 @@ class LedgerHandle {
     }
     return decide_after_miss(l, t, s, tier, key, key_len, cost, record, out, detail);
   }
-  Ledger &current() const { return *cur_.load(std::memory_order_acquire); }
   uint64_t reopens() const { return reopens_.load(std::memory_order_relaxed); }
 
  private:
@@ -51,8 +50,9 @@ class LedgerHandle {
   // asked for its name to be checked (`s`: what decide_in said).
   Status decide_after_miss(Ledger *l, int t, Status s, const char *tier, const void *key, size_t key_len,
                            uint32_t cost, bool record, Decision &out, std::string &detail);
-  // The ledger under the name now: `l` while the name still maps it (or maps
-  // nothing usable: its clients still share `l`), else the pair there, if it opens.
+  // The ledger under the name now: `l` while the name still maps both its objects
+  // (or maps nothing usable: its clients still share `l`), else the pair there, if
+  // it opens. (A new sluiced keeps a state whose policy alone was removed.)
   Ledger *follow_name(Ledger *l);
   void watch_name(Ledger &l) const;  // its first name check is one interval away
   // The ledger that replaced `seen`, or nullptr with the reason.
