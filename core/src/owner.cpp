@@ -109,7 +109,8 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
     if (s == Status::no_segment) {
       // Only the policy was removed (by hand, or a daemon that found it unlinked
       // retired it and stopped): make a new one for the state, which keeps its keys
-      // and counters. Clients of the old one were told to reopen the name.
+      // and counters. Clients of the old one reopen the name: told to, when its daemon
+      // retired it; after a kill -9 and an rm, at their next name check (LedgerHandle).
       if ((s = Mapping::create(policy_segment_name(name), sizeof(PolicyHeader), kPolicyMode, o->policy_map_,
                                detail)) != Status::ok)
         return s;
