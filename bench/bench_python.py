@@ -20,7 +20,7 @@ order each repetition. Windows are 1 ms with limits no caller here can reach, so
 "C alone" is measured in this process, interleaved with the rest, on the same
 segment, tiers and key objects in the same order (bench/c_reference_module.c: each
 key's bytes taken before the clock starts, then one sluice_acquire per key in a C
-loop), so "sluice - C" is what the binding adds to the very same calls. The figures
+loop), so "sluice - C" is what the binding (and the Python loop, ~4 ns) adds to the very same calls. The figures
 of bench_sluice --quick (a3, c: another table size, key length and key order) are
 kept in the JSON as c_bench_sluice for comparison only (--no-c-bench skips them).
 The raw ctypes call on libsluice.so is shown too: ctypes' own overhead (its no-op
@@ -64,7 +64,11 @@ for p in (str(ROOT / "python"), str(BUILD / "bindings")):
 import sluice  # noqa: E402
 
 WINDOW_MS = 1
-HOT_LIMIT = 16384  # > calls any implementation here (C included: bench_sluice a3) makes in 1 ms: all admitted
+# > calls any Python implementation here makes in 1 ms (all admitted). C alone
+# (about 23k calls/ms) fills it and takes the cheaper deny path for some calls:
+# its admitted fraction is printed and flagged next to the aim. A higher limit
+# would need a ring that large for every key slot of the tier (fallocate'd).
+HOT_LIMIT = 16384
 WIDE_LIMIT = 16    # 100k keys: each key is seen once per pass
 N_KEYS = 100_000
 
@@ -484,7 +488,10 @@ def main() -> int:
         tags = ("1 key", "100k", "1 key, new str", "100k, new str")
         for r, tag in zip(rows, tags):
             if r["sluice_above_c_ns"] is not None:
-                aims[f"sluice - C <= {AIMS['above_c_ns']} ns ({tag})"] = r["sluice_above_c_ns"] <= AIMS["above_c_ns"]
+                c_adm = admitted.get("c_" + {"1 key": "1key", "100k": "100k", "1 key, new str": "1key-fresh",
+                                              "100k, new str": "100k-fresh"}[tag], 1.0)
+                flag = "" if c_adm >= 0.99 else f" [C alone admitted {c_adm:.0%}: part deny path]"
+                aims[f"sluice - C <= {AIMS['above_c_ns']} ns ({tag}){flag}"] = r["sluice_above_c_ns"] <= AIMS["above_c_ns"]
             want = AIMS["vs_pure_python_1key"] if tag.startswith("1 key") else AIMS["vs_pure_python_100k"]
             aims[f"x pure-Python >= {want} ({tag})"] = r["x_vs_pure_python"] >= want
             if redis_srv:

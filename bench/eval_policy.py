@@ -103,7 +103,7 @@ def worker(segment: str, tiers: list[str], seconds: float, seed: int, start_at: 
             now = time.monotonic() - t0
             if now < t:
                 time.sleep(t - now)
-            max_late = max(max_late, now - t)
+            max_late = max(max_late, time.monotonic() - t0 - t)  # oversleeping and preemption too
             sec = int(t)
             for tier in tiers:
                 keys = [f"{tier}-{k}" for k in range(KEYS[tier])]
@@ -336,8 +336,9 @@ def read_dump(path: str, defaults: dict) -> tuple[dict, dict]:
             "per_second": {(e["second"], e["tier"]): (e["offered"], e["admitted"]) for e in r["per_second"]},
             "flags": [(x["returned"], x["snapshot"]["host_surge"], {}) for x in r["samples"]],
             "samples": r["samples"], "max_client_lag_s": r.get("max_client_lag_s")}
-    # A dump from before the meta block was written by a run with these defaults.
-    return runs, {**defaults, **doc.get("meta", {}), "rescored_from": Path(path).name}
+    # A dump without a meta block: its settings are the command line's, and say so.
+    meta = doc.get("meta") or {**defaults, "settings_from": "the --rescore command line (the dump has none)"}
+    return runs, {**meta, "rescored_from": Path(path).name}
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 #include <sqlite3.h>
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,7 +72,8 @@ std::string describe(sqlite3 *db) {
 
 }  // namespace
 
-std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::string &error, bool *disk_failed) {
+std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::string &error, bool *disk_failed,
+                                             bool create) {
   std::unique_ptr<AuditStore> s(new AuditStore());
   s->path_ = path;
   auto fail = [&](const std::string &why) {
@@ -82,14 +85,16 @@ std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::strin
   // Owner and group only, as the segments' state: reasons and limits are the
   // operator's business. (SQLite gives the -wal and -shm files the same mode.)
   const mode_t old_mask = ::umask(027);
-  const int rc = sqlite3_open_v2(path.c_str(), &s->db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                                 nullptr);
+  const int rc = sqlite3_open_v2(path.c_str(), &s->db_,
+                                 SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_FULLMUTEX, nullptr);
   ::umask(old_mask);
   if (rc != SQLITE_OK) return fail(describe(s->db_));
   sqlite3_busy_timeout(s->db_, 2000);
   if (!s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", error) || !s->exec(kSchema, error))
     return fail(error);
-  if (!s->note_identity()) return fail(std::string("cannot stat it: ") + std::strerror(errno));
+  // ":memory:" and "file:" URIs name no file to keep in place.
+  s->file_backed_ = path != ":memory:" && path.rfind("file:", 0) != 0;
+  if (s->file_backed_ && !s->note_identity()) return fail(std::string("cannot stat it: ") + std::strerror(errno));
   return s;
 }
 
@@ -103,18 +108,7 @@ bool AuditStore::note_identity() {
 
 AuditStore::Placement AuditStore::keep_in_place(std::string &what) {
   what.clear();
-  if (!durable_) {
-    // The restored file could not be opened: records are going to memory. Try again.
-    std::string err;
-    if (auto fresh = open(path_, err)) {
-      adopt(*fresh);
-      what = path_ + " is open again; records made while it was not are lost";
-      return Placement::restored;
-    }
-    ++errors_;
-    what = path_ + " cannot be opened (" + err + "): records are not durable until it can";
-    return Placement::failed;
-  }
+  if (!file_backed_) return Placement::in_place;
   struct stat st {};
   if (::stat(path_.c_str(), &st) == 0) {
     if (uint64_t(st.st_dev) == dev_ && uint64_t(st.st_ino) == ino_) {
@@ -136,16 +130,22 @@ AuditStore::Placement AuditStore::keep_in_place(std::string &what) {
     what = "cannot stat " + path_ + ": " + std::strerror(err);
     return Placement::failed;
   }
-  // Removed: the whole store, as this connection still reads it (WAL included),
-  // copied beside its name first; this connection is closed before anything
-  // opens the name again (its -wal and -shm, if still named, are its own and go
-  // with it), then the copy takes the name.
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
+  // Removed. Until the restored file is open, this connection (to the unlinked
+  // file, WAL included) stays the store: a step that fails leaves it so, and the
+  // next tick starts over with every record made meanwhile.
   const std::string copy_path = path_ + ".restoring";
+  const auto retry = [&](const std::string &why) {
+    std::error_code ec;
+    std::filesystem::remove(copy_path, ec);
+    what = path_ + " was removed while sluiced ran and could not be restored (" + why +
+           "); records go on into the removed file, retried each tick";
+    return Placement::failed;
+  };
+  std::error_code ec;
   std::filesystem::remove(copy_path, ec);
   sqlite3 *copy = nullptr;
-  const mode_t old_mask = ::umask(027);
+  const mode_t old_mask = ::umask(027);  // the directory too, if it went with the file
+  std::filesystem::create_directories(std::filesystem::path(path_).parent_path(), ec);
   int rc = sqlite3_open_v2(copy_path.c_str(), &copy, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
   ::umask(old_mask);
   if (rc == SQLITE_OK) {
@@ -155,31 +155,22 @@ AuditStore::Placement AuditStore::keep_in_place(std::string &what) {
     }
     rc = sqlite3_errcode(copy);
   }
-  const std::string why = copy ? describe(copy) : "out of memory";
+  const std::string why = describe(copy);
   sqlite3_close(copy);
-  if (rc != SQLITE_OK) {
-    std::filesystem::remove(copy_path, ec);
-    what = path_ + " was removed while sluiced ran and could not be copied back (" + why +
-           "); records go on into the removed file, retried each tick";
-    return Placement::failed;
-  }
-  sqlite3_close(db_);
-  db_ = nullptr;
+  if (rc != SQLITE_OK) return retry(why);
+  // Never over a file that appeared meanwhile: that one is reported next tick.
+  if (::renameat2(AT_FDCWD, copy_path.c_str(), AT_FDCWD, path_.c_str(), RENAME_NOREPLACE) != 0)
+    return retry(std::string("rename: ") + std::strerror(errno));
+  // The old -wal and -shm names, if still there, are this connection's: a connection
+  // to the restored file must make its own, not share them (it keeps its open ones).
+  for (const char *suffix : {"-wal", "-shm"}) ::unlink((path_ + suffix).c_str());
   std::string open_err;
-  std::unique_ptr<AuditStore> fresh;
-  if (::rename(copy_path.c_str(), path_.c_str()) == 0) fresh = open(path_, open_err);
-  else open_err = std::string("rename: ") + std::strerror(errno);
+  std::unique_ptr<AuditStore> fresh = open(path_, open_err, nullptr, false);
   if (!fresh) {
-    // Not expected (the copy was just written there); records go to memory until it opens.
-    durable_ = false;
-    sqlite3_open(":memory:", &db_);
-    std::string e;
-    exec(kSchema, e);
-    what = path_ + " was removed while sluiced ran; its copy could not be opened (" + open_err +
-           "): records are not durable until it can";
-    return Placement::failed;
+    ::unlink(path_.c_str());  // ours: the next tick copies again, with what came since
+    return retry(open_err);
   }
-  adopt(*fresh);
+  adopt(*fresh);  // closes this connection: SQLite leaves a moved file's -wal alone
   what = path_ + " was removed while sluiced ran: restored it from the open store, every record and pending "
                  "approval kept";
   return Placement::restored;
@@ -189,7 +180,6 @@ void AuditStore::adopt(AuditStore &fresh) {
   std::swap(db_, fresh.db_);  // `fresh` closes what this had
   dev_ = fresh.dev_;
   ino_ = fresh.ino_;
-  durable_ = true;
   replaced_reported_ = false;
 }
 

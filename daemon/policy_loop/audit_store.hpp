@@ -44,7 +44,9 @@ class AuditStore {
  public:
   // disk_failed: set when the failure was a full or failing disk (SQLITE_FULL,
   // SQLITE_IOERR), not a location or permission that a setting would change.
-  static std::unique_ptr<AuditStore> open(const std::string &path, std::string &error, bool *disk_failed = nullptr);
+  // create=false: only an existing file (a restored copy, never an empty new store).
+  static std::unique_ptr<AuditStore> open(const std::string &path, std::string &error, bool *disk_failed = nullptr,
+                                          bool create = true);
   ~AuditStore();
 
   bool append(const AuditRecord &r, std::string &error);
@@ -115,8 +117,8 @@ class AuditStore {
   bool failed(std::string &error);  // error = SQLite's message (and errno's); counts it; false
   std::string path_;
   uint64_t dev_ = 0, ino_ = 0;  // the file opened under path_
+  bool file_backed_ = true;     // false: ":memory:" or a "file:" URI, nothing to keep in place
   bool replaced_reported_ = false;
-  bool durable_ = true;  // false: the restored file would not open, records go to memory
   bool note_identity();
   void adopt(AuditStore &fresh);  // takes fresh's connection and identity
 };

@@ -407,10 +407,7 @@ int64_t Daemon::do_work(int64_t now_ns) {
                     opt_.segment);
       return now_ns;
     }
-    std::string placement;
-    const auto where = store_->keep_in_place(placement);
-    if (where == policy_loop::AuditStore::Placement::restored) spdlog::warn("audit: {}", placement);
-    else if (!placement.empty()) spdlog::error("audit: {}", placement);
+    keep_audit_store_in_place();
     const auto rep = engine_->tick(now_ns, policy_loop::unix_ms_now());
     for (const auto &p : rep.published) spdlog::info("published: {}", p.reason);
     for (const auto &p : rep.new_pending)
@@ -464,9 +461,18 @@ bool Daemon::retake_lock() {
   return true;
 }
 
+void Daemon::keep_audit_store_in_place() {
+  std::string what;
+  const auto where = store_->keep_in_place(what);
+  if (where == policy_loop::AuditStore::Placement::restored) spdlog::warn("audit: {}", what);
+  else if (!what.empty()) spdlog::error("audit: {}", what);
+}
+
 void Daemon::stop() {
   if (stopped_ || !owner_) return;
   stopped_ = true;
+  // Records made since the last tick into a store removed meanwhile reach its name.
+  if (store_) keep_audit_store_in_place();
   metrics_.reset();
   control_.reset();  // closes every control connection and removes the socket
   if (!lock_lost_) owner_->mark_stopped();  // else the segment is another sluiced's now

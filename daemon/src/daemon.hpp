@@ -70,6 +70,7 @@ class Daemon {
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
  private:
+  void keep_audit_store_in_place();  // each tick and at stop: a removed store restored under its name
   Daemon() = default;
   // Before the segment is touched: the audit store, the advisor's config, the
   // control socket, and room in /dev/shm for a pair about to be made.

@@ -3,6 +3,7 @@
 // adaptive: false, governance (approve / reject / expiry / who may), the audit
 // (nothing is published or counted before its record is committed).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -1085,6 +1086,36 @@ TEST_F(EngineFixture, AnAuditStoreReplacedUnderItIsReportedOnceAndNeverOverwritt
 // Only the main file removed: its -wal and -shm are still named, and the live
 // connection's. They go with that connection before the copy takes the name (a
 // copy opened beside them would read the old WAL as its own).
+TEST(AuditStoreInMemory, OpensAndHasNoFileToKeepInPlace) {
+  std::string err, what;
+  auto s = AuditStore::open(":memory:", err);
+  ASSERT_TRUE(s) << err;
+  EXPECT_EQ(s->keep_in_place(what), AuditStore::Placement::in_place);
+  EXPECT_TRUE(what.empty());
+  EXPECT_EQ(s->errors(), 0u);
+}
+
+// A restoration that cannot finish (here its copy cannot be made) leaves the open
+// connection as the store: nothing recorded meanwhile is lost, and the next try has it.
+TEST_F(EngineFixture, ARestorationThatFailsKeepsTheOpenStoreAndTheNextOneHasEveryRecord) {
+  std::string what, err;
+  ASSERT_TRUE(store->append(AuditRecord{0, 1, "start", "system", "t", 1, 2, "before", 1.0, "", 0}, err)) << err;
+  std::filesystem::remove(db);
+  const std::string blocker = db + ".restoring";
+  std::filesystem::create_directories(blocker + "/x");  // neither removable nor openable
+  EXPECT_EQ(store->keep_in_place(what), AuditStore::Placement::failed);
+  EXPECT_NE(what.find("retried each tick"), std::string::npos) << what;
+  EXPECT_FALSE(std::filesystem::exists(db)) << "no empty store was made under the name";
+  ASSERT_TRUE(store->append(AuditRecord{0, 2, "start", "system", "t", 2, 3, "during", 1.0, "", 0}, err)) << err;
+  std::filesystem::remove_all(blocker);
+  ASSERT_EQ(store->keep_in_place(what), AuditStore::Placement::restored) << what;
+  auto reread = AuditStore::open(db, err);
+  ASSERT_TRUE(reread) << err;
+  const auto rs = reread->since(0);
+  for (const std::string r : {"before", "during"})
+    EXPECT_TRUE(std::any_of(rs.begin(), rs.end(), [&](const AuditRecord &x) { return x.reason == r; })) << r;
+}
+
 TEST_F(EngineFixture, AnAuditStoreWhoseMainFileAloneWasRemovedIsRestoredWhole) {
   std::string what, err;
   for (int i = 0; i < 50; ++i)
@@ -1092,9 +1123,16 @@ TEST_F(EngineFixture, AnAuditStoreWhoseMainFileAloneWasRemovedIsRestoredWhole) {
                               err))
         << err;
   ASSERT_TRUE(std::filesystem::exists(db + "-wal"));
+  struct stat old_wal {};
+  ASSERT_EQ(::stat((db + "-wal").c_str(), &old_wal), 0);
   std::filesystem::remove(db);
   ASSERT_EQ(store->keep_in_place(what), AuditStore::Placement::restored) << what;
   ASSERT_TRUE(store->append(AuditRecord{0, 99, "start", "system", "t", 2, 3, "after", 1.0, "", 0}, err)) << err;
+  // The restored file has a -wal of its own: sharing the removed file's -wal (and
+  // -shm) with anything still holding that file would checkpoint into the wrong one.
+  struct stat new_wal {};
+  ASSERT_EQ(::stat((db + "-wal").c_str(), &new_wal), 0);
+  EXPECT_NE(new_wal.st_ino, old_wal.st_ino) << "the restored store took over the removed one's -wal";
   auto reread = AuditStore::open(db, err);
   ASSERT_TRUE(reread) << err;
   const auto rs = reread->since(0);

@@ -124,7 +124,7 @@ def test_an_audit_store_removed_under_sluiced_is_restored_whole(tmp_path):
         assert (tmp_path / f"{d.segment}.db").stat().st_mode & 0o777 == 0o640
         # The operator sees it counted in the live view too, not only on /metrics.
         deadline = time.monotonic() + 5
-        while "audit store errors 1" not in (top := d.ctl("top", "--once").stdout):
+        while "audit store errors 1 since start" not in (top := d.ctl("top", "--once").stdout):
             assert time.monotonic() < deadline, top
             time.sleep(0.1)
         # A record after the restoration lands in the restored file, and a restart
@@ -242,5 +242,28 @@ def test_an_approval_waits_while_the_audit_disk_is_full_and_goes_through_after(t
         ok = d.ctl("approve", p["id"])
         assert ok.returncode == 0, ok.stderr
         assert_approval_published(d, p)
+    finally:
+        d.stop()
+
+
+def test_a_record_made_after_the_store_was_removed_reaches_its_name_at_a_clean_stop(tmp_path):
+    # No tick between the removal and the stop: the stop itself restores the store.
+    d = Daemon(tmp_path, governance_policy(approval_ttl_s=600))
+    try:
+        p = wait_pending(d)[0]
+        d.proc.terminate()
+        assert d.proc.wait(timeout=10) == 0
+        d.args = ["--tick-ms", "600000"]
+        d.start()
+        for f in tmp_path.glob(f"{d.segment}.db*"):
+            f.unlink()
+        assert d.ctl("reject", p["id"], "--reason", "after the removal").returncode == 0
+        d.proc.terminate()
+        assert d.proc.wait(timeout=10) == 0
+        assert "restored it from the open store" in d.log_path.read_text(), d.log_path.read_text()
+        d.args = []
+        d.start()
+        audit = json.loads(d.ctl("audit", "--json").stdout)
+        assert any(a["event"] == "rejected" and a["approval_id"] == p["id"] for a in audit), audit
     finally:
         d.stop()
