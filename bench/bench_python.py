@@ -159,7 +159,11 @@ class Sluiced:
             sys.exit(f"{exe} is not built (cmake --build build/default)")
         self.segment = f"sluicebench-py-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         policy = {
-            "segment": {"max_keys": N_KEYS + N_KEYS // 10, "max_key_bytes": 32, "idle_ttl_ms": 600000},
+            # Every tier gets max_keys slots: "hot"'s 16384-slot rings make 17 GiB, used
+            # by one key. Not reserved, only the touched pages take memory (as before
+            # sluiced reserved segments; the timed loops touch nothing new).
+            "segment": {"max_keys": N_KEYS + N_KEYS // 10, "max_key_bytes": 32, "idle_ttl_ms": 600000,
+                        "reserve_memory": False},
             "tiers": [
                 {"name": "hot", "limit": HOT_LIMIT, "window_ms": WINDOW_MS, "max_limit": HOT_LIMIT, "adaptive": False},
                 {"name": "wide", "limit": WIDE_LIMIT, "window_ms": WINDOW_MS, "max_limit": WIDE_LIMIT,

@@ -151,7 +151,7 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
   } else if (s == Status::no_segment) {
     remove(name);  // a policy segment without its state segment is an orphan
     if ((s = Mapping::create(state_segment_name(name), state_segment_bytes(spec), kStateMode, o->state_map_,
-                             detail)) != Status::ok)
+                             detail, spec.reserve_memory)) != Status::ok)
       return s;
     if ((s = Mapping::create(policy_segment_name(name), sizeof(PolicyHeader), kPolicyMode, o->policy_map_, detail)) !=
         Status::ok) {

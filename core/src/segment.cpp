@@ -200,7 +200,7 @@ uint64_t shm_free_bytes() {
 }
 
 Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mode, Mapping &out,
-                       std::string &detail) {
+                       std::string &detail, bool reserve) {
   const std::string size = std::to_string(bytes) + " bytes (" + human_bytes(bytes) + ")";
   if (bytes > uint64_t(INT64_MAX)) {  // off_t would wrap it to a negative size
     detail = "cannot create /dev/shm/" + shm_name + " of " + size + ": larger than a file can be";
@@ -241,7 +241,7 @@ Status Mapping::create(const std::string &shm_name, uint64_t bytes, unsigned mod
     // and a client that then touches a page no one allocated dies of SIGBUS
     // mid-admission. Every page is reserved now, so a shortage fails the start
     // (ENOSPC) instead. A filesystem without fallocate keeps the check alone.
-    if (::fallocate(shm.get_mapping_handle().handle, 0, 0, off_t(bytes)) != 0 && errno != EOPNOTSUPP &&
+    if (reserve && ::fallocate(shm.get_mapping_handle().handle, 0, 0, off_t(bytes)) != 0 && errno != EOPNOTSUPP &&
         errno != ENOSYS) {
       const int err = errno;
       discard();

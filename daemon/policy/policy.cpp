@@ -319,7 +319,7 @@ std::string check_name(std::string_view source, size_t i,
 SegmentSpec to_segment(std::string_view source,
                        const sluice::policy::fb::SegmentConfig* seg) {
   SegmentSpec spec;  // absent table: all defaults
-  if (seg) spec = {seg->max_keys(), seg->max_key_bytes(), seg->idle_ttl_ms()};
+  if (seg) spec = {seg->max_keys(), seg->max_key_bytes(), seg->idle_ttl_ms(), seg->reserve_memory()};
   require_range(source, "segment.max_keys", spec.max_keys, 1u, kMaxSegmentKeys);
   require_range(source, "segment.max_key_bytes", spec.max_key_bytes, 1u,
                 kMaxKeyBytes);
@@ -539,6 +539,7 @@ core::LayoutSpec layout_of(const PolicySpec& p) {
   core::LayoutSpec s;
   s.max_keys = p.segment.max_keys;
   s.max_key_bytes = p.segment.max_key_bytes;
+  s.reserve_memory = p.segment.reserve_memory;
   for (const auto& t : p.tiers) {
     core::TierSpec ts;
     ts.name = t.name;
@@ -565,7 +566,7 @@ std::string to_json(const PolicySpec& spec) {
   std::string out = "{\n  \"segment\": {\"max_keys\": " + num(s.max_keys) +
                     ", \"max_key_bytes\": " + num(s.max_key_bytes) +
                     ", \"idle_ttl_ms\": " + num(s.idle_ttl_ms) +
-                    "},\n  \"tiers\": [";
+                    (s.reserve_memory ? "" : ", \"reserve_memory\": false") + "},\n  \"tiers\": [";
   for (size_t i = 0; i < spec.tiers.size(); ++i) {
     const TierSpec& t = spec.tiers[i];
     out += i ? ",\n    {\"name\": " : "\n    {\"name\": ";

@@ -69,6 +69,7 @@ struct SegmentSpec {
   uint32_t max_keys = 100000;
   uint32_t max_key_bytes = 64;
   uint64_t idle_ttl_ms = 60000;
+  bool reserve_memory = true;  // allocate the whole state segment at creation
 
   bool operator==(const SegmentSpec&) const = default;
 };

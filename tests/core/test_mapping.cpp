@@ -4,6 +4,7 @@
 // whatever /dev/shm's mount allows, so it is testable on any host.
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -49,6 +50,24 @@ struct ScopedShm {
   std::string name = "sluicetest-mapping-" + std::to_string(getpid());
   ~ScopedShm() { Mapping::remove(name); }
 };
+
+// A reserved segment has every page allocated in /dev/shm from the start (a full
+// /dev/shm later cannot SIGBUS a client); an unreserved one only what is touched.
+TEST(Mapping, ACreateReservesEveryPageUnlessAskedNotTo) {
+  for (const bool reserve : {true, false}) {
+    ScopedShm shm;
+    Mapping m;
+    std::string detail;
+    ASSERT_EQ(Mapping::create(shm.name, 64u << 20, 0600, m, detail, reserve), Status::ok) << detail;
+    struct stat st {};
+    ASSERT_EQ(::stat(("/dev/shm/" + shm.name).c_str(), &st), 0);
+    const uint64_t allocated = uint64_t(st.st_blocks) * 512;
+    if (reserve)
+      EXPECT_GE(allocated, 64u << 20) << "reserved: every page allocated";
+    else
+      EXPECT_LT(allocated, 1u << 20) << "not reserved: only the header's pages";
+  }
+}
 
 TEST(Mapping, ALargeSegmentIsAdvisedForHugePagesInTheCreatorAndEveryClient) {
   ScopedShm shm;

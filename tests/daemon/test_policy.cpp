@@ -565,3 +565,15 @@ TEST(Policy, RefusesAnIdleTtlAboveTenYears) {
         << e;
   }
 }
+
+// segment.reserve_memory: the whole state at creation (default), or as touched.
+TEST(Policy, ReserveMemoryDefaultsOnParsesOffRoundTripsAndRefusesAWrongType) {
+  EXPECT_TRUE(default_policy().segment.reserve_memory);
+  EXPECT_TRUE(layout_of(default_policy()).reserve_memory);
+  const PolicySpec off = parse_policy_json(policy({tier()}, "\"reserve_memory\": false"));
+  EXPECT_FALSE(off.segment.reserve_memory);
+  EXPECT_FALSE(layout_of(off).reserve_memory);
+  EXPECT_EQ(parse_policy_json(to_json(off)), off);
+  const std::string e = error_of(policy({tier()}, "\"reserve_memory\": \"no\""));
+  EXPECT_NE(e.find("reserve_memory"), std::string::npos) << e;
+}

@@ -25,6 +25,7 @@ struct LayoutSpec {
   std::vector<TierSpec> tiers;
   uint32_t max_keys = 100000;   // per tier
   uint32_t max_key_bytes = 64;
+  bool reserve_memory = true;   // allocate the state's pages at creation (Mapping::create)
 };
 
 std::string state_segment_name(const std::string &name);
@@ -73,8 +74,10 @@ class Mapping {
   };
   static Status open(const std::string &shm_name, bool writable, Mapping &out, std::string &detail,
                      FileOwner *owner = nullptr);
+  // reserve: allocate every page now (fallocate), so a full /dev/shm fails this
+  // call rather than a later first touch (SIGBUS).
   static Status create(const std::string &shm_name, uint64_t bytes, unsigned mode, Mapping &out,
-                       std::string &detail);
+                       std::string &detail, bool reserve = true);
   static bool remove(const std::string &shm_name);
 
  private:
