@@ -318,6 +318,29 @@ TEST(Adoption, ThreadsRacingThroughNameChecksSeeOnlyDecisions) {
   EXPECT_EQ(h->reopens(), 3u);
 }
 
+// The policy's segment.reserve_memory reaches the state's creation: reserved, every
+// page of it is allocated at once; not, only the pages written so far.
+TEST(Adoption, AStateIsReservedWholeUnlessThePolicySaysNot) {
+  for (const bool reserve : {true, false}) {
+    Names n;
+    LayoutSpec spec = test::spec_with({test::tier("t", 4, 1000, 1024)}, 20000, 32);
+    spec.reserve_memory = reserve;
+    std::unique_ptr<Owner> o;
+    bool created = false;
+    std::string detail;
+    ASSERT_EQ(Owner::create_or_attach(n.name, spec, false, o, created, detail), Status::ok) << detail;
+    ASSERT_TRUE(created);
+    struct stat st {};
+    ASSERT_EQ(::stat(("/dev/shm/" + state_segment_name(n.name)).c_str(), &st), 0);
+    const uint64_t allocated = uint64_t(st.st_blocks) * 512, size = uint64_t(st.st_size);
+    ASSERT_GT(size, 100u << 20);
+    if (reserve)
+      EXPECT_GE(allocated, size) << "reserved";
+    else
+      EXPECT_LT(allocated, size / 10) << "not reserved, yet most of it is allocated";
+  }
+}
+
 // tmpfs keeps an unlinked object's pages until its last mapping goes. A client
 // that mapped the pair before a reset (and may not call again for hours) must not
 // keep a whole state segment allocated: remove frees it once it is retired.
