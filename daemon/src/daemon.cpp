@@ -94,6 +94,8 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error, St
   kind = StartFailure::config;
   std::unique_ptr<Daemon> d(new Daemon());
   d->opt_ = opt;
+  d->retention_clock_ = policy_loop::SteadyWall(opt.wall_clock_ms);
+  (void)d->retention_clock_.now();  // anchored at the start: a step from here on is seen
   if (!core::valid_segment_name(opt.segment)) {
     error = "segment name '" + opt.segment + "' is not valid (letters, digits, '_', '-', '.')";
     return nullptr;
@@ -437,7 +439,18 @@ void Daemon::prune_audit() {
   constexpr size_t kBatch = 1000;
   std::vector<std::string> tiers;
   for (const auto &t : policy_.tiers) tiers.push_back(t.name);
-  const int64_t cutoff = policy_loop::unix_ms_now() - int64_t(policy_.audit_retention_days) * 86'400'000;
+  const int64_t steady_now = retention_clock_.now();
+  const int64_t ahead = retention_clock_.held_back_ms();
+  if (ahead > retention_held_back_ms_ + policy_loop::SteadyWall::kFollowMs) {  // a step (or another)
+    spdlog::warn("audit: the wall clock stepped {} s ahead of the boot clock; retention counts from before the "
+                 "step, so no record is deleted early",
+                 ahead / 1000);
+    retention_held_back_ms_ = ahead;
+  } else if (ahead == 0 && retention_held_back_ms_ != 0) {
+    spdlog::info("audit: the wall clock is back in step with the boot clock; retention follows it again");
+    retention_held_back_ms_ = 0;
+  }
+  const int64_t cutoff = steady_now - int64_t(policy_.audit_retention_days) * 86'400'000;
   std::string err;
   const int64_t n = store_->prune(cutoff, kBatch, tiers, err);
   if (n < 0) spdlog::error("audit: retention: {}", err);

@@ -16,6 +16,7 @@
 #include "policy/policy.hpp"
 #include "policy_loop/audit_store.hpp"
 #include "policy_loop/engine.hpp"
+#include "policy_loop/steady_wall.hpp"
 #include "sluice/core/owner.hpp"
 
 namespace sluice::daemon {
@@ -29,6 +30,7 @@ struct Options {
   int64_t heartbeat_ns = 100'000'000;
   uint32_t gc_slots_per_tick = 1u << 16;  // per tier
   std::optional<metrics::ListenAddress> metrics_addr;  // none: no /metrics
+  policy_loop::SteadyWall::Reader wall_clock_ms = nullptr;  // the system clock retention reads (tests step it)
 };
 
 using policy::layout_of;  // the segment layout a policy asks for
@@ -112,6 +114,8 @@ class Daemon {
   core::GcStats gc_totals_;
   uint64_t audit_pruned_ = 0;
   void prune_audit();  // one batch of audit_retention_days, on the tick
+  policy_loop::SteadyWall retention_clock_;  // a forward step of the wall clock deletes nothing early
+  int64_t retention_held_back_ms_ = 0;       // last logged
   std::vector<uint64_t> admitted_at_start_;  // per tier (see LoopState)
   SharedLoopState shared_loop_;  // loop_state() as of the last tick or command, for the metrics thread
   std::unique_ptr<metrics::MetricsServer> metrics_;  // stopped in stop(), before what it reads

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -427,6 +428,56 @@ TEST(DaemonStep, RetentionPrunesTheTrailOnTheTickAndCountsIt) {
                 .find("sluice_audit_records_pruned_total 1500"),
             std::string::npos);
   EXPECT_TRUE(g.d->engine().store().last_limit("enterprise")) << "the limit in force keeps its record";
+}
+
+// The system clock stepped two days ahead under a running sluiced: retention must
+// not take every record of the last day for two days old (it deleted the trail).
+// Records that were old before the step still go.
+std::atomic<int64_t> g_wall_step_ms{0};
+int64_t stepped_wall_ms() { return policy_loop::unix_ms_now() + g_wall_step_ms.load(); }
+
+TEST(DaemonStep, AForwardStepOfTheWallClockDeletesNoRecordEarly) {
+  DaemonGuard g;
+  const std::string path = "/tmp/sluicetest-state/" + g.name + "-retention-step.json";
+  {
+    std::ofstream f(path);
+    f << R"({"tiers": [{"name": "enterprise", "limit": 15, "window_ms": 1000, "max_limit": 120},
+                       {"name": "pro", "limit": 8, "window_ms": 1000, "max_limit": 40},
+                       {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9}],
+           "audit_retention_days": 1})";
+  }
+  g.d.reset();
+  daemon::Options o;
+  o.segment = g.name;
+  o.state_dir = "/tmp/sluicetest-state";
+  o.policy_path = path;
+  o.wall_clock_ms = stepped_wall_ms;
+  g_wall_step_ms = 0;
+  std::string err;
+  g.d = daemon::Daemon::start(o, err);
+  std::remove(path.c_str());
+  ASSERT_TRUE(g.d) << err;
+  const int64_t now_ms = policy_loop::unix_ms_now();
+  std::vector<policy_loop::AuditRecord> rows;
+  for (int i = 0; i < 20; ++i)
+    rows.push_back({0, now_ms - 3'600'000 + i, "held", "rules", "pro", 8, 8, "an hour old", 1.0, "", 0});
+  for (int i = 0; i < 5; ++i)
+    rows.push_back({0, now_ms - 3 * 86'400'000 + i, "held", "rules", "pro", 8, 8, "three days old", 1.0, "", 0});
+  ASSERT_TRUE(g.d->engine().store().append_all(rows, err)) << err;
+  auto count = [&](const std::string &reason) {
+    size_t n = 0;
+    for (const auto &r : g.d->engine().store().since(0, 100'000)) n += r.reason == reason;
+    return n;
+  };
+  int64_t now = core::mono_ns();
+  g.d->do_work(now);
+  ASSERT_EQ(count("three days old"), 0u) << "retention is at work";
+  ASSERT_EQ(count("an hour old"), 20u);
+  g_wall_step_ms = 2 * 86'400'000;
+  g.d->do_work(now += 2'000'000'000);
+  g.d->do_work(now += 2'000'000'000);
+  EXPECT_EQ(count("an hour old"), 20u) << "a step of the wall clock aged the trail by two days";
+  g_wall_step_ms = 0;
 }
 
 // The heartbeat word is client-writable: one forged far in the past overflowed

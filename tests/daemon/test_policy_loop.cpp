@@ -13,6 +13,7 @@
 #include "../support/fixture.hpp"
 #include "daemon.hpp"
 #include "policy_loop/engine.hpp"
+#include "policy_loop/steady_wall.hpp"
 
 using namespace sluice;
 using namespace sluice::policy_loop;
@@ -867,6 +868,44 @@ TEST_F(EngineFixture, RetentionDeletesOldRecordsButKeepsEachTiersLimitAndOpenQue
   // Not in the policy any more: nothing to keep it for.
   EXPECT_EQ(store->prune(cutoff, 1000, {"free"}, err), 1) << err;
   EXPECT_FALSE(store->last_limit("enterprise"));
+}
+
+// What retention reads as "now": the wall clock, except that a forward step is
+// held back (it would make every record look old at once and delete the trail).
+TEST(SteadyWall, FollowsTheWallClockAndHoldsBackAForwardStep) {
+  constexpr int64_t day = 86'400'000;
+  SteadyWall w;
+  const int64_t t0 = 1'800'000'000'000;  // wall ms; the boot clock reads 1,000 ms then
+  EXPECT_EQ(w.at(t0, 1'000), t0);
+  EXPECT_EQ(w.at(t0 + 1'000, 2'000), t0 + 1'000) << "in step";
+  EXPECT_EQ(w.at(t0 + 2'000 + 4'000, 3'000), t0 + 6'000) << "a run of a few seconds (a slew, a late read) is followed";
+  EXPECT_EQ(w.held_back_ms(), 0);
+  // `date -s` a year on: now() goes on from before the step, at the boot clock's rate.
+  EXPECT_EQ(w.at(t0 + 365 * day, 4'000), t0 + 7'000);
+  EXPECT_EQ(w.held_back_ms(), 365 * day - 7'000);
+  EXPECT_EQ(w.at(t0 + 365 * day + 10'000, 14'000), t0 + 17'000) << "held back for good, not caught up a bit at a time";
+  EXPECT_EQ(w.at(t0 + 365 * day + 10'000 + day, 14'000 + day), t0 + 17'000 + day);
+  // The step corrected: followed again, and a later step is measured from there.
+  EXPECT_EQ(w.at(t0 + 18'000 + day, 15'000 + day), t0 + 18'000 + day);
+  EXPECT_EQ(w.held_back_ms(), 0);
+  EXPECT_EQ(w.at(t0 + 19'000 + day + 3'600'000, 16'000 + day), t0 + 19'000 + day) << "an hour's step";
+  // A backward step is followed at once: it only makes records look younger.
+  EXPECT_EQ(w.at(t0 - day, 17'000 + day), t0 - day);
+  EXPECT_EQ(w.at(t0 - day + 1'000, 18'000 + day), t0 - day + 1'000);
+}
+
+TEST(SteadyWall, ReadsTheClocksItIsGiven) {
+  static int64_t wall = 5'000'000, boot = 100;
+  SteadyWall w([] { return wall; }, [] { return boot; });
+  EXPECT_EQ(w.now(), 5'000'000);
+  wall += 1'000'000;
+  boot += 10;
+  EXPECT_EQ(w.now(), 5'000'010);
+  SteadyWall real;
+  const int64_t before = unix_ms_now(), got = real.now(), after = unix_ms_now();
+  EXPECT_LE(before, got);
+  EXPECT_LE(got, after) << "the default readers are the system clock and CLOCK_BOOTTIME";
+  EXPECT_GT(boot_ms_now(), 0);
 }
 
 // ---- review of the policy loop (session 11): each failed on the code before ----
