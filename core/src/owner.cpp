@@ -26,6 +26,10 @@ bool may_remove(const Mapping::FileOwner &fo) {
   return fo.uid == me || me == 0;
 }
 
+std::string mismatch_detail(const std::string &why) {
+  return "existing segment does not match the policy: " + why + " (use --reset to recreate it)";
+}
+
 std::vector<TierLimits> rows_of(const LayoutSpec &spec) {
   std::vector<TierLimits> rows;
   for (const TierSpec &t : spec.tiers)
@@ -64,6 +68,73 @@ void Owner::remove(const std::string &name) {
   // reads zeros from here on, then reads the retirement and decides again in the
   // new pair (docs/ADMISSION.md).
   if (mapped && was_retired) discard_if_unlinked(state, name);
+}
+
+Owner::Preview Owner::preview(const std::string &name, const LayoutSpec &spec, bool reset) {
+  // The same steps as create_or_attach, in the same order, each read-only.
+  Preview p;
+  const auto refuse = [&p](Status s, std::string why) {
+    p.plan = Plan::refused;
+    p.status = s;
+    p.detail = std::move(why);
+    return p;
+  };
+  const auto create = [&p](std::string why) {
+    p.plan = Plan::create;
+    p.detail = std::move(why);
+    return p;
+  };
+  if (!valid_segment_name(name)) return refuse(Status::no_segment, "segment name '" + name + "' is not valid");
+  const uint32_t me = uint32_t(::geteuid());
+  Mapping state, policy;
+  Mapping::FileOwner fo;
+  std::string detail;
+  Status s = Mapping::open(state_segment_name(name), false, state, detail, &fo);
+  p.exists = s != Status::no_segment;
+  if (reset) {
+    if (p.exists && s == Status::ok && !may_remove(fo)) {  // remove() leaves another user's pair alone
+      (void)check_adoptable(state_segment_name(name), fo, me, kStateForbidden, detail);  // names its owner
+      return refuse(Status::permission, detail);
+    }
+    return create(p.exists ? "--reset removes the pair first: its keys and counters are wiped" : "no pair yet: a new one is made");
+  }
+  if (s == Status::no_segment) return create("no pair yet: a new one is made");
+  if (s == Status::not_ready) return create("an empty state object (its creator died before sizing it) is replaced");
+  if (s != Status::ok) return refuse(s, detail);
+  if ((s = check_adoptable(state_segment_name(name), fo, me, kStateForbidden, detail)) != Status::ok)
+    return refuse(s, detail);
+  if ((s = validate_state(state, 0, detail)) == Status::not_ready)
+    return create("a state object never formatted (its creator died) is replaced");
+  if (s != Status::ok) return refuse(s, detail);
+  s = Mapping::open(policy_segment_name(name), false, policy, detail, &fo);
+  const bool policy_missing = s == Status::no_segment;
+  if (!policy_missing) {
+    if (s != Status::ok) return refuse(s, detail);
+    if ((s = check_adoptable(policy_segment_name(name), fo, me, kPolicyForbidden, detail)) != Status::ok)
+      return refuse(s, detail);
+    if ((s = validate_policy(policy, 0, detail)) != Status::ok) return refuse(s, detail);
+    const auto &ph = *static_cast<const PolicyHeader *>(policy.base());
+    if (retired(ph.generation.load(std::memory_order_acquire)))
+      return create("a reset stopped half-way: the retired pair is removed and a new one made");
+  }
+  Geometry g;
+  if ((s = read_geometry(state, g, detail)) != Status::ok) return refuse(s, detail);
+  if (!state_matches(g, spec, detail)) {
+    p.plan = Plan::mismatch;
+    p.status = Status::version_mismatch;
+    p.detail = mismatch_detail(detail);
+    return p;
+  }
+  p.plan = Plan::attach;
+  p.detail = policy_missing ? "matches the policy: re-attached, keys and counters kept (its missing policy object is "
+                              "made again)"
+                            : "matches the policy: re-attached, keys and counters kept";
+  if (!policy_missing)
+    for (uint32_t i = 0; i < g.tier_count; ++i) {
+      TierLimits now;
+      if (read_tier(*static_cast<const PolicyHeader *>(policy.base()), i, now)) p.rows_now.push_back(now);
+    }
+  return p;
 }
 
 void Owner::discard_state() {
@@ -140,7 +211,7 @@ Status Owner::create_or_attach(const std::string &name, const LayoutSpec &spec, 
     Geometry g;
     if ((s = read_geometry(o->state_map_, g, detail)) != Status::ok) return s;
     if (!state_matches(g, spec, detail)) {
-      detail = "existing segment does not match the policy: " + detail + " (use --reset to recreate it)";
+      detail = mismatch_detail(detail);
       return Status::version_mismatch;
     }
     // What this version would create for the spec, which the header was just shown

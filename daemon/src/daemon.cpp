@@ -166,18 +166,20 @@ bool Daemon::open_before_attach(std::string &error) {
   return control_ != nullptr;
 }
 
-bool Daemon::segment_fits(std::string &error) const {
+bool Daemon::segment_fits(std::string &error) const { return daemon::segment_fits(opt_, policy_, error); }
+
+bool segment_fits(const Options &opt, const policy::PolicySpec &p, std::string &error) {
   // Before anything else of the start: a --reset that would make a pair too large
   // for /dev/shm must not remove the running one first. (Mapping::create checks
   // again on every path that makes one.)
-  const std::string path = "/dev/shm/" + core::state_segment_name(opt_.segment);
+  const std::string path = "/dev/shm/" + core::state_segment_name(opt.segment);
   struct stat st {};
   const bool exists = ::stat(path.c_str(), &st) == 0;
-  if (exists && !opt_.reset) return true;
+  if (exists && !opt.reset) return true;
   const uint64_t free = core::shm_free_bytes();
   if (free == UINT64_MAX) return true;
   const uint64_t avail = free + (exists ? uint64_t(st.st_blocks) * 512 : 0);
-  const uint64_t need = core::state_segment_bytes(layout_of(policy_));
+  const uint64_t need = core::state_segment_bytes(layout_of(p));
   if (need <= avail) return true;
   error = "the state segment would need " + std::to_string(need >> 20) + " MiB, and /dev/shm has " +
           std::to_string(avail >> 20) + " MiB free: lower segment.max_keys or the tiers' max_limit";
@@ -289,23 +291,26 @@ bool Daemon::open_services(std::string &error) {
   return true;
 }
 
-bool Daemon::advisor_config(std::string &error) {
-  const policy::AdvisorSpec &a = policy_.advisor;
+bool advisor_config_of(const policy::PolicySpec &p, std::optional<advisor::AdvisorConfig> &out, std::string &error) {
+  out.reset();
+  const policy::AdvisorSpec &a = p.advisor;
   if (a.kind == "none") return true;
   advisor::AdvisorConfig cfg;
   cfg.kind = a.kind == "openai" ? advisor::AdvisorConfig::openai : advisor::AdvisorConfig::ollama;
   cfg.base_url = a.url;
   cfg.model = a.model;
   cfg.timeout_ms = int(a.timeout_ms);
-  cfg.min_confidence = policy_.governance.min_confidence;
+  cfg.min_confidence = p.governance.min_confidence;
   if (const char *key = std::getenv("SLUICE_ADVISOR_API_KEY")) cfg.api_key = key;
   if (const std::string why = advisor::validate_config(cfg); !why.empty()) {
     error = "policy advisor.url/model: " + why;
     return false;
   }
-  advisor_cfg_ = cfg;
+  out = cfg;
   return true;
 }
+
+bool Daemon::advisor_config(std::string &error) { return advisor_config_of(policy_, advisor_cfg_, error); }
 
 bool Daemon::start_advisor(std::string &error) {
   if (!advisor_cfg_) return true;

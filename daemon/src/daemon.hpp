@@ -131,5 +131,11 @@ int take_segment_lock(const std::string &segment, std::string &error, int attemp
 bool lock_still_named(const std::string &segment, int fd);
 // Where the audit store lives: the policy's audit_db, else <state_dir>/<segment>.db.
 std::string audit_db_path(const policy::PolicySpec &p, const Options &opt);
+// The policy's advisor section as the LLM advisor's config (none: "kind": "none"),
+// or false with `error` (a URL or model the advisor would refuse).
+bool advisor_config_of(const policy::PolicySpec &p, std::optional<advisor::AdvisorConfig> &out, std::string &error);
+// Whether the state segment a start with `opt` would make fits /dev/shm's free
+// room (a re-attach makes none), or false with `error`.
+bool segment_fits(const Options &opt, const policy::PolicySpec &p, std::string &error);
 
 }  // namespace sluice::daemon

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "daemon.hpp"
+#include "start_check.hpp"
 #include "sluice/core/clock.hpp"
 
 namespace {
@@ -19,7 +20,7 @@ void on_signal(int sig) { g_signal.store(sig); }
 
 void usage(std::ostream &os) {
   os << "usage: sluiced [--policy FILE] [--segment NAME] [--reset] [--tick-ms N] [--state-dir DIR]\n"
-        "               [--metrics-addr [HOST:]PORT] [--log-level LEVEL] | --print-default-policy\n"
+        "               [--metrics-addr [HOST:]PORT] [--log-level LEVEL] [--check] | --print-default-policy\n"
         "  --policy FILE    JSON policy (schema: daemon/policy/policy.fbs); default: built-in tiers\n"
         "  --segment NAME   segment pair /dev/shm/NAME.{state,policy}; default $SLUICE_SEGMENT or 'sluice'\n"
         "  --reset          remove an existing segment pair first (wipes keys and counters)\n"
@@ -27,6 +28,9 @@ void usage(std::ostream &os) {
         "  --state-dir DIR  audit store directory (default $SLUICE_STATE_DIR or /var/lib/sluice)\n"
         "  --metrics-addr [HOST:]PORT  serve Prometheus /metrics (HOST default 127.0.0.1; PORT 0: any free port)\n"
         "  --log-level LEVEL  trace, debug, info (default), warning, error, critical or off\n"
+        "  --check          say what a start with these options would do, and exit without doing it:\n"
+        "                   no lock, no segment made or changed, no audit store opened, no port bound\n"
+        "                   (exit 0: it would start; 78 or 1: it would fail, as below)\n"
         "  --print-default-policy  print the built-in policy as JSON and exit\n"
         "exit status: 0 stopped by a signal; 2 bad arguments; 78 the policy file or a\n"
         "  setting is wrong (fix it: a retry fails the same way); 75 another sluiced owns\n"
@@ -46,6 +50,7 @@ int main(int argc, char **argv) {
   using namespace sluice;
   daemon::Options opt;
   opt.segment = core::resolve_segment_name(nullptr);
+  bool check = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -58,6 +63,7 @@ int main(int argc, char **argv) {
     if (a == "--policy") opt.policy_path = value();
     else if (a == "--segment") opt.segment = value();
     else if (a == "--reset") opt.reset = true;
+    else if (a == "--check") check = true;
     else if (a == "--tick-ms") {
       const std::string v = value();
       char *end = nullptr;
@@ -102,6 +108,11 @@ int main(int argc, char **argv) {
     }
   }
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ sluiced[%P] %v");
+  if (check) {
+    const daemon::StartCheck r = daemon::check_start(opt);
+    std::cout << r.report;
+    return r.failure == daemon::Daemon::StartFailure::none ? 0 : exit_status_for(r.failure);
+  }
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;

@@ -481,3 +481,80 @@ TEST(Adoption, AReattachLetsItsHookChooseTheRowsOrRefuseBeforeAnythingIsPublishe
 
 }  // namespace
 }  // namespace sluice::core
+
+namespace sluice::core {
+namespace {
+
+// Owner::preview (sluiced --check) foretells what create_or_attach then does, in
+// every state a pair can be found in, and changes none of them.
+TEST(Adoption, APreviewForetellsWhatTheStartDoesAndChangesNothing) {
+  const LayoutSpec spec = small_spec();
+  const LayoutSpec other = test::spec_with({test::tier("t", 4, 1000, 16)}, 64, 32);  // another max_limit
+  auto start = [](const std::string &name, const LayoutSpec &s, bool reset, Status &st) {
+    std::unique_ptr<Owner> o;
+    bool created = false;
+    std::string detail;
+    st = Owner::create_or_attach(name, s, reset, o, created, detail);
+    return created;
+  };
+  auto plan = [](const std::string &name, const LayoutSpec &s, bool reset = false) {
+    return Owner::preview(name, s, reset).plan;
+  };
+  Names n;
+  Status st;
+  EXPECT_EQ(plan(n.name, spec), Owner::Plan::create);
+  EXPECT_FALSE(exists(state_segment_name(n.name)) || exists(policy_segment_name(n.name)));
+  EXPECT_TRUE(start(n.name, spec, false, st));
+  ASSERT_EQ(st, Status::ok);
+
+  const Owner::Preview same = Owner::preview(n.name, spec, false);
+  EXPECT_EQ(same.plan, Owner::Plan::attach) << same.detail;
+  ASSERT_EQ(same.rows_now.size(), 1u);
+  EXPECT_EQ(same.rows_now[0].limit, 4u);
+  const Owner::Preview mis = Owner::preview(n.name, other, false);
+  EXPECT_EQ(mis.plan, Owner::Plan::mismatch);
+  EXPECT_EQ(mis.status, Status::version_mismatch);
+  EXPECT_NE(mis.detail.find("--reset"), std::string::npos) << mis.detail;
+  EXPECT_EQ(plan(n.name, other, true), Owner::Plan::create);
+  EXPECT_FALSE(start(n.name, spec, false, st)) << "a previewed attach is an attach";
+  EXPECT_EQ(st, Status::ok);
+  start(n.name, other, false, st);
+  EXPECT_EQ(st, Status::version_mismatch) << "a previewed mismatch is refused";
+
+  // Its policy object removed: the state is re-attached, a policy made again.
+  ASSERT_EQ(shm_unlink(("/" + policy_segment_name(n.name)).c_str()), 0);
+  const Owner::Preview lone = Owner::preview(n.name, spec, false);
+  EXPECT_EQ(lone.plan, Owner::Plan::attach) << lone.detail;
+  EXPECT_NE(lone.detail.find("missing policy"), std::string::npos) << lone.detail;
+  EXPECT_FALSE(exists(policy_segment_name(n.name))) << "the preview made the policy";
+  EXPECT_FALSE(start(n.name, spec, false, st));
+  EXPECT_EQ(st, Status::ok);
+
+  // Retired by a reset that stopped half-way: removed and made again.
+  ASSERT_TRUE(Owner::retire(n.name));
+  EXPECT_EQ(plan(n.name, spec), Owner::Plan::create);
+  EXPECT_TRUE(exists(state_segment_name(n.name))) << "the preview finished the reset";
+  EXPECT_TRUE(start(n.name, spec, false, st));
+  EXPECT_EQ(st, Status::ok);
+
+  // Opened to everyone by someone: refused.
+  ASSERT_EQ(chmod(("/dev/shm/" + state_segment_name(n.name)).c_str(), 0666), 0);
+  const Owner::Preview open = Owner::preview(n.name, spec, false);
+  EXPECT_EQ(open.plan, Owner::Plan::refused);
+  EXPECT_EQ(open.status, Status::permission);
+  start(n.name, spec, false, st);
+  EXPECT_EQ(st, Status::permission) << "a previewed refusal is refused";
+  Owner::remove(n.name);
+
+  // Left unformatted or empty by a creator that died: replaced.
+  leave_raw_state(n.name, 1 << 16);
+  EXPECT_EQ(plan(n.name, spec), Owner::Plan::create);
+  Owner::remove(n.name);
+  leave_raw_state(n.name, 0);
+  EXPECT_EQ(plan(n.name, spec), Owner::Plan::create);
+  EXPECT_TRUE(start(n.name, spec, false, st));
+  EXPECT_EQ(st, Status::ok);
+}
+
+}  // namespace
+}  // namespace sluice::core

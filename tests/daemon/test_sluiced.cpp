@@ -637,3 +637,66 @@ TEST(Sluiced, APolicyUnlinkedUnderTheDaemonLeavesTheNamedStateWhole) {
   std::remove(policy.c_str());
 }
 
+
+// sluiced --check says what a start would do (make, re-attach, refuse, wipe) and
+// does none of it: no segment, lock, socket or audit store appears, a running
+// daemon's pair and counters are untouched.
+TEST(Sluiced, CheckSaysWhatAStartWouldDoAndChangesNothing) {
+  Segment seg;
+  const std::string policy = write_policy(kPolicy);
+  const std::string dir = "/tmp/sluicetest-check-" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  auto shm = [&](const char *suffix) { return std::filesystem::exists("/dev/shm/" + seg.name + suffix); };
+  auto check = [&](std::vector<std::string> extra, int want_exit) {
+    std::vector<std::string> args = {SLUICED_PATH, "--check", "--segment", seg.name, "--state-dir", dir};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Proc p = spawn(args);
+    EXPECT_EQ(wait_exit(p), want_exit) << p.output();
+    return p.output();
+  };
+  std::string out = check({"--policy", policy}, 0);
+  EXPECT_NE(out.find("no pair yet"), std::string::npos) << out;
+  EXPECT_NE(out.find("check: OK"), std::string::npos) << out;
+  EXPECT_NE(out.find("tier 0 'gold': 5 per 200 ms (max 10)"), std::string::npos) << out;
+  EXPECT_FALSE(shm(".state") || shm(".policy") || shm(".lock") || shm(".sock")) << "--check made part of a pair";
+  EXPECT_FALSE(std::filesystem::exists(dir)) << "--check made the audit store's directory";
+
+  Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--state-dir", dir});
+  ASSERT_TRUE(wait_ready(d, seg.name));
+  sluice_client *c = nullptr;
+  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
+  sluice_decision dec{};
+  dec.size = sizeof dec;
+  ASSERT_EQ(sluice_acquire(c, "gold", "k", 1, 1, &dec), SLUICE_OK);
+  sluice_close(c);
+  out = check({"--policy", policy}, 0);
+  EXPECT_NE(out.find("matches the policy: re-attached, keys and counters kept"), std::string::npos) << out;
+  EXPECT_NE(out.find("sluiced pid " + std::to_string(d.pid) + " runs on this segment now"), std::string::npos) << out;
+  std::string other = kPolicy;
+  other.replace(other.find("\"max_limit\": 10"), 15, "\"max_limit\": 20");
+  const std::string policy2 = write_policy(other);
+  out = check({"--policy", policy2}, 78);
+  EXPECT_NE(out.find("check: FAILED: existing segment does not match the policy: tier 0 (gold)"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("--reset"), std::string::npos) << out;
+  out = check({"--policy", policy2, "--reset"}, 0);
+  EXPECT_NE(out.find("keys and counters are wiped"), std::string::npos) << out;
+  const std::string bad = write_policy(R"({"tiers": [{"name": "x", "limit": 1, "window_ms": 100, "max_limit": 2, "bogus": 1}]})");
+  out = check({"--policy", bad}, 78);
+  EXPECT_NE(out.find("bogus"), std::string::npos) << out;
+  // A pair opened to everyone: a start refuses to adopt it.
+  const std::string state = "/dev/shm/" + seg.name + ".state";
+  ASSERT_EQ(::chmod(state.c_str(), 0666), 0);
+  out = check({"--policy", policy}, 1);
+  EXPECT_NE(out.find("has mode 0666"), std::string::npos) << out;
+  ASSERT_EQ(::chmod(state.c_str(), 0660), 0);
+  // Nothing the checks said changed the running pair.
+  Proc ctl = spawn({SLUICECTL_PATH, "--segment", seg.name, "status", "--json"});
+  EXPECT_EQ(wait_exit(ctl), 0) << ctl.output();
+  EXPECT_NE(ctl.output().find("\"max_limit\":10"), std::string::npos) << ctl.output();
+  EXPECT_NE(ctl.output().find("\"admitted\":1"), std::string::npos) << ctl.output();
+  kill(d.pid, SIGTERM);
+  EXPECT_EQ(wait_exit(d), 0);
+  for (const auto &f : {policy, policy2, bad}) std::remove(f.c_str());
+  std::filesystem::remove_all(dir);
+}

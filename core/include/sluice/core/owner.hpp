@@ -41,6 +41,24 @@ class Owner {
   static Status create_or_attach(const std::string &name, const LayoutSpec &spec, bool reset,
                                  std::unique_ptr<Owner> &out, bool &created, std::string &detail,
                                  const AttachHook &on_attach = {});
+
+  // What create_or_attach(name, spec, reset) would do, found without changing
+  // anything: both objects are mapped read-only, nothing is created, removed or
+  // written (sluiced --check). Made by this process's uid, as a start would be.
+  enum class Plan {
+    create,    // a new pair is made (none there, --reset, or one a creator or reset left half done)
+    attach,    // the pair matches the spec and is re-attached with its keys and counters
+    mismatch,  // the pair does not match the spec: the start is refused; --reset wipes it
+    refused,   // the start fails on this pair whatever the spec (`status`: another user's, damaged)
+  };
+  struct Preview {
+    Plan plan = Plan::create;
+    Status status = Status::ok;        // refused: why
+    std::string detail;                // for a person
+    bool exists = false;               // a state object is under the name
+    std::vector<TierLimits> rows_now;  // attach: the table clients read now
+  };
+  static Preview preview(const std::string &name, const LayoutSpec &spec, bool reset);
   // Retires the pair (clients that map it reopen the name), unlinks it, and frees
   // the retired state segment's memory (tmpfs keeps an unlinked object's pages
   // until its last mapping goes, and clients' mappings may outlive it by days).

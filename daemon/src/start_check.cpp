@@ -1,0 +1,129 @@
+#include "start_check.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <utility>
+#include <vector>
+
+#include "sluice/core/owner.hpp"
+#include "status.hpp"
+
+namespace sluice::daemon {
+
+namespace {
+
+std::string mib(uint64_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f MiB", double(bytes) / double(1 << 20));
+  return b;
+}
+
+// The directory a store at `path` would be made in, or the nearest one that exists
+// (the start makes the missing ones): can this process write there?
+std::string audit_line(const std::string &path, bool &ok) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  ok = true;
+  if (fs::exists(path, ec)) {
+    ok = ::access(path.c_str(), R_OK | W_OK) == 0;
+    return "audit store " + path + ": exists" + (ok ? "" : ", NOT writable by this user");
+  }
+  fs::path dir = fs::path(path).parent_path();
+  while (!dir.empty() && !fs::exists(dir, ec) && dir != dir.parent_path()) dir = dir.parent_path();
+  if (dir.empty()) dir = ".";
+  ok = ::access(dir.c_str(), W_OK | X_OK) == 0;
+  return "audit store " + path + ": not there yet, made at start" +
+         (ok ? "" : " (NOT possible: " + dir.string() + " is not writable by this user)");
+}
+
+}  // namespace
+
+StartCheck check_start(const Options &opt) {
+  using F = Daemon::StartFailure;
+  StartCheck c;
+  auto line = [&c](const std::string &s) { c.report += s + "\n"; };
+  auto fail = [&](F kind, const std::string &why) {
+    if (c.failure == F::none) c.failure = kind;
+    line("check: FAILED: " + why);
+    return c;
+  };
+  if (!core::valid_segment_name(opt.segment))
+    return fail(F::config, "segment name '" + opt.segment + "' is not valid (letters, digits, '_', '-', '.')");
+  policy::PolicySpec p;
+  try {
+    p = opt.policy_path ? policy::load_policy_file(*opt.policy_path) : policy::default_policy();
+  } catch (const policy::PolicyError &e) {
+    return fail(F::config, e.what());
+  }
+  line("policy " + (opt.policy_path ? *opt.policy_path : std::string("(built-in)")) + ": valid, " +
+       std::to_string(p.tiers.size()) + " tiers, tick " +
+       std::to_string(opt.tick_ns ? *opt.tick_ns / 1'000'000 : int64_t(p.tick_ms)) + " ms");
+  for (size_t i = 0; i < p.tiers.size(); ++i) {
+    const auto &t = p.tiers[i];
+    char b[256];
+    std::snprintf(b, sizeof b, "  tier %zu '%s': %u per %llu ms (max %u), $%.2f/request%s", i, t.name.c_str(), t.limit,
+                  static_cast<unsigned long long>(t.window_ms), t.max_limit, t.revenue_per_request,
+                  t.adaptive ? "" : ", fixed");
+    line(b);
+  }
+  std::optional<advisor::AdvisorConfig> adv;
+  std::string error;
+  if (!advisor_config_of(p, adv, error)) return fail(F::config, error);
+  line(adv ? "advisor: " + p.advisor.kind + " at " + p.advisor.url + ", model " + p.advisor.model
+           : std::string("advisor: none (the built-in rules)"));
+
+  const core::LayoutSpec layout = layout_of(p);
+  line("segment '" + opt.segment + "': max_keys " + std::to_string(p.segment.max_keys) + ", max_key_bytes " +
+       std::to_string(p.segment.max_key_bytes) + ", state " + mib(core::state_segment_bytes(layout)) +
+       (p.segment.reserve_memory ? " (reserved when made)" : " (pages allocated as touched)"));
+  const core::Owner::Preview pv = core::Owner::preview(opt.segment, layout, opt.reset);
+  const std::string pair = "/dev/shm/" + opt.segment + ".{state,policy}";
+  using Plan = core::Owner::Plan;
+  if (pv.plan == Plan::refused) {
+    line("pair " + pair + ": a start fails on it: " + pv.detail);
+  } else if (pv.plan == Plan::mismatch) {
+    line("pair " + pair + ": " + pv.detail);
+  } else {
+    line("pair " + pair + ": " + pv.detail);
+    for (size_t i = 0; i < pv.rows_now.size() && i < p.tiers.size(); ++i)
+      if (pv.rows_now[i].limit != p.tiers[i].limit)
+        line("  tier '" + p.tiers[i].name + "': " + std::to_string(pv.rows_now[i].limit) + " per window now, " +
+             std::to_string(p.tiers[i].limit) + " in the policy" +
+             (p.tiers[i].adaptive && (pv.rows_now[i].flags & core::kTierAdaptive)
+                  ? " (a start keeps " + std::to_string(pv.rows_now[i].limit) +
+                        " only if the audit trail shows the loop or an approval set it)"
+                  : " (a start publishes the policy's)"));
+  }
+  if (pv.exists && pv.plan != Plan::refused) {
+    Status st;
+    std::string why;
+    if (read_status(opt.segment, st, why) && st.daemon_state != DaemonState::gone &&
+        st.daemon_state != DaemonState::stopped)
+      line("sluiced pid " + std::to_string(st.daemon_pid) + " runs on this segment now (" +
+           daemon_state_name(st.daemon_state) + "): a start fails (exit 75) until it stops");
+  }
+  // In the order a start meets them: the first is what it would fail on.
+  std::vector<std::pair<F, std::string>> problems;
+  if (!segment_fits(opt, p, error)) problems.emplace_back(F::environment, error);
+  bool audit_ok = true;
+  line(audit_line(audit_db_path(p, opt), audit_ok));
+  if (!audit_ok) problems.emplace_back(F::environment, "the audit store cannot be written");
+  if (opt.metrics_addr)
+    line("metrics: served on " + opt.metrics_addr->host + ":" + std::to_string(opt.metrics_addr->port) +
+         " (not bound by --check)");
+  if (pv.plan == Plan::refused) problems.emplace_back(F::environment, pv.detail);
+  if (pv.plan == Plan::mismatch) problems.emplace_back(F::config, pv.detail);
+  if (!problems.empty()) {
+    for (size_t i = 1; i < problems.size(); ++i) line("also: " + problems[i].second);
+    return fail(problems[0].first, problems[0].second);
+  }
+  line(std::string("check: OK, a start would go ahead") +
+       (pv.plan == Plan::attach ? " and keep the pair's keys and counters"
+        : pv.exists             ? " and make a new pair (the old one's keys and counters are lost)"
+                                : " and make a new pair"));
+  return c;
+}
+
+}  // namespace sluice::daemon
