@@ -386,6 +386,15 @@ TEST(AdviceTurn, FreshnessIsTheSnapshotsAgeInTime) {
       << "an answer about a snapshot from the future";
 }
 
+// The default tiers with audit_retention_days 1.
+void write_retention_policy(const std::string &path) {
+  std::ofstream f(path);
+  f << R"({"tiers": [{"name": "enterprise", "limit": 15, "window_ms": 1000, "max_limit": 120},
+                     {"name": "pro", "limit": 8, "window_ms": 1000, "max_limit": 40},
+                     {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9}],
+         "audit_retention_days": 1})";
+}
+
 // audit_retention_days at work: a tick deletes records past it (a batch at a
 // time) and /metrics counts them; without the setting, nothing is deleted.
 TEST(DaemonStep, RetentionPrunesTheTrailOnTheTickAndCountsIt) {
@@ -406,13 +415,7 @@ TEST(DaemonStep, RetentionPrunesTheTrailOnTheTickAndCountsIt) {
   g.d->do_work(now += 2'000'000'000);
   EXPECT_EQ(count_old(), 1'500u) << "the default keeps every record";
   const std::string path = "/tmp/sluicetest-state/" + g.name + "-retention.json";
-  {
-    std::ofstream f(path);
-    f << R"({"tiers": [{"name": "enterprise", "limit": 15, "window_ms": 1000, "max_limit": 120},
-                       {"name": "pro", "limit": 8, "window_ms": 1000, "max_limit": 40},
-                       {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9}],
-           "audit_retention_days": 1})";
-  }
+  write_retention_policy(path);
   g.d = restart(g, err, path);
   std::remove(path.c_str());
   ASSERT_TRUE(g.d) << err;
@@ -439,13 +442,7 @@ int64_t stepped_wall_ms() { return policy_loop::unix_ms_now() + g_wall_step_ms.l
 TEST(DaemonStep, AForwardStepOfTheWallClockDeletesNoRecordEarly) {
   DaemonGuard g;
   const std::string path = "/tmp/sluicetest-state/" + g.name + "-retention-step.json";
-  {
-    std::ofstream f(path);
-    f << R"({"tiers": [{"name": "enterprise", "limit": 15, "window_ms": 1000, "max_limit": 120},
-                       {"name": "pro", "limit": 8, "window_ms": 1000, "max_limit": 40},
-                       {"name": "free", "limit": 3, "window_ms": 1000, "max_limit": 9}],
-           "audit_retention_days": 1})";
-  }
+  write_retention_policy(path);
   g.d.reset();
   daemon::Options o;
   o.segment = g.name;

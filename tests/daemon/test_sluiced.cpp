@@ -11,6 +11,7 @@
 #include <sys/un.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -104,6 +105,17 @@ std::string write_policy(const std::string &text) {
 const char *kPolicy = R"({"segment": {"max_keys": 1000, "max_key_bytes": 32},
   "tiers": [{"name": "gold", "limit": 5, "window_ms": 200, "max_limit": 10, "revenue_per_request": 0.2},
             {"name": "free", "limit": 2, "window_ms": 200, "max_limit": 4, "revenue_per_request": 0.01}]})";
+
+// One unit of `tier` for `key` through a handle of its own: the first failing status.
+int acquire_once(const std::string &seg, const char *tier, const char *key) {
+  sluice_client *c = nullptr;
+  if (const int rc = sluice_open(seg.c_str(), &c); rc != SLUICE_OK) return rc;
+  sluice_decision dec{};
+  dec.size = sizeof dec;
+  const int rc = sluice_acquire(c, tier, key, std::strlen(key), 1, &dec);
+  sluice_close(c);
+  return rc;
+}
 
 // The daemons these tests start keep their audit stores out of /var/lib.
 const int kStateDir = setenv("SLUICE_STATE_DIR", "/tmp/sluicetest-state", 1);
@@ -225,12 +237,7 @@ TEST(Sluiced, ResetWipesAndAMismatchedPolicyIsRefused) {
   const std::string policy = write_policy(kPolicy);
   Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--reset"});
   ASSERT_TRUE(wait_ready(d, seg.name));
-  sluice_client *c = nullptr;
-  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
-  sluice_decision dec{};
-  dec.size = sizeof dec;
-  ASSERT_EQ(sluice_acquire(c, "gold", "x", 1, 1, &dec), SLUICE_OK);
-  sluice_close(c);
+  ASSERT_EQ(acquire_once(seg.name, "gold", "x"), SLUICE_OK);
   kill(d.pid, SIGTERM);
   ASSERT_EQ(wait_exit(d), 0);
   // Another max_limit changes ring sizes: re-attaching would be unsafe.
@@ -663,12 +670,7 @@ TEST(Sluiced, CheckSaysWhatAStartWouldDoAndChangesNothing) {
 
   Proc d = spawn({SLUICED_PATH, "--segment", seg.name, "--policy", policy, "--state-dir", dir});
   ASSERT_TRUE(wait_ready(d, seg.name));
-  sluice_client *c = nullptr;
-  ASSERT_EQ(sluice_open(seg.name.c_str(), &c), SLUICE_OK);
-  sluice_decision dec{};
-  dec.size = sizeof dec;
-  ASSERT_EQ(sluice_acquire(c, "gold", "k", 1, 1, &dec), SLUICE_OK);
-  sluice_close(c);
+  ASSERT_EQ(acquire_once(seg.name, "gold", "k"), SLUICE_OK);
   out = check({"--policy", policy}, 0);
   EXPECT_NE(out.find("matches the policy: re-attached, keys and counters kept"), std::string::npos) << out;
   EXPECT_NE(out.find("sluiced pid " + std::to_string(d.pid) + " runs on this segment now"), std::string::npos) << out;
