@@ -69,6 +69,15 @@ bool valid_approval_id(const std::string &id) {
 
 int remote(const std::string &segment, const std::string &line) {
   std::string reply, error;
+  // A daemon whose heartbeat is stale (SIGSTOPped, or a stuck tick) runs no
+  // command: say so now, not after the request's 10 s timeout.
+  sluice::daemon::Status st;
+  if (sluice::daemon::read_status(segment, st, error) && st.daemon_state == sluice::daemon::DaemonState::hung) {
+    std::cerr << "sluicectl: sluiced pid " << st.daemon_pid << " is NOT answering: its heartbeat is "
+              << st.heartbeat_age_ns / 1'000'000'000 << " s old (stopped by a signal, or stuck); nothing was sent\n";
+    return 1;
+  }
+  error.clear();
   if (!sluice::daemon::daemon_request(segment, line, reply, error)) {
     std::cerr << "sluicectl: " << error << "\n";
     return 1;

@@ -204,11 +204,17 @@ def test_status_tells_a_hung_daemon_from_a_dead_one_and_exits_3_for_both(tmp_pat
         assert st["daemon_state"] == "not_answering" and not st["daemon_alive"]
         r = d.ctl("status")
         assert r.returncode == 3 and "NOT answering" in r.stdout and "NOT running" not in r.stdout, r.stdout
+        # A command for the daemon says so at once, not after its 10 s timeout.
+        t0 = time.monotonic()
+        r = d.ctl("pending")
+        assert r.returncode == 1 and "is NOT answering" in r.stderr and "nothing was sent" in r.stderr, r.stderr
+        assert time.monotonic() - t0 < 5, "sluicectl pending waited for the hung daemon"
         d.proc.send_signal(signal.SIGCONT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and d.ctl("status").returncode != 0:
             time.sleep(0.1)
         assert d.status()["daemon_state"] == "alive"
+        assert d.ctl("pending").returncode == 0
         d.kill9()
         r = d.ctl("status")
         assert r.returncode == 3 and "pid is gone" in r.stdout, r.stdout
