@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   unix_ms INTEGER NOT NULL, event TEXT NOT NULL, actor TEXT NOT NULL, tier TEXT NOT NULL,
   old_limit INTEGER, new_limit INTEGER, reason TEXT NOT NULL, confidence REAL,
-  approval_id TEXT, generation INTEGER);
+  approval_id TEXT, generation INTEGER, wall_ms INTEGER);
 CREATE INDEX IF NOT EXISTS audit_time ON audit(unix_ms);
 CREATE INDEX IF NOT EXISTS audit_tier ON audit(tier, id);
 CREATE INDEX IF NOT EXISTS audit_approval ON audit(approval_id);
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS pending (
   id TEXT PRIMARY KEY, tier INTEGER NOT NULL, tier_name TEXT NOT NULL,
   old_limit INTEGER NOT NULL, new_limit INTEGER NOT NULL, reason TEXT NOT NULL,
   actor TEXT NOT NULL, confidence REAL, created_unix_ms INTEGER NOT NULL, expires_unix_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 )";
 
 // SQLite's message, with the system's reason when there is one: "disk I/O
@@ -73,8 +75,9 @@ std::string describe(sqlite3 *db) {
 }  // namespace
 
 std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::string &error, bool *disk_failed,
-                                             bool create) {
+                                             bool create, const TrailClock &clock) {
   std::unique_ptr<AuditStore> s(new AuditStore());
+  s->clock_ = clock;
   s->path_ = path;
   auto fail = [&](const std::string &why) {
     error = "audit store " + path + ": " + why;
@@ -90,12 +93,46 @@ std::unique_ptr<AuditStore> AuditStore::open(const std::string &path, std::strin
   ::umask(old_mask);
   if (rc != SQLITE_OK) return fail(describe(s->db_));
   sqlite3_busy_timeout(s->db_, 2000);
-  if (!s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", error) || !s->exec(kSchema, error))
+  if (!s->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", error) || !s->exec(kSchema, error) ||
+      !s->migrate(error) || !s->anchor_trail(error))
     return fail(error);
   // ":memory:" and "file:" URIs name no file to keep in place.
   s->file_backed_ = path != ":memory:" && path.rfind("file:", 0) != 0;
   if (s->file_backed_ && !s->note_identity()) return fail(std::string("cannot stat it: ") + std::strerror(errno));
   return s;
+}
+
+bool AuditStore::migrate(std::string &error) {
+  // A store made before records kept the system clock's reading: shown by their
+  // trail time, which was the system clock's then.
+  Stmt cols(db_, "SELECT 1 FROM pragma_table_info('audit') WHERE name = 'wall_ms'");
+  const int rc = sqlite3_step(cols.s);
+  if (rc == SQLITE_ROW) return true;
+  if (rc != SQLITE_DONE) return failed(error);
+  return exec("ALTER TABLE audit ADD COLUMN wall_ms INTEGER", error);
+}
+
+bool AuditStore::anchor_trail(std::string &error) {
+  std::string id;
+  int64_t at_ms = 0, at_boot_ms = 0;
+  {
+    Stmt st(db_, "SELECT (SELECT value FROM meta WHERE key = 'trail_boot_id'),"
+                 " (SELECT value FROM meta WHERE key = 'trail_anchor_ms'),"
+                 " (SELECT value FROM meta WHERE key = 'trail_anchor_boot_ms'),"
+                 " max(coalesce((SELECT max(unix_ms) FROM audit), 0),"
+                 "     coalesce((SELECT max(created_unix_ms) FROM pending), 0))");
+    if (sqlite3_step(st.s) != SQLITE_ROW) return failed(error);
+    id = st.col_text(0);
+    at_ms = std::strtoll(st.col_text(1).c_str(), nullptr, 10);
+    at_boot_ms = std::strtoll(st.col_text(2).c_str(), nullptr, 10);
+    clock_.anchor(id, at_ms, at_boot_ms, boot_id(), sqlite3_column_int64(st.s, 3));
+  }
+  if (clock_.anchor_ms() == at_ms && clock_.anchor_boot_ms() == at_boot_ms && id == boot_id()) return true;
+  Stmt put(db_, "INSERT OR REPLACE INTO meta(key, value) VALUES ('trail_boot_id', ?1), ('trail_anchor_ms', ?2),"
+                " ('trail_anchor_boot_ms', ?3)");
+  put.text(1, boot_id()).text(2, std::to_string(clock_.anchor_ms())).text(3, std::to_string(clock_.anchor_boot_ms()));
+  if (sqlite3_step(put.s) != SQLITE_DONE) return failed(error);
+  return true;
 }
 
 bool AuditStore::note_identity() {
@@ -202,9 +239,10 @@ bool AuditStore::exec(const char *sql, std::string &error) {
 
 bool AuditStore::insert_record(const AuditRecord &r, std::string &error) {
   Stmt st(db_,
-          "INSERT INTO audit(unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,generation)"
-          " VALUES(?,?,?,?,?,?,?,?,?,?)");
-  st.i64(1, r.unix_ms ? r.unix_ms : unix_ms_now()).text(2, r.event).text(3, r.actor).text(4, r.tier);
+          "INSERT INTO audit(unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,generation,"
+          "wall_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?)");
+  st.i64(1, r.unix_ms ? r.unix_ms : clock_.now()).text(2, r.event).text(3, r.actor).text(4, r.tier);
+  st.i64(11, r.wall_ms ? r.wall_ms : clock_.wall_now());
   st.i64(5, r.old_limit).i64(6, r.new_limit).text(7, r.reason).real(8, r.confidence).text(9, r.approval_id);
   st.i64(10, int64_t(r.generation));
   if (sqlite3_step(st.s) != SQLITE_DONE) return failed(error);
@@ -313,7 +351,8 @@ std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, boo
   // trail's length (which only grows): anyone local may ask, on the loop's
   // thread. One row past max_rows says whether more were left out.
   Stmt st(db_, "SELECT id,unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,"
-               "generation FROM audit INDEXED BY audit_time WHERE unix_ms >= ? ORDER BY unix_ms DESC, id DESC LIMIT ?");
+               "generation,coalesce(wall_ms,unix_ms) FROM audit INDEXED BY audit_time WHERE unix_ms >= ? "
+               "ORDER BY unix_ms DESC, id DESC LIMIT ?");
   st.i64(1, unix_ms).i64(2, int64_t(max_rows) + 1);
   int rc;
   while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
@@ -329,6 +368,7 @@ std::vector<AuditRecord> AuditStore::since(int64_t unix_ms, size_t max_rows, boo
     r.confidence = sqlite3_column_double(st.s, 8);
     r.approval_id = st.col_text(9);
     r.generation = uint64_t(sqlite3_column_int64(st.s, 10));
+    r.wall_ms = sqlite3_column_int64(st.s, 11);
     out.push_back(std::move(r));
   }
   if (rc != SQLITE_DONE) {

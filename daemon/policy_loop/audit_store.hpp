@@ -8,13 +8,15 @@
 #include <string>
 #include <vector>
 
+#include "policy_loop/trail_clock.hpp"
+
 struct sqlite3;
 
 namespace sluice::policy_loop {
 
 struct AuditRecord {
   int64_t id = 0;
-  int64_t unix_ms = 0;
+  int64_t unix_ms = 0;  // trail time (trail_clock.hpp); 0: the store stamps it now
   // published, pending, held, approved, rejected, expired, stale, void, kept, start, advisor
   std::string event;
   std::string actor;        // rules, advisor, human:<uid>, system
@@ -25,6 +27,7 @@ struct AuditRecord {
   double confidence = 1.0;
   std::string approval_id;
   uint64_t generation = 0;  // the tier table generation a publication produced
+  int64_t wall_ms = 0;      // the system clock then (what people are shown); 0: the store reads it
 };
 
 struct PendingApproval {
@@ -45,9 +48,14 @@ class AuditStore {
   // disk_failed: set when the failure was a full or failing disk (SQLITE_FULL,
   // SQLITE_IOERR), not a location or permission that a setting would change.
   // create=false: only an existing file (a restored copy, never an empty new store).
+  // `clock`: the trail's clock, anchored from (and to) the store's meta table.
   static std::unique_ptr<AuditStore> open(const std::string &path, std::string &error, bool *disk_failed = nullptr,
-                                          bool create = true);
+                                          bool create = true, const TrailClock &clock = TrailClock());
   ~AuditStore();
+
+  // The trail's time now: what every record, question and window is timed by.
+  int64_t trail_now() const { return clock_.now(); }
+  const TrailClock &clock() const { return clock_; }
 
   bool append(const AuditRecord &r, std::string &error);
   // All of them in one commit, or none.
@@ -61,8 +69,8 @@ class AuditStore {
   std::vector<PendingApproval> pending();  // for display: empty if the store cannot be read
   // nullopt with `error` empty: no such id; with `error` set: the store failed.
   std::optional<PendingApproval> find_pending(const std::string &id, std::string &error);
-  // The newest max_rows records at or after unix_ms, oldest first (by time, then
-  // id); *more: whether older matching ones were left out; *error: set if the
+  // The newest max_rows records at or after unix_ms (trail time), oldest first (by
+  // time, then id); *more: whether older matching ones were left out; *error: set if the
   // store failed part way (what was read is returned).
   std::vector<AuditRecord> since(int64_t unix_ms, size_t max_rows = 10000, bool *more = nullptr,
                                  std::string *error = nullptr);
@@ -111,6 +119,9 @@ class AuditStore {
   AuditStore() = default;
   bool exec(const char *sql, std::string &error);
   bool insert_record(const AuditRecord &r, std::string &error);
+  bool migrate(std::string &error);       // columns later versions added
+  bool anchor_trail(std::string &error);  // clock_ from the meta table, and back to it
+  TrailClock clock_;
   sqlite3 *db_ = nullptr;
   int64_t last_read_steps_ = 0;
   uint64_t errors_ = 0;

@@ -26,7 +26,7 @@ PolicyEngine::PolicyEngine(const policy::PolicySpec &spec, core::Owner &owner, A
     core::read_tier(owner.policy(), i, t);
     limits_.push_back(t.limit);
     history_.push_back({{INT64_MIN, t.limit}});  // the window starts with what is published now
-    if (spec.governance.approval_window_s) restore_history(i, unix_ms_now());
+    if (spec.governance.approval_window_s) restore_history(i, store_.trail_now());
   }
   // A start counts as a tick with denials: a limit kept above the baseline was
   // raised by denials this process never saw, and easing it on the first tick
@@ -313,7 +313,7 @@ bool PolicyEngine::close_question(const AuditRecord &r, std::string &err) {
 CommandResult PolicyEngine::close_unpublished(const PendingApproval &p, const std::string &event,
                                               const std::string &actor, int64_t old_limit, int64_t new_limit,
                                               const std::string &why, bool ok) {
-  AuditRecord r{0, unix_ms_now(), event, actor, p.tier_name, old_limit, new_limit,
+  AuditRecord r{0, store_.trail_now(), event, actor, p.tier_name, old_limit, new_limit,
                 why + " (asked: " + std::to_string(p.old_limit) + " -> " + std::to_string(p.new_limit) + ": " +
                     p.reason + ")",
                 p.confidence, p.id, 0};
@@ -330,7 +330,7 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid,
   const auto p = store_.find_pending(id, err);
   if (!p) return {false, err.empty() ? "no pending approval with id '" + id + "'" : "the audit store failed: " + err};
   const std::string human = "human:" + std::to_string(uid);
-  const int64_t now = unix_ms_now();
+  const int64_t now = store_.trail_now();
   if (p->expires_unix_ms <= now)
     return close_unpublished(*p, "expired", "system", p->old_limit, p->new_limit,
                              "expired before it was approved; nothing published", false);
@@ -378,7 +378,7 @@ CommandResult PolicyEngine::reject(const std::string &id, const std::string &rea
   std::string err;
   const auto p = store_.find_pending(id, err);
   if (!p) return {false, err.empty() ? "no pending approval with id '" + id + "'" : "the audit store failed: " + err};
-  AuditRecord r{0, unix_ms_now(), "rejected", "human:" + std::to_string(uid), p->tier_name, p->old_limit,
+  AuditRecord r{0, store_.trail_now(), "rejected", "human:" + std::to_string(uid), p->tier_name, p->old_limit,
                 p->new_limit, "rejected: " + (reason.empty() ? std::string("no reason given") : reason), p->confidence,
                 id, 0};
   if (!close_question(r, err)) return {false, err};

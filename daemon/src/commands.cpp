@@ -1,6 +1,8 @@
 #include "commands.hpp"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <sstream>
 #include <vector>
@@ -42,7 +44,8 @@ std::string iso_time(int64_t unix_ms) {
   return buf;
 }
 
-std::string pending_json(const std::vector<PendingApproval> &ps) {
+// expires_in_ms: on the trail's clock, which does not step (trail_clock.hpp).
+std::string pending_json(const std::vector<PendingApproval> &ps, int64_t trail_now_ms) {
   std::string o = "[";
   for (size_t i = 0; i < ps.size(); ++i) {
     const auto &p = ps[i];
@@ -50,20 +53,22 @@ std::string pending_json(const std::vector<PendingApproval> &ps) {
          ",\"old_limit\":" + std::to_string(p.old_limit) + ",\"new_limit\":" + std::to_string(p.new_limit) +
          ",\"actor\":" + json_escape(p.actor) + ",\"confidence\":" + std::to_string(p.confidence) +
          ",\"reason\":" + json_escape(p.reason) + ",\"created_unix_ms\":" + std::to_string(p.created_unix_ms) +
-         ",\"expires_unix_ms\":" + std::to_string(p.expires_unix_ms) + "}";
+         ",\"expires_unix_ms\":" + std::to_string(p.expires_unix_ms) +
+         ",\"expires_in_ms\":" + std::to_string(p.expires_unix_ms - trail_now_ms) + "}";
   }
   return o + "]";
 }
 
 // The text forms go to a terminal: every field that came from outside (a
 // model, a reason typed by someone) is shown, never obeyed (terminal_safe).
-std::string pending_text(const std::vector<PendingApproval> &ps) {
+std::string pending_text(const std::vector<PendingApproval> &ps, int64_t trail_now_ms) {
   using text::terminal_safe;
   if (ps.empty()) return "no pending approvals\n";
   std::string o;
   for (const auto &p : ps)
     o += terminal_safe(p.id) + "  " + terminal_safe(p.tier_name) + "  " + std::to_string(p.old_limit) + " -> " +
-         std::to_string(p.new_limit) + "  by " + terminal_safe(p.actor) + "  expires " + iso_time(p.expires_unix_ms) +
+         std::to_string(p.new_limit) + "  by " + terminal_safe(p.actor) + "  expires in " +
+         std::to_string(std::max<int64_t>(0, p.expires_unix_ms - trail_now_ms) / 1000) + " s" +
          "\n    " + terminal_safe(p.reason) + "\n";
   return o;
 }
@@ -75,7 +80,7 @@ std::string audit_json(const std::vector<AuditRecord> &rs) {
   for (size_t i = 0; i < rs.size(); ++i) {
     const auto &r = rs[i];
     o += (i ? "," : "") + std::string("{\"id\":") + std::to_string(r.id) + ",\"unix_ms\":" +
-         std::to_string(r.unix_ms) + ",\"event\":" + json_escape(r.event) + ",\"actor\":" + json_escape(r.actor) +
+         std::to_string(r.unix_ms) + ",\"wall_ms\":" + std::to_string(r.wall_ms) + ",\"event\":" + json_escape(r.event) + ",\"actor\":" + json_escape(r.actor) +
          ",\"tier\":" + json_escape(r.tier) + ",\"old_limit\":" + std::to_string(r.old_limit) +
          ",\"new_limit\":" + std::to_string(r.new_limit) + ",\"reason\":" + json_escape(r.reason) +
          ",\"confidence\":" + std::to_string(r.confidence) + ",\"approval_id\":" + json_escape(r.approval_id) +
@@ -88,7 +93,9 @@ std::string audit_text(const std::vector<AuditRecord> &rs) {
   using text::terminal_safe;
   std::string o;
   for (const auto &r : rs) {
-    o += iso_time(r.unix_ms) + "  " + terminal_safe(r.event) + "  " + terminal_safe(r.tier) + "  " +
+    // The system clock's time; the trail's too where a step set them apart.
+    const bool apart = std::llabs(r.wall_ms - r.unix_ms) >= 1000;
+    o += iso_time(r.wall_ms) + (apart ? " (trail " + iso_time(r.unix_ms) + ")" : "") + "  " + terminal_safe(r.event) + "  " + terminal_safe(r.tier) + "  " +
          std::to_string(r.old_limit) + " -> " + std::to_string(r.new_limit) + "  by " + terminal_safe(r.actor) +
          (r.approval_id.empty() ? "" : "  [" + terminal_safe(r.approval_id) + "]") + "\n    " +
          terminal_safe(r.reason) + "\n";
@@ -140,7 +147,8 @@ std::string snapshot_json(const policy_loop::PolicyEngine &engine) { return "{" 
 
 std::string overview_json(const LoopState &l) {
   const auto &g = l.governance;
-  return "{" + snapshot_fields(l.snapshot) + ",\"pending\":" + pending_json(l.pending) +
+  return "{" + snapshot_fields(l.snapshot) + ",\"trail_now_ms\":" + std::to_string(l.trail_now_ms) +
+         ",\"pending\":" + pending_json(l.pending, l.trail_now_ms) +
          ",\"governance\":{\"requested\":" + std::to_string(g.requested) + ",\"approved\":" +
          std::to_string(g.approved) + ",\"rejected\":" + std::to_string(g.rejected) + ",\"expired\":" +
          std::to_string(g.expired) + ",\"published\":" + std::to_string(g.published) +
@@ -159,7 +167,8 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     std::string err;
     if (!engine.store().pending(ps, err))  // an unreadable store is not "none pending"
       return "error\nthe audit store failed (" + err + "): pending approvals cannot be listed\n";
-    return "ok\n" + (fmt == "json" ? pending_json(ps) + "\n" : pending_text(ps));
+    const int64_t now = engine.store().trail_now();
+    return "ok\n" + (fmt == "json" ? pending_json(ps, now) + "\n" : pending_text(ps, now));
   }
   if (cmd == "approve" || cmd == "reject") {
     std::string id, reason;
@@ -189,9 +198,20 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     return (r.ok ? "ok\n" : "error\n") + r.message + "\n";
   }
   if (cmd == "audit") {
+    // "audit ago MS FMT": the last MS ms on the trail's clock (what sluicectl
+    // --since sends); "audit FROM FMT": from trail time FROM.
     long long since = 0;
-    std::string fmt;
-    in >> since >> fmt;
+    std::string fmt, first;
+    in >> first;
+    if (first == "ago") {
+      long long ago = 0;
+      in >> ago;
+      const long long now = engine.store().trail_now();
+      since = ago >= 0 && ago < now ? now - ago : 0;
+    } else {
+      since = std::strtoll(first.c_str(), nullptr, 10);
+    }
+    in >> fmt;
     bool more = false;
     std::string err;
     const auto rs = engine.store().since(since, kAuditRowsPerReply, &more, &err);

@@ -94,8 +94,6 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error, St
   kind = StartFailure::config;
   std::unique_ptr<Daemon> d(new Daemon());
   d->opt_ = opt;
-  d->retention_clock_ = policy_loop::SteadyWall(opt.wall_clock_ms);
-  (void)d->retention_clock_.now();  // anchored at the start: a step from here on is seen
   if (!core::valid_segment_name(opt.segment)) {
     error = "segment name '" + opt.segment + "' is not valid (letters, digits, '_', '-', '.')";
     return nullptr;
@@ -153,7 +151,8 @@ bool Daemon::open_before_attach(std::string &error) {
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(db).parent_path(), ec);
   bool disk_failed = false;
-  store_ = policy_loop::AuditStore::open(db, error, &disk_failed);
+  store_ = policy_loop::AuditStore::open(db, error, &disk_failed, true,
+                                         policy_loop::TrailClock(opt_.wall_clock_ms, opt_.boot_clock_ms));
   if (!store_) {
     // A full or failing disk is not a setting to change.
     if (!disk_failed) error += " (set audit_db in the policy, --state-dir or $SLUICE_STATE_DIR)";
@@ -194,7 +193,7 @@ bool Daemon::keep_limits(std::vector<core::TierLimits> &rows, const std::vector<
   // "made now", so no record is taken for this pair's.
   const int64_t age_ns = core::elapsed_since(core::mono_ns(), created_ns);
   const int64_t pair_made_unix_ms =
-      age_ns == INT64_MAX ? policy_loop::unix_ms_now() : policy_loop::unix_ms_now() - age_ns / 1'000'000;
+      age_ns == INT64_MAX ? store_->trail_now() : store_->trail_now() - age_ns / 1'000'000;
   std::vector<policy_loop::AuditRecord> recs;
   for (size_t i = 0; i < rows.size() && i < before.size() && i < policy_.tiers.size(); ++i) {
     const auto &t = policy_.tiers[i];
@@ -369,6 +368,7 @@ LoopState Daemon::loop_state() {
   s.audit_store_errors = store_->errors();
   s.audit_records_pruned = audit_pruned_;
   s.admitted_at_start = admitted_at_start_;
+  s.trail_now_ms = store_->trail_now();
   if (advisor_) {
     s.advisor_kind = policy_.advisor.kind;
     s.advisor_model = policy_.advisor.model;
@@ -415,7 +415,8 @@ int64_t Daemon::do_work(int64_t now_ns) {
       return now_ns;
     }
     keep_audit_store_in_place();
-    const auto rep = engine_->tick(now_ns, policy_loop::unix_ms_now());
+    note_clock_step();
+    const auto rep = engine_->tick(now_ns, store_->trail_now());
     for (const auto &p : rep.published) spdlog::info("published: {}", p.reason);
     for (const auto &p : rep.new_pending)
       spdlog::warn("approval {} needed: {} -> {} for {}: {}", p.id, p.old_limit, p.new_limit, p.tier_name, p.reason);
@@ -444,22 +445,25 @@ void Daemon::prune_audit() {
   constexpr size_t kBatch = 1000;
   std::vector<std::string> tiers;
   for (const auto &t : policy_.tiers) tiers.push_back(t.name);
-  const int64_t steady_now = retention_clock_.now();
-  const int64_t ahead = retention_clock_.held_back_ms();
-  if (ahead > retention_held_back_ms_ + policy_loop::SteadyWall::kFollowMs) {  // a step (or another)
-    spdlog::warn("audit: the wall clock stepped {} s ahead of the boot clock; retention counts from before the "
-                 "step, so no record is deleted early",
-                 ahead / 1000);
-    retention_held_back_ms_ = ahead;
-  } else if (ahead == 0 && retention_held_back_ms_ != 0) {
-    spdlog::info("audit: the wall clock is back in step with the boot clock; retention follows it again");
-    retention_held_back_ms_ = 0;
-  }
-  const int64_t cutoff = steady_now - int64_t(policy_.audit_retention_days) * 86'400'000;
+  const int64_t cutoff = store_->trail_now() - int64_t(policy_.audit_retention_days) * 86'400'000;
   std::string err;
   const int64_t n = store_->prune(cutoff, kBatch, tiers, err);
   if (n < 0) spdlog::error("audit: retention: {}", err);
   else audit_pruned_ += uint64_t(n);
+}
+
+void Daemon::note_clock_step() {
+  // Said once per step: the trail keeps its own time (trail_clock.hpp).
+  const int64_t ahead = store_->clock().wall_now() - store_->trail_now();
+  if (std::llabs(ahead - clock_step_logged_ms_) <= kClockStepMs) return;
+  if (std::llabs(ahead) <= kClockStepMs)
+    spdlog::info("the system clock agrees with the audit trail's clock again");
+  else
+    spdlog::warn("the system clock is {} s {} the audit trail's clock (it was stepped): approvals, the approval "
+                 "window and retention keep the trail's time, which does not step, until the next boot; "
+                 "sluicectl audit shows both",
+                 std::llabs(ahead) / 1000, ahead > 0 ? "ahead of" : "behind");
+  clock_step_logged_ms_ = ahead;
 }
 
 bool Daemon::retake_lock() {

@@ -16,7 +16,7 @@
 #include "policy/policy.hpp"
 #include "policy_loop/audit_store.hpp"
 #include "policy_loop/engine.hpp"
-#include "policy_loop/steady_wall.hpp"
+#include "policy_loop/trail_clock.hpp"
 #include "sluice/core/owner.hpp"
 
 namespace sluice::daemon {
@@ -30,7 +30,8 @@ struct Options {
   int64_t heartbeat_ns = 100'000'000;
   uint32_t gc_slots_per_tick = 1u << 16;  // per tier
   std::optional<metrics::ListenAddress> metrics_addr;  // none: no /metrics
-  policy_loop::SteadyWall::Reader wall_clock_ms = nullptr;  // the system clock retention reads (tests step it)
+  // The system clock and CLOCK_BOOTTIME as the audit trail reads them (tests step them).
+  policy_loop::TrailClock::Reader wall_clock_ms = nullptr, boot_clock_ms = nullptr;
 };
 
 using policy::layout_of;  // the segment layout a policy asks for
@@ -114,8 +115,10 @@ class Daemon {
   core::GcStats gc_totals_;
   uint64_t audit_pruned_ = 0;
   void prune_audit();  // one batch of audit_retention_days, on the tick
-  policy_loop::SteadyWall retention_clock_;  // a forward step of the wall clock deletes nothing early
-  int64_t retention_held_back_ms_ = 0;       // last logged
+  // How far the system clock was from the trail's when a step was last logged.
+  static constexpr int64_t kClockStepMs = 5'000;
+  int64_t clock_step_logged_ms_ = 0;
+  void note_clock_step();
   std::vector<uint64_t> admitted_at_start_;  // per tier (see LoopState)
   SharedLoopState shared_loop_;  // loop_state() as of the last tick or command, for the metrics thread
   std::unique_ptr<metrics::MetricsServer> metrics_;  // stopped in stop(), before what it reads

@@ -26,6 +26,7 @@ struct LoopState {
   // Per tier, the admitted counter when this sluiced started: revenue is counted
   // from there at this run's revenue per request (so it never goes down).
   std::vector<uint64_t> admitted_at_start;
+  int64_t trail_now_ms = 0;  // the audit trail's clock when this was taken (trail_clock.hpp)
 };
 
 // A LoopState handed from the loop thread to readers; copies in and out.

@@ -198,7 +198,9 @@ int main(int argc, char **argv) {
     return remote(segment, line);
   }
   if (cmd == "audit" && args.size() == 1) {
-    long long from = 0;
+    // The daemon counts the duration back on the trail's clock, which does not
+    // step with the system clock (trail_clock.hpp).
+    std::string from = "0";
     if (!since.empty()) {
       int64_t ms = 0;
       std::string error;
@@ -206,12 +208,9 @@ int main(int argc, char **argv) {
         std::cerr << "sluicectl: " << error << "\n";
         return 2;
       }
-      const long long now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count();
-      from = ms < now ? now - ms : 0;  // further back than 1970: everything
+      from = "ago " + std::to_string(ms);
     }
-    return remote(segment, "audit " + std::to_string(from) + (json ? " json" : " text"));
+    return remote(segment, "audit " + from + (json ? " json" : " text"));
   }
   std::cerr << "sluicectl: unknown command or wrong arguments: '" << cmd << "'\n";
   return usage(std::cerr, 2);

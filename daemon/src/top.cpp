@@ -127,6 +127,11 @@ bool parse_overview(const std::string &text, Overview &out, std::string &error) 
     r.str(p, "reason", o.reason, w);
     r.i64(p, "created_unix_ms", o.created_unix_ms, w);
     r.i64(p, "expires_unix_ms", o.expires_unix_ms, w);
+    if (p.find("expires_in_ms")) {
+      int64_t in = 0;
+      r.i64(p, "expires_in_ms", in, w);
+      o.expires_in_ms = in;
+    }
     out.pending.push_back(std::move(o));
   });
   if (const auto *g = r.member(*doc, "governance", T::object, "")) {
@@ -502,7 +507,7 @@ std::vector<std::string> render_top(const TopFrame &f, int width_in, int height_
     Block pb{{}, 30, true};
     for (size_t i = 0; i < ov.pending.size() && i < 8; ++i) {
       const Overview::Pending &p = ov.pending[i];
-      const int64_t left = p.expires_unix_ms - f.now_unix_ms;
+      const int64_t left = p.expires_in_ms ? *p.expires_in_ms : p.expires_unix_ms - f.now_unix_ms;
       Line l;
       l.add("  " + pad_right(p.id, 8) + "  " + pad_right(p.tier, 10) +
             printf_str("  %5u -> %-5u", p.old_limit, p.new_limit));

@@ -6,6 +6,7 @@
 // (termios, poll, ANSI escapes; no ncurses).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +28,7 @@ struct Overview {
     uint32_t old_limit = 0, new_limit = 0;
     double confidence = 0;
     int64_t created_unix_ms = 0, expires_unix_ms = 0;
+    std::optional<int64_t> expires_in_ms;  // on the daemon's trail clock (older daemons: absent)
   };
   uint64_t tick = 0;
   std::string host_surge;

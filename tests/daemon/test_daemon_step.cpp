@@ -16,7 +16,9 @@
 
 #include "../support/fixture.hpp"
 #include "advice_turn.hpp"
+#include "commands.hpp"
 #include "daemon.hpp"
+#include "policy_loop/trail_clock.hpp"
 #include "metrics_page.hpp"
 #include "sluice/core/clock.hpp"
 #include "sluice/core/tier_table.hpp"
@@ -436,24 +438,34 @@ TEST(DaemonStep, RetentionPrunesTheTrailOnTheTickAndCountsIt) {
 // The system clock stepped two days ahead under a running sluiced: retention must
 // not take every record of the last day for two days old (it deleted the trail).
 // Records that were old before the step still go.
-std::atomic<int64_t> g_wall_step_ms{0};
+std::atomic<int64_t> g_wall_step_ms{0}, g_boot_step_ms{0};
 int64_t stepped_wall_ms() { return policy_loop::unix_ms_now() + g_wall_step_ms.load(); }
+int64_t stepped_boot_ms() { return policy_loop::boot_ms_now() + g_boot_step_ms.load(); }
+
+// Restarts g's daemon on clocks the test steps (g_wall_step_ms, g_boot_step_ms: 0 now).
+daemon::Options restart_on_stepped_clocks(DaemonGuard &g, std::optional<std::string> policy = std::nullopt) {
+  g.d.reset();
+  daemon::Options o;
+  o.segment = g.name;
+  o.state_dir = "/tmp/sluicetest-state";
+  o.policy_path = policy;
+  o.wall_clock_ms = stepped_wall_ms;
+  o.boot_clock_ms = stepped_boot_ms;
+  g_wall_step_ms = 0;
+  g_boot_step_ms = 0;
+  std::string err;
+  g.d = daemon::Daemon::start(o, err);
+  EXPECT_TRUE(g.d) << err;
+  return o;
+}
 
 TEST(DaemonStep, AForwardStepOfTheWallClockDeletesNoRecordEarly) {
   DaemonGuard g;
   const std::string path = "/tmp/sluicetest-state/" + g.name + "-retention-step.json";
   write_retention_policy(path);
-  g.d.reset();
-  daemon::Options o;
-  o.segment = g.name;
-  o.state_dir = "/tmp/sluicetest-state";
-  o.policy_path = path;
-  o.wall_clock_ms = stepped_wall_ms;
-  g_wall_step_ms = 0;
+  const daemon::Options o = restart_on_stepped_clocks(g, path);
+  ASSERT_TRUE(g.d);
   std::string err;
-  g.d = daemon::Daemon::start(o, err);
-  std::remove(path.c_str());
-  ASSERT_TRUE(g.d) << err;
   const int64_t now_ms = policy_loop::unix_ms_now();
   std::vector<policy_loop::AuditRecord> rows;
   for (int i = 0; i < 20; ++i)
@@ -474,6 +486,68 @@ TEST(DaemonStep, AForwardStepOfTheWallClockDeletesNoRecordEarly) {
   g.d->do_work(now += 2'000'000'000);
   g.d->do_work(now += 2'000'000'000);
   EXPECT_EQ(count("an hour old"), 20u) << "a step of the wall clock aged the trail by two days";
+  // A restart with the clock still stepped: the trail's anchor is in the store.
+  g.d.reset();
+  g.d = daemon::Daemon::start(o, err);
+  ASSERT_TRUE(g.d) << err;
+  g.d->do_work(now = core::mono_ns());
+  EXPECT_EQ(count("an hour old"), 20u) << "the restart took the stepped clock for the trail's";
+  g_wall_step_ms = 0;
+  std::remove(path.c_str());
+}
+
+// The system clock stepped under sluiced with a question open: it neither expires
+// at once (a day ahead) nor stays open past its ttl (a day back). Its ttl runs on
+// the boot clock, which does not step.
+TEST(DaemonStep, AStepOfTheWallClockNeitherExpiresNorProlongsAnOpenQuestion) {
+  DaemonGuard g;
+  restart_on_stepped_clocks(g);
+  ASSERT_TRUE(g.d);
+  int64_t now = core::mono_ns();
+  auto tick = [&] { g.d->do_work(now += 1'000'000'000); };
+  tick();
+  for (int i = 0; i < 5 && g.d->loop_state().pending.empty(); ++i) {
+    g.d->owner().state().counters[0][0].admitted += 15;  // enterprise at its limit, denied 30 times as much
+    g.d->owner().state().counters[0][0].denied_window += 500;
+    tick();
+  }
+  ASSERT_EQ(g.d->loop_state().pending.size(), 1u) << "no question asked";
+  const std::string id = g.d->loop_state().pending[0].id;
+  g_wall_step_ms = 2 * 86'400'000;
+  tick();
+  ASSERT_EQ(g.d->loop_state().pending.size(), 1u) << "a forward step of the system clock expired the question";
+  EXPECT_EQ(g.d->loop_state().pending[0].id, id);
+  g_wall_step_ms = -2 * 86'400'000;
+  g_boot_step_ms = 3'600'000 + 1'000;  // the default approval_ttl_s, and a second
+  tick();
+  EXPECT_TRUE(g.d->loop_state().pending.empty()) << "a backward step kept the question open past its ttl";
+  g_wall_step_ms = 0;
+  g_boot_step_ms = 0;
+}
+
+// `sluicectl audit --since` counts back on the trail's clock, and the trail keeps
+// commit order through a backward step of the system clock; each record shows the
+// system clock's time, and the trail's where a step set them apart.
+TEST(DaemonStep, TheAuditTrailKeepsItsOrderAndItsSinceThroughAStepBack) {
+  DaemonGuard g;
+  restart_on_stepped_clocks(g);
+  ASSERT_TRUE(g.d);
+  std::string err;
+  auto &store = g.d->engine().store();
+  ASSERT_TRUE(store.append({0, 0, "held", "rules", "pro", 8, 8, "before the step", 1.0, "", 0}, err)) << err;
+  g_wall_step_ms = -86'400'000;  // a day back
+  ASSERT_TRUE(store.append({0, 0, "held", "rules", "pro", 8, 8, "after the step", 1.0, "", 0}, err)) << err;
+  daemon::Peer me;
+  me.uid = getuid();
+  me.gid = getgid();
+  const std::string json = daemon::handle_command(g.d->engine(), "audit ago 60000 json", me);
+  const size_t before = json.find("before the step"), after = json.find("after the step");
+  ASSERT_NE(before, std::string::npos) << json;
+  ASSERT_NE(after, std::string::npos) << "--since 1m lost what the step stamped a day back: " << json;
+  EXPECT_LT(before, after) << "the step reordered the trail";
+  EXPECT_NE(json.find("\"wall_ms\":"), std::string::npos) << json;
+  const std::string text = daemon::handle_command(g.d->engine(), "audit 0 text", me);
+  EXPECT_NE(text.find(" (trail "), std::string::npos) << "the stepped record shows one time only: " << text;
   g_wall_step_ms = 0;
 }
 

@@ -13,7 +13,7 @@
 #include "../support/fixture.hpp"
 #include "daemon.hpp"
 #include "policy_loop/engine.hpp"
-#include "policy_loop/steady_wall.hpp"
+#include "policy_loop/trail_clock.hpp"
 
 using namespace sluice;
 using namespace sluice::policy_loop;
@@ -870,42 +870,75 @@ TEST_F(EngineFixture, RetentionDeletesOldRecordsButKeepsEachTiersLimitAndOpenQue
   EXPECT_FALSE(store->last_limit("enterprise"));
 }
 
-// What retention reads as "now": the wall clock, except that a forward step is
-// held back (it would make every record look old at once and delete the trail).
-TEST(SteadyWall, FollowsTheWallClockAndHoldsBackAForwardStep) {
+// The trail's clock: the system clock at the anchor, advanced by the boot clock.
+int64_t g_wall = 1'800'000'000'000, g_boot = 1'000;  // ms; the readers below
+int64_t wall_reader() { return g_wall; }
+int64_t boot_reader() { return g_boot; }
+
+TEST(TrailClock, DoesNotStepWithTheSystemClock) {
   constexpr int64_t day = 86'400'000;
-  SteadyWall w;
-  const int64_t t0 = 1'800'000'000'000;  // wall ms; the boot clock reads 1,000 ms then
-  EXPECT_EQ(w.at(t0, 1'000), t0);
-  EXPECT_EQ(w.at(t0 + 1'000, 2'000), t0 + 1'000) << "in step";
-  EXPECT_EQ(w.at(t0 + 2'000 + 4'000, 3'000), t0 + 6'000) << "a run of a few seconds (a slew, a late read) is followed";
-  EXPECT_EQ(w.held_back_ms(), 0);
-  // `date -s` a year on: now() goes on from before the step, at the boot clock's rate.
-  EXPECT_EQ(w.at(t0 + 365 * day, 4'000), t0 + 7'000);
-  EXPECT_EQ(w.held_back_ms(), 365 * day - 7'000);
-  EXPECT_EQ(w.at(t0 + 365 * day + 10'000, 14'000), t0 + 17'000) << "held back for good, not caught up a bit at a time";
-  EXPECT_EQ(w.at(t0 + 365 * day + 10'000 + day, 14'000 + day), t0 + 17'000 + day);
-  // The step corrected: followed again, and a later step is measured from there.
-  EXPECT_EQ(w.at(t0 + 18'000 + day, 15'000 + day), t0 + 18'000 + day);
-  EXPECT_EQ(w.held_back_ms(), 0);
-  EXPECT_EQ(w.at(t0 + 19'000 + day + 3'600'000, 16'000 + day), t0 + 19'000 + day) << "an hour's step";
-  // A backward step is followed at once: it only makes records look younger.
-  EXPECT_EQ(w.at(t0 - day, 17'000 + day), t0 - day);
-  EXPECT_EQ(w.at(t0 - day + 1'000, 18'000 + day), t0 - day + 1'000);
+  g_wall = 1'800'000'000'000, g_boot = 1'000;
+  TrailClock c(wall_reader, boot_reader);
+  EXPECT_EQ(c.now(), 1'800'000'000'000) << "anchored at the system clock";
+  g_wall += 1'000, g_boot += 1'000;
+  EXPECT_EQ(c.now(), 1'800'000'001'000);
+  g_wall += day;  // `date -s` a day on
+  g_boot += 2'000;
+  EXPECT_EQ(c.now(), 1'800'000'003'000) << "a forward step moved the trail";
+  EXPECT_EQ(c.wall_now(), 1'800'000'001'000 + day);
+  g_wall -= 3 * day;  // and three days back
+  g_boot += 1'000;
+  EXPECT_EQ(c.now(), 1'800'000'004'000) << "a backward step moved the trail";
 }
 
-TEST(SteadyWall, ReadsTheClocksItIsGiven) {
-  static int64_t wall = 5'000'000, boot = 100;
-  SteadyWall w([] { return wall; }, [] { return boot; });
-  EXPECT_EQ(w.now(), 5'000'000);
-  wall += 1'000'000;
-  boot += 10;
-  EXPECT_EQ(w.now(), 5'000'010);
-  SteadyWall real;
-  const int64_t before = unix_ms_now(), got = real.now(), after = unix_ms_now();
-  EXPECT_LE(before, got);
-  EXPECT_LE(got, after) << "the default readers are the system clock and CLOCK_BOOTTIME";
+TEST(TrailClock, ContinuesThisBootsAnchorAndNeverGoesBackAcrossBoots) {
+  g_wall = 1'800'000'000'000, g_boot = 50'000;
+  auto now_after = [](const std::string &anchor_boot, int64_t at_ms, int64_t at_boot_ms, const std::string &boot,
+                      int64_t newest_ms) {
+    TrailClock c(wall_reader, boot_reader);
+    c.anchor(anchor_boot, at_ms, at_boot_ms, boot, newest_ms);
+    return c.now();
+  };
+  EXPECT_EQ(now_after("boot-a", 1'700'000'000'000, 20'000, "boot-a", 0), 1'700'000'030'000)
+      << "this boot's anchor, advanced by the boot clock since";
+  EXPECT_EQ(now_after("boot-a", 1'700'000'000'000, 20'000, "boot-b", 0), 1'800'000'000'000)
+      << "a new boot anchors at the system clock";
+  EXPECT_EQ(now_after("boot-a", 0, 0, "boot-b", 1'900'000'000'000), 1'900'000'000'001)
+      << "a system clock behind the newest record";
+  EXPECT_EQ(now_after("boot-a", 1'700'000'000'000, 60'000, "boot-a", 0), 1'800'000'000'000)
+      << "an anchor after now is no anchor of this boot's";
+  EXPECT_EQ(now_after("", 1'700'000'000'000, 20'000, "", 0), 1'800'000'000'000)
+      << "an unreadable boot id matches nothing";
   EXPECT_GT(boot_ms_now(), 0);
+  EXPECT_FALSE(boot_id().empty());
+}
+
+// A store keeps the trail's anchor: reopened in the same boot after the system
+// clock stepped, it goes on from where it was. Each record keeps both clocks.
+TEST(TrailClock, AStoreReopenedAfterAStepGoesOnFromItsAnchor) {
+  const std::string db = "/tmp/sluicetest-trail-" + std::to_string(getpid()) + ".db";
+  for (const char *sfx : {"", "-wal", "-shm"}) std::filesystem::remove(db + sfx);
+  g_wall = 1'800'000'000'000, g_boot = boot_ms_now();  // a boot time of this boot: the anchor is this boot's
+  std::string err;
+  {
+    auto s = AuditStore::open(db, err, nullptr, true, TrailClock(wall_reader, boot_reader));
+    ASSERT_TRUE(s) << err;
+    ASSERT_TRUE(s->append(AuditRecord{0, 0, "held", "rules", "pro", 8, 8, "before the step", 1.0, "", 0}, err)) << err;
+  }
+  g_wall += 2 * 86'400'000;  // stepped while sluiced was stopped
+  g_boot += 10'000;
+  auto s = AuditStore::open(db, err, nullptr, true, TrailClock(wall_reader, boot_reader));
+  ASSERT_TRUE(s) << err;
+  EXPECT_EQ(s->trail_now(), 1'800'000'010'000);
+  ASSERT_TRUE(s->append(AuditRecord{0, 0, "held", "rules", "pro", 8, 8, "after the step", 1.0, "", 0}, err)) << err;
+  const auto rs = s->since(0);
+  ASSERT_EQ(rs.size(), 2u);
+  EXPECT_EQ(rs[0].unix_ms, 1'800'000'000'000);
+  EXPECT_EQ(rs[0].wall_ms, 1'800'000'000'000);
+  EXPECT_EQ(rs[1].unix_ms, 1'800'000'010'000) << "timed by the trail";
+  EXPECT_EQ(rs[1].wall_ms, 1'800'000'000'000 + 2 * 86'400'000) << "shown by the system clock";
+  s.reset();
+  for (const char *sfx : {"", "-wal", "-shm"}) std::filesystem::remove(db + sfx);
 }
 
 // ---- review of the policy loop (session 11): each failed on the code before ----
