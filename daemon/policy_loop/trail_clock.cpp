@@ -36,7 +36,11 @@ void TrailClock::anchor(const std::string &anchor_boot_id, int64_t anchor_ms, in
     anchor_boot_ms_ = anchor_boot_ms;
     return;
   }
-  anchor_ms_ = std::max(wall_(), newest_ms + 1);
+  // After the newest record, so the trail's order is its time's; but a record far
+  // ahead of the system clock was stamped by a clock that was wrong (carrying it
+  // would make retention take everything before it for old), so not past a day.
+  const int64_t wall = wall_();
+  anchor_ms_ = newest_ms >= wall && newest_ms - wall < kMaxCarryMs ? newest_ms + 1 : wall;
   anchor_boot_ms_ = boot;
 }
 

@@ -10,7 +10,7 @@
 // never steps; the two run at the same NTP-disciplined rate, so without a step
 // they agree). The anchor is kept in the audit store: a restart, or a step while
 // sluiced was stopped, changes nothing. A new boot anchors again at the system
-// clock, never before the trail's newest record.
+// clock, or just after the trail's newest record if that is up to a day later.
 //
 // Every record also keeps the system clock's reading (wall_ms): what
 // `sluicectl audit` shows.
@@ -27,7 +27,9 @@ class TrailClock {
   explicit TrailClock(Reader wall = nullptr, Reader boot = nullptr);
 
   // Continues an anchor made in this boot, else anchors at the system clock, or at
-  // `newest_ms` + 1 if that is later (time in the trail never goes back).
+  // `newest_ms` + 1 if that is later by less than kMaxCarryMs (the trail's time
+  // does not go back across a reboot with the system clock a little behind).
+  static constexpr int64_t kMaxCarryMs = 86'400'000;
   void anchor(const std::string &anchor_boot_id, int64_t anchor_ms, int64_t anchor_boot_ms,
               const std::string &boot_id, int64_t newest_ms);
   bool anchored() const { return anchored_; }

@@ -903,8 +903,10 @@ TEST(TrailClock, ContinuesThisBootsAnchorAndNeverGoesBackAcrossBoots) {
       << "this boot's anchor, advanced by the boot clock since";
   EXPECT_EQ(now_after("boot-a", 1'700'000'000'000, 20'000, "boot-b", 0), 1'800'000'000'000)
       << "a new boot anchors at the system clock";
-  EXPECT_EQ(now_after("boot-a", 0, 0, "boot-b", 1'900'000'000'000), 1'900'000'000'001)
-      << "a system clock behind the newest record";
+  EXPECT_EQ(now_after("boot-a", 0, 0, "boot-b", 1'800'003'600'000), 1'800'003'600'001)
+      << "a system clock an hour behind the newest record";
+  EXPECT_EQ(now_after("boot-a", 0, 0, "boot-b", 1'900'000'000'000), 1'800'000'000'000)
+      << "a record 3 years ahead was stamped by a wrong clock: carried, retention would take the trail";
   EXPECT_EQ(now_after("boot-a", 1'700'000'000'000, 60'000, "boot-a", 0), 1'800'000'000'000)
       << "an anchor after now is no anchor of this boot's";
   EXPECT_EQ(now_after("", 1'700'000'000'000, 20'000, "", 0), 1'800'000'000'000)
