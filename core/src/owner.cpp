@@ -79,6 +79,13 @@ Owner::Preview Owner::preview(const std::string &name, const LayoutSpec &spec, b
     p.detail = std::move(why);
     return p;
   };
+  // An older build's layout: the start refuses it as it does a mismatched policy.
+  const auto mismatch = [&p](std::string why) {
+    p.plan = Plan::mismatch;
+    p.status = Status::version_mismatch;
+    p.detail = std::move(why);
+    return p;
+  };
   const auto create = [&p](std::string why) {
     p.plan = Plan::create;
     p.detail = std::move(why);
@@ -105,6 +112,7 @@ Owner::Preview Owner::preview(const std::string &name, const LayoutSpec &spec, b
     return refuse(s, detail);
   if ((s = validate_state(state, 0, detail)) == Status::not_ready)
     return create("a state object never formatted (its creator died) is replaced");
+  if (s == Status::version_mismatch) return mismatch(mismatch_detail(detail));
   if (s != Status::ok) return refuse(s, detail);
   s = Mapping::open(policy_segment_name(name), false, policy, detail, &fo);
   const bool policy_missing = s == Status::no_segment;
@@ -112,19 +120,15 @@ Owner::Preview Owner::preview(const std::string &name, const LayoutSpec &spec, b
     if (s != Status::ok) return refuse(s, detail);
     if ((s = check_adoptable(policy_segment_name(name), fo, me, kPolicyForbidden, detail)) != Status::ok)
       return refuse(s, detail);
-    if ((s = validate_policy(policy, 0, detail)) != Status::ok) return refuse(s, detail);
+    if ((s = validate_policy(policy, 0, detail)) == Status::version_mismatch) return mismatch(mismatch_detail(detail));
+    if (s != Status::ok) return refuse(s, detail);
     const auto &ph = *static_cast<const PolicyHeader *>(policy.base());
     if (retired(ph.generation.load(std::memory_order_acquire)))
       return create("a reset stopped half-way: the retired pair is removed and a new one made");
   }
   Geometry g;
   if ((s = read_geometry(state, g, detail)) != Status::ok) return refuse(s, detail);
-  if (!state_matches(g, spec, detail)) {
-    p.plan = Plan::mismatch;
-    p.status = Status::version_mismatch;
-    p.detail = mismatch_detail(detail);
-    return p;
-  }
+  if (!state_matches(g, spec, detail)) return mismatch(mismatch_detail(detail));
   p.plan = Plan::attach;
   p.detail = policy_missing ? "matches the policy: re-attached, keys and counters kept (its missing policy object is "
                               "made again)"

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -123,8 +124,12 @@ bool AuditStore::anchor_trail(std::string &error) {
                  "     coalesce((SELECT max(created_unix_ms) FROM pending), 0))");
     if (sqlite3_step(st.s) != SQLITE_ROW) return failed(error);
     id = st.col_text(0);
-    at_ms = std::strtoll(st.col_text(1).c_str(), nullptr, 10);
-    at_boot_ms = std::strtoll(st.col_text(2).c_str(), nullptr, 10);
+    // Whole numbers or no anchor (the file is ours, but it is a file).
+    const auto whole = [](const std::string &t, int64_t &out) {
+      const auto r = std::from_chars(t.data(), t.data() + t.size(), out);
+      return !t.empty() && r.ec == std::errc() && r.ptr == t.data() + t.size();
+    };
+    if (!whole(st.col_text(1), at_ms) || !whole(st.col_text(2), at_boot_ms)) id.clear();
     clock_.anchor(id, at_ms, at_boot_ms, boot_id(), sqlite3_column_int64(st.s, 3));
   }
   if (clock_.anchor_ms() == at_ms && clock_.anchor_boot_ms() == at_boot_ms && id == boot_id()) return true;
@@ -202,7 +207,7 @@ AuditStore::Placement AuditStore::keep_in_place(std::string &what) {
   // to the restored file must make its own, not share them (it keeps its open ones).
   for (const char *suffix : {"-wal", "-shm"}) ::unlink((path_ + suffix).c_str());
   std::string open_err;
-  std::unique_ptr<AuditStore> fresh = open(path_, open_err, nullptr, false);
+  std::unique_ptr<AuditStore> fresh = open(path_, open_err, nullptr, false, clock_);
   if (!fresh) {
     ::unlink(path_.c_str());  // ours: the next tick copies again, with what came since
     return retry(open_err);
@@ -242,7 +247,9 @@ bool AuditStore::insert_record(const AuditRecord &r, std::string &error) {
           "INSERT INTO audit(unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,generation,"
           "wall_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?)");
   st.i64(1, r.unix_ms ? r.unix_ms : clock_.now()).text(2, r.event).text(3, r.actor).text(4, r.tier);
-  st.i64(11, r.wall_ms ? r.wall_ms : clock_.wall_now());
+  // A record timed by the caller (not "now") is given the system clock's reading
+  // for that time, as the two clocks stand apart now.
+  st.i64(11, r.wall_ms ? r.wall_ms : r.unix_ms ? r.unix_ms + (clock_.wall_now() - clock_.now()) : clock_.wall_now());
   st.i64(5, r.old_limit).i64(6, r.new_limit).text(7, r.reason).real(8, r.confidence).text(9, r.approval_id);
   st.i64(10, int64_t(r.generation));
   if (sqlite3_step(st.s) != SQLITE_DONE) return failed(error);
@@ -393,18 +400,19 @@ std::optional<AuditStore::LimitRecord> AuditStore::last_limit(const std::string 
 }
 
 int64_t AuditStore::prune(int64_t unix_ms, size_t max_rows, const std::vector<std::string> &tiers,
-                          std::string &error) {
+                          std::string &error, int64_t wall_ms) {
   std::string keep;  // integer ids only: safe to splice into the statement
   for (const std::string &t : tiers)
     if (const auto r = last_limit(t)) keep += (keep.empty() ? "" : ",") + std::to_string(r->id);
   // Walked forwards on audit_time: the cost is the rows deleted plus the few kept
   // ones in front of them, not the trail's length.
   const std::string sql =
-      "DELETE FROM audit WHERE id IN (SELECT id FROM audit INDEXED BY audit_time WHERE unix_ms < ?1" +
+      "DELETE FROM audit WHERE id IN (SELECT id FROM audit INDEXED BY audit_time WHERE unix_ms < ?1"
+      " AND coalesce(wall_ms, unix_ms) < ?3" +
       (keep.empty() ? std::string() : " AND id NOT IN (" + keep + ")") +
       " AND (approval_id IS NULL OR approval_id NOT IN (SELECT id FROM pending)) ORDER BY unix_ms, id LIMIT ?2)";
   Stmt st(db_, sql.c_str());
-  st.i64(1, unix_ms).i64(2, int64_t(std::min<size_t>(max_rows, INT64_MAX)));
+  st.i64(1, unix_ms).i64(2, int64_t(std::min<size_t>(max_rows, INT64_MAX))).i64(3, wall_ms);
   if (!st.s || sqlite3_step(st.s) != SQLITE_DONE) {
     failed(error);
     return -1;

@@ -27,7 +27,7 @@ struct AuditRecord {
   double confidence = 1.0;
   std::string approval_id;
   uint64_t generation = 0;  // the tier table generation a publication produced
-  int64_t wall_ms = 0;      // the system clock then (what people are shown); 0: the store reads it
+  int64_t wall_ms = 0;      // the system clock then (what people are shown); 0: the store works it out
 };
 
 struct PendingApproval {
@@ -99,7 +99,11 @@ class AuditStore {
   // in one commit. Never deletes the newest limit record of any of `tiers` (the
   // limit in force and why: what a restart and limits_since read) nor a record
   // naming a still-pending approval. Returns how many went, -1 with `error`.
-  int64_t prune(int64_t unix_ms, size_t max_rows, const std::vector<std::string> &tiers, std::string &error);
+  // A record goes only if its system-clock reading is older than wall_ms too: a
+  // trail anchored while the system clock was ahead (then corrected) deletes
+  // nothing early either.
+  int64_t prune(int64_t unix_ms, size_t max_rows, const std::vector<std::string> &tiers, std::string &error,
+                int64_t wall_ms = INT64_MAX);
   // Is `id` taken by an open question or named by any record?
   bool id_in_use(const std::string &id);
   const std::string &path() const { return path_; }

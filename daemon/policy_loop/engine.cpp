@@ -113,7 +113,13 @@ void PolicyEngine::remember(uint32_t tier, int64_t now_unix_ms, uint32_t limit) 
   limit_window_ago(tier, now_unix_ms);  // prunes
 }
 
-std::string PolicyEngine::void_reason(const PendingApproval &p) const {
+std::string PolicyEngine::void_reason(const PendingApproval &p, int64_t now_unix_ms) const {
+  // The trail's clock never goes back within a boot; a question from its future
+  // was asked before a reboot that found the system clock more than a day behind
+  // (trail_clock.hpp). Its expiry would then be that far off too.
+  if (p.created_unix_ms > now_unix_ms + kClockSlackMs)
+    return "asked at " + std::to_string(p.created_unix_ms) + " ms, later than the trail's clock now (" +
+           std::to_string(now_unix_ms) + "): the system clock went back across a restart";
   if (p.tier >= spec_.tiers.size() || spec_.tiers[p.tier].name != p.tier_name)
     return "tier '" + p.tier_name + "' is no longer tier " + std::to_string(p.tier) + " of the policy";
   if (!spec_.tiers[p.tier].adaptive) return "tier '" + p.tier_name + "' is not adaptive (\"adaptive\": false)";
@@ -215,7 +221,7 @@ TickReport PolicyEngine::tick(int64_t now_ns, int64_t now_unix_ms) {
   const bool pending_known = store_.pending(open, store_err);
   if (!pending_known) spdlog::error("audit: cannot read pending approvals: {} (no new question this tick)", store_err);
   for (auto it = open.begin(); it != open.end();) {
-    const std::string why = void_reason(*it);
+    const std::string why = void_reason(*it, now_unix_ms);
     if (it->expires_unix_ms > now_unix_ms && why.empty()) {
       ++it;
       continue;
@@ -334,7 +340,7 @@ CommandResult PolicyEngine::approve(const std::string &id, uid_t uid, gid_t gid,
   if (p->expires_unix_ms <= now)
     return close_unpublished(*p, "expired", "system", p->old_limit, p->new_limit,
                              "expired before it was approved; nothing published", false);
-  if (const std::string why = void_reason(*p); !why.empty())
+  if (const std::string why = void_reason(*p, now); !why.empty())
     return close_unpublished(*p, "void", human, p->old_limit, p->new_limit, why + "; nothing published", false);
   const auto &t = spec_.tiers[p->tier];
   const uint32_t cur = limits_[p->tier];

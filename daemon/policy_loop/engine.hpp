@@ -79,7 +79,8 @@ class PolicyEngine {
   // The generation the next publish() produces (the daemon is the only publisher).
   uint64_t next_generation() const;
   // Why a pending question can no longer be answered as asked ("" if it can).
-  std::string void_reason(const PendingApproval &p) const;
+  std::string void_reason(const PendingApproval &p, int64_t now_unix_ms) const;
+  static constexpr int64_t kClockSlackMs = 60'000;
   // Records a new pending approval for p (a fresh id); false if the store failed.
   // window_ago > 0: asked because the raise is too large against that older limit.
   bool ask(const Proposal &p, int64_t now_unix_ms, TickReport &rep, uint32_t window_ago = 0);

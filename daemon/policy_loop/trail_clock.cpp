@@ -31,7 +31,8 @@ void TrailClock::anchor(const std::string &anchor_boot_id, int64_t anchor_ms, in
   // The same boot (an unreadable boot id never matches): CLOCK_BOOTTIME has run on
   // since the anchor, so the trail goes on from it. A boot time ahead of now is no
   // anchor of this boot's.
-  if (!id.empty() && anchor_boot_id == id && anchor_boot_ms <= boot) {
+  // An anchor that would put now before the newest record is garbled: anchor anew.
+  if (!id.empty() && anchor_boot_id == id && anchor_boot_ms <= boot && anchor_ms + (boot - anchor_boot_ms) >= newest_ms) {
     anchor_ms_ = anchor_ms;
     anchor_boot_ms_ = anchor_boot_ms;
     return;

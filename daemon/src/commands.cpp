@@ -197,21 +197,17 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
                                     : engine.reject(id, reason, peer.uid, peer.gid, peer.groups);
     return (r.ok ? "ok\n" : "error\n") + r.message + "\n";
   }
-  if (cmd == "audit") {
-    // "audit ago MS FMT": the last MS ms on the trail's clock (what sluicectl
-    // --since sends); "audit FROM FMT": from trail time FROM.
+  if (cmd == "audit" || cmd == "audit-ago") {
+    // "audit-ago MS FMT": the last MS ms on the trail's clock (what sluicectl
+    // --since sends; a new verb, so an older sluiced says "unknown command" and
+    // sluicectl falls back); "audit FROM FMT": from trail time FROM.
     long long since = 0;
-    std::string fmt, first;
-    in >> first;
-    if (first == "ago") {
-      long long ago = 0;
-      in >> ago;
+    std::string fmt;
+    in >> since >> fmt;
+    if (cmd == "audit-ago") {
       const long long now = engine.store().trail_now();
-      since = ago >= 0 && ago < now ? now - ago : 0;
-    } else {
-      since = std::strtoll(first.c_str(), nullptr, 10);
+      since = since >= 0 && since < now ? now - since : 0;
     }
-    in >> fmt;
     bool more = false;
     std::string err;
     const auto rs = engine.store().since(since, kAuditRowsPerReply, &more, &err);
@@ -223,7 +219,7 @@ std::string handle_command(policy_loop::PolicyEngine &engine, const std::string 
     return "ok\n" + cut + audit_text(rs);
   }
   if (cmd == "snapshot") return "ok\n" + snapshot_json(engine) + "\n";
-  return "error\nunknown command '" + text::terminal_safe(cmd.substr(0, 32)) + "' (pending, approve, reject, audit, snapshot, overview)\n";
+  return "error\nunknown command '" + text::terminal_safe(cmd.substr(0, 32)) + "' (pending, approve, reject, audit, audit-ago, snapshot, overview)\n";
 }
 
 }  // namespace sluice::daemon

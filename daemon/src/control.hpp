@@ -104,12 +104,13 @@ class ControlServer {
 // Gives up after timeout_ms without a whole reply (a hung daemon cannot hold the caller).
 // With `server_uid`, talks only to a server whose listener runs as that uid (the
 // peer credentials of a connected socket are the listener's, from the kernel).
+constexpr int kRequestTimeoutMs = 10'000;
 bool control_request(const std::string &path, const std::string &line, std::string &reply, std::string &error,
-                     int timeout_ms = 10'000, const uid_t *server_uid = nullptr);
+                     int timeout_ms = kRequestTimeoutMs, const uid_t *server_uid = nullptr);
 // control_request to the daemon of `segment`: the socket must be served by the uid
 // that owns the segment. /dev/shm is world-writable, so another local user could
 // bind the socket's name first and answer approvals in the daemon's place.
 bool daemon_request(const std::string &segment, const std::string &line, std::string &reply, std::string &error,
-                    int timeout_ms = 10'000);
+                    int timeout_ms = kRequestTimeoutMs);
 
 }  // namespace sluice::daemon

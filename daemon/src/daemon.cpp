@@ -445,9 +445,9 @@ void Daemon::prune_audit() {
   constexpr size_t kBatch = 1000;
   std::vector<std::string> tiers;
   for (const auto &t : policy_.tiers) tiers.push_back(t.name);
-  const int64_t cutoff = store_->trail_now() - int64_t(policy_.audit_retention_days) * 86'400'000;
+  const int64_t age_ms = int64_t(policy_.audit_retention_days) * 86'400'000;
   std::string err;
-  const int64_t n = store_->prune(cutoff, kBatch, tiers, err);
+  const int64_t n = store_->prune(store_->trail_now() - age_ms, kBatch, tiers, err, store_->clock().wall_now() - age_ms);
   if (n < 0) spdlog::error("audit: retention: {}", err);
   else audit_pruned_ += uint64_t(n);
 }

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <fstream>
 #include <iostream>
 #include <vector>
 
@@ -67,18 +68,37 @@ bool valid_approval_id(const std::string &id) {
   return true;
 }
 
-int remote(const std::string &segment, const std::string &line) {
+// Whether `pid` is stopped (state T or t in /proc/PID/stat).
+bool process_stopped(int64_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(f, stat);
+  const size_t close = stat.rfind(')');  // after the command name, which may hold anything
+  return close != std::string::npos && close + 2 < stat.size() &&
+         (stat[close + 2] == 'T' || stat[close + 2] == 't');
+}
+
+// `fallback`: sent instead if sluiced does not know the command (an older one).
+int remote(const std::string &segment, const std::string &line, const std::string &fallback = "") {
   std::string reply, error;
-  // A daemon whose heartbeat is stale (SIGSTOPped, or a stuck tick) runs no
-  // command: say so now, not after the request's 10 s timeout.
+  // A daemon that is stopped (SIGSTOP, a debugger), or whose heartbeat is older
+  // than the request's timeout, runs no command: say so now, not after that
+  // timeout. One merely slow (a tick waiting on the disk) is asked as before.
   sluice::daemon::Status st;
   if (sluice::daemon::read_status(segment, st, error) && st.daemon_state == sluice::daemon::DaemonState::hung) {
-    std::cerr << "sluicectl: sluiced pid " << st.daemon_pid << " is NOT answering: its heartbeat is "
-              << st.heartbeat_age_ns / 1'000'000'000 << " s old (stopped by a signal, or stuck); nothing was sent\n";
-    return 1;
+    const bool stopped = process_stopped(st.daemon_pid);
+    if (stopped || st.heartbeat_age_ns >= int64_t(sluice::daemon::kRequestTimeoutMs) * 1'000'000) {
+      std::cerr << "sluicectl: sluiced pid " << st.daemon_pid << " is NOT answering: "
+                << (stopped ? "it is stopped (by a signal or a debugger)" : "it is stuck") << ", its heartbeat "
+                << st.heartbeat_age_ns / 1'000'000'000 << " s old; nothing was sent\n";
+      return 1;
+    }
   }
   error.clear();
-  if (!sluice::daemon::daemon_request(segment, line, reply, error)) {
+  bool sent = sluice::daemon::daemon_request(segment, line, reply, error);
+  if (sent && !fallback.empty() && reply.rfind("error\nunknown command", 0) == 0)
+    sent = sluice::daemon::daemon_request(segment, fallback, reply, error);
+  if (!sent) {
     std::cerr << "sluicectl: " << error << "\n";
     return 1;
   }
@@ -200,17 +220,20 @@ int main(int argc, char **argv) {
   if (cmd == "audit" && args.size() == 1) {
     // The daemon counts the duration back on the trail's clock, which does not
     // step with the system clock (trail_clock.hpp).
-    std::string from = "0";
-    if (!since.empty()) {
-      int64_t ms = 0;
-      std::string error;
-      if (!parse_duration_ms(since, ms, error)) {
-        std::cerr << "sluicectl: " << error << "\n";
-        return 2;
-      }
-      from = "ago " + std::to_string(ms);
+    const std::string fmt = json ? " json" : " text";
+    if (since.empty()) return remote(segment, "audit 0" + fmt);
+    int64_t ms = 0;
+    std::string error;
+    if (!parse_duration_ms(since, ms, error)) {
+      std::cerr << "sluicectl: " << error << "\n";
+      return 2;
     }
-    return remote(segment, "audit " + from + (json ? " json" : " text"));
+    // An older sluiced: counted back on this process's system clock, as it did.
+    const long long now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+    return remote(segment, "audit-ago " + std::to_string(ms) + fmt,
+                  "audit " + std::to_string(ms < now ? now - ms : 0) + fmt);
   }
   std::cerr << "sluicectl: unknown command or wrong arguments: '" << cmd << "'\n";
   return usage(std::cerr, 2);

@@ -1,5 +1,7 @@
 #include "start_check.hpp"
 
+#include <fcntl.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -22,18 +24,23 @@ std::string mib(uint64_t bytes) {
 
 // The directory a store at `path` would be made in, or the nearest one that exists
 // (the start makes the missing ones): can this process write there?
+// (As this process's effective user: AT_EACCESS. WAL mode makes -wal and -shm
+// files beside the store, so its directory must be writable too.)
 std::string audit_line(const std::string &path, bool &ok) {
   namespace fs = std::filesystem;
-  std::error_code ec;
   ok = true;
-  if (fs::exists(path, ec)) {
-    ok = ::access(path.c_str(), R_OK | W_OK) == 0;
-    return "audit store " + path + ": exists" + (ok ? "" : ", NOT writable by this user");
-  }
+  if (path == ":memory:" || path.rfind("file:", 0) == 0) return "audit store " + path + ": not a file";
+  const auto may = [](const fs::path &p, int mode) { return ::faccessat(AT_FDCWD, p.c_str(), mode, AT_EACCESS) == 0; };
+  std::error_code ec;
   fs::path dir = fs::path(path).parent_path();
-  while (!dir.empty() && !fs::exists(dir, ec) && dir != dir.parent_path()) dir = dir.parent_path();
   if (dir.empty()) dir = ".";
-  ok = ::access(dir.c_str(), W_OK | X_OK) == 0;
+  if (fs::exists(path, ec)) {
+    ok = may(path, R_OK | W_OK) && may(dir, W_OK | X_OK);
+    return "audit store " + path + ": exists" +
+           (ok ? "" : ", NOT writable by this user (it and its directory must be: WAL files go beside it)");
+  }
+  while (!fs::exists(dir, ec) && dir != dir.parent_path()) dir = dir.parent_path();
+  ok = may(dir, W_OK | X_OK);
   return "audit store " + path + ": not there yet, made at start" +
          (ok ? "" : " (NOT possible: " + dir.string() + " is not writable by this user)");
 }
@@ -106,7 +113,14 @@ StartCheck check_start(const Options &opt) {
   }
   // In the order a start meets them: the first is what it would fail on.
   std::vector<std::pair<F, std::string>> problems;
-  if (!segment_fits(opt, p, error)) problems.emplace_back(F::environment, error);
+  // A pair that is replaced is counted as --reset counts it: its room comes back.
+  Options replacing = opt;
+  replacing.reset = opt.reset || (pv.plan == Plan::create && pv.exists);
+  if (!segment_fits(replacing, p, error)) problems.emplace_back(F::environment, error);
+  if (const std::string sock = control_socket_path(opt.segment); sock.size() >= sizeof(sockaddr_un::sun_path))
+    problems.emplace_back(F::environment, "the control socket's path " + sock + " is longer than a socket name may be (" +
+                                              std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
+                                              " bytes): use a shorter --segment");
   bool audit_ok = true;
   line(audit_line(audit_db_path(p, opt), audit_ok));
   if (!audit_ok) problems.emplace_back(F::environment, "the audit store cannot be written");

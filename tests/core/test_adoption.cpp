@@ -521,6 +521,22 @@ TEST(Adoption, APreviewForetellsWhatTheStartDoesAndChangesNothing) {
   start(n.name, other, false, st);
   EXPECT_EQ(st, Status::version_mismatch) << "a previewed mismatch is refused";
 
+  // Made by a build with another layout (its format word): refused like a mismatch.
+  {
+    Mapping m;
+    std::string d;
+    ASSERT_EQ(Mapping::open(state_segment_name(n.name), true, m, d), Status::ok) << d;
+    auto &fmt = static_cast<StateHeader *>(m.base())->format;
+    const uint64_t ours = fmt.load();
+    fmt.store(fold_format(kLayoutMajor, kLayoutMinor - 1, 1));
+    const Owner::Preview older = Owner::preview(n.name, spec, false);
+    EXPECT_EQ(older.plan, Owner::Plan::mismatch) << older.detail;
+    EXPECT_NE(older.detail.find("--reset"), std::string::npos) << older.detail;
+    start(n.name, spec, false, st);
+    EXPECT_EQ(st, Status::version_mismatch) << "a previewed mismatch is refused";
+    fmt.store(ours);
+  }
+
   // Its policy object removed: the state is re-attached, a policy made again.
   ASSERT_EQ(shm_unlink(("/" + policy_segment_name(n.name)).c_str()), 0);
   const Owner::Preview lone = Owner::preview(n.name, spec, false);

@@ -540,7 +540,7 @@ TEST(DaemonStep, TheAuditTrailKeepsItsOrderAndItsSinceThroughAStepBack) {
   daemon::Peer me;
   me.uid = getuid();
   me.gid = getgid();
-  const std::string json = daemon::handle_command(g.d->engine(), "audit ago 60000 json", me);
+  const std::string json = daemon::handle_command(g.d->engine(), "audit-ago 60000 json", me);
   const size_t before = json.find("before the step"), after = json.find("after the step");
   ASSERT_NE(before, std::string::npos) << json;
   ASSERT_NE(after, std::string::npos) << "--since 1m lost what the step stamped a day back: " << json;

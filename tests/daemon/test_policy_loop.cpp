@@ -655,6 +655,20 @@ TEST_F(EngineFixture, ACutQuestionLeftByAnOlderVersionIsAppliedWhenApproved) {
   EXPECT_EQ(engine->governance_counts().approved, 1u);
 }
 
+// A question from the trail's future (asked before a reboot that found the system
+// clock more than a day behind) would stay open that long: it is closed, not kept.
+TEST_F(EngineFixture, AQuestionFromTheTrailsFutureIsClosedNotKeptOpen) {
+  uint32_t want = 80;
+  engine->set_advice_source(enterprise_at(want));
+  const int64_t asked_at = t_ms;
+  t_ms += 3 * 86'400'000;  // asked "three days from now"
+  const std::string id = tick().new_pending.at(0).id;
+  t_ms = asked_at;
+  EXPECT_FALSE(engine->approve(id, getuid(), getgid()).ok);
+  EXPECT_TRUE(has(events_of(*store, id), "void"));
+  EXPECT_TRUE(store->pending().empty());
+}
+
 TEST_F(EngineFixture, AnExpiredQuestionCannotBeApprovedBeforeTheSweep) {
   t_ms = unix_ms_now() - 60'000;  // asked a minute ago with a 5 s ttl; no tick has swept it since
   uint32_t want = 80;
@@ -939,6 +953,74 @@ TEST(TrailClock, AStoreReopenedAfterAStepGoesOnFromItsAnchor) {
   EXPECT_EQ(rs[0].wall_ms, 1'800'000'000'000);
   EXPECT_EQ(rs[1].unix_ms, 1'800'000'010'000) << "timed by the trail";
   EXPECT_EQ(rs[1].wall_ms, 1'800'000'000'000 + 2 * 86'400'000) << "shown by the system clock";
+  s.reset();
+  for (const char *sfx : {"", "-wal", "-shm"}) std::filesystem::remove(db + sfx);
+}
+
+// Review of the trail clock (helper-44): each failed on the code before.
+std::string fresh_db(const char *what) {
+  const std::string db = "/tmp/sluicetest-" + std::string(what) + "-" + std::to_string(getpid()) + ".db";
+  for (const char *sfx : {"", "-wal", "-shm"}) std::filesystem::remove(db + sfx);
+  return db;
+}
+
+TEST(TrailClock, RetentionTakesARecordOnlyWhenBothClocksSayItIsOld) {
+  // A trail anchored while the system clock was a day ahead (then corrected):
+  // its records look a day older to the trail than they are.
+  std::string err;
+  auto s = AuditStore::open(":memory:", err);
+  ASSERT_TRUE(s) << err;
+  const int64_t now = unix_ms_now(), day = 86'400'000;
+  AuditRecord young{0, now - 2 * day, "held", "rules", "pro", 8, 8, "young", 1.0, "", 0, now - day / 2};
+  AuditRecord old{0, now - 2 * day, "held", "rules", "pro", 8, 8, "old", 1.0, "", 0, now - 2 * day};
+  ASSERT_TRUE(s->append_all({young, old}, err)) << err;
+  EXPECT_EQ(s->prune(now - day, 1000, {}, err, now - day), 1) << err;
+  const auto left = s->since(0);
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].reason, "young");
+}
+
+TEST(TrailClock, AGarbledAnchorIsReplacedNotFollowedBackTo1970) {
+  const std::string db = fresh_db("trail-garbled");
+  std::string err;
+  {
+    auto s = AuditStore::open(db, err);
+    ASSERT_TRUE(s) << err;
+    ASSERT_TRUE(s->append(AuditRecord{0, 0, "held", "rules", "pro", 8, 8, "r", 1.0, "", 0}, err)) << err;
+  }
+  sqlite3 *raw = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &raw), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(raw, "UPDATE meta SET value = 'x' WHERE key = 'trail_anchor_ms'", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(raw);
+  auto s = AuditStore::open(db, err);
+  ASSERT_TRUE(s) << err;
+  EXPECT_GE(s->trail_now(), s->since(0).at(0).unix_ms);
+  EXPECT_LT(std::llabs(s->trail_now() - unix_ms_now()), 60'000);
+  s.reset();
+  for (const char *sfx : {"", "-wal", "-shm"}) std::filesystem::remove(db + sfx);
+}
+
+TEST(TrailClock, AStoreFromBeforeWallMsIsMigratedAndShowsItsTimes) {
+  const std::string db = fresh_db("trail-migrate");
+  sqlite3 *raw = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &raw), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(raw,
+                         "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, unix_ms INTEGER NOT NULL, "
+                         "event TEXT NOT NULL, actor TEXT NOT NULL, tier TEXT NOT NULL, old_limit INTEGER, "
+                         "new_limit INTEGER, reason TEXT NOT NULL, confidence REAL, approval_id TEXT, generation INTEGER);"
+                         "INSERT INTO audit(unix_ms,event,actor,tier,reason) VALUES(1700000000000,'held','rules','pro','old');",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(raw);
+  std::string err;
+  auto s = AuditStore::open(db, err);
+  ASSERT_TRUE(s) << err;
+  ASSERT_TRUE(s->append(AuditRecord{0, 0, "held", "rules", "pro", 8, 8, "new", 1.0, "", 0}, err)) << err;
+  const auto rs = s->since(0);
+  ASSERT_EQ(rs.size(), 2u);
+  EXPECT_EQ(rs[0].wall_ms, 1'700'000'000'000) << "an old record shows its one time";
+  EXPECT_GT(rs[1].wall_ms, 0);
   s.reset();
   for (const char *sfx : {"", "-wal", "-shm"}) std::filesystem::remove(db + sfx);
 }

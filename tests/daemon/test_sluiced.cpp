@@ -692,6 +692,10 @@ TEST(Sluiced, CheckSaysWhatAStartWouldDoAndChangesNothing) {
   out = check({"--policy", policy}, 1);
   EXPECT_NE(out.find("has mode 0666"), std::string::npos) << out;
   ASSERT_EQ(::chmod(state.c_str(), 0660), 0);
+  // A name too long for the control socket: every start fails on it.
+  Proc longname = spawn({SLUICED_PATH, "--check", "--segment", std::string(100, 'n'), "--state-dir", dir});
+  EXPECT_EQ(wait_exit(longname), 1) << longname.output();
+  EXPECT_NE(longname.output().find("use a shorter --segment"), std::string::npos) << longname.output();
   // Nothing the checks said changed the running pair.
   Proc ctl = spawn({SLUICECTL_PATH, "--segment", seg.name, "status", "--json"});
   EXPECT_EQ(wait_exit(ctl), 0) << ctl.output();

@@ -16,7 +16,7 @@ import sluice
 from conftest import Daemon, fetch, governance_policy, governance_pressure, metrics_port
 
 TICK_MS = 50
-UNKNOWN = "error\nunknown command 'bogus' (pending, approve, reject, audit, snapshot, overview)\n"
+UNKNOWN = "error\nunknown command 'bogus' (pending, approve, reject, audit, audit-ago, snapshot, overview)\n"
 
 
 @pytest.fixture
@@ -234,3 +234,40 @@ def test_concurrent_approvals_of_one_id_are_serialized(fast):
     assert len([a for a in audit if a["event"] == "approved" and a["approval_id"] == pid]) == 1
     overview = json.loads(request(fast, "overview").split("\n", 1)[1])
     assert overview["governance"]["approved"] == 1
+
+
+def test_sluicectl_audit_since_falls_back_for_a_sluiced_without_audit_ago(fast):
+    """`--since` is counted back by sluiced on its trail clock (`audit-ago`); an
+    older sluiced answers "unknown command", and sluicectl then sends the old form,
+    counted back on its own clock, instead of showing the wrong records."""
+    import os
+    path = sock_path(fast)
+    os.unlink(path)  # a stand-in for an older sluiced takes the name
+    seen = []
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    srv.settimeout(10)
+
+    def serve():
+        for _ in range(2):
+            c, _ = srv.accept()
+            with c:
+                line = c.makefile().readline().strip()
+                seen.append(line)
+                c.sendall(b"error\nunknown command 'audit-ago' (pending, approve, reject, audit, snapshot, overview)\n"
+                          if line.startswith("audit-ago") else b"ok\n[]\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        r = fast.ctl("audit", "--since", "1h", "--json")
+    finally:
+        t.join(10)
+        srv.close()
+        os.unlink(path)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+    assert seen[0] == "audit-ago 3600000 json", seen
+    verb, from_ms, fmt = seen[1].split()
+    assert verb == "audit" and fmt == "json", seen
+    assert abs(int(from_ms) - (time.time() * 1000 - 3_600_000)) < 60_000, seen

@@ -207,7 +207,7 @@ def test_status_tells_a_hung_daemon_from_a_dead_one_and_exits_3_for_both(tmp_pat
         # A command for the daemon says so at once, not after its 10 s timeout.
         t0 = time.monotonic()
         r = d.ctl("pending")
-        assert r.returncode == 1 and "is NOT answering" in r.stderr and "nothing was sent" in r.stderr, r.stderr
+        assert r.returncode == 1 and "is NOT answering: it is stopped" in r.stderr and "nothing was sent" in r.stderr, r.stderr
         assert time.monotonic() - t0 < 5, "sluicectl pending waited for the hung daemon"
         d.proc.send_signal(signal.SIGCONT)
         deadline = time.monotonic() + 15
