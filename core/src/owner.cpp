@@ -1,6 +1,7 @@
 #include "sluice/core/owner.hpp"
 #include "sluice/core/tsc_clock.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -86,13 +87,21 @@ Owner::Preview Owner::preview(const std::string &name, const LayoutSpec &spec, b
     p.detail = std::move(why);
     return p;
   };
-  const auto create = [&p](std::string why) {
+  const uint32_t me = uint32_t(::geteuid());
+  // A new pair is made after both names are unlinked (remove()): in sticky
+  // /dev/shm only their owner (or root) can unlink them.
+  const auto create = [&](std::string why) {
+    for (const std::string &obj : {state_segment_name(name), policy_segment_name(name)}) {
+      struct stat st {};
+      if (me != 0 && ::lstat(shm_path(obj).c_str(), &st) == 0 && st.st_uid != me)
+        return refuse(Status::permission, shm_path(obj) + " belongs to uid " + std::to_string(st.st_uid) +
+                                              ": this uid (" + std::to_string(me) + ") cannot remove it to make a new pair");
+    }
     p.plan = Plan::create;
     p.detail = std::move(why);
     return p;
   };
   if (!valid_segment_name(name)) return refuse(Status::no_segment, "segment name '" + name + "' is not valid");
-  const uint32_t me = uint32_t(::geteuid());
   Mapping state, policy;
   Mapping::FileOwner fo;
   std::string detail;

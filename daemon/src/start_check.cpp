@@ -1,6 +1,7 @@
 #include "start_check.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -117,6 +118,21 @@ StartCheck check_start(const Options &opt) {
   Options replacing = opt;
   replacing.reset = opt.reset || (pv.plan == Plan::create && pv.exists);
   if (!segment_fits(replacing, p, error)) problems.emplace_back(F::environment, error);
+  // The lock file and the control socket, as take_segment_lock and the control
+  // server judge them: another user's (or a symlink) fails every start.
+  const uid_t me = ::geteuid();
+  struct stat st {};
+  if (const std::string lock = lock_path(opt.segment); ::lstat(lock.c_str(), &st) == 0 &&
+                                                       (!S_ISREG(st.st_mode) || st.st_uid != me))
+    problems.emplace_back(F::environment,
+                          "lock file " + lock +
+                              (!S_ISREG(st.st_mode) ? " is not a plain file (a symlink?): remove it"
+                                                    : " belongs to uid " + std::to_string(st.st_uid) + ", not to uid " +
+                                                          std::to_string(me) + ": remove it (as that user or root)"));
+  if (const std::string sock = control_socket_path(opt.segment);
+      me != 0 && ::lstat(sock.c_str(), &st) == 0 && st.st_uid != me)
+    problems.emplace_back(F::environment, "control socket " + sock + " belongs to uid " + std::to_string(st.st_uid) +
+                                              ": this uid cannot replace it (remove it as that user or root)");
   if (const std::string sock = control_socket_path(opt.segment); sock.size() >= sizeof(sockaddr_un::sun_path))
     problems.emplace_back(F::environment, "the control socket's path " + sock + " is longer than a socket name may be (" +
                                               std::to_string(sizeof(sockaddr_un::sun_path) - 1) +

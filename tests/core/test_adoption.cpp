@@ -562,6 +562,21 @@ TEST(Adoption, APreviewForetellsWhatTheStartDoesAndChangesNothing) {
   EXPECT_EQ(st, Status::permission) << "a previewed refusal is refused";
   Owner::remove(n.name);
 
+  // An orphan policy object of another user's: a non-root start cannot unlink it
+  // to make its pair, so the preview says the start fails.
+  {
+    const int fd = shm_open(("/" + policy_segment_name(n.name)).c_str(), O_CREAT | O_EXCL | O_RDWR, 0644);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    const std::string name = n.name;
+    EXPECT_EQ(run_as(kDaemonUser, [&] { return Owner::preview(name, spec, false).plan == Owner::Plan::refused; }), 0)
+        << "another user's object in the way was previewed as a new pair";
+    EXPECT_EQ(run_as(kDaemonUser, [&] { return Owner::preview(name, spec, true).plan == Owner::Plan::refused; }), 0)
+        << "--reset cannot remove another user's object either";
+    EXPECT_EQ(plan(n.name, spec), Owner::Plan::create) << "root removes anything";
+    Owner::remove(n.name);
+  }
+
   // Left unformatted or empty by a creator that died: replaced.
   leave_raw_state(n.name, 1 << 16);
   EXPECT_EQ(plan(n.name, spec), Owner::Plan::create);

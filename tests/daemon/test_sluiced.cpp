@@ -692,6 +692,16 @@ TEST(Sluiced, CheckSaysWhatAStartWouldDoAndChangesNothing) {
   out = check({"--policy", policy}, 1);
   EXPECT_NE(out.find("has mode 0666"), std::string::npos) << out;
   ASSERT_EQ(::chmod(state.c_str(), 0660), 0);
+  // A lock file that is a symlink: every start refuses it.
+  {
+    Segment other;
+    const std::string lock = "/dev/shm/" + other.name + ".lock";
+    ASSERT_EQ(::symlink("/tmp/nowhere", lock.c_str()), 0);
+    Proc p = spawn({SLUICED_PATH, "--check", "--segment", other.name, "--state-dir", dir});
+    EXPECT_EQ(wait_exit(p), 1) << p.output();
+    EXPECT_NE(p.output().find("is not a plain file"), std::string::npos) << p.output();
+    std::remove(lock.c_str());
+  }
   // A name too long for the control socket: every start fails on it.
   Proc longname = spawn({SLUICED_PATH, "--check", "--segment", std::string(100, 'n'), "--state-dir", dir});
   EXPECT_EQ(wait_exit(longname), 1) << longname.output();
