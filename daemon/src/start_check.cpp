@@ -89,21 +89,15 @@ StartCheck check_start(const Options &opt) {
   const core::Owner::Preview pv = core::Owner::preview(opt.segment, layout, opt.reset);
   const std::string pair = "/dev/shm/" + opt.segment + ".{state,policy}";
   using Plan = core::Owner::Plan;
-  if (pv.plan == Plan::refused) {
-    line("pair " + pair + ": a start fails on it: " + pv.detail);
-  } else if (pv.plan == Plan::mismatch) {
-    line("pair " + pair + ": " + pv.detail);
-  } else {
-    line("pair " + pair + ": " + pv.detail);
-    for (size_t i = 0; i < pv.rows_now.size() && i < p.tiers.size(); ++i)
-      if (pv.rows_now[i].limit != p.tiers[i].limit)
-        line("  tier '" + p.tiers[i].name + "': " + std::to_string(pv.rows_now[i].limit) + " per window now, " +
-             std::to_string(p.tiers[i].limit) + " in the policy" +
-             (p.tiers[i].adaptive && (pv.rows_now[i].flags & core::kTierAdaptive)
-                  ? " (a start keeps " + std::to_string(pv.rows_now[i].limit) +
-                        " only if the audit trail shows the loop or an approval set it)"
-                  : " (a start publishes the policy's)"));
-  }
+  line("pair " + pair + ": " + (pv.plan == Plan::refused ? "a start fails on it: " : "") + pv.detail);
+  for (size_t i = 0; i < pv.rows_now.size() && i < p.tiers.size(); ++i)  // an attach's table
+    if (pv.rows_now[i].limit != p.tiers[i].limit)
+      line("  tier '" + p.tiers[i].name + "': " + std::to_string(pv.rows_now[i].limit) + " per window now, " +
+           std::to_string(p.tiers[i].limit) + " in the policy" +
+           (p.tiers[i].adaptive && (pv.rows_now[i].flags & core::kTierAdaptive)
+                ? " (a start keeps " + std::to_string(pv.rows_now[i].limit) +
+                      " only if the audit trail shows the loop or an approval set it)"
+                : " (a start publishes the policy's)"));
   if (pv.exists && pv.plan != Plan::refused) {
     Status st;
     std::string why;
