@@ -11,7 +11,6 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -114,6 +113,7 @@ bool AuditStore::migrate(std::string &error) {
 }
 
 bool AuditStore::anchor_trail(std::string &error) {
+  const std::string this_boot = boot_id();
   std::string id;
   int64_t at_ms = 0, at_boot_ms = 0;
   {
@@ -130,12 +130,12 @@ bool AuditStore::anchor_trail(std::string &error) {
       return !t.empty() && r.ec == std::errc() && r.ptr == t.data() + t.size();
     };
     if (!whole(st.col_text(1), at_ms) || !whole(st.col_text(2), at_boot_ms)) id.clear();
-    clock_.anchor(id, at_ms, at_boot_ms, boot_id(), sqlite3_column_int64(st.s, 3));
+    clock_.anchor(id, at_ms, at_boot_ms, this_boot, sqlite3_column_int64(st.s, 3));
   }
-  if (clock_.anchor_ms() == at_ms && clock_.anchor_boot_ms() == at_boot_ms && id == boot_id()) return true;
+  if (clock_.anchor_ms() == at_ms && clock_.anchor_boot_ms() == at_boot_ms && id == this_boot) return true;
   Stmt put(db_, "INSERT OR REPLACE INTO meta(key, value) VALUES ('trail_boot_id', ?1), ('trail_anchor_ms', ?2),"
                 " ('trail_anchor_boot_ms', ?3)");
-  put.text(1, boot_id()).text(2, std::to_string(clock_.anchor_ms())).text(3, std::to_string(clock_.anchor_boot_ms()));
+  put.text(1, this_boot).text(2, std::to_string(clock_.anchor_ms())).text(3, std::to_string(clock_.anchor_boot_ms()));
   if (sqlite3_step(put.s) != SQLITE_DONE) return failed(error);
   return true;
 }
@@ -246,10 +246,11 @@ bool AuditStore::insert_record(const AuditRecord &r, std::string &error) {
   Stmt st(db_,
           "INSERT INTO audit(unix_ms,event,actor,tier,old_limit,new_limit,reason,confidence,approval_id,generation,"
           "wall_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?)");
-  st.i64(1, r.unix_ms ? r.unix_ms : clock_.now()).text(2, r.event).text(3, r.actor).text(4, r.tier);
-  // A record timed by the caller (not "now") is given the system clock's reading
-  // for that time, as the two clocks stand apart now.
-  st.i64(11, r.wall_ms ? r.wall_ms : r.unix_ms ? r.unix_ms + (clock_.wall_now() - clock_.now()) : clock_.wall_now());
+  // A record's system-clock time, unless given: its trail time, as the two clocks
+  // stand apart now (for a record stamped now, the system clock's reading).
+  const int64_t trail = r.unix_ms ? r.unix_ms : clock_.now();
+  st.i64(1, trail).text(2, r.event).text(3, r.actor).text(4, r.tier);
+  st.i64(11, r.wall_ms ? r.wall_ms : trail + (clock_.wall_now() - clock_.now()));
   st.i64(5, r.old_limit).i64(6, r.new_limit).text(7, r.reason).real(8, r.confidence).text(9, r.approval_id);
   st.i64(10, int64_t(r.generation));
   if (sqlite3_step(st.s) != SQLITE_DONE) return failed(error);

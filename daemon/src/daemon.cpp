@@ -105,7 +105,7 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error, St
     return nullptr;
   }
   // The policy's advisor section, checked before anything is touched.
-  if (!d->advisor_config(error)) return nullptr;
+  if (!advisor_config_of(d->policy_, d->advisor_cfg_, error)) return nullptr;
   kind = StartFailure::environment;  // from here on, what the host has or lacks
   bool held = false;
   d->lock_fd_ = take_segment_lock(opt.segment, error, 0, &held);
@@ -146,7 +146,7 @@ std::unique_ptr<Daemon> Daemon::start(const Options &opt, std::string &error, St
 }
 
 bool Daemon::open_before_attach(std::string &error) {
-  if (!segment_fits(error)) return false;
+  if (!segment_fits(opt_, policy_, error)) return false;
   const std::string db = audit_db_path(policy_, opt_);
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(db).parent_path(), ec);
@@ -164,8 +164,6 @@ bool Daemon::open_before_attach(std::string &error) {
   control_ = ControlServer::listen(control_socket_path(opt_.segment), error);
   return control_ != nullptr;
 }
-
-bool Daemon::segment_fits(std::string &error) const { return daemon::segment_fits(opt_, policy_, error); }
 
 bool segment_fits(const Options &opt, const policy::PolicySpec &p, std::string &error) {
   // Before anything else of the start: a --reset that would make a pair too large
@@ -308,8 +306,6 @@ bool advisor_config_of(const policy::PolicySpec &p, std::optional<advisor::Advis
   out = cfg;
   return true;
 }
-
-bool Daemon::advisor_config(std::string &error) { return advisor_config_of(policy_, advisor_cfg_, error); }
 
 bool Daemon::start_advisor(std::string &error) {
   if (!advisor_cfg_) return true;

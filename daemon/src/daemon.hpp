@@ -78,7 +78,6 @@ class Daemon {
   // Before the segment is touched: the audit store, the advisor's config, the
   // control socket, and room in /dev/shm for a pair about to be made.
   bool open_before_attach(std::string &error);
-  bool segment_fits(std::string &error) const;
   // The re-attach hook (Owner::AttachHook): keeps the limits the loop or a human
   // set on adaptive tiers, and records every limit the start changes, first.
   bool keep_limits(std::vector<core::TierLimits> &rows, const std::vector<core::TierLimits> &before,
@@ -90,7 +89,6 @@ class Daemon {
   void record_created_table();
   // After the segment: the engine, the advisor's worker and /metrics.
   bool open_services(std::string &error);
-  bool advisor_config(std::string &error);
   bool start_advisor(std::string &error);
   bool serve_metrics(std::string &error);
   Options opt_;

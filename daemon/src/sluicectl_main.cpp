@@ -21,6 +21,7 @@
 
 #include "commands.hpp"
 #include "control.hpp"
+#include "policy_loop/audit_store.hpp"
 #include "status.hpp"
 #include "top.hpp"
 
@@ -229,9 +230,7 @@ int main(int argc, char **argv) {
       return 2;
     }
     // An older sluiced: counted back on this process's system clock, as it did.
-    const long long now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                              std::chrono::system_clock::now().time_since_epoch())
-                              .count();
+    const int64_t now = sluice::policy_loop::unix_ms_now();
     return remote(segment, "audit-ago " + std::to_string(ms) + fmt,
                   "audit " + std::to_string(ms < now ? now - ms : 0) + fmt);
   }

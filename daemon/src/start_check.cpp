@@ -123,11 +123,11 @@ StartCheck check_start(const Options &opt) {
                               (!S_ISREG(st.st_mode) ? " is not a plain file (a symlink?): remove it"
                                                     : " belongs to uid " + std::to_string(st.st_uid) + ", not to uid " +
                                                           std::to_string(me) + ": remove it (as that user or root)"));
-  if (const std::string sock = control_socket_path(opt.segment);
-      me != 0 && ::lstat(sock.c_str(), &st) == 0 && st.st_uid != me)
+  const std::string sock = control_socket_path(opt.segment);
+  if (me != 0 && ::lstat(sock.c_str(), &st) == 0 && st.st_uid != me)
     problems.emplace_back(F::environment, "control socket " + sock + " belongs to uid " + std::to_string(st.st_uid) +
                                               ": this uid cannot replace it (remove it as that user or root)");
-  if (const std::string sock = control_socket_path(opt.segment); sock.size() >= sizeof(sockaddr_un::sun_path))
+  if (sock.size() >= sizeof(sockaddr_un::sun_path))
     problems.emplace_back(F::environment, "the control socket's path " + sock + " is longer than a socket name may be (" +
                                               std::to_string(sizeof(sockaddr_un::sun_path) - 1) +
                                               " bytes): use a shorter --segment");

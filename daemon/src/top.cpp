@@ -19,6 +19,7 @@
 
 #include "advisor/json.hpp"
 #include "control.hpp"
+#include "policy_loop/audit_store.hpp"
 
 namespace sluice::daemon {
 
@@ -591,11 +592,6 @@ std::vector<std::string> render_top(const TopFrame &f, int width_in, int height_
 
 namespace {
 
-int64_t unix_ms_now() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 std::string read_banner(const std::string &path) {
   if (path.empty()) return "";
   std::ifstream in(path, std::ios::binary);
@@ -633,7 +629,7 @@ TopFrame collect_frame(const TopOptions &opt, const Status *prev, double seconds
     }
   }
   f.banner = read_banner(opt.banner_file);
-  f.now_unix_ms = unix_ms_now();
+  f.now_unix_ms = policy_loop::unix_ms_now();
   return f;
 }
 
